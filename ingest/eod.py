@@ -1,0 +1,243 @@
+"""End of day (kdb+'s ``.u.endofday``): where one day's log ends and the next begins.
+
+The day a row belongs to is decided by the log, not by its timestamp: at
+rollover the roller writes a *fence* message into every partition of every
+table topic and, in the same Kafka transaction, a marker on the control topic
+recording each fence's offset. In partition p of table t, the closing day
+holds exactly the rows with ``start <= offset < end`` where ``end`` is the
+fence's offset and ``start`` the previous fence's offset + 1 (or 0). A row
+racing the rollover lands either before the fence or after it: never both,
+never neither, the same for every reader. Rows whose ``time`` falls on the
+previous day but land after the fence belong to the new day (late rows).
+
+Control topic records (JSON, one partition, key ``b"day"``)::
+
+  {"kind": "open", "date": "2026-11-22", "at": ns}
+  {"kind": "eod",  "date": "2026-11-22", "next": "2026-11-23", "at": ns,
+   "tables": {"trade": {"0": [start, end], ...}, ...}}
+
+A fixed transactional id fences concurrent rollers, and each re-reads the
+control topic inside its transaction, so a day is closed once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import zoneinfo
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Producer
+
+from ingest.framing import CONTROL_HEADER
+from ingest.logread import make_consumer, read_ranges, watermarks
+from ingest.schemas import SchemaCatalog
+from ingest.topics import TopicNames, partition_counts
+from tickplant.clock import Clock, SystemClock
+from tickplant.config import Settings
+
+CONTROL_KEY = b"day"
+
+
+class EodError(RuntimeError):
+    """A rollover could not complete; nothing of it is visible (the transaction aborted)."""
+
+
+class TradingCalendar:
+    """Which trading date an instant belongs to, and when a trading date closes.
+
+    With rollover at 00:00, date D is [D 00:00, D+1 00:00) local time; with a
+    later rollover R (FX's 17:00 New York), date D is [D-1 R, D R).
+    """
+
+    def __init__(self, rollover: str = "00:00", timezone: str = "UTC"):
+        try:
+            self.rollover = dt.time.fromisoformat(rollover)
+        except ValueError as exc:
+            raise ValueError(f"eod_time {rollover!r} is not HH:MM") from exc
+        try:
+            self.tz = zoneinfo.ZoneInfo(timezone)
+        except zoneinfo.ZoneInfoNotFoundError as exc:
+            raise ValueError(f"eod_timezone {timezone!r} is not a known time zone") from exc
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TradingCalendar:
+        return cls(settings.eod_time, settings.eod_timezone)
+
+    def trading_date(self, t_ns: int) -> dt.date:
+        local = dt.datetime.fromtimestamp(t_ns / 1e9, self.tz)
+        if self.rollover == dt.time(0) or local.time() < self.rollover:
+            return local.date()
+        return local.date() + dt.timedelta(days=1)
+
+    def close_ns(self, date: dt.date) -> int:
+        """The instant trading date ``date`` ends."""
+        day = date + dt.timedelta(days=1) if self.rollover == dt.time(0) else date
+        local = dt.datetime.combine(day, self.rollover, self.tz)
+        return int(local.timestamp()) * 1_000_000_000
+
+
+@dataclass
+class DayState:
+    """What the control topic says: the open day and every closed day's ranges."""
+
+    open_date: dt.date | None = None
+    open_starts: dict[str, dict[int, int]] = field(default_factory=dict)
+    closed: dict[dt.date, dict[str, dict[int, tuple[int, int]]]] = field(default_factory=dict)
+    markers: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, marker: dict[str, Any]) -> None:
+        self.markers.append(marker)
+        if marker["kind"] == "open" and self.open_date is None:
+            self.open_date = dt.date.fromisoformat(marker["date"])
+        elif marker["kind"] == "eod":
+            date = dt.date.fromisoformat(marker["date"])
+            ranges = {
+                t: {int(p): (int(se[0]), int(se[1])) for p, se in parts.items()}
+                for t, parts in marker["tables"].items()
+            }
+            self.closed[date] = ranges
+            self.open_date = dt.date.fromisoformat(marker["next"])
+            self.open_starts = {t: {p: end + 1 for p, (_, end) in parts.items()} for t, parts in ranges.items()}
+
+    def start_of_open_day(self, table: str, partition: int) -> int:
+        return self.open_starts.get(table, {}).get(partition, 0)
+
+
+def read_day_state(settings: Settings) -> DayState:
+    topic = TopicNames(settings.topic_prefix).control
+    state = DayState()
+    consumer = make_consumer(settings)
+    try:
+        _, high = watermarks(consumer, topic, 0)
+        for msg in read_ranges(consumer, topic, {0: (0, high)}):
+            if msg.key() == CONTROL_KEY and msg.value():
+                state.apply(json.loads(msg.value()))
+    finally:
+        consumer.close()
+    return state
+
+
+def _control_producer(settings: Settings) -> Producer:
+    producer = Producer(settings.kafka_config(**{
+        "transactional.id": f"{settings.topic_prefix}tickplant-eod",
+        "enable.idempotence": True,
+        "acks": "all",
+    }))
+    producer.init_transactions(30)
+    return producer
+
+
+def open_first_day(settings: Settings, clock: Clock | None = None) -> DayState:
+    """Write the first 'open' marker if the control topic has none; return the state."""
+    state = read_day_state(settings)
+    if state.open_date is not None:
+        return state
+    clock = clock or SystemClock()
+    producer = _control_producer(settings)
+    state = read_day_state(settings)  # another process may have opened it meanwhile
+    if state.open_date is None:
+        date = TradingCalendar.from_settings(settings).trading_date(clock.now_ns())
+        marker = {"kind": "open", "date": date.isoformat(), "at": clock.now_ns()}
+        producer.begin_transaction()
+        producer.produce(TopicNames(settings.topic_prefix).control, key=CONTROL_KEY, value=json.dumps(marker).encode())
+        producer.commit_transaction(30)
+        state.apply(marker)
+    return state
+
+
+def roll_day(
+    settings: Settings,
+    catalog: SchemaCatalog,
+    clock: Clock | None = None,
+    expected_open: dt.date | None = None,
+) -> dict[str, Any] | None:
+    """Close the open day now; return its marker, or None if it was already closed.
+
+    ``expected_open``: roll only if that is still the open day (the scheduler's
+    guard against a day closed meanwhile by ``tickplant eod`` or another roller).
+    """
+    clock = clock or SystemClock()
+    open_first_day(settings, clock)
+    names = TopicNames(settings.topic_prefix)
+    producer = _control_producer(settings)  # fences any concurrent roller
+    state = read_day_state(settings)
+    if expected_open is not None and state.open_date != expected_open:
+        return None
+    closing = state.open_date
+    assert closing is not None
+    now = clock.now_ns()
+    following = max(closing + dt.timedelta(days=1), TradingCalendar.from_settings(settings).trading_date(now))
+    topics = {t.name: names.table(t.name) for t in catalog}
+    counts = partition_counts(settings, list(topics.values()))
+    fences: dict[str, dict[int, int]] = {t: {} for t in topics}
+    errors: list[str] = []
+
+    def delivered(table: str, err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(f"{table}[{msg.partition()}]: {err}")
+        else:
+            fences[table][msg.partition()] = msg.offset()
+
+    producer.begin_transaction()
+    try:
+        header = [(CONTROL_HEADER, f"eod:{closing.isoformat()}".encode())]
+        for table, topic in topics.items():
+            for part in range(counts.get(topic, 0)):
+                producer.produce(topic, value=b"", partition=part, headers=header,
+                                 on_delivery=lambda err, msg, t=table: delivered(t, err, msg))
+        producer.flush(30)
+        if errors or any(len(fences[t]) != counts.get(topics[t], 0) for t in topics):
+            raise EodError(f"fences not all written: {errors or 'missing delivery reports'}")
+        ranges = {
+            table: {str(p): [state.start_of_open_day(table, p), fences[table][p]] for p in sorted(fences[table])}
+            for table in topics
+        }
+        marker = {"kind": "eod", "date": closing.isoformat(), "next": following.isoformat(), "at": now, "tables": ranges}
+        producer.produce(names.control, key=CONTROL_KEY, value=json.dumps(marker).encode())
+        producer.commit_transaction(30)
+    except BaseException:
+        producer.abort_transaction(30)
+        raise
+    return marker
+
+
+class EodScheduler(threading.Thread):
+    """Rolls the day at the configured time: the tickerplant's end-of-day timer."""
+
+    def __init__(self, settings: Settings, catalog: SchemaCatalog, clock: Clock | None = None,
+                 poll_seconds: float = 0.2, on_roll: Any = None):
+        super().__init__(name="tp-eod", daemon=True)
+        self.settings = settings
+        self.catalog = catalog
+        self.clock = clock or SystemClock()
+        self.calendar = TradingCalendar.from_settings(settings)
+        self.poll_seconds = poll_seconds
+        self.on_roll = on_roll
+        self.rolled: list[dict[str, Any]] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            state = open_first_day(self.settings, self.clock)
+            while not self._stop.is_set():
+                assert state.open_date is not None
+                if self.clock.now_ns() < self.calendar.close_ns(state.open_date):
+                    self._stop.wait(self.poll_seconds)
+                    continue
+                marker = roll_day(self.settings, self.catalog, self.clock, expected_open=state.open_date)
+                if marker is not None:
+                    self.rolled.append(marker)
+                    if self.on_roll:
+                        self.on_roll(marker)
+                state = read_day_state(self.settings)
+        except BaseException as exc:  # surfaced by the plant's status, not swallowed
+            self.error = exc
+            raise
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=30)

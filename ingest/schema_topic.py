@@ -1,0 +1,53 @@
+"""Writer schemas by fingerprint on a compacted topic: the registry the log carries itself.
+
+Every publisher registers the schemas it writes before its first row, so a
+consumer holding an older or newer ``schemas/`` can always find the writer's
+schema of any retained message, with no schema-registry server.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from confluent_kafka import Producer
+
+from ingest.logread import make_consumer, read_ranges, watermarks
+from ingest.schemas import SchemaCatalog
+from ingest.topics import TopicNames
+from tickplant.config import Settings
+
+
+class SchemaTopic:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.topic = TopicNames(settings.topic_prefix).schemas
+        self._known: dict[bytes, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, catalog: SchemaCatalog) -> None:
+        """Publish each table's writer schema (idempotent: compaction keeps one per key)."""
+        producer = Producer(self.settings.kafka_config(**{"enable.idempotence": True}))
+        for table in catalog:
+            producer.produce(self.topic, key=table.fingerprint.hex().encode(), value=json.dumps(table.avro).encode())
+            self._known[table.fingerprint] = table.avro
+        remaining = producer.flush(30)
+        if remaining:
+            raise RuntimeError(f"could not register {remaining} schemas on {self.topic}")
+
+    def reload(self) -> None:
+        consumer = make_consumer(self.settings)
+        try:
+            _, high = watermarks(consumer, self.topic, 0)
+            for msg in read_ranges(consumer, self.topic, {0: (0, high)}):
+                if msg.value():
+                    self._known[bytes.fromhex(msg.key().decode())] = json.loads(msg.value())
+        finally:
+            consumer.close()
+
+    def lookup(self, fingerprint: bytes) -> dict[str, Any] | None:
+        with self._lock:
+            if fingerprint not in self._known:
+                self.reload()
+            return self._known.get(fingerprint)

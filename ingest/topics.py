@@ -1,0 +1,144 @@
+"""The tickerplant log's topics: one per table, keyed by sym, plus the plant's own.
+
+- ``<prefix><table>``: the table's log; partition = murmur2(sym) as Kafka's
+  Java clients compute it, so a set of partitions is a set of syms;
+- ``<prefix>_tp.control``: end-of-day markers (one partition: a total order);
+- ``<prefix>_tp.schemas``: writer schemas by fingerprint (compacted);
+- ``<prefix>_tp.deadletter``: rejected input with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from ingest.schemas import SchemaCatalog
+from tickplant.config import Settings
+
+_M = 0x5BD1E995
+
+
+@lru_cache(maxsize=1 << 16)
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), unsigned."""
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * _M) & 0xFFFFFFFF
+        k ^= k >> 24
+        k = (k * _M) & 0xFFFFFFFF
+        h = ((h * _M) & 0xFFFFFFFF) ^ k
+    tail = length & ~3
+    extra = length % 4
+    if extra >= 3:
+        h ^= data[tail + 2] << 16
+    if extra >= 2:
+        h ^= data[tail + 1] << 8
+    if extra >= 1:
+        h ^= data[tail]
+        h = (h * _M) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * _M) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+def partition_for(sym: str, partitions: int) -> int:
+    """The partition of a sym: the Java client's default for key = sym."""
+    return (murmur2(sym.encode()) & 0x7FFFFFFF) % partitions
+
+
+class TopicError(RuntimeError):
+    """A topic is missing or could not be created."""
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    prefix: str = ""
+
+    def table(self, table: str) -> str:
+        return f"{self.prefix}{table}"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}_tp.control"
+
+    @property
+    def schemas(self) -> str:
+        return f"{self.prefix}_tp.schemas"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}_tp.deadletter"
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient(settings.kafka_config())
+
+
+def check_reachable(settings: Settings, timeout: float = 5.0) -> None:
+    """Fail fast, and say so plainly, when no broker answers."""
+    try:
+        meta = admin_client(settings).list_topics(timeout=timeout)
+    except Exception as exc:
+        hint = " (is the plant up? 'tickplant up --detach' starts it)" if settings.embedded else ""
+        raise TopicError(f"Kafka at {settings.bootstrap} is unreachable{hint}: {exc}") from None
+    if not meta.brokers:
+        raise TopicError(f"Kafka at {settings.bootstrap} answered with no brokers")
+
+
+def partition_counts(settings: Settings, topics: list[str], timeout: float = 10.0) -> dict[str, int]:
+    """Partition count of each existing topic (missing topics are absent)."""
+    meta = admin_client(settings).list_topics(timeout=timeout)
+    return {t: len(meta.topics[t].partitions) for t in topics if t in meta.topics and not meta.topics[t].error}
+
+
+def ensure_topics(settings: Settings, catalog: SchemaCatalog, timeout: float = 30.0) -> dict[str, int]:
+    """Create whatever topics are missing; return every plant topic's partition count."""
+    names = TopicNames(settings.topic_prefix)
+    retention = str(settings.retention_hours * 3600 * 1000)
+    rf = settings.replication_factor
+    wanted = {
+        names.table(t.name): NewTopic(
+            names.table(t.name), settings.partitions, rf,
+            config={"retention.ms": retention, "max.message.bytes": "8388608"},
+        )
+        for t in catalog
+    }
+    wanted[names.control] = NewTopic(names.control, 1, rf, config={"retention.ms": "-1"})
+    wanted[names.schemas] = NewTopic(names.schemas, 1, rf, config={"cleanup.policy": "compact"})
+    wanted[names.deadletter] = NewTopic(names.deadletter, 1, rf, config={"retention.ms": retention})
+    admin = admin_client(settings)
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except Exception as exc:
+        raise TopicError(f"Kafka at {settings.bootstrap} is unreachable: {exc}") from exc
+    missing = [nt for name, nt in wanted.items() if name not in existing]
+    if missing:
+        for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
+            try:
+                future.result()
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise TopicError(f"could not create topic {name}: {exc}") from exc
+    return _wait_for_leaders(admin, list(wanted), timeout)
+
+
+def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> dict[str, int]:
+    """A new topic answers reads only once every partition has a leader."""
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = admin.list_topics(timeout=timeout).topics
+        pending = [
+            t for t in topics
+            if t not in meta or meta[t].error or any(p.leader < 0 for p in meta[t].partitions.values())
+        ]
+        if not pending:
+            return {t: len(meta[t].partitions) for t in topics}
+        if time.monotonic() > deadline:
+            raise TopicError(f"topics without a leader after {timeout:.0f}s: {pending}")
+        time.sleep(0.1)

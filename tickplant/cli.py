@@ -1,0 +1,430 @@
+"""``tickplant``: run the plant and talk to its log from a terminal.
+
+Every command takes ``--config PATH`` and ``--data-dir DIR``; settings are
+described in ``tickplant.config``. Errors print one line saying what went
+wrong and exit non-zero; ``-v`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+from tickplant.config import ConfigError, Settings, load_settings
+from tickplant.textable import format_table
+
+EXIT_REJECTS = 3
+
+
+def _settings(args: argparse.Namespace, need_kafka: bool = True) -> Settings:
+    overrides = {"data_dir": args.data_dir}
+    for name in ("kafka_port", "feed_rate", "feed_syms", "publish_mode"):
+        if hasattr(args, name):
+            overrides[name] = getattr(args, name)
+    settings = load_settings(args.config, **overrides)
+    if need_kafka:
+        from ingest.topics import check_reachable
+
+        check_reachable(settings)
+    return settings
+
+
+def _date(text: str | None) -> dt.date | None:
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"date {text!r} is not YYYY-MM-DD") from None
+
+
+# -- up / down / status -------------------------------------------------------
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from tickplant.plant import Plant, install_signal_handlers, running_plant, start_detached
+
+    settings = _settings(args, need_kafka=False)
+    if args.detach:
+        if running_plant(settings):
+            print(f"a plant is already running from {settings.data_dir}")
+            return 1
+        argv = [a for a in sys.argv[1:] if a not in ("--detach", "-d")]
+        pid = start_detached(argv, settings)
+        print(f"tickplant is up (pid {pid}); Kafka at {settings.bootstrap}; data in {settings.data_dir}")
+        print("'tickplant status' shows it, 'tickplant down' stops it")
+        return 0
+    install_signal_handlers()
+    plant = Plant(settings, feed=not args.no_feed)
+    try:
+        plant.start()
+        where = "embedded broker" if settings.embedded else "configured cluster"
+        print(f"tickplant is up: Kafka at {settings.bootstrap} ({where}); Ctrl-C stops it", flush=True)
+        _status_loop(plant)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nstopping...", flush=True)
+        plant.stop()
+        print("stopped")
+    return 0
+
+
+def _status_loop(plant: Any) -> None:
+    tty = sys.stdout.isatty()
+    last: dict[str, int] = {}
+    last_t = time.monotonic()
+    ticks = 0
+    while True:
+        time.sleep(1.0)
+        now = time.monotonic()
+        delivered = dict(plant.tp.stats.delivered) if plant.tp else {}
+        parts = []
+        for table in sorted(delivered):
+            rate = (delivered[table] - last.get(table, 0)) / (now - last_t)
+            parts.append(f"{table} {rate:,.0f} rows/s ({delivered[table]:,})")
+        last, last_t = delivered, now
+        day = ""
+        if plant.scheduler and plant.scheduler.rolled:
+            day = f" | last EOD {plant.scheduler.rolled[-1]['date']}"
+        if plant.scheduler and plant.scheduler.error:
+            day += f" | EOD FAILED: {plant.scheduler.error}"
+        line = " | ".join(parts) + day
+        plant.write_state(ready=True)
+        ticks += 1
+        if tty:
+            print("\r" + line.ljust(100), end="", flush=True)
+        elif ticks % 10 == 0:
+            print(line, flush=True)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from tickplant.plant import stop_plant
+
+    stopped = stop_plant(_settings(args, need_kafka=False))
+    print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ingest.eod import read_day_state
+    from tickplant.plant import running_plant
+
+    settings = _settings(args, need_kafka=False)
+    plant = running_plant(settings)
+    if plant:
+        up = time.time() - plant.get("started", time.time())
+        print(f"plant: running (pid {plant['pid']}, up {up:,.0f}s, ready={plant.get('ready')})")
+        if plant.get("eod_error"):
+            print(f"  end of day FAILED: {plant['eod_error']}")
+    else:
+        print(f"plant: not running from {settings.data_dir}")
+    from ingest.topics import check_reachable
+
+    check_reachable(settings)
+    rows = _topic_rows(settings)
+    state = read_day_state(settings)
+    print(f"Kafka: {settings.bootstrap}; open day {state.open_date}; closed days {len(state.closed)}")
+    delivered = (plant or {}).get("delivered", {})
+    print(format_table(
+        ["table", "partitions", "messages today", "log end", "published by plant"],
+        [[t, p, today, end, delivered.get(t, 0)] for t, p, today, end in rows],
+    ))
+    return 0
+
+
+def _topic_rows(settings: Settings) -> list[list[Any]]:
+    from ingest.eod import read_day_state
+    from ingest.logread import make_consumer, watermarks
+    from ingest.schemas import SchemaCatalog
+    from ingest.topics import TopicNames, partition_counts
+
+    catalog = SchemaCatalog.load(settings.schemas_dir)
+    names = TopicNames(settings.topic_prefix)
+    topics = {t: names.table(t) for t in catalog.names}
+    counts = partition_counts(settings, list(topics.values()))
+    state = read_day_state(settings)
+    consumer = make_consumer(settings)
+    out = []
+    try:
+        for table, topic in topics.items():
+            if topic not in counts:
+                out.append([table, 0, 0, 0])
+                continue
+            ends = {p: watermarks(consumer, topic, p)[1] for p in range(counts[topic])}
+            today = sum(max(0, end - state.start_of_open_day(table, p)) for p, end in ends.items())
+            out.append([table, counts[topic], today, sum(ends.values())])
+    finally:
+        consumer.close()
+    return out
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from ingest.logread import make_consumer, watermarks
+    from ingest.topics import admin_client
+
+    settings = _settings(args)
+    meta = admin_client(settings).list_topics(timeout=10)
+    consumer = make_consumer(settings)
+    rows = []
+    try:
+        for name in sorted(meta.topics):
+            if name.startswith("__"):
+                continue
+            parts = meta.topics[name].partitions
+            low = high = 0
+            for p in parts:
+                lo, hi = watermarks(consumer, name, p)
+                low, high = low + lo, high + hi
+            rows.append([name, len(parts), low, high])
+    finally:
+        consumer.close()
+    print(format_table(["topic", "partitions", "start offsets", "end offsets"], rows))
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from tickplant.kafka.jars import ensure_jars, java_binary
+
+    java_binary()
+    libs = ensure_jars(quiet=not args.verbose)
+    print(f"Kafka jars ready in {libs}")
+    return 0
+
+
+# -- feed / eod / replay / subscribe -------------------------------------------
+
+def cmd_feed_csv(args: argparse.Namespace) -> int:
+    from ingest.feeds.csvfeed import feed_csv
+    from ingest.publisher import Tickerplant
+
+    settings = _settings(args)
+    started = time.monotonic()
+
+    def progress(report: Any) -> None:
+        rate = report.published / max(1e-9, time.monotonic() - started)
+        print(f"\r{report.published:,} rows published ({rate:,.0f} rows/s), {report.rejected:,} rejected",
+              end="", file=sys.stderr, flush=True)
+
+    with Tickerplant(settings, mode=args.mode, source=f"csv:{args.file}") as tp:
+        report = feed_csv(tp.publish_rows, tp.deadletters, tp.catalog[args.table], args.file, progress=progress)
+        tp.flush()
+    print("", file=sys.stderr)
+    for line, reason in report.errors[: args.show_errors]:
+        print(f"{args.file}:{line}: {reason}")
+    if report.rejected > args.show_errors:
+        print(f"... {report.rejected - args.show_errors:,} more rejected rows (all on the dead-letter topic)")
+    print(f"{report.table}: {report.published:,} rows published, {report.rejected:,} rejected "
+          f"(dead-letter topic {tp.deadletters.topic})")
+    return EXIT_REJECTS if report.rejected else 0
+
+
+def cmd_feed_synthetic(args: argparse.Namespace) -> int:
+    from ingest.feeds.synthetic import SyntheticMarket, run_feed
+    from ingest.publisher import Tickerplant
+
+    settings = _settings(args)
+    market = SyntheticMarket(args.syms, args.seed)
+    with Tickerplant(settings, mode=args.mode, source="synthetic-feed") as tp:
+        events = run_feed(market, tp.publish_rows, args.rate, threading.Event(), duration=args.seconds)
+        tp.flush()
+    print(format_table(["table", "rows published"], sorted(tp.stats.delivered.items())))
+    print(f"{events:,} quote events in {args.seconds:g}s")
+    return 0
+
+
+def cmd_eod(args: argparse.Namespace) -> int:
+    from ingest.eod import roll_day
+    from ingest.schemas import SchemaCatalog
+
+    settings = _settings(args)
+    marker = roll_day(settings, SchemaCatalog.load(settings.schemas_dir))
+    assert marker is not None
+    print(f"closed {marker['date']}; open day is now {marker['next']}")
+    rows = [
+        [table, part, start, end, max(0, end - start)]
+        for table, parts in sorted(marker["tables"].items())
+        for part, (start, end) in sorted(parts.items(), key=lambda kv: int(kv[0]))
+    ]
+    print(format_table(["table", "partition", "first offset", "fence offset", "offsets in day"], rows))
+    return 0
+
+
+def _write_rows(rows: list[dict[str, Any]], fmt: str, out: Any, columns: list[str]) -> None:
+    if fmt == "json":
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+    elif fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        print(format_table(columns, [[r.get(c) for c in columns] for r in rows]), file=out)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from ingest.replay import day_ranges, replay_rows
+    from ingest.schemas import SchemaCatalog
+
+    settings = _settings(args)
+    catalog = SchemaCatalog.load(settings.schemas_dir)
+    table = catalog[args.table]
+    ranges = day_ranges(settings, table.name, _date(args.date))
+    if args.partition is not None:
+        if args.partition not in ranges:
+            raise ValueError(f"table {table.name} has no partition {args.partition} (has {sorted(ranges)})")
+        ranges = {args.partition: ranges[args.partition]}
+    if args.from_offset is not None or args.to_offset is not None:
+        ranges = {
+            p: (max(s, args.from_offset or 0), min(e, args.to_offset if args.to_offset is not None else e))
+            for p, (s, e) in ranges.items()
+        }
+    if args.format == "arrow":
+        import pyarrow as pa
+
+        if not args.out:
+            raise ValueError("--format arrow needs --out FILE")
+        arrow = table.to_arrow(list(replay_rows(settings, table.name, ranges=ranges, catalog=catalog)))
+        with pa.OSFile(args.out, "wb") as sink, pa.ipc.new_stream(sink, arrow.schema) as writer:
+            writer.write_table(arrow)
+        print(f"{arrow.num_rows:,} rows written to {args.out}", file=sys.stderr)
+        return 0
+    rows = []
+    for row in replay_rows(settings, table.name, ranges=ranges, catalog=catalog):
+        rows.append(row)
+        if args.limit and len(rows) >= args.limit:
+            break
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        _write_rows(rows, args.format, out, table.columns)
+    finally:
+        if args.out:
+            out.close()
+    print(f"{len(rows):,} rows", file=sys.stderr)
+    return 0
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from ingest.subscribe import Subscription
+
+    settings = _settings(args)
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    count = 0
+    with Subscription(settings, args.table, args.syms or None, since=args.since) as sub:
+        columns = sub.catalog[sub.table].columns
+        while deadline is None or time.monotonic() < deadline:
+            for row in sub.poll(0.5):
+                print(json.dumps({c: row.get(c) for c in columns}), flush=True)
+                count += 1
+    print(f"{count:,} rows", file=sys.stderr)
+    return 0
+
+
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    from ingest.deadletter import read_deadletters
+
+    letters = read_deadletters(_settings(args))[-args.last:]
+    print(format_table(
+        ["time", "source", "table", "where", "reason"],
+        [[dt.datetime.fromtimestamp(d["time"] / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+          d["source"], d["table"], d["where"], d["reason"][:100]] for d in letters],
+    ))
+    return 0
+
+
+# -- the parser ----------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML settings file (default ./tickplant.toml)")
+    common.add_argument("--data-dir", help="where the embedded plant keeps its state (default ./.tickplant)")
+    common.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+
+    common.add_argument("--kafka-port", type=int, help="embedded broker port (default 9092)")
+    parser = argparse.ArgumentParser(
+        prog="tickplant", description="kdb+tick's tick plant on Kafka: run it, feed it, replay its log.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", parents=[common], help="start the plant (embedded Kafka, feed, end of day)")
+    up.add_argument("-d", "--detach", action="store_true", help="run in the background; return once ready")
+    up.add_argument("--no-feed", action="store_true", help="do not start the synthetic feed")
+    up.add_argument("--rate", dest="feed_rate", type=float, help="synthetic quote events per second")
+    up.add_argument("--syms", dest="feed_syms", type=int, help="number of synthetic syms")
+    up.add_argument("--mode", dest="publish_mode", choices=["batch", "zero"], help="publish mode")
+    up.set_defaults(func=cmd_up)
+
+    sub.add_parser("down", parents=[common], help="stop the plant and its broker").set_defaults(func=cmd_down)
+    sub.add_parser("status", parents=[common], help="what runs, the open day, rows per table").set_defaults(
+        func=cmd_status)
+    sub.add_parser("topics", parents=[common], help="the log's topics and offsets").set_defaults(func=cmd_topics)
+    sub.add_parser("install", parents=[common], help="fetch the Kafka broker jars (Maven)").set_defaults(
+        func=cmd_install)
+    sub.add_parser("eod", parents=[common], help="roll the open day over now").set_defaults(func=cmd_eod)
+
+    feed = sub.add_parser("feed", parents=[common], help="publish rows into the log")
+    feeds = feed.add_subparsers(dest="feed", required=True, metavar="FEED")
+    fcsv = feeds.add_parser("csv", parents=[common], help="publish a CSV file's rows into a table")
+    fcsv.add_argument("table")
+    fcsv.add_argument("file")
+    fcsv.add_argument("--mode", choices=["batch", "zero"], default="batch")
+    fcsv.add_argument("--show-errors", type=int, default=20, help="rejected lines to print (default 20)")
+    fcsv.set_defaults(func=cmd_feed_csv)
+    fsyn = feeds.add_parser("synthetic", parents=[common], help="publish a synthetic market for a while")
+    fsyn.add_argument("--rate", type=float, default=10_000, help="quote events per second")
+    fsyn.add_argument("--syms", type=int, default=50)
+    fsyn.add_argument("--seed", type=int, default=1)
+    fsyn.add_argument("--seconds", type=float, default=10)
+    fsyn.add_argument("--mode", choices=["batch", "zero"], default="batch")
+    fsyn.set_defaults(func=cmd_feed_synthetic)
+
+    rep = sub.add_parser("replay", parents=[common], help="read back a day or offset range of a table (-11!)")
+    rep.add_argument("table")
+    rep.add_argument("--date", help="a closed day YYYY-MM-DD (default: the open day so far)")
+    rep.add_argument("--partition", type=int)
+    rep.add_argument("--from-offset", type=int)
+    rep.add_argument("--to-offset", type=int, help="exclusive")
+    rep.add_argument("--format", choices=["table", "csv", "json", "arrow"], default="table")
+    rep.add_argument("--out", help="write to a file instead of the terminal")
+    rep.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
+    rep.set_defaults(func=cmd_replay)
+
+    subs = sub.add_parser("subscribe", parents=[common], help="stream a table's rows for some syms (.u.sub)")
+    subs.add_argument("table")
+    subs.add_argument("syms", nargs="*")
+    subs.add_argument("--since", choices=["now", "sod"], default="now", help="from now or the start of day")
+    subs.add_argument("--seconds", type=float, default=0, help="stop after this long (0: until Ctrl-C)")
+    subs.set_defaults(func=cmd_subscribe)
+
+    dlq = sub.add_parser("deadletters", parents=[common], help="rejected input and why")
+    dlq.add_argument("--last", type=int, default=50)
+    dlq.set_defaults(func=cmd_deadletters)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, ValueError, RuntimeError, OSError, argparse.ArgumentTypeError) as exc:
+        if args.verbose:
+            raise
+        print(f"tickplant {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a KafkaException and the like: still one clear line
+        if args.verbose:
+            raise
+        print(f"tickplant {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

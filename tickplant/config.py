@@ -1,0 +1,130 @@
+"""The plant's settings, in one place.
+
+Read in this order, later winning: the defaults below, a TOML file
+(``tickplant.toml`` in the working directory, or ``--config PATH`` /
+``TICKPLANT_CONFIG``), then environment variables ``TICKPLANT_<FIELD>``
+(for example ``TICKPLANT_BOOTSTRAP_SERVERS=b-1.msk...:9098``).
+
+``bootstrap_servers`` empty means "run the embedded broker"; set it to use
+docker-compose's Kafka or Amazon MSK instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it and its source."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # where the embedded broker, pid files and logs live
+    data_dir: Path = Path(".tickplant")
+    # Kafka: empty -> embedded broker on 127.0.0.1:kafka_port
+    bootstrap_servers: str = ""
+    kafka_port: int = 9092
+    kafka_controller_port: int = 0  # 0 -> kafka_port + 1
+    kafka_heap: str = "1g"
+    # extra librdkafka settings for every client (security.protocol, sasl.*, ...)
+    kafka_client_config: dict[str, str] = field(default_factory=dict)
+    topic_prefix: str = ""
+    partitions: int = 4
+    replication_factor: int = 1
+    retention_hours: int = 24 * 7
+    # Avro schemas: one .avsc file per table
+    schemas_dir: Path = REPO_ROOT / "schemas"
+    schema_registry_url: str = ""
+    # publishing: "batch" (blocks every batch_interval_ms) or "zero" (zero-latency)
+    publish_mode: str = "batch"
+    batch_interval_ms: int = 100
+    max_block_rows: int = 5000
+    # end of day: rollover wall-clock time in eod_timezone
+    eod_time: str = "00:00"
+    eod_timezone: str = "UTC"
+    # the synthetic feed started by `tickplant up`
+    feed_syms: int = 50
+    feed_rate: float = 1000.0
+    feed_seed: int = 1
+    # gateway
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8700
+
+    @property
+    def embedded(self) -> bool:
+        return not self.bootstrap_servers
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def controller_port(self) -> int:
+        return self.kafka_controller_port or self.kafka_port + 1
+
+    def kafka_config(self, **extra: Any) -> dict[str, Any]:
+        """librdkafka settings for one client: the cluster, security, then the caller's.
+
+        librdkafka's own log is silenced (log_level 0): connection trouble
+        reaches callers as exceptions and delivery errors, said once, in context.
+        """
+        return {"bootstrap.servers": self.bootstrap, "log_level": 0, **self.kafka_client_config, **extra}
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, raw: Any, target: Any, source: str) -> Any:
+    kind = target.type if isinstance(target.type, str) else str(target.type)
+    try:
+        if "dict" in kind:
+            if isinstance(raw, dict):
+                return {str(k): str(v) for k, v in raw.items()}
+            pairs = [p.split("=", 1) for p in str(raw).split(",") if p.strip()]
+            return {k.strip(): v.strip() for k, v in pairs}
+        if kind == "Path":
+            return Path(str(raw)).expanduser()
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: setting {name!r} = {raw!r} is not a valid {kind}") from exc
+
+
+def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Defaults, then the TOML file, then TICKPLANT_* variables, then explicit overrides."""
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    path = Path(config_path or os.environ.get("TICKPLANT_CONFIG") or "tickplant.toml")
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        for key, raw in data.items():
+            if key not in fields:
+                raise ConfigError(f"{path}: unknown setting {key!r}; known: {', '.join(fields)}")
+            values[key] = _coerce(key, raw, fields[key], str(path))
+    elif config_path:
+        raise ConfigError(f"config file {path} does not exist")
+    for name, f in fields.items():
+        env = f"TICKPLANT_{name.upper()}"
+        if env in os.environ:
+            values[name] = _coerce(name, os.environ[env], f, f"environment {env}")
+    for name, raw in overrides.items():
+        if raw is not None:
+            values[name] = _coerce(name, raw, fields[name], "command line")
+    settings = Settings(**values)
+    if settings.publish_mode not in ("batch", "zero"):
+        raise ConfigError(f"publish_mode must be 'batch' or 'zero', not {settings.publish_mode!r}")
+    return settings
