@@ -34,7 +34,7 @@ from confluent_kafka import Producer
 from ingest.framing import CONTROL_HEADER
 from ingest.logread import make_consumer, read_ranges, watermarks
 from ingest.schemas import SchemaCatalog
-from ingest.topics import TopicNames, partition_counts
+from ingest.topics import TopicNames, ensure_topics, partition_counts
 from tickplant.clock import Clock, SystemClock
 from tickplant.config import Settings
 
@@ -107,8 +107,11 @@ class DayState:
 
 
 def read_day_state(settings: Settings) -> DayState:
+    """The control topic's story so far (empty if the plant was never started)."""
     topic = TopicNames(settings.topic_prefix).control
     state = DayState()
+    if topic not in partition_counts(settings, [topic]):
+        return state
     consumer = make_consumer(settings)
     try:
         _, high = watermarks(consumer, topic, 0)
@@ -130,8 +133,9 @@ def _control_producer(settings: Settings) -> Producer:
     return producer
 
 
-def open_first_day(settings: Settings, clock: Clock | None = None) -> DayState:
-    """Write the first 'open' marker if the control topic has none; return the state."""
+def open_first_day(settings: Settings, catalog: SchemaCatalog, clock: Clock | None = None) -> DayState:
+    """Create the plant's topics and write the first 'open' marker if there is none."""
+    ensure_topics(settings, catalog)
     state = read_day_state(settings)
     if state.open_date is not None:
         return state
@@ -160,7 +164,7 @@ def roll_day(
     guard against a day closed meanwhile by ``tickplant eod`` or another roller).
     """
     clock = clock or SystemClock()
-    open_first_day(settings, clock)
+    open_first_day(settings, catalog, clock)
     names = TopicNames(settings.topic_prefix)
     producer = _control_producer(settings)  # fences any concurrent roller
     state = read_day_state(settings)
@@ -218,15 +222,15 @@ class EodScheduler(threading.Thread):
         self.on_roll = on_roll
         self.rolled: list[dict[str, Any]] = []
         self.error: BaseException | None = None
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         try:
-            state = open_first_day(self.settings, self.clock)
-            while not self._stop.is_set():
+            state = open_first_day(self.settings, self.catalog, self.clock)
+            while not self._halt.is_set():
                 assert state.open_date is not None
                 if self.clock.now_ns() < self.calendar.close_ns(state.open_date):
-                    self._stop.wait(self.poll_seconds)
+                    self._halt.wait(self.poll_seconds)
                     continue
                 marker = roll_day(self.settings, self.catalog, self.clock, expected_open=state.open_date)
                 if marker is not None:
@@ -239,5 +243,5 @@ class EodScheduler(threading.Thread):
             raise
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=30)

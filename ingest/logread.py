@@ -38,6 +38,9 @@ def make_consumer(settings: Settings, **extra: object) -> Consumer:
         "enable.partition.eof": True,
         "isolation.level": "read_committed",
         "auto.offset.reset": "earliest",
+        # an empty fetch at the log's end is held this long by the broker (default 500 ms):
+        # short, so reaching the end of a range is seen at once
+        "fetch.wait.max.ms": 20,
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         **extra,
@@ -78,7 +81,8 @@ def read_ranges(
     last_progress = time.monotonic()
     try:
         while todo:
-            messages = consumer.consume(batch, timeout=0.5)
+            # consume() waits out its timeout unless the batch fills: keep it short
+            messages = consumer.consume(batch, timeout=0.05)
             if not messages:
                 if time.monotonic() - last_progress > idle_timeout:
                     raise LogReadError(

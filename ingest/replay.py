@@ -70,7 +70,9 @@ def replay_messages(
     consumer = make_consumer(settings)
     try:
         for part in sorted(ranges):
-            for msg in read_ranges(consumer, topic, {part: ranges[part]}):
+            start, end = ranges[part]
+            end = min(end, watermarks(consumer, topic, part)[1])  # a range past the log's end stops at it
+            for msg in read_ranges(consumer, topic, {part: (start, end)}):
                 if control_of(msg.headers()):
                     continue
                 try:

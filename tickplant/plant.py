@@ -80,7 +80,7 @@ class Plant:
             if self.broker:
                 self.broker.start()
             ensure_topics(self.settings, self.catalog)
-            open_first_day(self.settings, self.clock)
+            open_first_day(self.settings, self.catalog, self.clock)
             self.tp = Tickerplant(self.settings, self.catalog, source="synthetic-feed")
             self.scheduler = EodScheduler(self.settings, self.catalog, self.clock)
             self.scheduler.start()

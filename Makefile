@@ -1,0 +1,33 @@
+# The two commands: `make up` runs the plant, `make test` runs the tests.
+# Each sets up what it needs first: a virtualenv in .venv with the project
+# and its test tools, and the Kafka broker jars from Maven Central.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: up test setup bench lint clean
+
+up: setup
+	$(BIN)/tickplant up
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -ra
+
+bench: setup
+	$(BIN)/python -m bench
+
+lint: setup
+	$(BIN)/ruff check .
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/tickplant install
+	touch $@
+
+clean:
+	rm -rf $(VENV) .tickplant .pytest_cache

@@ -1,0 +1,133 @@
+"""End of day: fences, markers, rows in flight during the rollover, the scheduler, the calendar."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import pytest
+
+from ingest.eod import EodScheduler, TradingCalendar, open_first_day, read_day_state, roll_day
+from ingest.feeds.synthetic import SyntheticMarket
+from ingest.publisher import Tickerplant
+from ingest.replay import ReplayError, day_ranges, replay_messages, replay_rows
+from tickplant.clock import ManualClock, ScaledClock
+
+NOV22 = int(dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC).timestamp() * 1e9)
+
+
+def test_calendar_midnight_utc():
+    cal = TradingCalendar("00:00", "UTC")
+    assert cal.trading_date(NOV22) == dt.date(2026, 11, 22)
+    assert cal.close_ns(dt.date(2026, 11, 22)) == int(dt.datetime(2026, 11, 23, tzinfo=dt.UTC).timestamp()) * 10**9
+
+
+def test_calendar_fx_rollover_new_york():
+    cal = TradingCalendar("17:00", "America/New_York")
+    ny = dt.timezone(dt.timedelta(hours=-5))  # November: EST
+    before = int(dt.datetime(2026, 11, 23, 16, 59, tzinfo=ny).timestamp() * 1e9)
+    after = int(dt.datetime(2026, 11, 23, 17, 0, tzinfo=ny).timestamp() * 1e9)
+    assert cal.trading_date(before) == dt.date(2026, 11, 23)
+    assert cal.trading_date(after) == dt.date(2026, 11, 24)
+    assert cal.close_ns(dt.date(2026, 11, 23)) == after
+
+
+def test_calendar_rejects_bad_settings():
+    with pytest.raises(ValueError, match="HH:MM"):
+        TradingCalendar("25:99", "UTC")
+    with pytest.raises(ValueError, match="time zone"):
+        TradingCalendar("00:00", "Mars/Olympus")
+
+
+def test_rollover_with_rows_in_flight_puts_every_row_in_exactly_one_day(settings, catalog):
+    clock = ManualClock(NOV22)
+    assert open_first_day(settings, catalog, clock).open_date == dt.date(2026, 11, 22)
+    market = SyntheticMarket(syms=25, seed=2, clock=clock)
+    published: list[dict] = []
+    stop = threading.Event()
+    markers = []
+
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        def feed() -> None:
+            while not stop.is_set():
+                trades, _ = market.events(200)
+                tp.publish_rows("trade", trades)
+                published.extend(trades)
+                time.sleep(0.005)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        time.sleep(1.0)
+        clock.advance(12 * 3600)  # midnight
+        markers.append(roll_day(settings, catalog, clock))
+        time.sleep(1.0)
+        stop.set()
+        feeder.join()
+        tp.flush()
+
+    marker = markers[0]
+    assert marker["date"] == "2026-11-22" and marker["next"] == "2026-11-23"
+    state = read_day_state(settings)
+    assert state.open_date == dt.date(2026, 11, 23)
+
+    closed = list(replay_rows(settings, "trade", dt.date(2026, 11, 22), catalog=catalog))
+    opened = list(replay_rows(settings, "trade", catalog=catalog))
+    assert closed and opened, "the feed ran on both sides of the rollover"
+    key = lambda r: (r["sym"], r["time"])  # noqa: E731 - unique per row in this feed
+    assert sorted(map(key, closed + opened)) == sorted(map(key, published))
+    assert not set(map(key, closed)) & set(map(key, opened))
+
+    # the marker's ranges are exactly the day's: every closed-day message sits below its fence
+    for part, (start, end) in marker["tables"]["trade"].items():
+        assert start == 0
+        ranges = {int(part): (start, end)}
+        for position, _ in replay_messages(settings, "trade", ranges, catalog):
+            assert start <= position.offset < end
+    # the open day starts right after each fence
+    for part, (_, end) in marker["tables"]["trade"].items():
+        assert state.start_of_open_day("trade", int(part)) == end + 1
+
+
+def test_two_days_in_a_row_and_a_second_roller_does_not_double_close(settings, catalog):
+    clock = ManualClock(NOV22)
+    open_first_day(settings, catalog, clock)
+    market = SyntheticMarket(syms=5, seed=9, clock=clock)
+    days = {}
+    with Tickerplant(settings, catalog) as tp:
+        for day in ("2026-11-22", "2026-11-23", "2026-11-24"):
+            trades, _ = market.events(100)
+            tp.publish_rows("trade", trades)
+            tp.flush()
+            days[day] = trades
+            if day != "2026-11-24":
+                clock.advance(24 * 3600)
+                assert roll_day(settings, catalog, clock, expected_open=dt.date.fromisoformat(day))
+                # a stale roller (it thinks the same day is still open) does nothing
+                assert roll_day(settings, catalog, clock, expected_open=dt.date.fromisoformat(day)) is None
+    state = read_day_state(settings)
+    assert sorted(state.closed) == [dt.date(2026, 11, 22), dt.date(2026, 11, 23)]
+    assert state.open_date == dt.date(2026, 11, 24)
+    for day, trades in days.items():
+        date = dt.date.fromisoformat(day) if day != "2026-11-24" else None
+        got = list(replay_rows(settings, "trade", date, catalog=catalog))
+        assert sorted(r["time"] for r in got) == sorted(r["time"] for r in trades)
+    with pytest.raises(ReplayError, match="no closed day 2026-11-21"):
+        day_ranges(settings, "trade", dt.date(2026, 11, 21))
+
+
+def test_scheduler_rolls_at_the_configured_time(settings, catalog):
+    # start 2 simulated seconds before midnight, running 1x: the scheduler must roll by itself
+    start = int(dt.datetime(2026, 11, 22, 23, 59, 58, tzinfo=dt.UTC).timestamp() * 1e9)
+    clock = ScaledClock(start, speed=1.0)
+    rolled = threading.Event()
+    scheduler = EodScheduler(settings, catalog, clock, poll_seconds=0.05, on_roll=lambda m: rolled.set())
+    scheduler.start()
+    try:
+        assert not rolled.wait(1.0), "rolled before midnight"
+        assert rolled.wait(20), f"no rollover; scheduler error: {scheduler.error!r}"
+    finally:
+        scheduler.stop()
+    assert [m["date"] for m in scheduler.rolled] == ["2026-11-22"]
+    assert clock.now_ns() >= TradingCalendar().close_ns(dt.date(2026, 11, 22))
+    assert read_day_state(settings).open_date == dt.date(2026, 11, 23)
