@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from tickplant.config import ConfigError, Settings, load_settings
-from tickplant.textable import format_table
+from tickplant.textable import format_ns, format_table
 
 EXIT_REJECTS = 3
 
@@ -264,7 +264,8 @@ def _write_rows(rows: list[dict[str, Any]], fmt: str, out: Any, columns: list[st
         writer.writeheader()
         writer.writerows(rows)
     else:
-        print(format_table(columns, [[r.get(c) for c in columns] for r in rows]), file=out)
+        cells = [[format_ns(r[c]) if c == "time" else r.get(c) for c in columns] for r in rows]
+        print(format_table(columns, cells), file=out)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
+
+
+def format_ns(ns: int) -> str:
+    """ns since the epoch as UTC ISO 8601 with all nine fractional digits."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}"
 
 
 def _cell(value: Any) -> str:

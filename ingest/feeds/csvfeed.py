@@ -107,6 +107,8 @@ def _converter(column: str, base: str, nullable: bool, has_default: bool, defaul
                     return False
                 raise ValueError
             return text
+        except RowError:
+            raise
         except ValueError:
             raise RowError(f"{column}: {text[:80]!r} is not a valid {base}") from None
 
