@@ -15,6 +15,7 @@ Control topic records (JSON, one partition, key ``b"day"``)::
   {"kind": "open", "date": "2026-11-22", "at": ns}
   {"kind": "eod",  "date": "2026-11-22", "next": "2026-11-23", "at": ns,
    "tables": {"trade": {"0": [start, end], ...}, ...}}
+  {"kind": "published", "table": "trade", "date": "2026-11-22", ...}   (by the HDB writer)
 
 A fixed transactional id fences concurrent rollers, and each re-reads the
 control topic inside its transaction, so a day is closed once.
@@ -86,6 +87,7 @@ class DayState:
     open_date: dt.date | None = None
     open_starts: dict[str, dict[int, int]] = field(default_factory=dict)
     closed: dict[dt.date, dict[str, dict[int, tuple[int, int]]]] = field(default_factory=dict)
+    published: dict[str, set[dt.date]] = field(default_factory=dict)  # table -> dates in the HDB
     markers: list[dict[str, Any]] = field(default_factory=list)
 
     def apply(self, marker: dict[str, Any]) -> None:
@@ -101,6 +103,25 @@ class DayState:
             self.closed[date] = ranges
             self.open_date = dt.date.fromisoformat(marker["next"])
             self.open_starts = {t: {p: end + 1 for p, (_, end) in parts.items()} for t, parts in ranges.items()}
+        elif marker["kind"] == "published":
+            self.published.setdefault(marker["table"], set()).add(dt.date.fromisoformat(marker["date"]))
+
+    def date_of(self, table: str, partition: int, offset: int) -> dt.date | None:
+        """The trading date a log position belongs to (None: before every known day)."""
+        if offset >= self.start_of_open_day(table, partition):
+            return self.open_date
+        for date, tables in self.closed.items():
+            start, end = tables.get(table, {}).get(partition, (0, 0))
+            if start <= offset < end:
+                return date
+        return None
+
+    def fence_date(self, table: str, partition: int, offset: int) -> dt.date | None:
+        """The day a fence at this position closed, if a committed marker says so."""
+        for date, tables in self.closed.items():
+            if tables.get(table, {}).get(partition, (0, -1))[1] == offset:
+                return date
+        return None
 
     def start_of_open_day(self, table: str, partition: int) -> int:
         return self.open_starts.get(table, {}).get(partition, 0)

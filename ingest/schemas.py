@@ -125,12 +125,18 @@ class TableSchema:
         return pa.schema(out)
 
     def to_arrow(self, rows: list[dict[str, Any]]) -> pa.Table:
-        columns = {c: [r.get(c) for r in rows] for c in self.columns}
-        times = pa.array(columns["time"], pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
-        arrays = [
-            times if c == "time" else pa.array(columns[c], self.arrow_schema.field(c).type)
-            for c in self.columns
-        ]
+        """Rows as decoded from the log, column by column (time as timestamp[ns, UTC])."""
+        arrays = []
+        for f in self.arrow_schema:
+            name = f.name
+            try:
+                values = [r[name] for r in rows]
+            except KeyError:  # a nullable column some rows lack
+                values = [r.get(name) for r in rows]
+            if name == "time":
+                arrays.append(pa.array(values, pa.int64()).cast(f.type))
+            else:
+                arrays.append(pa.array(values, f.type))
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
 
 

@@ -4,7 +4,8 @@
   Java clients compute it, so a set of partitions is a set of syms;
 - ``<prefix>_tp.control``: end-of-day markers (one partition: a total order);
 - ``<prefix>_tp.schemas``: writer schemas by fingerprint (compacted);
-- ``<prefix>_tp.deadletter``: rejected input with the reason.
+- ``<prefix>_tp.deadletter``: rejected input with the reason;
+- ``<prefix>_tp.metadata``: what each data node holds and its address (compacted).
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class TopicNames:
     def deadletter(self) -> str:
         return f"{self.prefix}_tp.deadletter"
 
+    @property
+    def metadata(self) -> str:
+        """Data nodes say what they hold and where they answer (compacted, key = node id)."""
+        return f"{self.prefix}_tp.metadata"
+
 
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_config())
@@ -112,6 +118,9 @@ def ensure_topics(settings: Settings, catalog: SchemaCatalog, timeout: float = 3
     wanted[names.control] = NewTopic(names.control, 1, rf, config={"retention.ms": "-1"})
     wanted[names.schemas] = NewTopic(names.schemas, 1, rf, config={"cleanup.policy": "compact"})
     wanted[names.deadletter] = NewTopic(names.deadletter, 1, rf, config={"retention.ms": retention})
+    wanted[names.metadata] = NewTopic(
+        names.metadata, 1, rf, config={"cleanup.policy": "compact", "segment.ms": "600000"}
+    )
     admin = admin_client(settings)
     try:
         existing = admin.list_topics(timeout=timeout).topics

@@ -326,6 +326,14 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rdb_worker(args: argparse.Namespace) -> int:
+    from streams.rdb import run_worker
+
+    settings = _settings(args)
+    run_worker(settings, args.id, args.port, memory_budget=int(args.memory_mb) << 20)
+    return 0
+
+
 def cmd_deadletters(args: argparse.Namespace) -> int:
     from ingest.deadletter import read_deadletters
 
@@ -401,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
     subs.add_argument("--since", choices=["now", "sod"], default="now", help="from now or the start of day")
     subs.add_argument("--seconds", type=float, default=0, help="stop after this long (0: until Ctrl-C)")
     subs.set_defaults(func=cmd_subscribe)
+
+    rdb = sub.add_parser("rdb", parents=[common], help="the real-time database")
+    rdbs = rdb.add_subparsers(dest="rdb", required=True, metavar="ACTION")
+    rworker = rdbs.add_parser("worker", parents=[common], help="run one RDB worker (Faust) in the foreground")
+    rworker.add_argument("--id", default="rdb-1", help="node id, unique in the plant")
+    rworker.add_argument("--port", type=int, default=8711, help="HTTP query port")
+    rworker.add_argument("--memory-mb", type=int, default=1024, help="memory budget")
+    rworker.set_defaults(func=cmd_rdb_worker)
 
     dlq = sub.add_parser("deadletters", parents=[common], help="rejected input and why")
     dlq.add_argument("--last", type=int, default=50)

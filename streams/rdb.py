@@ -1,0 +1,393 @@
+"""The real-time database: Faust agents that keep today's ticks in RocksDB shards.
+
+One worker of the consumer group ``<prefix>tickplant-rdb`` holds the
+partitions Kafka assigns it; a partition is a set of syms (key = sym), so N
+workers are N sym shards. Per message the agent decodes the rows (row or
+block), and applies them with the message's offset to the partition's shard
+in one RocksDB write: a message replayed after a crash or a rebalance is
+skipped, so state is exactly-once over at-least-once delivery.
+
+Shards live under ``<data_dir>/rdb/<table>/p<partition>``, shared by the
+workers of one machine: a partition handed to another local worker is opened
+where it is, with no replay. A restarted worker serves at once and catches up
+from its shards' offsets: time to serving does not grow with the day.
+
+End of day: a fence in a partition closes that partition's day (confirmed by
+the committed marker on the control topic); rows after it go to the new day.
+The closed day stays queryable until the control topic says the HDB has
+published it, then it is dropped.
+
+Views (each worker, ``http://127.0.0.1:<port>``):
+  GET /rdb/v1/{table}/rows?syms=A,B&start=NS&end=NS&columns=c1,c2&date=YYYY-MM-DD
+      -> Arrow IPC stream (``format=json`` for JSON rows)
+  GET /rdb/v1/{table}/last?syms=...   -> the latest row per sym (Arrow IPC or JSON)
+  GET /rdb/v1/{table}/count?syms=...  -> {"counts": {sym: rows}}
+  GET /rdb/v1/status                  -> what this worker holds
+Requests for syms another worker owns are forwarded to it (metadata topic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import faust
+import pyarrow as pa
+from faust.types import TP
+from faust.web import View
+
+from ingest.deadletter import DeadLetters
+from ingest.eod import read_day_state
+from ingest.framing import DecodeError, Decoder, control_of
+from ingest.schema_topic import SchemaTopic
+from ingest.schemas import SchemaCatalog
+from ingest.topics import TopicNames, partition_for
+from streams.metadata import MetadataPublisher, read_metadata
+from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
+from streams.shard import Resources, Shard
+from tickplant.config import Settings
+
+log = logging.getLogger("tickplant.rdb")
+FENCE_WAIT_SECONDS = 30.0
+
+
+def group_id(settings: Settings) -> str:
+    return f"{settings.topic_prefix}tickplant-rdb"
+
+
+def shard_path(settings: Settings, table: str, partition: int) -> Path:
+    return Path(settings.data_dir).resolve() / "rdb" / table / f"p{partition:03d}"
+
+
+def rss_bytes() -> int:
+    """Resident memory now (from /proc), for status and the memory budget."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class RdbWorker:
+    """One RDB worker: a Faust app, its shards, the day state and its metadata."""
+
+    def __init__(self, settings: Settings, node_id: str, port: int, memory_budget: int = 1 << 30):
+        self.settings = settings
+        self.node_id = node_id
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.catalog = SchemaCatalog.load(settings.schemas_dir)
+        self.names = TopicNames(settings.topic_prefix)
+        self.decoder = Decoder(self.catalog, SchemaTopic(settings).lookup)
+        self.deadletters = DeadLetters(settings, f"rdb:{node_id}")
+        # RocksDB gets a quarter of the budget; Python, Arrow and Kafka buffers the rest
+        self.resources = Resources(cache_bytes=memory_budget // 8, write_buffer_bytes=memory_budget // 8)
+        self.shards: dict[tuple[str, int], Shard] = {}
+        self.assigned: set[tuple[str, int]] = set()
+        self.days = read_day_state(settings)
+        self.rows_applied = 0
+        self.metadata = MetadataPublisher(settings, node_id)
+        self.peers: dict[str, dict[str, Any]] = {}
+        self.app = self._make_app()
+
+    # -- the Faust app --------------------------------------------------------
+
+    def _make_app(self) -> faust.App:
+        s = self.settings
+        datadir = Path(s.data_dir).resolve() / "rdb" / "workers" / self.node_id
+        datadir.mkdir(parents=True, exist_ok=True)
+        app = faust.App(
+            group_id(s),
+            broker=[f"kafka://{b}" for b in s.bootstrap.split(",")],
+            datadir=str(datadir),
+            web_enabled=True,
+            web_port=self.port,
+            web_bind="127.0.0.1",
+            web_host="127.0.0.1",
+            topic_partitions=s.partitions,
+            topic_allow_declare=False,
+            topic_disable_leader=True,
+            consumer_auto_offset_reset="earliest",
+            key_serializer="raw",
+            value_serializer="raw",
+            broker_commit_interval=1.0,
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=1.0,
+            stream_wait_empty=False,
+            web_access_log=None,
+        )
+        for table in self.catalog:
+            topic = app.topic(self.names.table(table.name), key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw")
+            app.agent(topic, name=f"rdb-{table.name}")(self._agent_for(table.name))
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
+
+        async def refresh() -> None:
+            await self._refresh()
+
+        app.timer(2.0)(refresh)
+        app.on_before_shutdown.connect(self._on_shutdown)
+        self._routes(app)
+        return app
+
+    def _agent_for(self, table: str):
+        async def agent(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                msg = event.message
+                await self.apply(table, msg.partition, msg.offset, msg.value, msg.headers)
+        agent.__name__ = f"rdb_{table}"
+        return agent
+
+    def _tps(self, tps: set[TP]) -> set[tuple[str, int]]:
+        tables = {self.names.table(t.name): t.name for t in self.catalog}
+        return {(tables[tp.topic], tp.partition) for tp in tps if tp.topic in tables}
+
+    async def _on_revoked(self, app: faust.App, revoked: set[TP], **_: Any) -> None:
+        for key in self._tps(revoked):
+            self.assigned.discard(key)
+            shard = self.shards.pop(key, None)
+            if shard is not None:
+                shard.close()  # releases the RocksDB lock for the next owner
+
+    async def _on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
+        self.assigned = self._tps(assigned)
+
+    async def _on_shutdown(self, app: faust.App, **_: Any) -> None:
+        for shard in self.shards.values():
+            shard.close()
+        self.shards.clear()
+        self.metadata.goodbye()
+
+    # -- ingest ---------------------------------------------------------------
+
+    def shard(self, table: str, partition: int) -> Shard:
+        key = (table, partition)
+        shard = self.shards.get(key)
+        if shard is None:
+            shard = self.shards[key] = Shard(shard_path(self.settings, table, partition), self.resources)
+        return shard
+
+    async def apply(self, table: str, partition: int, offset: int, value: bytes | None,
+                    headers: Any) -> None:
+        shard = self.shard(table, partition)
+        if offset <= shard.applied:
+            return  # already in the shard: a replay after restart or rebalance
+        control = control_of(list(headers) if headers else None)
+        if control is not None:
+            await self._on_fence(shard, table, partition, offset, control)
+            return
+        date = self.days.date_of(table, partition, offset)
+        if date is None or date in self.days.published.get(table, ()):
+            shard.apply(offset, "", None)  # an old day the HDB already holds
+            return
+        try:
+            _, rows = self.decoder.decode(value)
+        except DecodeError as exc:
+            where = f"{self.names.table(table)}[{partition}]@{offset}"
+            self.deadletters.send(table, str(exc), value or b"", where=where)
+            shard.apply(offset, date.isoformat(), None)
+            return
+        arrow = self.catalog[table].to_arrow(rows)
+        shard.apply(offset, date.isoformat(), arrow)
+        self.rows_applied += len(rows)
+
+    async def _on_fence(self, shard: Shard, table: str, partition: int, offset: int, control: str) -> None:
+        """A fence closes the partition's day once the committed marker confirms it."""
+        deadline = time.monotonic() + FENCE_WAIT_SECONDS
+        date = self.days.fence_date(table, partition, offset)
+        while date is None and time.monotonic() < deadline:
+            self.days = await asyncio.get_running_loop().run_in_executor(None, read_day_state, self.settings)
+            date = self.days.fence_date(table, partition, offset)
+            if date is None:
+                await asyncio.sleep(0.2)
+        if date is None:
+            log.warning("fence %s at %s[%d]@%d has no committed marker (aborted roll?): ignored",
+                        control, table, partition, offset)
+        else:
+            shard.mark_day(date.isoformat(), "closed")
+        shard.apply(offset, "", None)
+
+    # -- housekeeping: day state, dropping published days, metadata -----------------
+
+    async def _refresh(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.days = await loop.run_in_executor(None, read_day_state, self.settings)
+        for (table, _), shard in list(self.shards.items()):
+            for date in [d for d in shard.days if d and dt.date.fromisoformat(d) in self.days.published.get(table, ())]:
+                shard.drop_day(date)
+        self.metadata.publish(self.holdings())
+        try:
+            self.peers = await loop.run_in_executor(None, read_metadata, self.settings)
+        except Exception as exc:  # noqa: BLE001 - routing keeps the last view
+            log.warning("could not read metadata: %s", exc)
+
+    def holdings(self) -> dict[str, Any]:
+        tables: dict[str, Any] = {}
+        for (table, partition) in sorted(self.assigned):
+            shard = self.shards.get((table, partition))
+            entry = tables.setdefault(table, {"partitions": [], "dates": {}})
+            entry["partitions"].append(partition)
+            if shard is None:
+                continue
+            entry.setdefault("applied", {})[str(partition)] = shard.applied
+            for date in shard.days:
+                if not date:
+                    continue
+                stats = shard.sym_stats(date).values()
+                day = entry["dates"].setdefault(date, {"rows": 0, "first": None, "last": None,
+                                                       "status": shard.days[date]})
+                day["rows"] += sum(s.rows for s in stats)
+                firsts = [s.first for s in stats if s.rows]
+                lasts = [s.last for s in stats if s.rows]
+                if firsts:
+                    day["first"] = min([f for f in (day["first"], *firsts) if f is not None])
+                    day["last"] = max([v for v in (day["last"], *lasts) if v is not None])
+        return {
+            "kind": "rdb", "url": self.url, "pid": os.getpid(), "rss": rss_bytes(),
+            "open_date": self.days.open_date.isoformat() if self.days.open_date else None,
+            "rows_applied": self.rows_applied, "tables": tables,
+        }
+
+    # -- queries --------------------------------------------------------------
+
+    def _owners(self, table: str, syms: list[str]) -> dict[str | None, list[str]]:
+        """syms grouped by the node that holds them (None: this worker)."""
+        parts = self.settings.partitions
+        topic_parts = {p for (t, p) in self.assigned if t == table}
+        by_partition_owner: dict[int, str] = {}
+        for node, record in self.peers.items():
+            if node == self.node_id:
+                continue
+            for p in record.get("tables", {}).get(table, {}).get("partitions", []):
+                by_partition_owner[p] = record["url"]
+        out: dict[str | None, list[str]] = {}
+        for sym in syms:
+            p = partition_for(sym, parts)
+            owner = None if p in topic_parts else by_partition_owner.get(p)
+            if p not in topic_parts and owner is None:
+                raise QueryError(f"no RDB worker holds {table} partition {p} (sym {sym}) right now")
+            out.setdefault(owner, []).append(sym)
+        return out
+
+    def _parse(self, table: str, request: Any) -> RowsQuery:
+        if table not in self.catalog.tables:
+            raise QueryError(f"unknown table {table!r}; tables: {', '.join(self.catalog.names)}")
+        q = request.query
+        syms = [s for s in q.get("syms", "").split(",") if s] or None
+        columns = [c for c in q.get("columns", "").split(",") if c] or None
+        date = q.get("date") or (self.days.open_date.isoformat() if self.days.open_date else "")
+        try:
+            start = int(q["start"]) if q.get("start") else None
+            end = int(q["end"]) if q.get("end") else None
+            if date:
+                dt.date.fromisoformat(date)
+        except ValueError as exc:
+            raise QueryError(f"bad parameter: {exc}") from None
+        return RowsQuery(table, date, syms, start, end, columns)
+
+    async def _gather(self, kind: str, table: str, request: Any) -> pa.Table:
+        query = self._parse(table, request)
+        schema = self.catalog[table].arrow_schema
+        local_only = request.query.get("local") == "1"
+        if query.syms is None:
+            groups: dict[str | None, list[str] | None] = {None: None}
+            if not local_only:
+                for record in self.peers.values():
+                    if record["node"] != self.node_id and table in record.get("tables", {}):
+                        groups[record["url"]] = None
+        else:
+            groups = {None: query.syms} if local_only else dict(self._owners(table, query.syms))
+        loop = asyncio.get_running_loop()
+        parts: list[pa.Table] = []
+        remote = {url: syms for url, syms in groups.items() if url is not None}
+        if None in groups:
+            shards = [s for (t, _), s in self.shards.items() if t == table]
+            local = RowsQuery(table, query.date, groups[None], query.start, query.end, query.columns)
+            reader = read_rows if kind == "rows" else read_last
+            parts.append(await loop.run_in_executor(None, reader, shards, local, schema))
+        if remote:
+            parts.extend(await asyncio.gather(*(
+                self._forward(url, kind, table, request, syms) for url, syms in remote.items()
+            )))
+        return pa.concat_tables([p for p in parts], promote_options="default") if parts else schema.empty_table()
+
+    async def _forward(self, url: str, kind: str, table: str, request: Any, syms: list[str] | None) -> pa.Table:
+        params = {k: v for k, v in request.query.items() if k not in ("syms", "format")}
+        params["local"] = "1"
+        if syms is not None:
+            params["syms"] = ",".join(syms)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/rdb/v1/{table}/{kind}", params=params) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise QueryError(f"{url} answered {resp.status}: {body[:300]!r}")
+        return pa.ipc.open_stream(body).read_all()
+
+    def _respond(self, view: Any, request: Any, table: pa.Table) -> Any:
+        if request.query.get("format") == "json":
+            rows = table.to_pylist()
+            for row in rows:
+                if "time" in row and row["time"] is not None:
+                    row["time"] = int(row["time"].value) if hasattr(row["time"], "value") else row["time"]
+            return view.json({"rows": rows, "count": len(rows)})
+        return view.bytes(to_ipc(table), content_type="application/vnd.apache.arrow.stream")
+
+    def _routes(self, app: faust.App) -> None:
+        worker = self
+
+        @app.page("/rdb/v1/{table}/rows")
+        class Rows(View):
+            async def get(self, request: Any, table: str) -> Any:
+                try:
+                    return worker._respond(self, request, await worker._gather("rows", table, request))
+                except QueryError as exc:
+                    return self.error(400, str(exc))
+
+        @app.page("/rdb/v1/{table}/last")
+        class Last(View):
+            async def get(self, request: Any, table: str) -> Any:
+                try:
+                    return worker._respond(self, request, await worker._gather("last", table, request))
+                except QueryError as exc:
+                    return self.error(400, str(exc))
+
+        @app.page("/rdb/v1/{table}/count")
+        class Count(View):
+            async def get(self, request: Any, table: str) -> Any:
+                try:
+                    query = worker._parse(table, request)
+                except QueryError as exc:
+                    return self.error(400, str(exc))
+                shards = [s for (t, _), s in worker.shards.items() if t == table]
+                local = counts(shards, query.date, query.syms)
+                if request.query.get("local") != "1":
+                    for record in worker.peers.values():
+                        if record["node"] != worker.node_id and table in record.get("tables", {}):
+                            async with aiohttp.ClientSession() as session:
+                                params = {k: v for k, v in request.query.items()}
+                                params["local"] = "1"
+                                async with session.get(f"{record['url']}/rdb/v1/{table}/count",
+                                                       params=params) as resp:
+                                    local.update((await resp.json())["counts"])
+                return self.json({"date": query.date, "counts": local})
+
+        @app.page("/rdb/v1/status")
+        class Status(View):
+            async def get(self, request: Any) -> Any:
+                return self.json({"node": worker.node_id, **worker.holdings()})
+
+
+def run_worker(settings: Settings, node_id: str, port: int, memory_budget: int = 1 << 30) -> None:
+    """Run one RDB worker until SIGTERM/SIGINT (``tickplant rdb worker``)."""
+    worker = RdbWorker(settings, node_id, port, memory_budget)
+    faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+

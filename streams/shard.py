@@ -1,0 +1,316 @@
+"""One RDB shard: one table's rows from one log partition, in RocksDB, by day and sym.
+
+The layout gives what kdb+'s ``p#``/``g#`` give an RDB: one sym's rows for a
+day are contiguous on disk and in log order, read without touching other syms.
+
+Keys (bytes, RocksDB's sorted order)::
+
+  R <date:10> <sym> 00 <offset:8 BE>   -> chunk: fingerprint(8) + Arrow IPC record batch
+  S <date:10> <sym>                    -> that sym's day stats (JSON: rows, first, last)
+  M applied                            -> last applied log offset (8 BE)
+  M arrow <fingerprint:8>              -> the Arrow schema chunks with that fingerprint use
+  M day <date:10>                      -> "open" | "closed"
+
+Every message is applied in one WriteBatch together with its offset, so a
+shard is always exactly "the log up to ``applied``": replaying a message at or
+below it is skipped, which makes at-least-once delivery exactly-once state.
+Small chunks (zero-latency mode writes a row at a time) are merged per sym
+once they pile up, so a sym's day stays a few large chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteBufferManager,
+)
+
+APPLIED = b"Mapplied"
+ARROW = b"Marrow"
+DAY = b"Mday"
+MERGE_AFTER = 32          # small chunks of one sym before they are merged
+SMALL_CHUNK_ROWS = 512    # a chunk below this many rows counts as small
+
+
+class ShardError(RuntimeError):
+    """A shard could not be opened or read; the message names it."""
+
+
+@dataclass
+class SymStats:
+    rows: int = 0
+    first: int = 0
+    last: int = 0
+    small: int = 0  # chunks under SMALL_CHUNK_ROWS since the last merge
+
+    def add(self, rows: int, first: int, last: int) -> None:
+        self.first = first if self.rows == 0 else min(self.first, first)
+        self.last = max(self.last, last)
+        self.rows += rows
+
+    def encode(self) -> bytes:
+        return json.dumps([self.rows, self.first, self.last, self.small]).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> SymStats:
+        rows, first, last, small = json.loads(raw)
+        return cls(rows, first, last, small)
+
+
+@dataclass
+class Resources:
+    """Memory shared by every shard of a worker: the block cache and write buffers."""
+
+    cache_bytes: int = 128 << 20
+    write_buffer_bytes: int = 64 << 20
+    cache: Any = field(init=False)
+    buffers: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = Cache(self.cache_bytes)
+        self.buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
+            self.write_buffer_bytes, False, self.cache
+        )
+
+    def options(self) -> Options:
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.set_write_buffer_size(8 << 20)
+        opts.set_max_write_buffer_number(2)
+        opts.set_write_buffer_manager(self.buffers)
+        opts.set_compression_type(DBCompressionType.lz4())
+        opts.set_max_open_files(256)
+        table = BlockBasedOptions()
+        table.set_block_cache(self.cache)
+        table.set_block_size(64 << 10)
+        table.set_cache_index_and_filter_blocks(True)
+        opts.set_block_based_table_factory(table)
+        return opts
+
+
+def _chunk_prefix(date: str, sym: str) -> bytes:
+    return b"R" + date.encode() + sym.encode() + b"\x00"
+
+
+def _stats_key(date: str, sym: str) -> bytes:
+    return b"S" + date.encode() + sym.encode()
+
+
+def _next_prefix(prefix: bytes) -> bytes:
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+class Shard:
+    """The rows of (table, partition) held by this worker."""
+
+    def __init__(self, path: Path, resources: Resources, open_timeout: float = 60.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = self._open(resources, open_timeout)
+        raw = self.db.get(APPLIED)
+        self.applied: int = struct.unpack(">q", raw)[0] if raw is not None else -1
+        self.schemas: dict[bytes, pa.Schema] = {}
+        self.fingerprints: dict[pa.Schema, bytes] = {}
+        self.stats: dict[tuple[str, str], SymStats] = {}
+        self.days: dict[str, str] = {}
+        for key, value in self.db.items(from_key=b"M"):
+            if not key.startswith(b"M"):
+                break
+            if key.startswith(ARROW):
+                schema = pa.ipc.read_schema(pa.py_buffer(value))
+                self.schemas[key[len(ARROW):]] = schema
+            elif key.startswith(DAY):
+                self.days[key[len(DAY):].decode()] = value.decode()
+        self._lock = threading.RLock()
+
+    def _open(self, resources: Resources, timeout: float) -> Rdict:
+        """Open, waiting while the previous owner (a worker handing over) still holds the lock."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return Rdict(str(self.path), resources.options())
+            except Exception as exc:  # rocksdict raises a plain Exception on IO errors
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise ShardError(f"cannot open RDB shard {self.path}: {exc}") from exc
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.flush()
+            self.db.close()
+
+    # -- writing ------------------------------------------------------------
+
+    def _fingerprint(self, schema: pa.Schema, batch: WriteBatch) -> bytes:
+        fp = self.fingerprints.get(schema)
+        if fp is None:
+            import hashlib
+
+            fp = hashlib.blake2b(schema.serialize().to_pybytes(), digest_size=8).digest()
+            if fp not in self.schemas:
+                self.schemas[fp] = schema
+                batch.put(ARROW + fp, schema.serialize().to_pybytes())
+            self.fingerprints[schema] = fp
+        return fp
+
+    def _sym_stats(self, date: str, sym: str) -> SymStats:
+        key = (date, sym)
+        stats = self.stats.get(key)
+        if stats is None:
+            raw = self.db.get(_stats_key(date, sym))
+            stats = SymStats.decode(raw) if raw is not None else SymStats()
+            self.stats[key] = stats
+        return stats
+
+    def apply(self, offset: int, date: str, table: pa.Table | None) -> bool:
+        """Store one log message's rows under ``date``; False if it was applied before."""
+        if offset <= self.applied:
+            return False
+        with self._lock:
+            batch = WriteBatch(raw_mode=True)
+            to_merge: list[tuple[str, str]] = []
+            if self.days.get(date) is None:
+                self.days[date] = "open"
+                batch.put(DAY + date.encode(), b"open")
+            if table is not None and table.num_rows:
+                for sym, chunk in _split_by_sym(table):
+                    if "\x00" in sym:
+                        raise ShardError(f"sym {sym!r} contains a NUL byte")
+                    record = chunk.combine_chunks().to_batches()[0]
+                    fp = self._fingerprint(record.schema, batch)
+                    key = _chunk_prefix(date, sym) + struct.pack(">q", offset)
+                    batch.put(key, fp + record.serialize().to_pybytes())
+                    times = chunk.column("time").cast(pa.int64())
+                    stats = self._sym_stats(date, sym)
+                    stats.add(chunk.num_rows, pc.min(times).as_py(), pc.max(times).as_py())
+                    if chunk.num_rows < SMALL_CHUNK_ROWS:
+                        stats.small += 1
+                        if stats.small >= MERGE_AFTER:
+                            to_merge.append((date, sym))
+                    batch.put(_stats_key(date, sym), stats.encode())
+            batch.put(APPLIED, struct.pack(">q", offset))
+            self.db.write(batch)
+            self.applied = offset
+            for date_sym in to_merge:
+                self._merge(*date_sym)
+        return True
+
+    def _merge(self, date: str, sym: str) -> None:
+        """Rewrite a sym's day as one chunk: reads stay fast whatever the publish mode."""
+        prefix = _chunk_prefix(date, sym)
+        keys, tables = [], []
+        for key, value in self.db.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            keys.append(key)
+            tables.append(self._decode(value))
+        if len(keys) < 2:
+            return
+        merged = _concat(tables).combine_chunks()
+        batch = WriteBatch(raw_mode=True)
+        fp = self._fingerprint(merged.schema, batch)
+        for key in keys[1:]:
+            batch.delete(key)
+        batch.put(keys[0], fp + merged.to_batches()[0].serialize().to_pybytes()
+                  if merged.num_rows else b"")
+        stats = self._sym_stats(date, sym)
+        stats.small = 0
+        batch.put(_stats_key(date, sym), stats.encode())
+        self.db.write(batch)
+
+    def mark_day(self, date: str, status: str) -> None:
+        with self._lock:
+            self.days[date] = status
+            self.db.put(DAY + date.encode(), status.encode())
+
+    def drop_day(self, date: str) -> None:
+        """Forget a day the HDB has published (kdb+'s RDB clearing its tables at EOD)."""
+        with self._lock:
+            day = date.encode()
+            self.db.delete_range(b"R" + day, b"R" + _next_prefix(day))
+            self.db.delete_range(b"S" + day, b"S" + _next_prefix(day))
+            self.db.delete(DAY + day)
+            self.days.pop(date, None)
+            self.stats = {k: v for k, v in self.stats.items() if k[0] != date}
+
+    # -- reading ------------------------------------------------------------
+
+    def _decode(self, value: bytes) -> pa.Table:
+        schema = self.schemas.get(value[:8])
+        if schema is None:
+            raise ShardError(f"{self.path}: chunk with unknown Arrow schema {value[:8].hex()}")
+        return pa.Table.from_batches([pa.ipc.read_record_batch(pa.py_buffer(value[8:]), schema)])
+
+    def syms(self, date: str) -> list[str]:
+        out = []
+        prefix = b"S" + date.encode()
+        for key in self.db.keys(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            out.append(key[len(prefix):].decode())
+        return out
+
+    def sym_stats(self, date: str) -> dict[str, SymStats]:
+        with self._lock:
+            return {sym: self._sym_stats(date, sym) for sym in self.syms(date)}
+
+    def read(self, date: str, syms: list[str] | None) -> list[pa.Table]:
+        """The day's chunks for ``syms`` (all syms if None), each sym in log order."""
+        with self._lock:
+            out: list[pa.Table] = []
+            for sym in syms if syms is not None else self.syms(date):
+                prefix = _chunk_prefix(date, sym)
+                for key, value in self.db.items(from_key=prefix):
+                    if not key.startswith(prefix):
+                        break
+                    if value:
+                        out.append(self._decode(value))
+            return out
+
+    def last(self, date: str, sym: str) -> pa.Table | None:
+        """The sym's latest row of the day: the last row of its last chunk."""
+        with self._lock:
+            prefix = _chunk_prefix(date, sym)
+            it = self.db.iter()
+            it.seek_for_prev(_next_prefix(prefix))
+            while it.valid() and it.key().startswith(prefix):
+                value = it.value()
+                if value:
+                    chunk = self._decode(value)
+                    return chunk.slice(chunk.num_rows - 1, 1)
+                it.prev()
+            return None
+
+
+def _split_by_sym(table: pa.Table) -> list[tuple[str, pa.Table]]:
+    """One sub-table per sym, rows in their original (log) order."""
+    syms = table.column("sym").to_pylist()
+    positions: dict[str, list[int]] = defaultdict(list)
+    for i, sym in enumerate(syms):
+        positions[sym].append(i)
+    if len(positions) == 1:
+        return [(syms[0], table)]
+    return [(sym, table.take(pa.array(idx, pa.int32()))) for sym, idx in positions.items()]
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Concatenate chunks written under different schema versions (fields added since)."""
+    if not tables:
+        raise ValueError("nothing to concatenate")
+    return pa.concat_tables(tables, promote_options="default")

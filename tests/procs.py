@@ -1,0 +1,95 @@
+"""Plant processes for tests: RDB workers run as real subprocesses, so they can be kill -9'd."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import free_port
+
+from streams.client import RdbClient, RdbClientError
+from tickplant.config import Settings
+
+
+def plant_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "TICKPLANT_KAFKA_PORT": str(settings.kafka_port),
+        "TICKPLANT_TOPIC_PREFIX": settings.topic_prefix,
+        "TICKPLANT_DATA_DIR": str(settings.data_dir),
+        "TICKPLANT_PARTITIONS": str(settings.partitions),
+    })
+    return env
+
+
+class Worker:
+    """One ``tickplant rdb worker`` subprocess."""
+
+    def __init__(self, settings: Settings, node_id: str, log_dir: Path):
+        self.settings = settings
+        self.node_id = node_id
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{node_id}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tickplant", "rdb", "worker", "--id", self.node_id, "--port", str(self.port)],
+            env=plant_env(self.settings), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        return self
+
+    @property
+    def client(self) -> RdbClient:
+        return RdbClient(self.url, timeout=30)
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc and self.proc.poll() is None, f"{self.node_id} died:\n{self.log_tail()}"
+            try:
+                self.client.status()
+                return
+            except RdbClientError:
+                time.sleep(0.2)
+        raise AssertionError(f"{self.node_id} not serving after {timeout}s:\n{self.log_tail()}")
+
+    def kill9(self) -> None:
+        assert self.proc
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] = str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except RdbClientError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}: {detail()}")

@@ -1,0 +1,227 @@
+"""The RDB on a real broker with real RocksDB: contents, crashes, scaling, rollover, queries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections import defaultdict
+
+import pyarrow as pa
+import pytest
+from procs import Worker, wait_until
+
+from ingest.eod import open_first_day, roll_day
+from ingest.feeds.synthetic import SyntheticMarket
+from ingest.publisher import Tickerplant
+from streams.client import RdbClientError
+from tickplant.clock import ManualClock
+
+T0 = int(dt.datetime(2026, 11, 22, 9, 30, tzinfo=dt.UTC).timestamp() * 1e9)
+TODAY = "2026-11-22"
+
+
+@pytest.fixture
+def workers(settings, tmp_path):
+    started: list[Worker] = []
+
+    def make(node_id: str) -> Worker:
+        worker = Worker(settings, node_id, tmp_path).start()
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def day(settings, catalog):
+    clock = ManualClock(T0)
+    open_first_day(settings, catalog, clock)
+    return clock
+
+
+def as_rows(table: pa.Table) -> list[dict]:
+    table = table.set_column(0, "time", table.column("time").cast(pa.int64()))
+    return table.to_pylist()
+
+
+def by_sym(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        out[row["sym"]].append(row)
+    return dict(out)
+
+
+def total(worker: Worker, table: str, date: str = TODAY) -> int:
+    return sum(worker.client.count(table, date=date).values())
+
+
+def assert_exact(worker: Worker, table: str, published: list[dict], date: str = TODAY) -> None:
+    got = as_rows(worker.client.rows(table, date=date))
+    assert len(got) == len(published)
+    assert by_sym(got) == by_sym(published)  # same rows, each sym in publish order, no duplicates
+
+
+def test_exact_contents_after_ingest_both_modes(settings, catalog, day, workers):
+    market = SyntheticMarket(syms=20, seed=1, clock=day)
+    trades, quotes = market.events(6000)
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        tp.publish_rows("trade", trades[: len(trades) // 2])
+        tp.publish_rows("quote", quotes)
+    with Tickerplant(settings, catalog, mode="zero") as tp:
+        tp.publish_rows("trade", trades[len(trades) // 2:])
+    worker = workers("w1")
+    worker.wait_serving()
+    wait_until(lambda: total(worker, "trade") == len(trades) and total(worker, "quote") == len(quotes),
+               60, "the RDB to hold every row", worker.log_tail)
+    assert_exact(worker, "trade", trades)
+    assert_exact(worker, "quote", quotes)
+    status = worker.client.status()
+    assert sorted(status["tables"]["trade"]["partitions"]) == list(range(settings.partitions))
+    assert status["tables"]["trade"]["dates"][TODAY]["rows"] == len(trades)
+
+
+def test_queries_by_sym_time_range_columns_and_last(settings, catalog, day, workers):
+    rows = [
+        {"time": T0 + i * 1000, "sym": sym, "price": float(i), "size": i, "exchange": "N", "cond": ""}
+        for i in range(100) for sym in ("AAPL", "MSFT", "IBM")
+    ]
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        tp.publish_rows("trade", rows)
+    worker = workers("w1")
+    worker.wait_serving()
+    wait_until(lambda: total(worker, "trade") == len(rows), 60, "ingest", worker.log_tail)
+    client = worker.client
+
+    window = as_rows(client.rows("trade", ["AAPL", "IBM"], start=T0 + 10_000, end=T0 + 20_000))
+    assert sorted({r["sym"] for r in window}) == ["AAPL", "IBM"]
+    assert sorted({r["time"] for r in window}) == [T0 + i * 1000 for i in range(10, 20)]  # [start, end)
+    assert len(window) == 20
+
+    narrow = client.rows("trade", ["MSFT"], columns=["time", "price"])
+    assert narrow.column_names == ["time", "price"]
+    assert narrow.num_rows == 100
+
+    last = as_rows(client.last("trade", ["AAPL", "MSFT"]))
+    assert sorted((r["sym"], r["price"]) for r in last) == [("AAPL", 99.0), ("MSFT", 99.0)]
+    assert client.count("trade", ["IBM"]) == {"IBM": 100}
+    assert client.rows("trade", ["NOPE"]).num_rows == 0
+
+    with pytest.raises(RdbClientError, match="unknown column"):
+        client.rows("trade", ["AAPL"], columns=["colour"])
+    with pytest.raises(RdbClientError, match="unknown table 'trades'"):
+        client.rows("trades")
+
+
+def test_kill_9_mid_stream_then_restart_exact_and_no_duplicates(settings, catalog, day, workers):
+    market = SyntheticMarket(syms=15, seed=3, clock=day)
+    published: list[dict] = []
+    stop = threading.Event()
+
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        def feed() -> None:
+            while not stop.is_set():
+                trades, _ = market.events(300)
+                tp.publish_rows("trade", trades)
+                published.extend(trades)
+                time.sleep(0.01)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        try:
+            first = workers("w1")
+            first.wait_serving()
+            wait_until(lambda: total(first, "trade") > 2000, 60, "ingest to start", first.log_tail)
+            first.kill9()
+            time.sleep(1.0)  # rows keep arriving while it is down
+            second = workers("w1")  # the same node, its shards on disk
+            started = time.monotonic()
+            second.wait_serving()
+            serving_after = time.monotonic() - started
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            feeder.join()
+        tp.flush()
+    wait_until(lambda: total(second, "trade") == len(published), 90, "catch-up",
+               lambda: f"{total(second, 'trade')} of {len(published)}")
+    assert_exact(second, "trade", published)
+    assert serving_after < 30
+
+
+def test_scale_1_to_3_to_1_under_load_exact(settings, catalog, day, workers):
+    market = SyntheticMarket(syms=30, seed=5, clock=day)
+    published: list[dict] = []
+    stop = threading.Event()
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        def feed() -> None:
+            while not stop.is_set():
+                _, quotes = market.events(200)
+                tp.publish_rows("quote", quotes)
+                published.extend(quotes)
+                time.sleep(0.01)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        try:
+            w1 = workers("w1")
+            w1.wait_serving()
+            wait_until(lambda: total(w1, "quote") > 1000, 60, "w1 ingesting", w1.log_tail)
+            w2, w3 = workers("w2"), workers("w3")
+            w2.wait_serving()
+            w3.wait_serving()
+            # each of the three ends up owning some partitions
+            wait_until(lambda: all(w.client.status()["tables"].get("quote", {}).get("partitions")
+                                   for w in (w1, w2, w3)), 90, "three-way assignment",
+                       lambda: str([w.client.status()["tables"] for w in (w1, w2, w3)]))
+            time.sleep(1.0)
+            w2.stop()
+            w3.kill9()
+            wait_until(lambda: len(w1.client.status()["tables"]["quote"]["partitions"]) == settings.partitions,
+                       90, "w1 to own every partition again", w1.log_tail)
+        finally:
+            stop.set()
+            feeder.join()
+        tp.flush()
+    wait_until(lambda: total(w1, "quote") == len(published), 90, "catch-up",
+               lambda: f"{total(w1, 'quote')} of {len(published)}")
+    assert_exact(w1, "quote", published)
+
+
+def test_day_rollover_with_rows_in_flight(settings, catalog, day, workers):
+    market = SyntheticMarket(syms=10, seed=7, clock=day)
+    published: list[dict] = []
+    stop = threading.Event()
+    worker = workers("w1")
+    worker.wait_serving()
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        def feed() -> None:
+            while not stop.is_set():
+                trades, _ = market.events(200)
+                tp.publish_rows("trade", trades)
+                published.extend(trades)
+                time.sleep(0.01)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        time.sleep(1.5)
+        day.advance(15 * 3600)
+        marker = roll_day(settings, catalog, day)
+        time.sleep(1.5)
+        stop.set()
+        feeder.join()
+        tp.flush()
+    from ingest.replay import replay_rows
+
+    closed = list(replay_rows(settings, "trade", dt.date(2026, 11, 22), catalog=catalog))
+    opened = list(replay_rows(settings, "trade", catalog=catalog))
+    assert closed and opened and len(closed) + len(opened) == len(published)
+    assert marker["next"] == "2026-11-23"
+    wait_until(lambda: total(worker, "trade", "2026-11-23") == len(opened), 60, "the new day", worker.log_tail)
+    wait_until(lambda: total(worker, "trade", TODAY) == len(closed), 60, "the closed day", worker.log_tail)
+    assert_exact(worker, "trade", closed, TODAY)
+    assert_exact(worker, "trade", opened, "2026-11-23")
+    dates = worker.client.status()["tables"]["trade"]["dates"]
+    assert dates[TODAY]["status"] == "closed" and dates["2026-11-23"]["status"] == "open"
