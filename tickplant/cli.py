@@ -24,7 +24,7 @@ EXIT_REJECTS = 3
 
 def _settings(args: argparse.Namespace, need_kafka: bool = True) -> Settings:
     overrides = {"data_dir": args.data_dir}
-    for name in ("kafka_port", "feed_rate", "feed_syms", "publish_mode"):
+    for name in ("kafka_port", "feed_rate", "feed_syms", "publish_mode", "rdb_workers"):
         if hasattr(args, name):
             overrides[name] = getattr(args, name)
     settings = load_settings(args.config, **overrides)
@@ -95,6 +95,8 @@ def _status_loop(plant: Any) -> None:
         if plant.scheduler and plant.scheduler.error:
             day += f" | EOD FAILED: {plant.scheduler.error}"
         line = " | ".join(parts) + day
+        for event in plant.watch():
+            print(("\n" if tty else "") + event, flush=True)
         plant.write_state(ready=True)
         ticks += 1
         if tty:
@@ -127,7 +129,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ingest.topics import check_reachable
 
     check_reachable(settings)
-    rows = _topic_rows(settings)
+    rows, ends = _topic_rows(settings)
     state = read_day_state(settings)
     print(f"Kafka: {settings.bootstrap}; open day {state.open_date}; closed days {len(state.closed)}")
     delivered = (plant or {}).get("delivered", {})
@@ -135,10 +137,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         ["table", "partitions", "messages today", "log end", "published by plant"],
         [[t, p, today, end, delivered.get(t, 0)] for t, p, today, end in rows],
     ))
+    workers = _rdb_rows(settings, ends)
+    if workers:
+        print()
+        print(format_table(["RDB worker", "state", "url", "table", "partitions", "rows today", "lag", "RSS MiB"],
+                           workers))
     return 0
 
 
-def _topic_rows(settings: Settings) -> list[list[Any]]:
+def _rdb_rows(settings: Settings, ends: dict[tuple[str, int], int]) -> list[list[Any]]:
+    """A line per RDB worker and table: partitions, rows of the open day, lag in messages."""
+    from streams.metadata import read_metadata
+
+    out = []
+    for node, record in sorted(read_metadata(settings, include_stale=True).items()):
+        state = "STALE" if record["stale"] else "live"
+        open_date = record.get("open_date")
+        for table, held in sorted(record.get("tables", {}).items()):
+            applied = held.get("applied", {})
+            lag = sum(max(0, ends.get((table, p), 0) - 1 - applied.get(str(p), -1)) for p in held["partitions"])
+            rows = held.get("dates", {}).get(open_date, {}).get("rows", 0)
+            out.append([node, state, record.get("url"), table, ",".join(map(str, held["partitions"])), rows, lag,
+                        round(record.get("rss", 0) / 2**20)])
+    return out
+
+
+def _topic_rows(settings: Settings) -> tuple[list[list[Any]], dict[tuple[str, int], int]]:
     from ingest.eod import read_day_state
     from ingest.logread import make_consumer, watermarks
     from ingest.schemas import SchemaCatalog
@@ -151,17 +175,19 @@ def _topic_rows(settings: Settings) -> list[list[Any]]:
     state = read_day_state(settings)
     consumer = make_consumer(settings)
     out = []
+    all_ends: dict[tuple[str, int], int] = {}
     try:
         for table, topic in topics.items():
             if topic not in counts:
                 out.append([table, 0, 0, 0])
                 continue
             ends = {p: watermarks(consumer, topic, p)[1] for p in range(counts[topic])}
+            all_ends.update({(table, p): end for p, end in ends.items()})
             today = sum(max(0, end - state.start_of_open_day(table, p)) for p, end in ends.items())
             out.append([table, counts[topic], today, sum(ends.values())])
     finally:
         consumer.close()
-    return out
+    return out, all_ends
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -366,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rate", dest="feed_rate", type=float, help="synthetic quote events per second")
     up.add_argument("--syms", dest="feed_syms", type=int, help="number of synthetic syms")
     up.add_argument("--mode", dest="publish_mode", choices=["batch", "zero"], help="publish mode")
+    up.add_argument("--rdb-workers", type=int, help="RDB worker processes (default 1; 0: none)")
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("down", parents=[common], help="stop the plant and its broker").set_defaults(func=cmd_down)

@@ -54,6 +54,10 @@ class Settings:
     feed_syms: int = 50
     feed_rate: float = 1000.0
     feed_seed: int = 1
+    # the RDB: worker processes, their first HTTP port, each one's memory budget
+    rdb_workers: int = 1
+    rdb_port: int = 8711
+    rdb_memory_mb: int = 1024
     # gateway
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8700
@@ -77,6 +81,16 @@ class Settings:
         reaches callers as exceptions and delivery errors, said once, in context.
         """
         return {"bootstrap.servers": self.bootstrap, "log_level": 0, **self.kafka_client_config, **extra}
+
+    def child_env(self) -> dict[str, str]:
+        """TICKPLANT_* variables that give a child process these same settings."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                value = ",".join(f"{k}={v}" for k, v in value.items())
+            out[f"TICKPLANT_{f.name.upper()}"] = str(value)
+        return out
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -25,6 +25,7 @@ from ingest.topics import ensure_topics
 from tickplant.clock import Clock, SystemClock
 from tickplant.config import Settings
 from tickplant.kafka.broker import EmbeddedKafka, pid_alive, stop_pid
+from tickplant.supervisor import Supervisor, rdb_worker_child
 
 
 class PlantError(RuntimeError):
@@ -61,6 +62,7 @@ class Plant:
     def __init__(self, settings: Settings, feed: bool = True, clock: Clock | None = None):
         self.settings = settings
         self.feed = feed
+        self.supervisor = Supervisor()
         self.clock = clock or SystemClock()
         self.catalog = SchemaCatalog.load(settings.schemas_dir)
         self.broker: EmbeddedKafka | None = EmbeddedKafka(settings) if settings.embedded else None
@@ -84,6 +86,8 @@ class Plant:
             self.tp = Tickerplant(self.settings, self.catalog, source="synthetic-feed")
             self.scheduler = EodScheduler(self.settings, self.catalog, self.clock)
             self.scheduler.start()
+            for index in range(self.settings.rdb_workers):
+                self.supervisor.add(rdb_worker_child(self.settings, index))
             if self.feed:
                 market = SyntheticMarket(self.settings.feed_syms, self.settings.feed_seed, self.clock)
                 self._feed_thread = threading.Thread(
@@ -102,6 +106,8 @@ class Plant:
             "pid": os.getpid(), "ready": ready, "started": self.started,
             "bootstrap": self.settings.bootstrap, "embedded": self.settings.embedded,
             "delivered": delivered, "rejected": self.tp.stats.rejected if self.tp else 0,
+            "children": {c.name: {"pid": c.proc.pid if c.proc else None, "restarts": c.restarts,
+                                  "log": str(c.log_path)} for c in self.supervisor.children},
             "eod_error": repr(self.scheduler.error) if self.scheduler and self.scheduler.error else None,
             "updated": time.time(),
         }
@@ -109,8 +115,13 @@ class Plant:
         tmp.write_text(json.dumps(state))
         tmp.replace(state_path(self.settings))
 
+    def watch(self) -> list[str]:
+        """Restart crashed children; lines saying what happened."""
+        return self.supervisor.watch()
+
     def stop(self) -> None:
         self._stop.set()
+        self.supervisor.stop()
         if self._feed_thread:
             self._feed_thread.join(timeout=10)
         if self.scheduler and self.scheduler.is_alive():

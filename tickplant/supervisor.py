@@ -1,0 +1,91 @@
+"""The plant's child processes (RDB workers, later CEP, PDB, gateway): start, watch, restart, stop.
+
+Each child is ``python -m tickplant ...`` with the plant's settings passed as
+TICKPLANT_* variables, its output in ``<data_dir>/logs/<name>.log``. One that
+dies is restarted (a crash must not end the plant), at most every few seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tickplant.config import Settings
+from tickplant.kafka.broker import stop_pid
+
+RESTART_DELAY = 3.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    settings: Settings
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = Path(self.settings.data_dir) / "logs" / f"{self.name}.log"
+
+    def start(self) -> None:
+        import os
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.settings.child_env()}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tickplant", *self.argv], env=env,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        self.started_at = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def watch(self) -> str | None:
+        """Restart the child if it died; return a line saying so, else None."""
+        if self.proc is None or self.alive or time.monotonic() - self.started_at < RESTART_DELAY:
+            return None
+        code = self.proc.returncode
+        self.restarts += 1
+        self.start()
+        return f"{self.name} exited with code {code}; restarted (restart {self.restarts}, log {self.log_path})"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop_pid(self.proc.pid, timeout)
+        if self.proc is not None:
+            self.proc.wait()
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def add(self, child: Child) -> Child:
+        self.children.append(child)
+        child.start()
+        return child
+
+    def watch(self) -> list[str]:
+        return [line for child in self.children if (line := child.watch())]
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+
+
+def rdb_worker_child(settings: Settings, index: int) -> Child:
+    port = settings.rdb_port + index
+    return Child(
+        f"rdb-{index + 1}",
+        ["rdb", "worker", "--id", f"rdb-{index + 1}", "--port", str(port), "--memory-mb", str(settings.rdb_memory_mb)],
+        settings,
+    )
