@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import os
 import resource
@@ -51,7 +52,7 @@ from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
 from streams.metadata import MetadataPublisher, read_metadata
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
-from streams.shard import Resources, Shard
+from streams.shard import Resources, Shard, ShardError
 from tickplant.config import Settings
 
 log = logging.getLogger("tickplant.rdb")
@@ -75,6 +76,30 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class LatencySample:
+    """Row time -> visible in the shard, for the last few thousand messages (ms percentiles).
+
+    Meaningful when rows are stamped with the wall clock at publish (the
+    synthetic feed on the system clock): then it is publish -> queryable.
+    """
+
+    def __init__(self, size: int = 4096):
+        self.values: list[int] = []
+        self.size = size
+
+    def add(self, ns: int) -> None:
+        self.values.append(ns)
+        if len(self.values) > self.size:
+            del self.values[: len(self.values) - self.size]
+
+    def percentiles(self) -> dict[str, float] | None:
+        if not self.values:
+            return None
+        ordered = sorted(self.values)
+        pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6, 3)  # noqa: E731
+        return {"p50": pick(0.5), "p99": pick(0.99), "n": len(ordered)}
+
+
 class RdbWorker:
     """One RDB worker: a Faust app, its shards, the day state and its metadata."""
 
@@ -93,9 +118,14 @@ class RdbWorker:
         self.assigned: set[tuple[str, int]] = set()
         self.days = read_day_state(settings)
         self.rows_applied = 0
+        self.messages = 0
+        self.batches = 0
+        self.latency = LatencySample()
         self.metadata = MetadataPublisher(settings, node_id)
         self.peers: dict[str, dict[str, Any]] = {}
         self.app = self._make_app()
+        self._last_assignment = Path(self.app.conf.datadir) / "assignment.json"
+        self._serve_from_disk()
 
     # -- the Faust app --------------------------------------------------------
 
@@ -118,7 +148,7 @@ class RdbWorker:
             key_serializer="raw",
             value_serializer="raw",
             broker_commit_interval=1.0,
-            broker_session_timeout=10.0,
+            broker_session_timeout=6.0,  # the broker's minimum: a dead worker's partitions move soon
             broker_heartbeat_interval=1.0,
             stream_wait_empty=False,
             web_access_log=None,
@@ -140,9 +170,10 @@ class RdbWorker:
 
     def _agent_for(self, table: str):
         async def agent(stream: faust.StreamT) -> None:
-            async for event in stream.events():
-                msg = event.message
-                await self.apply(table, msg.partition, msg.offset, msg.value, msg.headers)
+            async for events in stream.take_events(5000, within=0.005):
+                await self.apply(table, [
+                    (e.message.partition, e.message.offset, e.message.value, e.message.headers) for e in events
+                ])
         agent.__name__ = f"rdb_{table}"
         return agent
 
@@ -158,7 +189,30 @@ class RdbWorker:
                 shard.close()  # releases the RocksDB lock for the next owner
 
     async def _on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
+        """Open the new partitions' shards now, so they serve before any new message arrives."""
         self.assigned = self._tps(assigned)
+        loop = asyncio.get_running_loop()
+        for key in [k for k in self.shards if k not in self.assigned]:
+            self.shards.pop(key).close()  # held from disk at start, but now another worker's
+        for table, partition in sorted(self.assigned):
+            await loop.run_in_executor(None, self.shard, table, partition)
+        self._last_assignment.write_text(json.dumps(sorted(self.assigned)))
+
+    def _serve_from_disk(self) -> None:
+        """At start, open the shards this node held last time: it serves them at once,
+        before the group assigns anything (after a kill -9 that takes a session timeout)."""
+        try:
+            held = json.loads(self._last_assignment.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        for table, partition in held:
+            if table in self.catalog.tables and shard_path(self.settings, table, partition).exists():
+                try:
+                    self.shards[(table, partition)] = Shard(shard_path(self.settings, table, partition),
+                                                            self.resources, open_timeout=0.5)
+                    self.assigned.add((table, partition))
+                except ShardError:
+                    pass  # another live worker has it now
 
     async def _on_shutdown(self, app: faust.App, **_: Any) -> None:
         for shard in self.shards.values():
@@ -175,29 +229,53 @@ class RdbWorker:
             shard = self.shards[key] = Shard(shard_path(self.settings, table, partition), self.resources)
         return shard
 
-    async def apply(self, table: str, partition: int, offset: int, value: bytes | None,
-                    headers: Any) -> None:
-        shard = self.shard(table, partition)
-        if offset <= shard.applied:
-            return  # already in the shard: a replay after restart or rebalance
-        control = control_of(list(headers) if headers else None)
-        if control is not None:
-            await self._on_fence(shard, table, partition, offset, control)
+    async def apply(self, table: str, messages: list[tuple[int, int, bytes | None, Any]]) -> None:
+        """Apply (partition, offset, value, headers) messages, each partition's in log order.
+
+        A run of data messages of one partition and one day goes to the shard
+        as one write (one Arrow conversion, one RocksDB batch) carrying the
+        run's last offset: batching is what makes zero-latency input cheap.
+        """
+        self.batches += 1
+        self.messages += len(messages)
+        by_partition: dict[int, list[tuple[int, bytes | None, Any]]] = {}
+        for partition, offset, value, headers in messages:
+            by_partition.setdefault(partition, []).append((offset, value, headers))
+        for partition, items in by_partition.items():
+            shard = self.shard(table, partition)
+            run: list[dict[str, Any]] = []
+            run_date: dt.date | None = None
+            run_end = -1
+            for offset, value, headers in items:
+                if offset <= shard.applied or offset <= run_end:
+                    continue  # already in the shard: a replay after restart or rebalance
+                control = control_of(list(headers) if headers else None)
+                date = None if control else self.days.date_of(table, partition, offset)
+                if run_end >= 0 and (control or date != run_date):
+                    self._apply_run(shard, table, run_end, run_date, run)
+                    run, run_end = [], -1
+                if control is not None:
+                    await self._on_fence(shard, table, partition, offset, control)
+                    continue
+                run_date, run_end = date, offset
+                if date is None or date in self.days.published.get(table, ()):
+                    continue  # an old day the HDB already holds: only the offset advances
+                try:
+                    run.extend(self.decoder.decode(value)[1])
+                except DecodeError as exc:
+                    where = f"{self.names.table(table)}[{partition}]@{offset}"
+                    self.deadletters.send(table, str(exc), value or b"", where=where)
+            if run_end >= 0:
+                self._apply_run(shard, table, run_end, run_date, run)
+
+    def _apply_run(self, shard: Shard, table: str, offset: int, date: dt.date | None,
+                   rows: list[dict[str, Any]]) -> None:
+        if not rows or date is None:
+            shard.apply(offset, "", None)
             return
-        date = self.days.date_of(table, partition, offset)
-        if date is None or date in self.days.published.get(table, ()):
-            shard.apply(offset, "", None)  # an old day the HDB already holds
-            return
-        try:
-            _, rows = self.decoder.decode(value)
-        except DecodeError as exc:
-            where = f"{self.names.table(table)}[{partition}]@{offset}"
-            self.deadletters.send(table, str(exc), value or b"", where=where)
-            shard.apply(offset, date.isoformat(), None)
-            return
-        arrow = self.catalog[table].to_arrow(rows)
-        shard.apply(offset, date.isoformat(), arrow)
+        shard.apply(offset, date.isoformat(), self.catalog[table].to_arrow(rows))
         self.rows_applied += len(rows)
+        self.latency.add(time.time_ns() - rows[-1]["time"])
 
     async def _on_fence(self, shard: Shard, table: str, partition: int, offset: int, control: str) -> None:
         """A fence closes the partition's day once the committed marker confirms it."""
@@ -253,7 +331,10 @@ class RdbWorker:
         return {
             "kind": "rdb", "url": self.url, "pid": os.getpid(), "rss": rss_bytes(),
             "open_date": self.days.open_date.isoformat() if self.days.open_date else None,
-            "rows_applied": self.rows_applied, "tables": tables,
+            "serving": bool(self.assigned) and all(key in self.shards for key in self.assigned),
+            "rows_applied": self.rows_applied, "messages": self.messages, "batches": self.batches,
+            "tables": tables,
+            "visible_latency_ms": self.latency.percentiles(),
         }
 
     # -- queries --------------------------------------------------------------

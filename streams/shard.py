@@ -20,15 +20,14 @@ once they pile up, so a sym's day stays a few large chunks.
 
 from __future__ import annotations
 
-import json
 import struct
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from rocksdict import (
@@ -52,12 +51,16 @@ class ShardError(RuntimeError):
     """A shard could not be opened or read; the message names it."""
 
 
+_STATS = struct.Struct(">qqqqq")
+
+
 @dataclass
 class SymStats:
     rows: int = 0
     first: int = 0
     last: int = 0
     small: int = 0  # chunks under SMALL_CHUNK_ROWS since the last merge
+    small_from: int = 0  # the offset of the first of them
 
     def add(self, rows: int, first: int, last: int) -> None:
         self.first = first if self.rows == 0 else min(self.first, first)
@@ -65,12 +68,11 @@ class SymStats:
         self.rows += rows
 
     def encode(self) -> bytes:
-        return json.dumps([self.rows, self.first, self.last, self.small]).encode()
+        return _STATS.pack(self.rows, self.first, self.last, self.small, self.small_from)
 
     @classmethod
     def decode(cls, raw: bytes) -> SymStats:
-        rows, first, last, small = json.loads(raw)
-        return cls(rows, first, last, small)
+        return cls(*_STATS.unpack(raw))
 
 
 @dataclass
@@ -179,7 +181,7 @@ class Shard:
         return stats
 
     def apply(self, offset: int, date: str, table: pa.Table | None) -> bool:
-        """Store one log message's rows under ``date``; False if it was applied before."""
+        """Store one log message's (or run's) rows under ``date``; False if applied before."""
         if offset <= self.applied:
             return False
         with self._lock:
@@ -189,17 +191,19 @@ class Shard:
                 self.days[date] = "open"
                 batch.put(DAY + date.encode(), b"open")
             if table is not None and table.num_rows:
-                for sym, chunk in _split_by_sym(table):
+                record = table.combine_chunks().to_batches()[0]
+                fp = self._fingerprint(record.schema, batch)
+                suffix = struct.pack(">q", offset)
+                for sym, chunk, first, last in _split_by_sym(record):
                     if "\x00" in sym:
                         raise ShardError(f"sym {sym!r} contains a NUL byte")
-                    record = chunk.combine_chunks().to_batches()[0]
-                    fp = self._fingerprint(record.schema, batch)
-                    key = _chunk_prefix(date, sym) + struct.pack(">q", offset)
-                    batch.put(key, fp + record.serialize().to_pybytes())
-                    times = chunk.column("time").cast(pa.int64())
+                    key = _chunk_prefix(date, sym) + suffix
+                    batch.put(key, fp + chunk.serialize().to_pybytes())
                     stats = self._sym_stats(date, sym)
-                    stats.add(chunk.num_rows, pc.min(times).as_py(), pc.max(times).as_py())
+                    stats.add(chunk.num_rows, first, last)
                     if chunk.num_rows < SMALL_CHUNK_ROWS:
+                        if stats.small == 0:
+                            stats.small_from = offset
                         stats.small += 1
                         if stats.small >= MERGE_AFTER:
                             to_merge.append((date, sym))
@@ -212,14 +216,20 @@ class Shard:
         return True
 
     def _merge(self, date: str, sym: str) -> None:
-        """Rewrite a sym's day as one chunk: reads stay fast whatever the publish mode."""
+        """Rewrite a sym's recent small chunks as one: reads stay fast whatever the publish mode.
+
+        Only the tail since the last merge is read and rewritten, so the cost of
+        a merge does not grow with the day.
+        """
+        stats = self._sym_stats(date, sym)
         prefix = _chunk_prefix(date, sym)
         keys, tables = [], []
-        for key, value in self.db.items(from_key=prefix):
+        for key, value in self.db.items(from_key=prefix + struct.pack(">q", stats.small_from)):
             if not key.startswith(prefix):
                 break
             keys.append(key)
             tables.append(self._decode(value))
+        stats.small = 0
         if len(keys) < 2:
             return
         merged = _concat(tables).combine_chunks()
@@ -227,10 +237,7 @@ class Shard:
         fp = self._fingerprint(merged.schema, batch)
         for key in keys[1:]:
             batch.delete(key)
-        batch.put(keys[0], fp + merged.to_batches()[0].serialize().to_pybytes()
-                  if merged.num_rows else b"")
-        stats = self._sym_stats(date, sym)
-        stats.small = 0
+        batch.put(keys[0], fp + merged.to_batches()[0].serialize().to_pybytes())
         batch.put(_stats_key(date, sym), stats.encode())
         self.db.write(batch)
 
@@ -298,15 +305,28 @@ class Shard:
             return None
 
 
-def _split_by_sym(table: pa.Table) -> list[tuple[str, pa.Table]]:
-    """One sub-table per sym, rows in their original (log) order."""
-    syms = table.column("sym").to_pylist()
-    positions: dict[str, list[int]] = defaultdict(list)
-    for i, sym in enumerate(syms):
-        positions[sym].append(i)
-    if len(positions) == 1:
-        return [(syms[0], table)]
-    return [(sym, table.take(pa.array(idx, pa.int32()))) for sym, idx in positions.items()]
+def _split_by_sym(record: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch, int, int]]:
+    """(sym, its rows in log order, first time, last time) for each sym of a record batch.
+
+    One stable sort by sym and zero-copy slices: the cost per sym is a slice,
+    not a scan, whatever the number of syms in a message.
+    """
+    syms = record.column(record.schema.get_field_index("sym"))
+    times = record.column(record.schema.get_field_index("time")).cast(pa.int64()).to_numpy()
+    if syms.null_count == 0 and len(syms) and pc.all(pc.equal(syms, syms[0])).as_py():
+        return [(syms[0].as_py(), record, int(times.min()), int(times.max()))]
+    order = pc.sort_indices(syms)  # stable: each sym's rows keep their log order
+    record = record.take(order)
+    times = times[order.to_numpy()]
+    sorted_syms = record.column(record.schema.get_field_index("sym")).to_pylist()
+    starts = [0] + [i for i in range(1, len(sorted_syms)) if sorted_syms[i] != sorted_syms[i - 1]]
+    lows = np.minimum.reduceat(times, starts)
+    highs = np.maximum.reduceat(times, starts)
+    ends = starts[1:] + [len(sorted_syms)]
+    return [
+        (sorted_syms[start], record.slice(start, end - start), int(low), int(high))
+        for start, end, low, high in zip(starts, ends, lows, highs, strict=True)
+    ]
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:

@@ -6,7 +6,6 @@ topic, a day, or an EOD transactional id.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,27 +14,7 @@ import pytest
 
 from ingest.schemas import SchemaCatalog
 from tickplant.config import REPO_ROOT, Settings
-from tickplant.kafka.broker import EmbeddedKafka
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_port_pair() -> int:
-    """A port p with p+1 free too (broker + controller)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair")
+from tickplant.kafka.broker import EmbeddedKafka, free_port_pair
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import free_port
-
 from streams.client import RdbClient, RdbClientError
 from tickplant.config import Settings
+from tickplant.kafka.broker import free_port
 
 
 def plant_env(settings: Settings) -> dict[str, str]:

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port_pair
 
-from tickplant.kafka.broker import pid_alive
+from tickplant.kafka.broker import free_port_pair, pid_alive
 
 
 def tickplant(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -179,7 +179,8 @@ def test_scale_1_to_3_to_1_under_load_exact(settings, catalog, day, workers):
             time.sleep(1.0)
             w2.stop()
             w3.kill9()
-            wait_until(lambda: len(w1.client.status()["tables"]["quote"]["partitions"]) == settings.partitions,
+            wait_until(lambda: len(w1.client.status()["tables"].get("quote", {}).get("partitions", []))
+                       == settings.partitions,
                        90, "w1 to own every partition again", w1.log_tail)
         finally:
             stop.set()
@@ -225,3 +226,55 @@ def test_day_rollover_with_rows_in_flight(settings, catalog, day, workers):
     assert_exact(worker, "trade", opened, "2026-11-23")
     dates = worker.client.status()["tables"]["trade"]["dates"]
     assert dates[TODAY]["status"] == "closed" and dates["2026-11-23"]["status"] == "open"
+
+
+def test_any_worker_answers_for_every_sym_by_forwarding_to_the_owner(settings, catalog, day, workers):
+    market = SyntheticMarket(syms=24, seed=11, clock=day)
+    trades, _ = market.events(3000)
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        tp.publish_rows("trade", trades)
+    w1, w2 = workers("w1"), workers("w2")
+    w1.wait_serving()
+    w2.wait_serving()
+
+    def split_and_complete() -> bool:
+        mine = [set(w.client.status()["tables"].get("trade", {}).get("partitions", [])) for w in (w1, w2)]
+        return all(mine) and not (mine[0] & mine[1]) and total(w1, "trade") == len(trades)
+
+    wait_until(split_and_complete, 90, "two workers sharing the partitions, metadata exchanged",
+               lambda: str([w.client.status()["tables"] for w in (w1, w2)]))
+    for worker in (w1, w2):
+        assert_exact(worker, "trade", trades)  # all syms, half of them forwarded
+        some = ["AAPL", "MSFT", "IBM", "GOOG"]
+        got = as_rows(worker.client.rows("trade", some))
+        assert by_sym(got) == {s: r for s, r in by_sym(trades).items() if s in some}
+        assert len(as_rows(worker.client.last("trade"))) == 24
+
+
+def test_a_day_the_hdb_published_is_dropped(settings, catalog, day, workers):
+    import json
+
+    from confluent_kafka import Producer
+
+    from ingest.eod import CONTROL_KEY
+    from ingest.topics import TopicNames
+
+    market = SyntheticMarket(syms=6, seed=13, clock=day)
+    with Tickerplant(settings, catalog) as tp:
+        tp.publish_rows("trade", market.events(500)[0])
+    day.advance(15 * 3600)
+    roll_day(settings, catalog, day)
+    with Tickerplant(settings, catalog) as tp:
+        fresh = market.events(200)[0]
+        tp.publish_rows("trade", fresh)
+    worker = workers("w1")
+    worker.wait_serving()
+    wait_until(lambda: total(worker, "trade", "2026-11-23") == len(fresh), 60, "ingest", worker.log_tail)
+    assert total(worker, "trade", TODAY) > 0
+    producer = Producer(settings.kafka_config())
+    producer.produce(TopicNames(settings.topic_prefix).control, key=CONTROL_KEY,
+                     value=json.dumps({"kind": "published", "table": "trade", "date": TODAY}).encode())
+    producer.flush(10)
+    wait_until(lambda: total(worker, "trade", TODAY) == 0, 30, "the published day to be dropped", worker.log_tail)
+    assert TODAY not in worker.client.status()["tables"]["trade"]["dates"]
+    assert_exact(worker, "trade", fresh, "2026-11-23")

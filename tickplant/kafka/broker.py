@@ -37,6 +37,22 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def free_port() -> int:
+    """A port the OS says is free now (for tests, benchmarks and extra workers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """A free port p with p+1 free too: an embedded broker and its controller."""
+    for _ in range(50):
+        port = free_port()
+        if port_is_free(port + 1):
+            return port
+    raise BrokerError("no free pair of ports on 127.0.0.1")
+
+
 def _die_with_parent() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -223,4 +239,5 @@ def stop_pid(pid: int, timeout: float = 30.0) -> None:
         pass
 
 
-__all__ = ["BrokerError", "EmbeddedKafka", "KafkaSetupError", "port_is_free", "stop_pid"]
+__all__ = ["BrokerError", "EmbeddedKafka", "KafkaSetupError", "free_port", "free_port_pair", "port_is_free",
+           "stop_pid"]

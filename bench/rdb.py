@@ -1,0 +1,255 @@
+"""RDB benchmarks: ingest per worker, publish -> visible latency, queries, restart, memory.
+
+    python -m bench.rdb [--rows N] [--big-rows N] [--quick]
+
+Each figure is printed beside a baseline measured in the same run where one
+exists: ingest against a raw confluent-kafka consumer reading the same topic
+(no decoding), restart against the worker's cold start with an empty shard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from ingest.eod import open_first_day
+from ingest.feeds.synthetic import SyntheticMarket
+from ingest.publisher import Tickerplant
+from ingest.schemas import SchemaCatalog
+from ingest.topics import TopicNames, partition_counts
+from streams.client import RdbClient, RdbClientError
+from tickplant.config import Settings
+from tickplant.kafka.broker import EmbeddedKafka, free_port, free_port_pair
+from tickplant.supervisor import Child
+
+
+def result(metric: str, value: float, unit: str, baseline: float | None, target: str, ok: bool | None,
+           note: str = "") -> dict:
+    ratio = value / baseline if baseline else None
+    return {"metric": metric, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio,
+            "target": target, "ok": ok, "note": note}
+
+
+def raw_consume_rate(settings: Settings, topic: str, expected_messages: int, rows: int) -> float:
+    """Rows/s a bare confluent-kafka consumer moves the same messages (bytes only)."""
+    consumer = Consumer(settings.kafka_config(**{"group.id": f"raw-{time.time_ns()}", "enable.auto.commit": False,
+                                                  "fetch.wait.max.ms": 20}))
+    parts = partition_counts(settings, [topic])[topic]
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(parts)])
+    first = consumer.consume(1, timeout=30)  # connected and fetching: start the clock
+    seen = len(first)
+    start = time.perf_counter()
+    while seen < expected_messages:
+        seen += len(consumer.consume(10000, timeout=0.05))
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    return rows * (expected_messages - 1) / expected_messages / elapsed
+
+
+def message_count(settings: Settings, topic: str) -> int:
+    consumer = Consumer(settings.kafka_config(**{"group.id": "count"}))
+    parts = partition_counts(settings, [topic])[topic]
+    total = sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(parts))
+    consumer.close()
+    return total
+
+
+class BenchWorker:
+    def __init__(self, settings: Settings, node: str):
+        self.port = free_port()
+        self.child = Child(node, ["rdb", "worker", "--id", node, "--port", str(self.port)], settings)
+        self.client = RdbClient(f"http://127.0.0.1:{self.port}", timeout=60)
+
+    def start(self) -> float:
+        """Start; return seconds until it answers with its partitions assigned and shards open."""
+        start = time.perf_counter()
+        self.child.start()
+        while True:
+            assert self.child.alive, f"worker died: see {self.child.log_path}"
+            try:
+                if self.client.status()["serving"]:
+                    return time.perf_counter() - start
+            except RdbClientError:
+                pass
+            time.sleep(0.05)
+
+    def wait_rows(self, table: str, rows: int, timeout: float = 900) -> float:
+        start = time.perf_counter()
+        while time.perf_counter() - start < timeout:
+            try:
+                if sum(self.client.count(table).values()) >= rows:
+                    return time.perf_counter() - start
+            except RdbClientError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"worker did not reach {rows} rows")
+
+    def stop(self) -> None:
+        self.child.stop()
+
+    def kill9(self) -> None:
+        if self.child.proc:
+            self.child.proc.kill()
+            self.child.proc.wait()
+
+
+def publish(settings: Settings, catalog: SchemaCatalog, table: str, rows: int, mode: str, syms: int = 50) -> None:
+    market = SyntheticMarket(syms=syms, seed=1, trade_ratio=1.0)
+    with Tickerplant(settings, catalog, mode=mode) as tp:
+        done = 0
+        while done < rows:
+            trades, quotes = market.events(min(50_000, rows - done))
+            tp.publish_rows(table, trades if table == "trade" else quotes)
+            done += len(trades)
+        tp.flush()
+
+
+def bench_ingest(base: Settings, catalog: SchemaCatalog, rows: int, mode: str, tmp: Path) -> dict:
+    settings = base.replace(topic_prefix=f"ing{mode}.", data_dir=tmp / f"ingest-{mode}")
+    open_first_day(settings, catalog)
+    publish(settings, catalog, "trade", rows, mode)
+    topic = TopicNames(settings.topic_prefix).table("trade")
+    raw = raw_consume_rate(settings, topic, message_count(settings, topic), rows)
+    worker = BenchWorker(settings, "bench")
+    try:
+        worker.start()
+        elapsed = worker.wait_rows("trade", rows)
+        status = worker.client.status()
+    finally:
+        worker.stop()
+    rate = rows / elapsed
+    target = 250_000 if mode == "batch" else 10_000
+    return result(f"RDB ingest per worker, {mode} mode", rate, "rows/s", raw, f">= {target:,} rows/s",
+                  rate >= target, f"{rows:,} rows, {status['messages'] / max(1, status['batches']):.0f} messages "
+                  "per agent batch; baseline: raw confluent-kafka consumer, no decode")
+
+
+def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, seconds: float = 10, rate: int = 10_000) -> dict:
+    settings = base.replace(topic_prefix="lat.", data_dir=tmp / "latency")
+    open_first_day(settings, catalog)
+    worker = BenchWorker(settings, "lat")
+    worker.start()
+    market = SyntheticMarket(syms=50, seed=2)
+    stop = threading.Event()
+    try:
+        with Tickerplant(settings, catalog, mode="zero") as tp:
+            start = time.perf_counter()
+            sent = 0
+            while time.perf_counter() - start < seconds:
+                due = int((time.perf_counter() - start) * rate) - sent
+                if due > 0:
+                    _, quotes = market.events(due)
+                    tp.publish_rows("quote", quotes)
+                    sent += due
+                time.sleep(0.0005)
+            tp.flush()
+        time.sleep(1.0)
+        latency = worker.client.status()["visible_latency_ms"]
+    finally:
+        stop.set()
+        worker.stop()
+    return result("publish -> visible in RDB, zero-latency, p99", latency["p99"], "ms", None, "< 10 ms",
+                  latency["p99"] < 10, f"p50 {latency['p50']} ms at {rate:,} rows/s over {seconds:g}s")
+
+
+def bench_queries_restart_memory(base: Settings, catalog: SchemaCatalog, rows: int, tmp: Path) -> list[dict]:
+    settings = base.replace(topic_prefix=f"big{rows}.", data_dir=tmp / f"big-{rows}")
+    open_first_day(settings, catalog)
+    # one sym with 100k rows for the one-sym query, the rest spread over 100 syms
+    one_sym = [{"time": 1_795_300_000_000_000_000 + i * 1000, "sym": "ONE", "price": 100.0 + i % 7, "size": 100,
+                "exchange": "N", "cond": ""} for i in range(100_000)]
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        for i in range(0, len(one_sym), 20_000):
+            tp.publish_rows("trade", one_sym[i:i + 20_000])
+    publish(settings, catalog, "trade", rows - len(one_sym), "batch", syms=100)
+    worker = BenchWorker(settings, "big")
+    out = []
+    try:
+        cold = worker.start()
+        worker.wait_rows("trade", rows)
+        timings = []
+        for _ in range(20):
+            start = time.perf_counter()
+            table = worker.client.rows("trade", ["ONE"])
+            timings.append(time.perf_counter() - start)
+        assert table.num_rows == 100_000, table.num_rows
+        one = statistics.median(timings) * 1000
+        out.append(result("RDB query: one sym's day (100k rows, Arrow)", one, "ms", None, "< 20 ms", one < 20,
+                          f"median of 20, day of {rows:,} rows"))
+        timings = []
+        for _ in range(20):
+            start = time.perf_counter()
+            last = worker.client.last("trade")
+            timings.append(time.perf_counter() - start)
+        lastms = statistics.median(timings) * 1000
+        out.append(result(f"RDB query: last row of every sym ({last.num_rows} syms)", lastms, "ms", None,
+                          "-", None, "median of 20"))
+        rss = worker.client.status()["rss"] / 2**20
+        out.append(result(f"RDB worker RSS with {rows:,} rows in the day", rss, "MiB", None, "< 1024 MiB",
+                          rss < 1024))
+        worker.kill9()
+        restart = worker.start()
+        held = sum(worker.client.count("trade").values())
+        assert held == rows, f"after restart the worker serves {held} of {rows} rows"
+        out.append(result(f"RDB restart to serving, {rows:,} rows in the day", restart, "s", cold,
+                          "< 5 s", restart < 5, "baseline: the same worker's cold start, empty shards"))
+    finally:
+        worker.stop()
+    return out
+
+
+def run(rows: int, big_rows: list[int], zero_rows: int) -> list[dict]:
+    tmp = Path(tempfile.mkdtemp(prefix="tpbench-rdb-"))
+    settings = Settings(data_dir=tmp / "plant", kafka_port=free_port_pair(), partitions=4)
+    catalog = SchemaCatalog.load(settings.schemas_dir)
+    out: list[dict] = []
+    with EmbeddedKafka(settings):
+        for step in (
+            lambda: [bench_ingest(settings, catalog, rows, "batch", tmp)],
+            lambda: [bench_ingest(settings, catalog, zero_rows, "zero", tmp)],
+            lambda: [bench_latency(settings, catalog, tmp)],
+            *[lambda n=n: bench_queries_restart_memory(settings, catalog, n, tmp) for n in big_rows],
+        ):
+            try:
+                out.extend(step())
+            except Exception as exc:  # report the failure as a row; the other figures still count
+                out.append(result(f"FAILED: {type(exc).__name__}", 0, "", None, "", False, str(exc)[:200]))
+            print_results(out[-1:])
+    return out
+
+
+def print_results(rows: list[dict]) -> None:
+    from tickplant.textable import format_table
+
+    def fmt(v: float | None) -> str:
+        return "" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.3g}")
+
+    print(format_table(
+        ["metric", "value", "unit", "baseline", "ratio", "target", "result", "note"],
+        [[r["metric"], fmt(r["value"]), r["unit"], fmt(r["baseline"]), fmt(r["ratio"]), r["target"],
+          {True: "pass", False: "SHORT", None: "-"}[r["ok"]], r["note"]] for r in rows],
+    ))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the batch ingest figure")
+    parser.add_argument("--zero-rows", type=int, default=100_000)
+    parser.add_argument("--big-rows", type=int, nargs="*", default=[1_000_000, 10_000_000])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows, args.zero_rows, args.big_rows = 200_000, 20_000, [300_000]
+    print_results(run(args.rows, args.big_rows, args.zero_rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
