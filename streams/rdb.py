@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import resource
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ class RdbWorker:
         # RocksDB gets a quarter of the budget; Python, Arrow and Kafka buffers the rest
         self.resources = Resources(cache_bytes=memory_budget // 8, write_buffer_bytes=memory_budget // 8)
         self.shards: dict[tuple[str, int], Shard] = {}
+        self._opening = threading.Lock()
         self.assigned: set[tuple[str, int]] = set()
         self.days = read_day_state(settings)
         self.rows_applied = 0
@@ -223,10 +225,15 @@ class RdbWorker:
     # -- ingest ---------------------------------------------------------------
 
     def shard(self, table: str, partition: int) -> Shard:
+        """The open shard of (table, partition), opening it once even when the rebalance
+        handler (in a thread) and the agent (on the loop) ask at the same time."""
         key = (table, partition)
         shard = self.shards.get(key)
         if shard is None:
-            shard = self.shards[key] = Shard(shard_path(self.settings, table, partition), self.resources)
+            with self._opening:
+                shard = self.shards.get(key)
+                if shard is None:
+                    shard = self.shards[key] = Shard(shard_path(self.settings, table, partition), self.resources)
         return shard
 
     async def apply(self, table: str, messages: list[tuple[int, int, bytes | None, Any]]) -> None:

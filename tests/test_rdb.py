@@ -239,7 +239,8 @@ def test_any_worker_answers_for_every_sym_by_forwarding_to_the_owner(settings, c
 
     def split_and_complete() -> bool:
         mine = [set(w.client.status()["tables"].get("trade", {}).get("partitions", [])) for w in (w1, w2)]
-        return all(mine) and not (mine[0] & mine[1]) and total(w1, "trade") == len(trades)
+        return (all(mine) and not (mine[0] & mine[1])
+                and total(w1, "trade") == len(trades) and total(w2, "trade") == len(trades))
 
     wait_until(split_and_complete, 90, "two workers sharing the partitions, metadata exchanged",
                lambda: str([w.client.status()["tables"] for w in (w1, w2)]))

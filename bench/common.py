@@ -1,0 +1,134 @@
+"""What the benchmarks share: a throwaway broker, the options, the result table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tickplant.config import Settings
+from tickplant.kafka.broker import EmbeddedKafka
+
+
+@dataclass
+class Result:
+    """One line of the table: a figure against its baseline measured in the same run."""
+
+    metric: str
+    value: float
+    baseline: float | None = None
+    target: str = ""
+    passed: bool | None = None  # None: no target, for information
+    unit: str = "rows/s"
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.value / self.baseline if self.baseline else None
+
+
+@dataclass
+class Report:
+    results: list[Result] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rows", type=int, default=None,
+                        help="rows for batch mode (default 1,000,000; zero-latency uses 30%% of it)")
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster run (200k rows, one repeat)")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per figure; the best is kept (default 2)")
+    parser.add_argument("--chunk", type=int, default=1000, help="rows per publish_rows call (default 1000)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a figure is short of its target")
+
+
+def free_port_pair() -> int:
+    """A loopback port p with p+1 free too (broker + controller)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of loopback ports")
+
+
+def _raise_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def embedded_broker() -> Iterator[Settings]:
+    """A fresh single-node broker in a temp directory on free ports; always stopped and removed."""
+    data_dir = Path(tempfile.mkdtemp(prefix="tickplant-bench-"))
+    settings = Settings(data_dir=data_dir, kafka_port=free_port_pair())
+    kafka = EmbeddedKafka(settings)
+    previous = signal.signal(signal.SIGTERM, _raise_exit)  # so `finally` runs on kill too
+    try:
+        kafka.start()
+        yield settings
+    finally:
+        try:
+            kafka.stop()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def fresh(settings: Settings) -> Settings:
+    """The same broker under a topic prefix of its own."""
+    return settings.replace(topic_prefix=f"bench{uuid.uuid4().hex[:8]}.")
+
+
+def machine() -> str:
+    import confluent_kafka
+
+    return (f"{os.cpu_count()} CPUs (shared with the broker), Python {platform.python_version()}, "
+            f"librdkafka {confluent_kafka.libversion()[0]}")
+
+
+def _figure(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if abs(value) >= 1e4:
+        return f"{value / 1e3:.0f}k"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def format_table(results: list[Result]) -> str:
+    header = ["benchmark", "value", "unit", "baseline", "ratio", "target", "result"]
+    notes = any(r.note for r in results)
+    if notes:
+        header.append("note")
+    lines = []
+    for r in results:
+        line = [
+            r.metric, _figure(r.value), r.unit, _figure(r.baseline),
+            f"{r.ratio:.2f}" if r.ratio is not None else "-",
+            r.target or "-", {True: "pass", False: "SHORT", None: "-"}[r.passed],
+        ]
+        lines.append([*line, r.note] if notes else line)
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    right = {1, 3, 4}
+
+    def fmt(row: list[str]) -> str:
+        cells = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
