@@ -36,6 +36,7 @@ ROW_MAGIC = b"\xc3\x01"
 BLOCK_MAGIC = b"\xc3\xb1"
 HEADER_LEN = 10
 CONTROL_HEADER = "tp-control"
+CONFLUENT_ID = b"cf:"  # resolver keys of Confluent schema ids, apart from fingerprints
 
 
 # -- encoding ----------------------------------------------------------------
@@ -390,9 +391,10 @@ class Decoder:
     by fingerprint when it is not the reader's own (the schemas topic).
     """
 
-    def __init__(self, catalog: SchemaCatalog, lookup: WriterLookup | None = None):
+    def __init__(self, catalog: SchemaCatalog, lookup: WriterLookup | None = None, registry: Any = None):
         self.catalog = catalog
         self.lookup = lookup
+        self.registry = registry  # ingest.registry.Registry, for Confluent-framed messages
         self._resolvers: dict[bytes, tuple[str, Any, Any, Any, Any]] = {}
 
     def _resolver(self, fp: bytes) -> tuple[str, Any, Any, Any, Any]:
@@ -402,6 +404,16 @@ class Decoder:
         # the codecs' parsed schemas carry fastavro's hint, so that schemaless_reader
         # does not parse them again for every message (3x faster on one-row messages)
         own = self.catalog.by_fingerprint.get(fp)
+        if fp.startswith(CONFLUENT_ID):
+            writer_avro, _ = self.registry.writer(int.from_bytes(fp[len(CONFLUENT_ID):], "big"))
+            own = self.catalog.by_fingerprint.get(TableSchema.from_dict(writer_avro, "registry").fingerprint)
+            if own is None:
+                writer = TableSchema.from_dict(writer_avro, f"registry schema {fp.hex()}")
+                reader = self.catalog.tables.get(writer.name, writer)
+                w, r = codec_for(writer), codec_for(reader)
+                entry = (writer.name, w.parsed, r.parsed, w.block_parsed, r.block_parsed)
+                self._resolvers[fp] = entry
+                return entry
         if own is not None:
             codec = codec_for(own)
             entry = (own.name, codec.parsed, None, codec.block_parsed, None)
@@ -416,16 +428,32 @@ class Decoder:
         self._resolvers[fp] = entry
         return entry
 
+    def _confluent(self, value: bytes) -> tuple[bytes, bytes, int]:
+        """(magic, resolver key, body start) of a Confluent-framed message."""
+        if self.registry is None:
+            raise DecodeError("Confluent-framed message (magic 0) but no schema_registry_url is configured")
+        if len(value) < 5:
+            raise DecodeError(f"Confluent-framed message of {len(value)} bytes is too short")
+        schema_id = int.from_bytes(value[1:5], "big")
+        try:
+            _, is_block = self.registry.writer(schema_id)
+        except RuntimeError as exc:
+            raise DecodeError(str(exc)) from exc
+        return (BLOCK_MAGIC if is_block else ROW_MAGIC), CONFLUENT_ID + value[1:5], 5
+
     def decode(self, value: bytes) -> tuple[str, list[dict[str, Any]]]:
         """(table name, rows) of one message value."""
-        if value is None or len(value) < HEADER_LEN:
-            raise DecodeError(f"message of {0 if value is None else len(value)} bytes is too short")
-        magic, fp = value[:2], value[2:HEADER_LEN]
-        if magic not in (ROW_MAGIC, BLOCK_MAGIC):
-            raise DecodeError(f"unknown framing magic {magic.hex()} (not a tickplant row or block)")
+        if value and value[:1] == b"\x00":
+            magic, fp, start = self._confluent(value)
+        else:
+            if value is None or len(value) < HEADER_LEN:
+                raise DecodeError(f"message of {0 if value is None else len(value)} bytes is too short")
+            magic, fp, start = value[:2], value[2:HEADER_LEN], HEADER_LEN
+            if magic not in (ROW_MAGIC, BLOCK_MAGIC):
+                raise DecodeError(f"unknown framing magic {magic.hex()} (not a tickplant row or block)")
         name, writer, reader, writer_block, reader_block = self._resolver(fp)
         body = io.BytesIO(value)
-        body.seek(HEADER_LEN)
+        body.seek(start)
         try:
             if magic == ROW_MAGIC:
                 rows = [fastavro.schemaless_reader(body, writer, reader)]

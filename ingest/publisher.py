@@ -29,7 +29,7 @@ import fastavro
 from confluent_kafka import KafkaError, Producer
 
 from ingest.deadletter import DeadLetters
-from ingest.framing import FAST_MIN_ROWS, RecordCodec, codec_for, encode_row, np
+from ingest.framing import FAST_MIN_ROWS, HEADER_LEN, RecordCodec, codec_for, encode_row, np
 from ingest.schema_topic import SchemaTopic
 from ingest.schemas import SchemaCatalog, TableSchema
 from ingest.topics import TopicNames, ensure_topics, partition_for
@@ -103,6 +103,13 @@ class Tickerplant:
         batch = self.mode == "batch"
         self.producer = Producer(producer_config(settings, self.mode))
         self._topics = {t.name: self.names.table(t.name) for t in self.catalog}
+        # (row header, block header) per table: our framing, or Confluent's with a registry
+        self._headers = {t.name: (codec_for(t).row_header, codec_for(t).block_header) for t in self.catalog}
+        if settings.schema_registry_url:
+            from ingest.registry import Registry
+
+            registry = Registry(settings.schema_registry_url)
+            self._headers = {t.name: registry.headers(self._topics[t.name], t) for t in self.catalog}
         # per table: sym -> partition (batch) or sym -> (partition, key bytes) (zero)
         self._sym_cache: dict[str, dict[str, Any]] = defaultdict(dict)
         self._row_callback = {t.name: self._row_acker(t.name) for t in self.catalog}
@@ -183,7 +190,7 @@ class Tickerplant:
         topic = self._topics[schema.name]
         callback = self._row_callback[schema.name]
         produce = self.producer.produce
-        fast = codec.records(rows, prefix=codec.row_header) if len(rows) >= FAST_MIN_ROWS else None
+        fast = codec.records(rows, prefix=self._headers[schema.name][0]) if len(rows) >= FAST_MIN_ROWS else None
         if fast is None:
             for row, (part, key) in zip(rows, info, strict=True):
                 self._send_row(schema, part, row, key)
@@ -204,6 +211,9 @@ class Tickerplant:
         except Exception as exc:  # fastavro: ValueError, TypeError, AttributeError...
             self._reject(schema, row, exc)
             return
+        header = self._headers[schema.name][0]
+        if not value.startswith(header):
+            value = header + value[HEADER_LEN:]
         self._produce(schema.name, part, row["sym"].encode() if key is None else key, value, 1)
 
     # -- batch mode ---------------------------------------------------------
@@ -280,6 +290,9 @@ class Tickerplant:
 
     def _send_block(self, schema: TableSchema, part: int, chunks: list[bytes], nrows: int) -> None:
         value = codec_for(schema).block(b"".join(chunks), nrows)
+        header = self._headers[schema.name][1]
+        if not value.startswith(header):
+            value = header + value[HEADER_LEN:]
         self._produce(schema.name, part, None, value, nrows)
 
     def _produce(self, table: str, part: int, key: bytes | None, value: bytes, nrows: int) -> None:

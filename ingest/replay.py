@@ -15,9 +15,9 @@ from typing import Any
 import pyarrow as pa
 
 from ingest.eod import DayState, read_day_state
-from ingest.framing import DecodeError, Decoder, control_of
+from ingest.framing import DecodeError, control_of
 from ingest.logread import make_consumer, read_ranges, watermarks
-from ingest.schema_topic import SchemaTopic
+from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_counts
 from tickplant.config import Settings
@@ -65,7 +65,7 @@ def replay_messages(
 ) -> Iterator[tuple[LogPosition, list[dict[str, Any]]]]:
     """Each data message in the ranges, decoded: (position, rows). Fences are skipped."""
     catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
-    decoder = Decoder(catalog, SchemaTopic(settings).lookup)
+    decoder = make_decoder(settings, catalog)
     topic = TopicNames(settings.topic_prefix).table(table)
     consumer = make_consumer(settings)
     try:

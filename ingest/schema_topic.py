@@ -13,6 +13,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from ingest.framing import Decoder
 from ingest.logread import make_consumer, read_ranges, watermarks
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames
@@ -51,3 +52,13 @@ class SchemaTopic:
             if fingerprint not in self._known:
                 self.reload()
             return self._known.get(fingerprint)
+
+
+def make_decoder(settings: Settings, catalog: SchemaCatalog) -> Decoder:
+    """The plant's decoder: writer schemas from the schemas topic, or the registry if configured."""
+    registry = None
+    if settings.schema_registry_url:
+        from ingest.registry import Registry
+
+        registry = Registry(settings.schema_registry_url)
+    return Decoder(catalog, SchemaTopic(settings).lookup, registry)

@@ -16,9 +16,9 @@ from typing import Any
 from confluent_kafka import KafkaError, TopicPartition
 
 from ingest.eod import read_day_state
-from ingest.framing import Decoder, control_of
+from ingest.framing import control_of
 from ingest.logread import make_consumer, watermarks
-from ingest.schema_topic import SchemaTopic
+from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_counts, partition_for
 from tickplant.config import Settings
@@ -39,7 +39,7 @@ class Subscription:
         self.table = self.catalog[table].name
         self.syms = set(syms) if syms else None
         self.topic = TopicNames(settings.topic_prefix).table(self.table)
-        self.decoder = Decoder(self.catalog, SchemaTopic(settings).lookup)
+        self.decoder = make_decoder(settings, self.catalog)
         self.errors: list[str] = []
         count = partition_counts(settings, [self.topic])[self.topic]
         parts = sorted({partition_for(s, count) for s in self.syms}) if self.syms else list(range(count))

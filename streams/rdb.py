@@ -47,8 +47,8 @@ from faust.web import View
 
 from ingest.deadletter import DeadLetters
 from ingest.eod import read_day_state
-from ingest.framing import DecodeError, Decoder, control_of
-from ingest.schema_topic import SchemaTopic
+from ingest.framing import DecodeError, control_of
+from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
 from streams.metadata import MetadataPublisher, read_metadata
@@ -111,7 +111,7 @@ class RdbWorker:
         self.url = f"http://127.0.0.1:{port}"
         self.catalog = SchemaCatalog.load(settings.schemas_dir)
         self.names = TopicNames(settings.topic_prefix)
-        self.decoder = Decoder(self.catalog, SchemaTopic(settings).lookup)
+        self.decoder = make_decoder(settings, self.catalog)
         self.deadletters = DeadLetters(settings, f"rdb:{node_id}")
         # RocksDB gets a quarter of the budget; Python, Arrow and Kafka buffers the rest
         self.resources = Resources(cache_bytes=memory_budget // 8, write_buffer_bytes=memory_budget // 8)
