@@ -1,6 +1,6 @@
 """RDB benchmarks: ingest per worker, publish -> visible latency, queries, restart, memory.
 
-    python -m bench.rdb [--rows N] [--big-rows N] [--quick]
+    python -m bench.rdb [--quick]      (or all benchmarks: python -m bench)
 
 Each figure is printed beside a baseline measured in the same run where one
 exists: ingest against a raw confluent-kafka consumer reading the same topic
@@ -10,6 +10,7 @@ exists: ingest against a raw confluent-kafka consumer reading the same topic
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from bench.common import Report, Result, add_arguments, embedded_broker, format_table
 from ingest.eod import open_first_day
 from ingest.feeds.synthetic import SyntheticMarket
 from ingest.publisher import Tickerplant
@@ -26,15 +28,13 @@ from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_counts
 from streams.client import RdbClient, RdbClientError
 from tickplant.config import Settings
-from tickplant.kafka.broker import EmbeddedKafka, free_port, free_port_pair
+from tickplant.kafka.broker import free_port
 from tickplant.supervisor import Child
 
 
 def result(metric: str, value: float, unit: str, baseline: float | None, target: str, ok: bool | None,
-           note: str = "") -> dict:
-    ratio = value / baseline if baseline else None
-    return {"metric": metric, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio,
-            "target": target, "ok": ok, "note": note}
+           note: str = "") -> Result:
+    return Result(metric, value, baseline, target, ok, unit, note)
 
 
 def raw_consume_rate(settings: Settings, topic: str, expected_messages: int, rows: int) -> float:
@@ -111,7 +111,7 @@ def publish(settings: Settings, catalog: SchemaCatalog, table: str, rows: int, m
         tp.flush()
 
 
-def bench_ingest(base: Settings, catalog: SchemaCatalog, rows: int, mode: str, tmp: Path) -> dict:
+def bench_ingest(base: Settings, catalog: SchemaCatalog, rows: int, mode: str, tmp: Path) -> Result:
     settings = base.replace(topic_prefix=f"ing{mode}.", data_dir=tmp / f"ingest-{mode}")
     open_first_day(settings, catalog)
     publish(settings, catalog, "trade", rows, mode)
@@ -131,8 +131,8 @@ def bench_ingest(base: Settings, catalog: SchemaCatalog, rows: int, mode: str, t
                   "per agent batch; baseline: raw confluent-kafka consumer, no decode")
 
 
-def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, seconds: float = 10, rate: int = 10_000) -> dict:
-    settings = base.replace(topic_prefix="lat.", data_dir=tmp / "latency")
+def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, seconds: float = 10, rate: int = 10_000) -> Result:
+    settings = base.replace(topic_prefix=f"lat{rate}.", data_dir=tmp / f"latency-{rate}")
     open_first_day(settings, catalog)
     worker = BenchWorker(settings, "lat")
     worker.start()
@@ -155,11 +155,12 @@ def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, seconds: fl
     finally:
         stop.set()
         worker.stop()
-    return result("publish -> visible in RDB, zero-latency, p99", latency["p99"], "ms", None, "< 10 ms",
-                  latency["p99"] < 10, f"p50 {latency['p50']} ms at {rate:,} rows/s over {seconds:g}s")
+    target, ok = ("< 10 ms", latency["p99"] < 10) if rate >= 10_000 else ("-", None)
+    return result(f"publish -> visible in RDB, zero-latency at {rate:,} rows/s, p99", latency["p99"], "ms",
+                  None, target, ok, f"p50 {latency['p50']} ms over {seconds:g}s, one worker")
 
 
-def bench_queries_restart_memory(base: Settings, catalog: SchemaCatalog, rows: int, tmp: Path) -> list[dict]:
+def bench_queries_restart_memory(base: Settings, catalog: SchemaCatalog, rows: int, tmp: Path) -> list[Result]:
     settings = base.replace(topic_prefix=f"big{rows}.", data_dir=tmp / f"big-{rows}")
     open_first_day(settings, catalog)
     # one sym with 100k rows for the one-sym query, the rest spread over 100 syms
@@ -205,49 +206,47 @@ def bench_queries_restart_memory(base: Settings, catalog: SchemaCatalog, rows: i
     return out
 
 
-def run(rows: int, big_rows: list[int], zero_rows: int) -> list[dict]:
+def collect(settings: Settings, args: argparse.Namespace) -> Report:
+    """The RDB figures on the shared bench broker (``python -m bench``)."""
+    quick = args.quick
+    rows = 200_000 if quick else 1_000_000
+    zero_rows = 20_000 if quick else 60_000
+    big = [300_000] if quick else [1_000_000, 10_000_000]
     tmp = Path(tempfile.mkdtemp(prefix="tpbench-rdb-"))
-    settings = Settings(data_dir=tmp / "plant", kafka_port=free_port_pair(), partitions=4)
     catalog = SchemaCatalog.load(settings.schemas_dir)
-    out: list[dict] = []
-    with EmbeddedKafka(settings):
-        for step in (
-            lambda: [bench_ingest(settings, catalog, rows, "batch", tmp)],
-            lambda: [bench_ingest(settings, catalog, zero_rows, "zero", tmp)],
-            lambda: [bench_latency(settings, catalog, tmp)],
-            *[lambda n=n: bench_queries_restart_memory(settings, catalog, n, tmp) for n in big_rows],
-        ):
+    report = Report()
+    steps = [
+        lambda: [bench_ingest(settings, catalog, rows, "batch", tmp)],
+        lambda: [bench_ingest(settings, catalog, zero_rows, "zero", tmp)],
+        lambda: [bench_latency(settings, catalog, tmp)],
+        lambda: [bench_latency(settings, catalog, tmp, rate=2_000)],
+        *[lambda n=n: bench_queries_restart_memory(settings, catalog, n, tmp) for n in big],
+    ]
+    try:
+        for step in steps:
             try:
-                out.extend(step())
-            except Exception as exc:  # report the failure as a row; the other figures still count
-                out.append(result(f"FAILED: {type(exc).__name__}", 0, "", None, "", False, str(exc)[:200]))
-            print_results(out[-1:])
-    return out
-
-
-def print_results(rows: list[dict]) -> None:
-    from tickplant.textable import format_table
-
-    def fmt(v: float | None) -> str:
-        return "" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.3g}")
-
-    print(format_table(
-        ["metric", "value", "unit", "baseline", "ratio", "target", "result", "note"],
-        [[r["metric"], fmt(r["value"]), r["unit"], fmt(r["baseline"]), fmt(r["ratio"]), r["target"],
-          {True: "pass", False: "SHORT", None: "-"}[r["ok"]], r["note"]] for r in rows],
-    ))
+                report.results.extend(step())
+            except Exception as exc:  # a failed figure is a row of the table, the others still count
+                report.results.append(result(f"RDB FAILED: {type(exc).__name__}", 0, "", None, "", False,
+                                             str(exc)[:200]))
+            print(format_table(report.results[-1:]), file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report.notes.append(
+        "RDB: one worker process (Faust + RocksDB) per figure; ingest is timed from 'serving' to the last "
+        "row counted; the raw baseline reads the same messages with a bare confluent-kafka consumer."
+    )
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the batch ingest figure")
-    parser.add_argument("--zero-rows", type=int, default=100_000)
-    parser.add_argument("--big-rows", type=int, nargs="*", default=[1_000_000, 10_000_000])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser = argparse.ArgumentParser(prog="python -m bench.rdb", description=__doc__)
+    add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.quick:
-        args.rows, args.zero_rows, args.big_rows = 200_000, 20_000, [300_000]
-    print_results(run(args.rows, args.big_rows, args.zero_rows))
+    with embedded_broker() as settings:
+        report = collect(settings, args)
+    print(format_table(report.results))
+    print("\n".join(report.notes))
     return 0
 
 
