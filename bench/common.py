@@ -7,7 +7,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tickplant.config import Settings
-from tickplant.kafka.broker import EmbeddedKafka
+from tickplant.kafka.broker import EmbeddedKafka, free_port_pair
 
 
 @dataclass
@@ -49,22 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure; the best is kept (default 2)")
     parser.add_argument("--chunk", type=int, default=1000, help="rows per publish_rows call (default 1000)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a figure is short of its target")
-
-
-def free_port_pair() -> int:
-    """A loopback port p with p+1 free too (broker + controller)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free pair of loopback ports")
 
 
 def _raise_exit(signum: int, _frame: object) -> None:

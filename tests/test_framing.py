@@ -20,7 +20,8 @@ def test_round_trip_row_and_block(catalog):
     ("value", "reason"),
     [
         (b"", "too short"),
-        (b"\x00\x00\x00\x00\x01garbage!", "unknown framing magic"),
+        (b"\x01\x02\x00\x00\x01garbage!", "unknown framing magic"),
+        (b"\x00\x00\x00\x00\x01garbage!", "magic 0.*no schema_registry_url"),
         (b"\xc3\x01" + b"\x00" * 8 + b"x", "unknown writer schema"),
     ],
 )

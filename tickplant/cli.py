@@ -22,9 +22,10 @@ from tickplant.textable import format_ns, format_table
 EXIT_REJECTS = 3
 
 
-def _settings(args: argparse.Namespace, need_kafka: bool = True) -> Settings:
+def settings_from_args(args: argparse.Namespace, need_kafka: bool = True) -> Settings:
+    """The settings a command runs with; by default also checks that Kafka answers."""
     overrides = {"data_dir": args.data_dir}
-    for name in ("kafka_port", "feed_rate", "feed_syms", "publish_mode", "rdb_workers"):
+    for name in ("kafka_port", "feed_rate", "feed_syms", "publish_mode", "rdb_workers", "hdb_root"):
         if hasattr(args, name):
             overrides[name] = getattr(args, name)
     settings = load_settings(args.config, **overrides)
@@ -35,7 +36,7 @@ def _settings(args: argparse.Namespace, need_kafka: bool = True) -> Settings:
     return settings
 
 
-def _date(text: str | None) -> dt.date | None:
+def parse_date(text: str | None) -> dt.date | None:
     if text is None:
         return None
     try:
@@ -49,7 +50,7 @@ def _date(text: str | None) -> dt.date | None:
 def cmd_up(args: argparse.Namespace) -> int:
     from tickplant.plant import Plant, install_signal_handlers, running_plant, start_detached
 
-    settings = _settings(args, need_kafka=False)
+    settings = settings_from_args(args, need_kafka=False)
     if args.detach:
         if running_plant(settings):
             print(f"a plant is already running from {settings.data_dir}")
@@ -108,7 +109,7 @@ def _status_loop(plant: Any) -> None:
 def cmd_down(args: argparse.Namespace) -> int:
     from tickplant.plant import stop_plant
 
-    stopped = stop_plant(_settings(args, need_kafka=False))
+    stopped = stop_plant(settings_from_args(args, need_kafka=False))
     print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
     return 0
 
@@ -117,7 +118,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ingest.eod import read_day_state
     from tickplant.plant import running_plant
 
-    settings = _settings(args, need_kafka=False)
+    settings = settings_from_args(args, need_kafka=False)
     plant = running_plant(settings)
     if plant:
         up = time.time() - plant.get("started", time.time())
@@ -194,7 +195,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from ingest.logread import make_consumer, watermarks
     from ingest.topics import admin_client
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     meta = admin_client(settings).list_topics(timeout=10)
     consumer = make_consumer(settings)
     rows = []
@@ -229,7 +230,7 @@ def cmd_feed_csv(args: argparse.Namespace) -> int:
     from ingest.feeds.csvfeed import feed_csv
     from ingest.publisher import Tickerplant
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     started = time.monotonic()
 
     def progress(report: Any) -> None:
@@ -254,7 +255,7 @@ def cmd_feed_synthetic(args: argparse.Namespace) -> int:
     from ingest.feeds.synthetic import SyntheticMarket, run_feed
     from ingest.publisher import Tickerplant
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     market = SyntheticMarket(args.syms, args.seed)
     with Tickerplant(settings, mode=args.mode, source="synthetic-feed") as tp:
         events = run_feed(market, tp.publish_rows, args.rate, threading.Event(), duration=args.seconds)
@@ -268,7 +269,7 @@ def cmd_eod(args: argparse.Namespace) -> int:
     from ingest.eod import roll_day
     from ingest.schemas import SchemaCatalog
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     marker = roll_day(settings, SchemaCatalog.load(settings.schemas_dir))
     assert marker is not None
     print(f"closed {marker['date']}; open day is now {marker['next']}")
@@ -298,10 +299,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from ingest.replay import day_ranges, replay_rows
     from ingest.schemas import SchemaCatalog
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     catalog = SchemaCatalog.load(settings.schemas_dir)
     table = catalog[args.table]
-    ranges = day_ranges(settings, table.name, _date(args.date))
+    ranges = day_ranges(settings, table.name, parse_date(args.date))
     if args.partition is not None:
         if args.partition not in ranges:
             raise ValueError(f"table {table.name} has no partition {args.partition} (has {sorted(ranges)})")
@@ -339,7 +340,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_subscribe(args: argparse.Namespace) -> int:
     from ingest.subscribe import Subscription
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     deadline = time.monotonic() + args.seconds if args.seconds else None
     count = 0
     with Subscription(settings, args.table, args.syms or None, since=args.since) as sub:
@@ -355,7 +356,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 def cmd_rdb_worker(args: argparse.Namespace) -> int:
     from streams.rdb import run_worker
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     run_worker(settings, args.id, args.port, memory_budget=int(args.memory_mb) << 20)
     return 0
 
@@ -363,7 +364,7 @@ def cmd_rdb_worker(args: argparse.Namespace) -> int:
 def cmd_deadletters(args: argparse.Namespace) -> int:
     from ingest.deadletter import read_deadletters
 
-    letters = read_deadletters(_settings(args))[-args.last:]
+    letters = read_deadletters(settings_from_args(args))[-args.last:]
     print(format_table(
         ["time", "source", "table", "where", "reason"],
         [[dt.datetime.fromtimestamp(d["time"] / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
@@ -444,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     rworker.add_argument("--port", type=int, default=8711, help="HTTP query port")
     rworker.add_argument("--memory-mb", type=int, default=1024, help="memory budget")
     rworker.set_defaults(func=cmd_rdb_worker)
+
+    from sinks.cli import add_commands as add_sink_commands
+
+    add_sink_commands(sub, common)
 
     dlq = sub.add_parser("deadletters", parents=[common], help="rejected input and why")
     dlq.add_argument("--last", type=int, default=50)

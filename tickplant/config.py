@@ -61,6 +61,16 @@ class Settings:
     # gateway
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8700
+    # history (sinks/): where the HDB's Parquet partitions live, a local directory
+    # (empty -> <data_dir>/hdb) or "s3://bucket/prefix"; s3_endpoint for a non-AWS
+    # S3 (SeaweedFS, MinIO: "http://host:port"), credentials from the AWS_* variables
+    hdb_root: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    # HDB queries: "chdb://" (embedded ClickHouse) or "http(s)://host:8123" (a server)
+    clickhouse_url: str = "chdb://"
+    # the PDB's memory budget for sorting a day at end of day (larger days sort externally)
+    pdb_memory_mb: int = 2048
 
     @property
     def embedded(self) -> bool:

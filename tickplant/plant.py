@@ -25,7 +25,7 @@ from ingest.topics import ensure_topics
 from tickplant.clock import Clock, SystemClock
 from tickplant.config import Settings
 from tickplant.kafka.broker import EmbeddedKafka, pid_alive, stop_pid
-from tickplant.supervisor import Supervisor, rdb_worker_child
+from tickplant.supervisor import Supervisor, pdb_child, rdb_worker_child
 
 
 class PlantError(RuntimeError):
@@ -57,7 +57,8 @@ def running_plant(settings: Settings) -> dict[str, Any] | None:
 
 
 class Plant:
-    """Broker (if embedded), topics, the open day, the EOD timer and the synthetic feed."""
+    """Broker (if embedded), topics, the open day, the EOD timer, the synthetic feed,
+    and as child processes the RDB workers and the PDB."""
 
     def __init__(self, settings: Settings, feed: bool = True, clock: Clock | None = None):
         self.settings = settings
@@ -88,6 +89,7 @@ class Plant:
             self.scheduler.start()
             for index in range(self.settings.rdb_workers):
                 self.supervisor.add(rdb_worker_child(self.settings, index))
+            self.supervisor.add(pdb_child(self.settings))
             if self.feed:
                 market = SyntheticMarket(self.settings.feed_syms, self.settings.feed_seed, self.clock)
                 self._feed_thread = threading.Thread(

@@ -89,3 +89,7 @@ def rdb_worker_child(settings: Settings, index: int) -> Child:
         ["rdb", "worker", "--id", f"rdb-{index + 1}", "--port", str(port), "--memory-mb", str(settings.rdb_memory_mb)],
         settings,
     )
+
+
+def pdb_child(settings: Settings) -> Child:
+    return Child("pdb-1", ["pdb", "run", "--id", "pdb-1"], settings)

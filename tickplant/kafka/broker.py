@@ -118,8 +118,9 @@ class EmbeddedKafka:
     def _format(self, libs: Path, props: Path) -> None:
         if (self.log_dirs / "meta.properties").exists():
             return
-        cluster_id = uuid.uuid4().bytes
-        cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
+        cid = "-"
+        while cid.startswith("-"):  # as Kafka's Uuid.randomUuid: a leading dash reads as an option
+            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             self._java(libs, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(props)),
             capture_output=True, text=True,

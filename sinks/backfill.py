@@ -1,0 +1,95 @@
+"""Backfill: write a past day's partition straight from the retained log (replay, ``-11!``).
+
+For a day the PDB could not write (it started after the day began, or its
+cache was lost) or to rewrite a partition (``force``). The rows come from
+``ingest.replay`` in log order, partition by partition, exactly the EOD
+marker's ranges, and go through the same write-down as the PDB's, so the
+partition is the same, checksum for checksum, as the PDB would have written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ingest.eod import read_day_state
+from ingest.logread import make_consumer, watermarks
+from ingest.replay import day_ranges, replay_messages
+from ingest.schemas import SchemaCatalog, TableSchema
+from ingest.topics import TopicNames
+from sinks.manifest import Manifest
+from sinks.markers import MarkerPublisher
+from sinks.store import HdbStore
+from sinks.writedown import DEFAULT_OPTIONS, WriteOptions, write_partition
+from tickplant.config import Settings
+
+BATCH_ROWS = 65_536
+
+
+class BackfillError(ValueError):
+    """The day cannot be written from the log; the message says why."""
+
+
+def _batches(settings: Settings, schema: TableSchema, ranges: dict[int, tuple[int, int]],
+             catalog: SchemaCatalog) -> Iterator[pa.RecordBatch]:
+    rows: list[dict[str, Any]] = []
+    for _, message_rows in replay_messages(settings, schema.name, ranges, catalog):
+        rows.extend(message_rows)
+        if len(rows) >= BATCH_ROWS:
+            yield from schema.to_arrow(rows).to_batches()
+            rows = []
+    if rows:
+        yield from schema.to_arrow(rows).to_batches()
+
+
+def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,
+             catalog: SchemaCatalog | None = None, options: WriteOptions = DEFAULT_OPTIONS,
+             store: HdbStore | None = None) -> tuple[Manifest, bool]:
+    """Write ``table``'s partition for ``date`` from the log and publish it.
+
+    Returns (manifest, written): written is False when the day was already in
+    the HDB and ``force`` was not given (its marker is re-sent, harmlessly).
+    """
+    catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
+    schema = catalog[table]
+    store = store or HdbStore.from_settings(settings)
+    state = read_day_state(settings)
+    if date not in state.closed:
+        if date == state.open_date:
+            raise BackfillError(f"{date} is the open day; it can be written once it is closed ('tickplant eod')")
+        known = ", ".join(d.isoformat() for d in sorted(state.closed)) or "none"
+        raise BackfillError(f"no closed day {date} in the log (closed days: {known})")
+    markers = MarkerPublisher(settings)
+    existing = store.manifest(table, date)
+    if existing is not None and not force:
+        markers.publish(existing, store.display_root)
+        return existing, False
+    ranges = day_ranges(settings, table, date, state)
+    topic = TopicNames(settings.topic_prefix).table(table)
+    consumer = make_consumer(settings)
+    try:
+        for part, (start, end) in sorted(ranges.items()):
+            low, _ = watermarks(consumer, topic, part)
+            if end > start and low > start:
+                raise BackfillError(
+                    f"the log no longer holds all of {table} {date}: partition {part} starts at offset {low}, "
+                    f"the day at {start} (retention_hours is {settings.retention_hours})"
+                )
+    finally:
+        consumer.close()
+    if existing is not None:
+        store.unpublish(table, date)
+    work = Path(settings.data_dir).resolve() / "pdb"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="backfill-", dir=work) as tmp:
+        manifest = write_partition(
+            store, schema, date, _batches(settings, schema, ranges, catalog), ranges,
+            memory_bytes=settings.pdb_memory_mb << 20, tmp_dir=Path(tmp), written_by="backfill", options=options,
+        )
+    markers.publish(manifest, store.display_root)
+    return manifest, True

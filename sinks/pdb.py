@@ -1,0 +1,387 @@
+"""The PDB (kdb+'s persisting database): captures the day, writes it down at end of day.
+
+A custom RDB that is not in the query path. One process, the consumer group
+``<prefix>tickplant-pdb``, reads every table topic all day into an on-disk
+cache (``sinks.spill``: memory stays bounded whatever the day's size) and,
+once a day is closed and all of it captured, sorts it and writes its Parquet
+partition (``sinks.writedown``) in a background thread while capture of the
+new day goes on: end of day without downtime. Then it says so on the control
+topic (``sinks.markers``); the RDBs drop the day and the HDB side sees it.
+
+When a day is complete: the control topic's EOD marker gives each
+partition's ``[start, end)`` and ``end`` is the fence's own offset; the day
+is all captured when every partition of the table has read past its fence.
+No timestamps are involved.
+
+Late rows. The day a row belongs to is the one whose log range holds it
+(``ingest.eod``): a row stamped 23:59:59.9 that reached the log after the
+fence is in the next day's partition, and one stamped after midnight that
+got in before the fence is in the closing day's. Nothing is dropped or moved;
+a partition's manifest records its actual time range (``time_min`` and
+``time_max`` may fall outside the date), so a query by time over a date
+boundary should read the neighbouring date too.
+
+Recovery. The cache's state and the group's assignment are all there is:
+a restarted PDB (kill -9 included) resumes capture where its cache's
+committed state ends, and redoes any write-down that had not published its
+manifest (a write-down starts by clearing what a crashed one left). Days
+already in the HDB (a manifest, or a "published" marker) are not redone. A
+day whose start the log no longer held when capture began cannot be written
+by the PDB: ``tickplant hdb backfill`` can, while the log retains it.
+
+One PDB per plant is the design (a second instance in the group is a
+standby that takes the partitions over if the first dies; it needs the same
+cache directory to write down days the first had begun).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from ingest.deadletter import DeadLetters
+from ingest.eod import CONTROL_KEY, DayState
+from ingest.framing import DecodeError, control_of
+from ingest.logread import make_consumer, watermarks
+from ingest.schema_topic import make_decoder
+from ingest.schemas import SchemaCatalog
+from ingest.topics import TopicNames, ensure_topics
+from sinks.manifest import Manifest
+from sinks.markers import MarkerPublisher
+from sinks.spill import SpillCache, read_day
+from sinks.store import HdbStore
+from sinks.writedown import DEFAULT_OPTIONS, WriteOptions, write_partition
+from tickplant.config import Settings
+
+log = logging.getLogger("tickplant.pdb")
+
+COMMIT_SECONDS = 0.5      # capture is made durable (and the group's offsets committed) this often
+COMMIT_ROWS = 200_000     # ... or sooner, when this many rows are buffered
+SCHEDULE_SECONDS = 0.25   # how often the control topic is read and closed days are looked at
+RETRY_SECONDS = 10.0      # after a failed write-down
+
+
+def group_id(settings: Settings) -> str:
+    return f"{settings.topic_prefix}tickplant-pdb"
+
+
+def cache_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir).resolve() / "pdb"
+
+
+class ControlFollower:
+    """The control topic, read as it grows: the day state without re-reading it each time."""
+
+    def __init__(self, settings: Settings):
+        self.topic = TopicNames(settings.topic_prefix).control
+        self.state = DayState()
+        self.consumer = make_consumer(settings)
+        self.consumer.assign([TopicPartition(self.topic, 0, 0)])
+
+    def poll(self, until_end: bool = False, timeout: float = 30.0) -> int:
+        """Apply new markers; with ``until_end``, read to the end of the topic first."""
+        applied = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            at_end = False
+            for msg in self.consumer.consume(1000, timeout=0.05 if until_end else 0):
+                err = msg.error()
+                if err is not None:
+                    at_end = at_end or err.code() == KafkaError._PARTITION_EOF
+                    continue
+                if msg.key() == CONTROL_KEY and msg.value():
+                    self.state.apply(json.loads(msg.value()))
+                    applied += 1
+            if not until_end or at_end:
+                return applied
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {self.topic} to its end in {timeout:.0f}s")
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@dataclass
+class _Job:
+    table: str
+    date: dt.date
+    ranges: dict[int, tuple[int, int]]
+    thread: threading.Thread | None = None
+    manifest: Manifest | None = None
+    marker: dict[str, Any] | None = None
+    error: BaseException | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Pdb:
+    """One PDB process: capture loop in the caller's thread, write-downs in a background one."""
+
+    def __init__(self, settings: Settings, node_id: str = "pdb-1", catalog: SchemaCatalog | None = None,
+                 options: WriteOptions = DEFAULT_OPTIONS):
+        self.settings = settings
+        self.node_id = node_id
+        self.catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
+        self.names = TopicNames(settings.topic_prefix)
+        self.topics = {self.names.table(t.name): t.name for t in self.catalog}
+        self.options = options
+        self.dir = cache_dir(settings)
+        self.cache = SpillCache(self.dir / "cache", self.catalog)
+        self.store = HdbStore.from_settings(settings)
+        self.memory_bytes = settings.pdb_memory_mb << 20
+        self.decoder = make_decoder(settings, self.catalog)
+        self.deadletters = DeadLetters(settings, f"pdb:{node_id}")
+        self.markers = MarkerPublisher(settings)
+        self.control: ControlFollower | None = None
+        self.consumer: Consumer | None = None
+        self.done: set[tuple[str, dt.date]] = set()
+        self.queue: list[tuple[str, dt.date]] = []
+        self.job: _Job | None = None
+        self.failed: dict[tuple[str, dt.date], tuple[float, str]] = {}
+        self.published: list[dict[str, Any]] = []
+        self.rows_captured = 0
+        self.messages = 0
+        self._warned: set[tuple[str, dt.date]] = set()
+        self._hdb_dates: dict[str, set[dt.date]] = {}
+        self.ready = threading.Event()
+
+    # -- the loop ----------------------------------------------------------------
+
+    def run(self, stop: threading.Event, stop_timeout: float = 60.0) -> None:
+        """Capture and write down until ``stop`` is set; on the way out, commit what was captured."""
+        ensure_topics(self.settings, self.catalog)
+        self.control = ControlFollower(self.settings)
+        self.control.poll(until_end=True)
+        self.consumer = Consumer(self.settings.kafka_config(**{
+            "group.id": group_id(self.settings),
+            "group.instance.id": f"{self.settings.topic_prefix}{self.node_id}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "fetch.wait.max.ms": 100,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        }))
+        self.consumer.subscribe(sorted(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        last_commit = last_schedule = time.monotonic()
+        try:
+            while not stop.is_set():
+                for msg in self.consumer.consume(5000, timeout=0.05):
+                    self._handle(msg)
+                now = time.monotonic()
+                if now - last_commit >= COMMIT_SECONDS or self.cache.pending() >= COMMIT_ROWS:
+                    self._commit()
+                    last_commit = now
+                if now - last_schedule >= SCHEDULE_SECONDS:
+                    self.control.poll()
+                    self._reap()
+                    self._schedule()
+                    last_schedule = now
+        finally:
+            self._shutdown(stop_timeout)
+
+    def _shutdown(self, stop_timeout: float) -> None:
+        try:
+            self.cache.commit()  # what was captured is durable before anything else
+            job = self.job
+            if job is not None and job.thread is not None and job.thread.is_alive():
+                log.info("waiting for the write-down of %s %s", job.table, job.date)
+                job.thread.join(stop_timeout)
+                if job.thread.is_alive():
+                    log.warning("write-down of %s %s unfinished: it is redone at the next start",
+                                job.table, job.date)
+            self._reap()
+        finally:
+            self.cache.close()
+            if self.consumer is not None:
+                self.consumer.close()
+            if self.control is not None:
+                self.control.close()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            table = self.topics[tp.topic]
+            position = self.cache.position(table, tp.partition)
+            if position is None:
+                position = self._initial_offset(table, tp.partition)
+            low, _ = watermarks(consumer, tp.topic, tp.partition)
+            self.cache.start(table, tp.partition, max(position, low))
+            tp.offset = max(position, low)
+        self.cache.commit()
+        consumer.assign(partitions)
+        self.ready.set()
+        log.info("capturing %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.cache.commit()
+
+    def _initial_offset(self, table: str, partition: int) -> int:
+        """Where a partition never captured before starts: the first day the HDB lacks."""
+        assert self.control is not None
+        state = self.control.state
+        have = state.published.get(table, set()) | self._hdb(table)
+        starts = [
+            ranges[table][partition][0] for date, ranges in state.closed.items()
+            if date not in have and partition in ranges.get(table, {})
+        ]
+        if state.open_date is not None:
+            starts.append(state.start_of_open_day(table, partition))
+        return min(starts) if starts else 0
+
+    def _hdb(self, table: str) -> set[dt.date]:
+        if table not in self._hdb_dates:
+            self._hdb_dates[table] = set(self.store.dates(table))
+        return self._hdb_dates[table]
+
+    def _handle(self, msg: Any) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consuming %s: %s", msg.topic(), err)
+            return
+        table = self.topics.get(msg.topic())
+        part, offset = msg.partition(), msg.offset()
+        position = self.cache.position(table, part) if table else None
+        if position is None or offset < position:
+            return  # already captured (redelivered after a rebalance)
+        self.messages += 1
+        if control_of(msg.headers()):
+            self.cache.fence(table, part, offset)
+            return
+        try:
+            _, rows = self.decoder.decode(msg.value())
+        except DecodeError as exc:
+            self.deadletters.send(table, str(exc), msg.value() or b"", where=f"{msg.topic()}[{part}]@{offset}")
+            self.cache.skip(table, part, offset)
+            return
+        self.cache.append(table, part, offset, rows)
+        self.rows_captured += len(rows)
+
+    def _commit(self) -> None:
+        self.cache.commit()
+        if self.consumer is None:
+            return
+        offsets = [
+            TopicPartition(self.names.table(t), p, s.next)
+            for (t, p), s in self.cache.parts.items() if s.next is not None
+        ]
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+            except Exception as exc:  # noqa: BLE001 - the group's offsets are for monitoring only
+                log.debug("offset commit: %s", exc)
+
+    # -- end of day --------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        assert self.control is not None
+        state = self.control.state
+        for date in sorted(state.closed):
+            for table in self.catalog.names:
+                key = (table, date)
+                if key in self.done or key in self.queue or (self.job and (self.job.table, self.job.date) == key):
+                    continue
+                ranges = state.closed[date].get(table)
+                if ranges is None:
+                    self.done.add(key)
+                    continue
+                if date in state.published.get(table, set()):
+                    self.cache.drop_day(table, ranges)
+                    self.done.add(key)
+                    continue
+                failed = self.failed.get(key)
+                if failed and time.monotonic() - failed[0] < RETRY_SECONDS:
+                    continue
+                if self.cache.missing(table, ranges):
+                    if self.cache.lost(table, ranges) and key not in self._warned:
+                        self._warned.add(key)
+                        log.warning("%s %s: capture began after the day's start; "
+                                    "'tickplant hdb backfill --table %s --date %s' can write it", table, date,
+                                    table, date)
+                    continue
+                self.queue.append(key)
+        if self.job is None and self.queue:
+            table, date = self.queue.pop(0)
+            ranges = state.closed[date][table]
+            job = _Job(table, date, ranges)
+            files = self.cache.day_files(table, ranges)
+            job.thread = threading.Thread(target=self._write, args=(job, files), name=f"pdb-write-{table}-{date}",
+                                          daemon=True)
+            self.job = job
+            job.thread.start()
+
+    def _write(self, job: _Job, files: list) -> None:
+        """In the background thread: write the partition (unless it is there) and say so."""
+        try:
+            started = time.monotonic()
+            manifest = self.store.manifest(job.table, job.date)
+            if manifest is None:
+                manifest = write_partition(
+                    self.store, self.catalog[job.table], job.date, read_day(files), job.ranges,
+                    memory_bytes=self.memory_bytes, tmp_dir=self.dir, written_by="pdb", options=self.options,
+                )
+                log.info("%s %s: %s rows in %d file(s), %.1f MB, written in %.2f s", job.table, job.date,
+                         f"{manifest.rows:,}", len(manifest.files), manifest.bytes / 1e6,
+                         time.monotonic() - started)
+            else:
+                problems = self.store.verify(manifest)
+                if problems:
+                    raise RuntimeError(f"{job.table} {job.date} is published but damaged ({'; '.join(problems)}); "
+                                       f"'tickplant hdb backfill --force' rewrites it")
+            job.manifest = manifest
+            job.marker = self.markers.publish(manifest, self.store.display_root)
+        except BaseException as exc:  # noqa: BLE001 - reported by _reap, retried later
+            job.error = exc
+
+    def _reap(self) -> None:
+        job = self.job
+        if job is None or (job.thread is not None and job.thread.is_alive()):
+            return
+        self.job = None
+        key = (job.table, job.date)
+        if job.error is not None:
+            self.failed[key] = (time.monotonic(), str(job.error))
+            log.error("write-down of %s %s failed (retried in %.0f s): %s", job.table, job.date,
+                      RETRY_SECONDS, job.error)
+            return
+        self.failed.pop(key, None)
+        self.done.add(key)
+        self._hdb(job.table).add(job.date)
+        if job.marker is not None:
+            self.published.append(job.marker)
+        self.cache.drop_day(job.table, job.ranges)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.node_id,
+            "rows_captured": self.rows_captured,
+            "messages": self.messages,
+            "partitions": {f"{t}[{p}]": {"since": s.since, "next": s.next, "segments": len(s.segments)}
+                           for (t, p), s in sorted(self.cache.parts.items())},
+            "writing": f"{self.job.table} {self.job.date}" if self.job else None,
+            "queued": [f"{t} {d}" for t, d in self.queue],
+            "failed": {f"{t} {d}": e for (t, d), (_, e) in self.failed.items()},
+            "published": [f"{m['table']} {m['date']}" for m in self.published],
+        }
+
+
+def run_pdb(settings: Settings, node_id: str = "pdb-1", stop: threading.Event | None = None) -> None:
+    """Run the PDB in the foreground until SIGTERM/SIGINT (``tickplant pdb run``)."""
+    import signal
+
+    stop = stop or threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        Pdb(settings, node_id).run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
