@@ -6,9 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from streams.client import RdbClient, RdbClientError
 from tickplant.config import Settings
@@ -92,3 +94,35 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, detail:
             pass
         time.sleep(0.25)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}: {detail()}")
+
+
+class BackgroundFeed:
+    """The synthetic market publishing in a thread until the block ends: rows in flight.
+
+    ``published[table]`` holds every row handed to the tickerplant, in order.
+    """
+
+    def __init__(self, tp: Any, market: Any, tables: tuple[str, ...] = ("trade",), events: int = 200,
+                 pause: float = 0.01):
+        self.tp, self.market, self.tables = tp, market, tables
+        self.events, self.pause = events, pause
+        self.published: dict[str, list[dict]] = {t: [] for t in tables}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-feed")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            trades, quotes = self.market.events(self.events)
+            for table, rows in (("trade", trades), ("quote", quotes)):
+                if table in self.tables:
+                    self.tp.publish_rows(table, rows)
+                    self.published[table].extend(rows)
+            time.sleep(self.pause)
+
+    def __enter__(self) -> BackgroundFeed:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

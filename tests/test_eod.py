@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from procs import BackgroundFeed
 
 from ingest.eod import EodScheduler, TradingCalendar, open_first_day, read_day_state, roll_day
 from ingest.feeds.synthetic import SyntheticMarket
@@ -44,29 +45,15 @@ def test_rollover_with_rows_in_flight_puts_every_row_in_exactly_one_day(settings
     clock = ManualClock(NOV22)
     assert open_first_day(settings, catalog, clock).open_date == dt.date(2026, 11, 22)
     market = SyntheticMarket(syms=25, seed=2, clock=clock)
-    published: list[dict] = []
-    stop = threading.Event()
-    markers = []
-
     with Tickerplant(settings, catalog, mode="batch") as tp:
-        def feed() -> None:
-            while not stop.is_set():
-                trades, _ = market.events(200)
-                tp.publish_rows("trade", trades)
-                published.extend(trades)
-                time.sleep(0.005)
-
-        feeder = threading.Thread(target=feed)
-        feeder.start()
-        time.sleep(1.0)
-        clock.advance(12 * 3600)  # midnight
-        markers.append(roll_day(settings, catalog, clock))
-        time.sleep(1.0)
-        stop.set()
-        feeder.join()
+        with BackgroundFeed(tp, market, pause=0.005) as feed:
+            time.sleep(1.0)
+            clock.advance(12 * 3600)  # midnight
+            marker = roll_day(settings, catalog, clock)
+            time.sleep(1.0)
         tp.flush()
+    published = feed.published["trade"]
 
-    marker = markers[0]
     assert marker["date"] == "2026-11-22" and marker["next"] == "2026-11-23"
     state = read_day_state(settings)
     assert state.open_date == dt.date(2026, 11, 23)

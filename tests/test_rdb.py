@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from collections import defaultdict
 
 import pyarrow as pa
 import pytest
-from procs import Worker, wait_until
+from procs import BackgroundFeed, Worker, wait_until
 
 from ingest.eod import open_first_day, roll_day
 from ingest.feeds.synthetic import SyntheticMarket
@@ -117,20 +116,8 @@ def test_queries_by_sym_time_range_columns_and_last(settings, catalog, day, work
 
 def test_kill_9_mid_stream_then_restart_exact_and_no_duplicates(settings, catalog, day, workers):
     market = SyntheticMarket(syms=15, seed=3, clock=day)
-    published: list[dict] = []
-    stop = threading.Event()
-
     with Tickerplant(settings, catalog, mode="batch") as tp:
-        def feed() -> None:
-            while not stop.is_set():
-                trades, _ = market.events(300)
-                tp.publish_rows("trade", trades)
-                published.extend(trades)
-                time.sleep(0.01)
-
-        feeder = threading.Thread(target=feed)
-        feeder.start()
-        try:
+        with BackgroundFeed(tp, market, events=300) as feed:
             first = workers("w1")
             first.wait_serving()
             wait_until(lambda: total(first, "trade") > 2000, 60, "ingest to start", first.log_tail)
@@ -141,10 +128,8 @@ def test_kill_9_mid_stream_then_restart_exact_and_no_duplicates(settings, catalo
             second.wait_serving()
             serving_after = time.monotonic() - started
             time.sleep(1.0)
-        finally:
-            stop.set()
-            feeder.join()
         tp.flush()
+    published = feed.published["trade"]
     wait_until(lambda: total(second, "trade") == len(published), 90, "catch-up",
                lambda: f"{total(second, 'trade')} of {len(published)}")
     assert_exact(second, "trade", published)
@@ -153,19 +138,8 @@ def test_kill_9_mid_stream_then_restart_exact_and_no_duplicates(settings, catalo
 
 def test_scale_1_to_3_to_1_under_load_exact(settings, catalog, day, workers):
     market = SyntheticMarket(syms=30, seed=5, clock=day)
-    published: list[dict] = []
-    stop = threading.Event()
     with Tickerplant(settings, catalog, mode="batch") as tp:
-        def feed() -> None:
-            while not stop.is_set():
-                _, quotes = market.events(200)
-                tp.publish_rows("quote", quotes)
-                published.extend(quotes)
-                time.sleep(0.01)
-
-        feeder = threading.Thread(target=feed)
-        feeder.start()
-        try:
+        with BackgroundFeed(tp, market, tables=("quote",)) as feed:
             w1 = workers("w1")
             w1.wait_serving()
             wait_until(lambda: total(w1, "quote") > 1000, 60, "w1 ingesting", w1.log_tail)
@@ -182,10 +156,8 @@ def test_scale_1_to_3_to_1_under_load_exact(settings, catalog, day, workers):
             wait_until(lambda: len(w1.client.status()["tables"].get("quote", {}).get("partitions", []))
                        == settings.partitions,
                        90, "w1 to own every partition again", w1.log_tail)
-        finally:
-            stop.set()
-            feeder.join()
         tp.flush()
+    published = feed.published["quote"]
     wait_until(lambda: total(w1, "quote") == len(published), 90, "catch-up",
                lambda: f"{total(w1, 'quote')} of {len(published)}")
     assert_exact(w1, "quote", published)
@@ -193,27 +165,16 @@ def test_scale_1_to_3_to_1_under_load_exact(settings, catalog, day, workers):
 
 def test_day_rollover_with_rows_in_flight(settings, catalog, day, workers):
     market = SyntheticMarket(syms=10, seed=7, clock=day)
-    published: list[dict] = []
-    stop = threading.Event()
     worker = workers("w1")
     worker.wait_serving()
     with Tickerplant(settings, catalog, mode="batch") as tp:
-        def feed() -> None:
-            while not stop.is_set():
-                trades, _ = market.events(200)
-                tp.publish_rows("trade", trades)
-                published.extend(trades)
-                time.sleep(0.01)
-
-        feeder = threading.Thread(target=feed)
-        feeder.start()
-        time.sleep(1.5)
-        day.advance(15 * 3600)
-        marker = roll_day(settings, catalog, day)
-        time.sleep(1.5)
-        stop.set()
-        feeder.join()
+        with BackgroundFeed(tp, market) as feed:
+            time.sleep(1.5)
+            day.advance(15 * 3600)
+            marker = roll_day(settings, catalog, day)
+            time.sleep(1.5)
         tp.flush()
+    published = feed.published["trade"]
     from ingest.replay import replay_rows
 
     closed = list(replay_rows(settings, "trade", dt.date(2026, 11, 22), catalog=catalog))
