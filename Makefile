@@ -16,6 +16,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.hdb
 
 lint: setup
 	$(BIN)/ruff check .
