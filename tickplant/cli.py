@@ -58,6 +58,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         argv = [a for a in sys.argv[1:] if a not in ("--detach", "-d")]
         pid = start_detached(argv, settings)
         print(f"tickplant is up (pid {pid}); Kafka at {settings.bootstrap}; data in {settings.data_dir}")
+        print(_where(settings))
         print("'tickplant status' shows it, 'tickplant down' stops it")
         return 0
     install_signal_handlers()
@@ -65,7 +66,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         plant.start()
         where = "embedded broker" if settings.embedded else "configured cluster"
-        print(f"tickplant is up: Kafka at {settings.bootstrap} ({where}); Ctrl-C stops it", flush=True)
+        print(f"tickplant is up: Kafka at {settings.bootstrap} ({where}); Ctrl-C stops it")
+        print(_where(settings), flush=True)
         _status_loop(plant)
     except KeyboardInterrupt:
         pass
@@ -74,6 +76,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         plant.stop()
         print("stopped")
     return 0
+
+
+def _where(settings: Settings) -> str:
+    """Where a user reaches the plant's parts."""
+    rdb = ", ".join(f"http://127.0.0.1:{settings.rdb_port + i}" for i in range(settings.rdb_workers)) or "none"
+    hdb = settings.hdb_root or f"{settings.data_dir}/hdb"
+    return f"RDB workers: {rdb} (GET /rdb/v1/status); HDB partitions: {hdb} ('tickplant hdb ls')"
 
 
 def _status_loop(plant: Any) -> None:
