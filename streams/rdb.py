@@ -405,7 +405,7 @@ class RdbWorker:
             parts.extend(await asyncio.gather(*(
                 self._forward(url, kind, table, request, syms) for url, syms in remote.items()
             )))
-        return pa.concat_tables([p for p in parts], promote_options="default") if parts else schema.empty_table()
+        return pa.concat_tables(parts, promote_options="default") if parts else schema.empty_table()
 
     async def _forward(self, url: str, kind: str, table: str, request: Any, syms: list[str] | None) -> pa.Table:
         params = {k: v for k, v in request.query.items() if k not in ("syms", "format")}
