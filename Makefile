@@ -16,7 +16,6 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m bench
-	$(BIN)/python -m bench.hdb
 
 lint: setup
 	$(BIN)/ruff check .
