@@ -77,6 +77,11 @@ class TopicNames:
         return f"{self.prefix}_tp.deadletter"
 
     @property
+    def rdb_assignment(self) -> str:
+        """The RDB group's membership topic: partition p of it is partition p of every table."""
+        return f"{self.prefix}_tp.rdb.assignment"
+
+    @property
     def metadata(self) -> str:
         """Data nodes say what they hold and where they answer (compacted, key = node id)."""
         return f"{self.prefix}_tp.metadata"
@@ -118,6 +123,7 @@ def ensure_topics(settings: Settings, catalog: SchemaCatalog, timeout: float = 3
     wanted[names.control] = NewTopic(names.control, 1, rf, config={"retention.ms": "-1"})
     wanted[names.schemas] = NewTopic(names.schemas, 1, rf, config={"cleanup.policy": "compact"})
     wanted[names.deadletter] = NewTopic(names.deadletter, 1, rf, config={"retention.ms": retention})
+    wanted[names.rdb_assignment] = NewTopic(names.rdb_assignment, settings.partitions, rf)
     wanted[names.metadata] = NewTopic(
         names.metadata, 1, rf, config={"cleanup.policy": "compact", "segment.ms": "600000"}
     )

@@ -1,11 +1,20 @@
-"""The real-time database: Faust agents that keep today's ticks in RocksDB shards.
+"""The real-time database: Faust workers that keep today's ticks in RocksDB shards.
 
-One worker of the consumer group ``<prefix>tickplant-rdb`` holds the
-partitions Kafka assigns it; a partition is a set of syms (key = sym), so N
-workers are N sym shards. Per message the agent decodes the rows (row or
-block), and applies them with the message's offset to the partition's shard
-in one RocksDB write: a message replayed after a crash or a rebalance is
-skipped, so state is exactly-once over at-least-once delivery.
+The workers form the Faust consumer group ``<prefix>tickplant-rdb`` on a
+membership topic (``_tp.rdb.assignment``, as many partitions as each table
+topic, never written to): Faust assigns its partitions, rebalances them as
+workers come and go, and partition p of it stands for partition p of every
+table. A partition is a set of syms (key = sym), so N workers are N sym
+shards. The rows themselves are read by a plain consumer thread, assigned
+those table partitions from each shard's offset: a Faust event per Kafka
+message would cap a worker at a few thousand messages a second, which
+zero-latency mode (a message per row) exceeds. Faust keeps the group, the
+rebalances, the web views and the timers.
+
+Each run of messages of one partition is decoded and applied with its last
+offset to the partition's shard in one RocksDB write: a message read again
+after a crash or a rebalance is skipped, so state is exactly-once. A revoked
+partition is dropped by the reader before the rebalance completes.
 
 Shards live under ``<data_dir>/rdb/<table>/p<partition>``, shared by the
 workers of one machine: a partition handed to another local worker is opened
@@ -42,12 +51,14 @@ from typing import Any
 import aiohttp
 import faust
 import pyarrow as pa
+from confluent_kafka import TopicPartition
 from faust.types import TP
 from faust.web import View
 
 from ingest.deadletter import DeadLetters
 from ingest.eod import read_day_state
 from ingest.framing import DecodeError, control_of
+from ingest.logread import make_consumer
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
@@ -117,6 +128,10 @@ class RdbWorker:
         self.resources = Resources(cache_bytes=memory_budget // 8, write_buffer_bytes=memory_budget // 8)
         self.shards: dict[tuple[str, int], Shard] = {}
         self._opening = threading.Lock()
+        self._assign_lock = threading.RLock()  # the reader applies, rebalances (re)assign: one at a time
+        self._reassign = False
+        self._halt = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, name="rdb-reader", daemon=True)
         self.assigned: set[tuple[str, int]] = set()
         self.days = read_day_state(settings)
         self.rows_applied = 0
@@ -155,10 +170,15 @@ class RdbWorker:
             stream_wait_empty=False,
             web_access_log=None,
         )
-        for table in self.catalog:
-            topic = app.topic(self.names.table(table.name), key_type=bytes, value_type=bytes,
-                              key_serializer="raw", value_serializer="raw")
-            app.agent(topic, name=f"rdb-{table.name}")(self._agent_for(table.name))
+        # The group is formed on the assignment topic (no messages): Faust assigns its
+        # partitions, and partition p of it stands for partition p of every table topic.
+        assignment = app.topic(self.names.rdb_assignment, key_serializer="raw", value_serializer="raw")
+
+        async def members(stream: faust.StreamT) -> None:
+            async for _ in stream:  # nothing is ever published here
+                pass
+
+        app.agent(assignment, name="rdb-assignment")(members)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
 
@@ -170,35 +190,77 @@ class RdbWorker:
         self._routes(app)
         return app
 
-    def _agent_for(self, table: str):
-        async def agent(stream: faust.StreamT) -> None:
-            async for events in stream.take_events(5000, within=0.005):
-                await self.apply(table, [
-                    (e.message.partition, e.message.offset, e.message.value, e.message.headers) for e in events
-                ])
-        agent.__name__ = f"rdb_{table}"
-        return agent
-
     def _tps(self, tps: set[TP]) -> set[tuple[str, int]]:
-        tables = {self.names.table(t.name): t.name for t in self.catalog}
-        return {(tables[tp.topic], tp.partition) for tp in tps if tp.topic in tables}
+        """(table, partition) pairs an assignment of the assignment topic stands for."""
+        parts = {tp.partition for tp in tps if tp.topic == self.names.rdb_assignment}
+        return {(t.name, p) for t in self.catalog for p in parts}
 
     async def _on_revoked(self, app: faust.App, revoked: set[TP], **_: Any) -> None:
-        for key in self._tps(revoked):
-            self.assigned.discard(key)
-            shard = self.shards.pop(key, None)
-            if shard is not None:
-                shard.close()  # releases the RocksDB lock for the next owner
+        """Stop applying the revoked partitions before the group moves on: once this
+        returns, the reader thread skips them and their shards are closed."""
+        with self._assign_lock:
+            for key in self._tps(revoked):
+                self.assigned.discard(key)
+                shard = self.shards.pop(key, None)
+                if shard is not None:
+                    shard.close()  # releases the RocksDB lock for the next owner
+            self._reassign = True
 
     async def _on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
         """Open the new partitions' shards now, so they serve before any new message arrives."""
-        self.assigned = self._tps(assigned)
         loop = asyncio.get_running_loop()
-        for key in [k for k in self.shards if k not in self.assigned]:
-            self.shards.pop(key).close()  # held from disk at start, but now another worker's
-        for table, partition in sorted(self.assigned):
-            await loop.run_in_executor(None, self.shard, table, partition)
+        with self._assign_lock:
+            self.assigned = self._tps(assigned)
+            for key in [k for k in self.shards if k not in self.assigned]:
+                self.shards.pop(key).close()  # held from disk at start, but now another worker's
+            for table, partition in sorted(self.assigned):
+                await loop.run_in_executor(None, self.shard, table, partition)
+            self._reassign = True
         self._last_assignment.write_text(json.dumps(sorted(self.assigned)))
+        if not self._reader.is_alive():
+            self._reader.start()
+
+    def _read_loop(self) -> None:
+        """The data path: the assigned table partitions, read in bulk from each shard's offset.
+
+        A Faust event per Kafka message would cap a worker at a few thousand
+        messages a second (zero-latency mode sends a message per row); a plain
+        consumer hands over thousands at once, and each partition's run is one
+        shard write. The group (above) decides who reads what.
+        """
+        consumer = make_consumer(self.settings, **{"enable.partition.eof": False, "fetch.wait.max.ms": 5})
+        topics = {self.names.table(t.name): t.name for t in self.catalog}
+        try:
+            while not self._halt.is_set():
+                if self._reassign:
+                    with self._assign_lock:
+                        self._reassign = False
+                        consumer.assign([
+                            TopicPartition(self.names.table(t), p, self.shard(t, p).applied + 1)
+                            for t, p in sorted(self.assigned)
+                        ])
+                if not self.assigned:
+                    self._halt.wait(0.05)
+                    continue
+                # wait for the first message only, then take what is already fetched: no
+                # batching delay added to a quiet stream, whole batches from a busy one
+                first = consumer.poll(0.05)
+                if first is None:
+                    continue
+                messages = [first, *consumer.consume(10_000, timeout=0)]
+                by_table: dict[str, list[tuple[int, int, bytes | None, Any]]] = {}
+                for msg in messages:
+                    if msg.error() is None:
+                        by_table.setdefault(topics[msg.topic()], []).append(
+                            (msg.partition(), msg.offset(), msg.value(), msg.headers()))
+                with self._assign_lock:
+                    for table, batch in by_table.items():
+                        self.apply(table, [m for m in batch if (table, m[0]) in self.assigned])
+        except Exception:  # a crash here must end the worker, not leave it serving stale data
+            log.exception("the RDB reader failed; stopping the worker")
+            os._exit(70)
+        finally:
+            consumer.close()
 
     def _serve_from_disk(self) -> None:
         """At start, open the shards this node held last time: it serves them at once,
@@ -217,6 +279,9 @@ class RdbWorker:
                     pass  # another live worker has it now
 
     async def _on_shutdown(self, app: faust.App, **_: Any) -> None:
+        self._halt.set()
+        if self._reader.is_alive():
+            self._reader.join(timeout=30)
         for shard in self.shards.values():
             shard.close()
         self.shards.clear()
@@ -236,7 +301,7 @@ class RdbWorker:
                     shard = self.shards[key] = Shard(shard_path(self.settings, table, partition), self.resources)
         return shard
 
-    async def apply(self, table: str, messages: list[tuple[int, int, bytes | None, Any]]) -> None:
+    def apply(self, table: str, messages: list[tuple[int, int, bytes | None, Any]]) -> None:
         """Apply (partition, offset, value, headers) messages, each partition's in log order.
 
         A run of data messages of one partition and one day goes to the shard
@@ -262,7 +327,7 @@ class RdbWorker:
                     self._apply_run(shard, table, run_end, run_date, run)
                     run, run_end = [], -1
                 if control is not None:
-                    await self._on_fence(shard, table, partition, offset, control)
+                    self._on_fence(shard, table, partition, offset, control)
                     continue
                 run_date, run_end = date, offset
                 if date is None or date in self.days.published.get(table, ()):
@@ -284,15 +349,15 @@ class RdbWorker:
         self.rows_applied += len(rows)
         self.latency.add(time.time_ns() - rows[-1]["time"])
 
-    async def _on_fence(self, shard: Shard, table: str, partition: int, offset: int, control: str) -> None:
+    def _on_fence(self, shard: Shard, table: str, partition: int, offset: int, control: str) -> None:
         """A fence closes the partition's day once the committed marker confirms it."""
         deadline = time.monotonic() + FENCE_WAIT_SECONDS
         date = self.days.fence_date(table, partition, offset)
         while date is None and time.monotonic() < deadline:
-            self.days = await asyncio.get_running_loop().run_in_executor(None, read_day_state, self.settings)
+            self.days = read_day_state(self.settings)
             date = self.days.fence_date(table, partition, offset)
             if date is None:
-                await asyncio.sleep(0.2)
+                time.sleep(0.2)
         if date is None:
             log.warning("fence %s at %s[%d]@%d has no committed marker (aborted roll?): ignored",
                         control, table, partition, offset)
