@@ -69,6 +69,10 @@ from tickplant.config import Settings
 
 log = logging.getLogger("tickplant.rdb")
 FENCE_WAIT_SECONDS = 30.0
+# one read of the reader thread: at most this many messages or bytes (a block is
+# thousands of rows; decoded rows are Python objects until they are Arrow)
+READ_MESSAGES = 10_000
+READ_BYTES = 4 << 20
 
 
 def group_id(settings: Settings) -> str:
@@ -228,7 +232,12 @@ class RdbWorker:
         consumer hands over thousands at once, and each partition's run is one
         shard write. The group (above) decides who reads what.
         """
-        consumer = make_consumer(self.settings, **{"enable.partition.eof": False, "fetch.wait.max.ms": 5})
+        consumer = make_consumer(self.settings, **{
+            "enable.partition.eof": False, "fetch.wait.max.ms": 5,
+            # what waits in librdkafka's queue counts against the worker's memory budget
+            "queued.max.messages.kbytes": 32 * 1024, "fetch.max.bytes": 16 << 20,
+            "max.partition.fetch.bytes": 4 << 20,
+        })
         topics = {self.names.table(t.name): t.name for t in self.catalog}
         try:
             while not self._halt.is_set():
@@ -247,7 +256,13 @@ class RdbWorker:
                 first = consumer.poll(0.05)
                 if first is None:
                     continue
-                messages = [first, *consumer.consume(10_000, timeout=0)]
+                messages, size = [first], len(first.value() or b"")
+                while size < READ_BYTES and len(messages) < READ_MESSAGES:
+                    more = consumer.consume(min(64, READ_MESSAGES - len(messages)), timeout=0)
+                    if not more:
+                        break
+                    messages.extend(more)
+                    size += sum(len(m.value() or b"") for m in more)
                 by_table: dict[str, list[tuple[int, int, bytes | None, Any]]] = {}
                 for msg in messages:
                     if msg.error() is None:
