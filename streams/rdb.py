@@ -511,21 +511,20 @@ class RdbWorker:
     def _routes(self, app: faust.App) -> None:
         worker = self
 
-        @app.page("/rdb/v1/{table}/rows")
-        class Rows(View):
-            async def get(self, request: Any, table: str) -> Any:
-                try:
-                    return worker._respond(self, request, await worker._gather("rows", table, request))
-                except QueryError as exc:
-                    return self.error(400, str(exc))
+        def rows_view(kind: str) -> type[View]:
+            """``rows`` and ``last``: the same gathering and answer, a different reader."""
+            class Rows(View):
+                async def get(self, request: Any, table: str) -> Any:
+                    try:
+                        return worker._respond(self, request, await worker._gather(kind, table, request))
+                    except QueryError as exc:
+                        return self.error(400, str(exc))
 
-        @app.page("/rdb/v1/{table}/last")
-        class Last(View):
-            async def get(self, request: Any, table: str) -> Any:
-                try:
-                    return worker._respond(self, request, await worker._gather("last", table, request))
-                except QueryError as exc:
-                    return self.error(400, str(exc))
+            Rows.__name__ = f"Rdb{kind.title()}"
+            return Rows
+
+        for kind in ("rows", "last"):
+            app.page(f"/rdb/v1/{{table}}/{kind}")(rows_view(kind))
 
         @app.page("/rdb/v1/{table}/count")
         class Count(View):
