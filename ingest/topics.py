@@ -86,6 +86,10 @@ class TopicNames:
         """Data nodes say what they hold and where they answer (compacted, key = node id)."""
         return f"{self.prefix}_tp.metadata"
 
+    def derived(self, name: str) -> str:
+        """A real-time engine's output (``rte.bars``, ``rte.analytics``): keyed by sym, Avro."""
+        return f"{self.prefix}rte.{name}"
+
 
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_config())
