@@ -10,14 +10,17 @@ exists: ingest against a raw confluent-kafka consumer reading the same topic
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
+import pyarrow as pa
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import Report, Result, add_arguments, embedded_broker, format_table
@@ -25,8 +28,9 @@ from ingest.eod import open_first_day
 from ingest.feeds.synthetic import SyntheticMarket
 from ingest.publisher import Tickerplant
 from ingest.schemas import SchemaCatalog
-from ingest.topics import TopicNames, partition_counts
+from ingest.topics import TopicNames, partition_counts, partition_for
 from streams.client import RdbClient, RdbClientError
+from streams.shard import Resources, Shard
 from tickplant.config import Settings
 from tickplant.kafka.broker import free_port
 from tickplant.supervisor import Child
@@ -139,33 +143,201 @@ def bench_ingest(base: Settings, catalog: SchemaCatalog, rows: int, mode: str, t
                   "per read; baseline: raw confluent-kafka consumer, no decode")
 
 
-def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, seconds: float = 10, rate: int = 10_000) -> Result:
+def percentiles(values_ns: list[int]) -> dict[str, float]:
+    ordered = sorted(values_ns)
+    if not ordered:
+        return {"p50": float("nan"), "p99": float("nan"), "n": 0}
+    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6, 3)  # noqa: E731
+    return {"p50": pick(0.5), "p99": pick(0.99), "n": len(ordered)}
+
+
+class AckClock:
+    """Publish -> broker acknowledged, per row: the tickerplant's delivery callback, timed.
+
+    Delivery reports of one partition come in produce order, so the n-th report
+    of a partition is its n-th row. Reports are served by ``producer.poll``, which
+    the tickerplant calls on every publish (here every ~0.5 ms): a report can
+    wait that long.
+    """
+
+    def __init__(self, tp: Tickerplant, table: str):
+        self.sent: dict[int, list[int]] = {}
+        self.acked: dict[int, list[int]] = {}
+        self.partitions = tp.partitions[table]
+        inner = tp._row_callback.get(f"_inner_{table}") or tp._row_callback[table]
+        tp._row_callback[f"_inner_{table}"] = inner
+
+        def on_delivery(err: object, msg: object) -> None:
+            self.acked.setdefault(msg.partition(), []).append(time.time_ns())  # type: ignore[attr-defined]
+            inner(err, msg)
+
+        tp._row_callback[table] = on_delivery
+
+    def published(self, rows: list[dict]) -> None:
+        for row in rows:
+            self.sent.setdefault(partition_for(row["sym"], self.partitions), []).append(row["time"])
+
+    def latencies(self) -> list[int]:
+        return [a - t for p, acks in self.acked.items() for t, a in zip(self.sent.get(p, []), acks, strict=False)]
+
+
+class QueryProbe(threading.Thread):
+    """What a client polling ``last`` sees: publish -> a query returns the row.
+
+    Adds the probe's own poll interval and query round trip to the true
+    visibility (the worker's own stamp); both are reported beside it.
+    """
+
+    def __init__(self, client: RdbClient, syms: list[str], interval: float = 0.002):
+        super().__init__(name="query-probe", daemon=True)
+        self.client, self.syms, self.interval = client, syms, interval
+        self.seen: list[int] = []
+        self.round_trips: list[int] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        last: dict[str, int] = {}
+        while not self.stop.is_set():
+            began = time.time_ns()
+            try:
+                table = self.client.last("quote", self.syms, columns=["time", "sym"])
+            except RdbClientError:
+                continue
+            now = time.time_ns()
+            self.round_trips.append(now - began)
+            times = table.column("time").cast(pa.int64()).to_pylist()
+            for sym, t in zip(table.column("sym").to_pylist(), times, strict=True):
+                if last.get(sym) is not None and t != last[sym]:
+                    self.seen.append(now - t)
+                last[sym] = t
+            self.stop.wait(self.interval)
+
+
+WARM_UP_SECONDS = 2.0
+
+
+def reset_stages(url: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"{url}/rdb/v1/stages/reset", method="POST"), timeout=10).read()
+
+
+def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, seconds: float = 10, rate: int = 10_000,
+                  probe: bool = True) -> list[Result]:
+    """Publish -> visible at ``rate`` rows/s in zero-latency mode, and where the time goes.
+
+    The headline figure is the worker's own stamp (rows are committed to the
+    shard, so any query from then on sees them); the stages split it: producer
+    -> broker ack (this process), publish -> the reader holds the row, the
+    reader -> committed, and per read the decode / Arrow / RocksDB cost. A
+    query probe shows what a polling client adds on top.
+    """
     settings = base.replace(topic_prefix=f"lat{rate}.", data_dir=tmp / f"latency-{rate}")
     open_first_day(settings, catalog)
     worker = BenchWorker(settings, "lat")
     worker.start()
     market = SyntheticMarket(syms=50, seed=2)
-    stop = threading.Event()
+    query = QueryProbe(RdbClient(worker.client.url, timeout=5), market.syms[:3])
     try:
         with Tickerplant(settings, catalog, mode="zero") as tp:
-            start = time.perf_counter()
-            sent = 0
-            while time.perf_counter() - start < seconds:
-                due = int((time.perf_counter() - start) * rate) - sent
-                if due > 0:
-                    _, quotes = market.events(due)
-                    tp.publish_rows("quote", quotes)
-                    sent += due
-                time.sleep(0.0005)
+            warmed = 0
+            for phase in ("warm-up", "measured"):
+                # warm-up: connections, the producer id, the broker's JIT; then the samples restart
+                acks = AckClock(tp, "quote")
+                if phase == "measured":
+                    tp.flush()
+                    worker.wait_rows("quote", warmed, timeout=120)  # the warm-up's backlog applied
+                    reset_stages(worker.client.url)
+                    before = worker.client.status()["sched_ns"]
+                    if probe:
+                        query.start()
+                start = time.perf_counter()
+                sent = 0
+                while time.perf_counter() - start < (seconds if phase == "measured" else WARM_UP_SECONDS):
+                    due = int((time.perf_counter() - start) * rate) - sent
+                    if due > 0:
+                        _, quotes = market.events(due)
+                        tp.publish_rows("quote", quotes)
+                        acks.published(quotes)
+                        sent += due
+                    time.sleep(0.0005)
+                warmed = sent
+            after = worker.client.status()["sched_ns"]
             tp.flush()
         time.sleep(1.0)
-        latency = worker.client.status()["visible_latency_ms"]
+        query.stop.set()
+        status = worker.client.status()
     finally:
-        stop.set()
+        query.stop.set()
         worker.stop()
+    latency = status["visible_latency_ms"]
+    stages = status["stages_ms"]
+    acked = percentiles(acks.latencies())
     target, ok = ("< 10 ms", latency["p99"] < 10) if rate >= 10_000 else ("-", None)
-    return result(f"publish -> visible in RDB, zero-latency at {rate:,} rows/s, p99", latency["p99"], "ms",
-                  None, target, ok, f"p50 {latency['p50']} ms over {seconds:g}s, one worker")
+    name = f"zero-latency at {rate:,} rows/s"
+    out = [result(f"publish -> visible in RDB, {name}, p99", latency["p99"], "ms", None, target, ok,
+                  f"p50 {latency['p50']} ms, {latency['n']:,} rows over {seconds:g}s, one worker")]
+
+    def stage(label: str, got: dict | None, note: str = "") -> None:
+        if got:
+            out.append(result(f"  stage {label}, p99", got["p99"], "ms", None, "-", None,
+                              f"p50 {got['p50']} ms{'; ' + note if note else ''}"))
+
+    stage("publish -> broker ack", acked, "delivery callback, served on each publish call")
+    stage("publish -> reader holds row", stages["fetched"], "producer + broker + consumer fetch")
+    stage("reader holds row -> committed", stages["applied"], "per row: queued in its read, applied")
+    stage("read: decode", stages["read_decode"], f"per read of p50 {stages['read_messages']['p50']:.0f} / "
+          f"p99 {stages['read_messages']['p99']:.0f} messages")
+    stage("read: Arrow", stages["read_arrow"])
+    stage("read: to the shard", stages["read_write"], "the tail (memory) for small runs, RocksDB for large")
+    stage("tail -> RocksDB (flush)", stages["flush"], "every 200 ms or 4096 rows, merges included")
+    stage("read: total", stages["read_total"])
+    stage("housekeeping on the event loop", stages["stall"], "metadata refresh every 2 s (holds the GIL)")
+    for who in ("reader", "process"):
+        wall = after[who]["at"] - before[who]["at"]
+        cpu = (after[who]["cpu"] - before[who]["cpu"]) / wall * 100
+        wait = (after[who]["runqueue_wait"] - before[who]["runqueue_wait"]) / wall * 100
+        out.append(result(f"  worker {who}: waiting for a CPU", wait, "% wall", None, "-", None,
+                          f"on a CPU {cpu:.0f}% of wall; load average {status['loadavg'][0]:.1f} on "
+                          f"{os.cpu_count()} CPUs"))
+    if probe and query.seen:
+        seen, trips = percentiles(query.seen), percentiles(query.round_trips)
+        stage("as seen by a client polling last", seen,
+              f"poll every {query.interval * 1e3:g} ms + query round trip p50 {trips['p50']} ms")
+    return out
+
+
+def bench_apply_cpu(catalog: SchemaCatalog, tmp: Path, rows_per_read: int = 20, reads: int = 2000) -> Result:
+    """CPU per row of the worker's apply path for a live zero-latency stream (small reads):
+    to Arrow once per read, each partition's run to its shard's tail, a flush per 200 ms
+    of a 10k rows/s stream; against each run written straight to RocksDB (the path
+    before the tail), in the same run. CPU time, not wall: it holds under contention."""
+    schema = catalog["quote"]
+    market = SyntheticMarket(syms=50, seed=3)
+    batches = [market.events(rows_per_read)[1] for _ in range(reads)]
+    flush_every = max(1, 2_000 // rows_per_read)
+    cpu = {}
+    for defer in (True, False):
+        resources = Resources(cache_bytes=32 << 20, write_buffer_bytes=32 << 20)
+        shards = [Shard(tmp / f"apply-{defer}" / f"p{p}", resources) for p in range(4)]
+        offset = 0
+        began = time.process_time()
+        for i, batch in enumerate(batches):
+            by_part: dict[int, list[dict]] = {}
+            for row in batch:
+                by_part.setdefault(partition_for(row["sym"], 4), []).append(row)
+            ordered = [row for p in sorted(by_part) for row in by_part[p]]
+            arrow, start = schema.to_arrow(ordered), 0
+            for p in sorted(by_part):
+                offset += 1
+                shards[p].apply(offset, "2026-11-22", arrow.slice(start, len(by_part[p])), defer=defer)
+                start += len(by_part[p])
+            if defer and i % flush_every == flush_every - 1:
+                for shard in shards:
+                    shard.flush()
+        cpu[defer] = (time.process_time() - began) / (reads * rows_per_read) * 1e6
+        for shard in shards:
+            shard.close()
+    return result(f"RDB apply CPU per row, live zero-latency reads of {rows_per_read} rows", cpu[True], "us/row",
+                  cpu[False], "-", None, "baseline: each run written to RocksDB at once (no tail); CPU time")
 
 
 def bench_queries_restart_memory(base: Settings, catalog: SchemaCatalog, rows: int, tmp: Path) -> list[Result]:
@@ -226,18 +398,19 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
     steps = [
         lambda: [bench_ingest(settings, catalog, rows, "batch", tmp)],
         lambda: [bench_ingest(settings, catalog, zero_rows, "zero", tmp)],
-        lambda: [bench_latency(settings, catalog, tmp)],
-        lambda: [bench_latency(settings, catalog, tmp, rate=2_000)],
+        lambda: [bench_apply_cpu(catalog, tmp)],
+        lambda: bench_latency(settings, catalog, tmp),
+        lambda: bench_latency(settings, catalog, tmp, rate=2_000, probe=False),
         *[lambda n=n: bench_queries_restart_memory(settings, catalog, n, tmp) for n in big],
     ]
     try:
         for step in steps:
             try:
-                report.results.extend(step())
+                got = step()
             except Exception as exc:  # a failed figure is a row of the table, the others still count
-                report.results.append(result(f"RDB FAILED: {type(exc).__name__}", 0, "", None, "", False,
-                                             str(exc)[:200]))
-            print(format_table(report.results[-1:]), file=sys.stderr)
+                got = [result(f"RDB FAILED: {type(exc).__name__}", 0, "", None, "", False, str(exc)[:200])]
+            report.results.extend(got)
+            print(format_table(got), file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report.notes.append(

@@ -63,6 +63,8 @@ def producer_config(settings: Settings, mode: str) -> dict[str, Any]:
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5 if batch else 0,
+        # zero-latency: no Nagle delay on the producer's socket (a row is a few dozen bytes)
+        "socket.nagle.disable": not batch,
         "compression.type": "lz4" if batch else "none",
         "batch.size": 4 * 1024 * 1024,
         "message.max.bytes": 8 * 1024 * 1024,

@@ -21,6 +21,18 @@ workers of one machine: a partition handed to another local worker is opened
 where it is, with no replay. A restarted worker serves at once and catches up
 from its shards' offsets: time to serving does not grow with the day.
 
+Replicas (hot-hot): ``--replica NAME`` (default ``a``) puts a worker in that
+replica's group (``<prefix>tickplant-rdb-<name>``; the default keeps
+``<prefix>tickplant-rdb``), its shards under ``<data_dir>/rdb/<name>/...``
+(the default replica keeps the paths above). Each replica reads every table
+partition itself: a full, independent copy. Workers forward only to peers of
+their replica; the metadata record says the replica and the load (queries in
+flight), for the gateway to pick and fail over.
+
+Latency: small runs (zero-latency mode) go to the shard's in-memory tail,
+queryable at once and written to RocksDB every 200 ms (streams/shard.py); the
+worker times each stage of publish -> visible (``stages_ms`` in the status).
+
 End of day: a fence in a partition closes that partition's day (confirmed by
 the committed marker on the control topic); rows after it go to the new day.
 The closed day stays queryable until the control topic says the HDB has
@@ -42,14 +54,18 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import resource
+import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import faust
+import numpy as np
 import pyarrow as pa
 from confluent_kafka import TopicPartition
 from faust.types import TP
@@ -62,6 +78,7 @@ from ingest.logread import make_consumer
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
+from streams.group import membership_app
 from streams.metadata import MetadataPublisher, read_metadata
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
 from streams.shard import Resources, Shard, ShardError
@@ -73,14 +90,38 @@ FENCE_WAIT_SECONDS = 30.0
 # thousands of rows; decoded rows are Python objects until they are Arrow)
 READ_MESSAGES = 10_000
 READ_BYTES = 4 << 20
+GIL_SWITCH_SECONDS = 0.0005
 
 
-def group_id(settings: Settings) -> str:
-    return f"{settings.topic_prefix}tickplant-rdb"
+DEFAULT_REPLICA = "a"
+_REPLICA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
-def shard_path(settings: Settings, table: str, partition: int) -> Path:
-    return Path(settings.data_dir).resolve() / "rdb" / table / f"p{partition:03d}"
+def check_replica(name: str, tables: Iterable[str] = ()) -> str:
+    """A replica name: lowercase letters, digits, ``-``/``_``; not a table's name nor
+    ``workers`` (both are directories beside the replicas' under ``<data_dir>/rdb``)."""
+    if not _REPLICA_NAME.fullmatch(name):
+        raise ValueError(f"replica name {name!r}: use 1-32 of a-z, 0-9, '-', '_', starting with a letter or digit")
+    if name != DEFAULT_REPLICA and (name == "workers" or name in set(tables)):
+        raise ValueError(f"replica name {name!r} is taken (a table or the workers' directory under rdb/)")
+    return name
+
+
+def group_id(settings: Settings, replica: str = DEFAULT_REPLICA) -> str:
+    """The replica's consumer group: replicas read the same topics as independent copies."""
+    base = f"{settings.topic_prefix}tickplant-rdb"
+    return base if replica == DEFAULT_REPLICA else f"{base}-{replica}"
+
+
+def replica_dir(settings: Settings, replica: str = DEFAULT_REPLICA) -> Path:
+    """Where a replica's shards live: ``<data_dir>/rdb`` for the default one (the layout
+    before replicas existed, so its shards stay where they are), ``<data_dir>/rdb/<name>``."""
+    root = Path(settings.data_dir).resolve() / "rdb"
+    return root if replica == DEFAULT_REPLICA else root / replica
+
+
+def shard_path(settings: Settings, table: str, partition: int, replica: str = DEFAULT_REPLICA) -> Path:
+    return replica_dir(settings, replica) / table / f"p{partition:03d}"
 
 
 def rss_bytes() -> int:
@@ -92,39 +133,108 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def sched_ns(thread_id: int | None = None) -> dict[str, int]:
+    """CPU time and time spent runnable but waiting for a CPU (ns), of a thread or the
+    process (Linux schedstat): the evidence of CPU contention behind a latency tail."""
+    tasks = Path("/proc/self/task")
+    ids = [str(thread_id)] if thread_id else [t.name for t in tasks.iterdir()] if tasks.exists() else []
+    cpu = wait = 0
+    for tid in ids:
+        try:
+            run, queued, _ = (tasks / tid / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        cpu += int(run)
+        wait += int(queued)
+    return {"cpu": cpu, "runqueue_wait": wait, "at": time.time_ns()}
+
+
 class LatencySample:
-    """Row time -> visible in the shard, for the last few thousand messages (ms percentiles).
+    """The latest ``size`` latencies (ns), as ms percentiles: a ring buffer, so adding a
+    run's rows is one numpy copy and the window holds every row of a benchmark.
 
     Meaningful when rows are stamped with the wall clock at publish (the
     synthetic feed on the system clock): then it is publish -> queryable.
     """
 
-    def __init__(self, size: int = 4096):
-        self.values: list[int] = []
+    def __init__(self, size: int = 4096, scale: float = 1e6):
+        self.values = np.zeros(size, np.int64)
         self.size = size
+        self.scale = scale  # ns -> ms by default; 1 for counts
+        self.count = 0  # ever added; the buffer holds the last min(count, size)
 
-    def add(self, ns: int) -> None:
-        self.values.append(ns)
-        if len(self.values) > self.size:
-            del self.values[: len(self.values) - self.size]
+    def add(self, ns: int | np.ndarray) -> None:
+        values = np.atleast_1d(np.asarray(ns, np.int64))[-self.size:]
+        start = self.count % self.size
+        first = min(len(values), self.size - start)
+        self.values[start:start + first] = values[:first]
+        self.values[:len(values) - first] = values[first:]
+        self.count += len(values)
 
-    def percentiles(self) -> dict[str, float] | None:
-        if not self.values:
+    def percentiles(self, recent: int | None = None) -> dict[str, float] | None:
+        """p50/p90/p99/max in ms over what is held, or over the last ``recent`` values only."""
+        held = self.values[:min(self.count, self.size)]
+        if recent is not None and len(held) > recent:
+            held = self.values[(self.count - recent + np.arange(recent)) % self.size]
+        if not len(held):
             return None
-        ordered = sorted(self.values)
-        pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6, 3)  # noqa: E731
-        return {"p50": pick(0.5), "p99": pick(0.99), "n": len(ordered)}
+        p50, p90, p99, top = (round(float(v), 3) for v in np.percentile(held, [50, 90, 99, 100]) / self.scale)
+        return {"p50": p50, "p90": p90, "p99": p99, "max": top, "n": int(len(held))}
+
+    def reset(self) -> None:
+        self.count = 0
+
+
+class Stages:
+    """Where a row's publish -> visible time goes, measured by the worker itself.
+
+    Per row (wall clock against the row's time stamp): ``fetched`` is publish ->
+    the reader holds it (producer, broker, fetch); ``applied`` the reader holds it
+    -> committed to the shard (queued behind other runs of the read, decoded,
+    Arrow, RocksDB), ``visible`` the whole. Per read: the milliseconds spent
+    decoding, building Arrow, writing RocksDB or the shard's tail, and the
+    messages in it; ``flush`` a tail written to RocksDB (merges included).
+    ``stall`` times the event-loop housekeeping that competes with the reader
+    for the GIL.
+    """
+
+    NAMES = ("visible", "fetched", "applied", "read_decode", "read_arrow", "read_write", "read_total",
+             "read_messages", "flush", "stall")
+
+    def __init__(self) -> None:
+        per_row = ("visible", "fetched", "applied")  # a benchmark's every row; the rest are per read
+        self.samples = {name: LatencySample(1 << 17 if name in per_row else 1 << 14,
+                                            scale=1 if name == "read_messages" else 1e6)
+                        for name in self.NAMES}
+        self.read_started = 0  # ns: when the current read's first message was in hand
+
+    def report(self) -> dict[str, Any]:
+        return {name: sample.percentiles() for name, sample in self.samples.items()}
+
+    def reset(self) -> None:
+        for sample in self.samples.values():
+            sample.reset()
 
 
 class RdbWorker:
-    """One RDB worker: a Faust app, its shards, the day state and its metadata."""
+    """One RDB worker: a Faust app, its shards, the day state and its metadata.
 
-    def __init__(self, settings: Settings, node_id: str, port: int, memory_budget: int = 1 << 30):
+    ``replica``: the workers of one replica share the partitions among them
+    (one consumer group); two replicas each hold everything, independently
+    (hot-hot: the gateway fails over from one to the other). Forwarding a query
+    stays inside the replica.
+    """
+
+    def __init__(self, settings: Settings, node_id: str, port: int, memory_budget: int = 1 << 30,
+                 replica: str = DEFAULT_REPLICA):
         self.settings = settings
         self.node_id = node_id
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.catalog = SchemaCatalog.load(settings.schemas_dir)
+        self.replica = check_replica(replica, self.catalog.names)
+        self.inflight = 0  # queries being answered now: the load figure the gateway balances on
+        self.queries = 0
         self.names = TopicNames(settings.topic_prefix)
         self.decoder = make_decoder(settings, self.catalog)
         self.deadletters = DeadLetters(settings, f"rdb:{node_id}")
@@ -141,7 +251,9 @@ class RdbWorker:
         self.rows_applied = 0
         self.messages = 0
         self.batches = 0
-        self.latency = LatencySample()
+        self.stages = Stages()
+        self.latency = self.stages.samples["visible"]
+        self._decode_ns = self._arrow_ns = self._write_ns = 0
         self.metadata = MetadataPublisher(settings, node_id)
         self.peers: dict[str, dict[str, Any]] = {}
         self.app = self._make_app()
@@ -152,45 +264,11 @@ class RdbWorker:
 
     def _make_app(self) -> faust.App:
         s = self.settings
-        datadir = Path(s.data_dir).resolve() / "rdb" / "workers" / self.node_id
-        datadir.mkdir(parents=True, exist_ok=True)
-        app = faust.App(
-            group_id(s),
-            broker=[f"kafka://{b}" for b in s.bootstrap.split(",")],
-            datadir=str(datadir),
-            web_enabled=True,
-            web_port=self.port,
-            web_bind="127.0.0.1",
-            web_host="127.0.0.1",
-            topic_partitions=s.partitions,
-            topic_allow_declare=False,
-            topic_disable_leader=True,
-            consumer_auto_offset_reset="earliest",
-            key_serializer="raw",
-            value_serializer="raw",
-            broker_commit_interval=1.0,
-            broker_session_timeout=6.0,  # the broker's minimum: a dead worker's partitions move soon
-            broker_heartbeat_interval=1.0,
-            stream_wait_empty=False,
-            web_access_log=None,
+        app = membership_app(
+            s, group_id(s, self.replica), self.names.rdb_assignment,
+            replica_dir(s, self.replica) / "workers" / self.node_id, self.port, s.partitions,
+            self._on_revoked, self._on_assigned, self._refresh, self._on_shutdown,
         )
-        # The group is formed on the assignment topic (no messages): Faust assigns its
-        # partitions, and partition p of it stands for partition p of every table topic.
-        assignment = app.topic(self.names.rdb_assignment, key_serializer="raw", value_serializer="raw")
-
-        async def members(stream: faust.StreamT) -> None:
-            async for _ in stream:  # nothing is ever published here
-                pass
-
-        app.agent(assignment, name="rdb-assignment")(members)
-        app.on_partitions_revoked.connect(self._on_revoked)
-        app.on_partitions_assigned.connect(self._on_assigned)
-
-        async def refresh() -> None:
-            await self._refresh()
-
-        app.timer(2.0)(refresh)
-        app.on_before_shutdown.connect(self._on_shutdown)
         self._routes(app)
         return app
 
@@ -233,7 +311,7 @@ class RdbWorker:
         shard write. The group (above) decides who reads what.
         """
         consumer = make_consumer(self.settings, **{
-            "enable.partition.eof": False, "fetch.wait.max.ms": 5,
+            "enable.partition.eof": False, "fetch.wait.max.ms": 5, "socket.nagle.disable": True,
             # what waits in librdkafka's queue counts against the worker's memory budget
             "queued.max.messages.kbytes": 32 * 1024, "fetch.max.bytes": 16 << 20,
             "max.partition.fetch.bytes": 4 << 20,
@@ -255,7 +333,10 @@ class RdbWorker:
                 # batching delay added to a quiet stream, whole batches from a busy one
                 first = consumer.poll(0.05)
                 if first is None:
+                    self._flush_tails()
                     continue
+                started = self.stages.read_started = time.time_ns()
+                self._decode_ns = self._arrow_ns = self._write_ns = 0
                 messages, size = [first], len(first.value() or b"")
                 while size < READ_BYTES and len(messages) < READ_MESSAGES:
                     more = consumer.consume(min(64, READ_MESSAGES - len(messages)), timeout=0)
@@ -268,14 +349,33 @@ class RdbWorker:
                     if msg.error() is None:
                         by_table.setdefault(topics[msg.topic()], []).append(
                             (msg.partition(), msg.offset(), msg.value(), msg.headers()))
+                    else:  # librdkafka retries on its own; say so rather than drop it unseen
+                        log.warning("reading %s[%s]: %s", msg.topic(), msg.partition(), msg.error())
                 with self._assign_lock:
                     for table, batch in by_table.items():
                         self.apply(table, [m for m in batch if (table, m[0]) in self.assigned])
+                samples = self.stages.samples
+                samples["read_total"].add(time.time_ns() - started)
+                self._flush_tails()
+                samples["read_decode"].add(self._decode_ns)
+                samples["read_arrow"].add(self._arrow_ns)
+                samples["read_write"].add(self._write_ns)
+                samples["read_messages"].add(len(messages))
         except Exception:  # a crash here must end the worker, not leave it serving stale data
             log.exception("the RDB reader failed; stopping the worker")
             os._exit(70)
         finally:
             consumer.close()
+
+    def _flush_tails(self) -> None:
+        """Write the shards' tails that are big or old enough (the reader's thread, between reads)."""
+        now = time.monotonic()
+        with self._assign_lock:
+            for key, shard in list(self.shards.items()):
+                if key in self.assigned and shard.tail_due(now):
+                    began = time.perf_counter_ns()
+                    shard.flush()
+                    self.stages.samples["flush"].add(time.perf_counter_ns() - began)
 
     def _serve_from_disk(self) -> None:
         """At start, open the shards this node held last time: it serves them at once,
@@ -285,9 +385,9 @@ class RdbWorker:
         except (FileNotFoundError, ValueError):
             return
         for table, partition in held:
-            if table in self.catalog.tables and shard_path(self.settings, table, partition).exists():
+            if table in self.catalog.tables and shard_path(self.settings, table, partition, self.replica).exists():
                 try:
-                    self.shards[(table, partition)] = Shard(shard_path(self.settings, table, partition),
+                    self.shards[(table, partition)] = Shard(shard_path(self.settings, table, partition, self.replica),
                                                             self.resources, open_timeout=0.5)
                     self.assigned.add((table, partition))
                 except ShardError:
@@ -313,24 +413,26 @@ class RdbWorker:
             with self._opening:
                 shard = self.shards.get(key)
                 if shard is None:
-                    shard = self.shards[key] = Shard(shard_path(self.settings, table, partition), self.resources)
+                    shard = self.shards[key] = Shard(shard_path(self.settings, table, partition, self.replica), self.resources)
         return shard
 
     def apply(self, table: str, messages: list[tuple[int, int, bytes | None, Any]]) -> None:
         """Apply (partition, offset, value, headers) messages, each partition's in log order.
 
         A run of data messages of one partition and one day goes to the shard
-        as one write (one Arrow conversion, one RocksDB batch) carrying the
-        run's last offset: batching is what makes zero-latency input cheap.
+        as one write carrying the run's last offset; the runs of a read share
+        one Arrow conversion (its cost is mostly per call, and a zero-latency
+        read is a few rows in each partition).
         """
         self.batches += 1
         self.messages += len(messages)
         by_partition: dict[int, list[tuple[int, bytes | None, Any]]] = {}
         for partition, offset, value, headers in messages:
             by_partition.setdefault(partition, []).append((offset, value, headers))
+        rows: list[dict[str, Any]] = []
+        runs: list[tuple[Shard, int, dt.date | None, int]] = []  # shard, last offset, date, rows end
         for partition, items in by_partition.items():
             shard = self.shard(table, partition)
-            run: list[dict[str, Any]] = []
             run_date: dt.date | None = None
             run_end = -1
             for offset, value, headers in items:
@@ -339,30 +441,54 @@ class RdbWorker:
                 control = control_of(list(headers) if headers else None)
                 date = None if control else self.days.date_of(table, partition, offset)
                 if run_end >= 0 and (control or date != run_date):
-                    self._apply_run(shard, table, run_end, run_date, run)
-                    run, run_end = [], -1
+                    runs.append((shard, run_end, run_date, len(rows)))
+                    run_end = -1
                 if control is not None:
+                    self._apply_runs(table, runs, rows)  # the day's rows before its fence
+                    runs, rows = [], []
                     self._on_fence(shard, table, partition, offset, control)
                     continue
                 run_date, run_end = date, offset
                 if date is None or date in self.days.published.get(table, ()):
                     continue  # an old day the HDB already holds: only the offset advances
+                began = time.perf_counter_ns()
                 try:
-                    run.extend(self.decoder.decode(value)[1])
+                    rows.extend(self.decoder.decode(value)[1])
                 except DecodeError as exc:
                     where = f"{self.names.table(table)}[{partition}]@{offset}"
                     self.deadletters.send(table, str(exc), value or b"", where=where)
+                self._decode_ns += time.perf_counter_ns() - began
             if run_end >= 0:
-                self._apply_run(shard, table, run_end, run_date, run)
+                runs.append((shard, run_end, run_date, len(rows)))
+        self._apply_runs(table, runs, rows)
 
-    def _apply_run(self, shard: Shard, table: str, offset: int, date: dt.date | None,
-                   rows: list[dict[str, Any]]) -> None:
-        if not rows or date is None:
-            shard.apply(offset, "", None)
+    def _apply_runs(self, table: str, runs: list[tuple[Shard, int, dt.date | None, int]],
+                    rows: list[dict[str, Any]]) -> None:
+        """Convert the runs' rows to Arrow at once, then hand each run's slice to its shard."""
+        if not runs:
             return
-        shard.apply(offset, date.isoformat(), self.catalog[table].to_arrow(rows))
-        self.rows_applied += len(rows)
-        self.latency.add(time.time_ns() - rows[-1]["time"])
+        began = time.perf_counter_ns()
+        arrow = self.catalog[table].to_arrow(rows) if rows else None
+        self._arrow_ns += time.perf_counter_ns() - began
+        start = 0
+        for shard, offset, date, end in runs:
+            if end == start or date is None:
+                shard.apply(offset, "", None, defer=True)  # only the offset advances
+                start = end
+                continue
+            run = arrow.slice(start, end - start)  # type: ignore[union-attr]
+            start = end
+            written = time.perf_counter_ns()
+            shard.apply(offset, date.isoformat(), run, defer=True)
+            self._write_ns += time.perf_counter_ns() - written
+            self.rows_applied += run.num_rows
+            # every row of the run became queryable now: one latency per row, not per run
+            visible = time.time_ns()
+            times = run.column("time").combine_chunks().cast(pa.int64()).to_numpy()
+            samples = self.stages.samples
+            samples["visible"].add(visible - times)
+            samples["fetched"].add(self.stages.read_started - times)
+            samples["applied"].add(np.full(len(times), visible - self.stages.read_started))
 
     def _on_fence(self, shard: Shard, table: str, partition: int, offset: int, control: str) -> None:
         """A fence closes the partition's day once the committed marker confirms it."""
@@ -388,13 +514,23 @@ class RdbWorker:
         for (table, _), shard in list(self.shards.items()):
             for date in [d for d in shard.days if d and dt.date.fromisoformat(d) in self.days.published.get(table, ())]:
                 shard.drop_day(date)
+        began = time.perf_counter_ns()
         self.metadata.publish(self.holdings())
+        self.stages.samples["stall"].add(time.perf_counter_ns() - began)
         try:
-            self.peers = await loop.run_in_executor(None, read_metadata, self.settings)
+            nodes = await loop.run_in_executor(None, read_metadata, self.settings)
+            self.peers = self.replica_peers(nodes)
         except Exception as exc:  # noqa: BLE001 - routing keeps the last view
             log.warning("could not read metadata: %s", exc)
 
-    def holdings(self) -> dict[str, Any]:
+    def replica_peers(self, nodes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The RDB nodes of this worker's replica: the only ones it forwards to."""
+        return {node: record for node, record in nodes.items()
+                if record.get("kind", "rdb") == "rdb" and record.get("replica", DEFAULT_REPLICA) == self.replica}
+
+    def holdings(self, detail: bool = False) -> dict[str, Any]:
+        """What this worker holds (the metadata record); ``detail`` adds the latency stages
+        and scheduler figures (the status view: percentiles over every row are not free)."""
         tables: dict[str, Any] = {}
         for (table, partition) in sorted(self.assigned):
             shard = self.shards.get((table, partition))
@@ -416,12 +552,17 @@ class RdbWorker:
                     day["first"] = min([f for f in (day["first"], *firsts) if f is not None])
                     day["last"] = max([v for v in (day["last"], *lasts) if v is not None])
         return {
-            "kind": "rdb", "url": self.url, "pid": os.getpid(), "rss": rss_bytes(),
+            "kind": "rdb", "replica": self.replica, "url": self.url, "pid": os.getpid(), "rss": rss_bytes(),
+            "load": {"inflight_queries": self.inflight, "queries": self.queries},
             "open_date": self.days.open_date.isoformat() if self.days.open_date else None,
             "serving": bool(self.assigned) and all(key in self.shards for key in self.assigned),
             "rows_applied": self.rows_applied, "messages": self.messages, "batches": self.batches,
             "tables": tables,
-            "visible_latency_ms": self.latency.percentiles(),
+            "visible_latency_ms": self.latency.percentiles(None if detail else 4096),
+            **({"stages_ms": self.stages.report(),
+                "sched_ns": {"process": sched_ns(),
+                             "reader": sched_ns(self._reader.native_id) if self._reader.native_id else None},
+                "loadavg": os.getloadavg()} if detail else {}),
         }
 
     # -- queries --------------------------------------------------------------
@@ -515,10 +656,14 @@ class RdbWorker:
             """``rows`` and ``last``: the same gathering and answer, a different reader."""
             class Rows(View):
                 async def get(self, request: Any, table: str) -> Any:
+                    worker.inflight += 1
+                    worker.queries += 1
                     try:
                         return worker._respond(self, request, await worker._gather(kind, table, request))
                     except QueryError as exc:
                         return self.error(400, str(exc))
+                    finally:
+                        worker.inflight -= 1
 
             Rows.__name__ = f"Rdb{kind.title()}"
             return Rows
@@ -549,12 +694,23 @@ class RdbWorker:
         @app.page("/rdb/v1/status")
         class Status(View):
             async def get(self, request: Any) -> Any:
-                return self.json({"node": worker.node_id, **worker.holdings()})
+                return self.json({"node": worker.node_id, **worker.holdings(detail=True)})
+
+        @app.page("/rdb/v1/stages/reset")
+        class ResetStages(View):
+            async def post(self, request: Any) -> Any:
+                """Forget the latency samples so far (a benchmark's warm-up)."""
+                worker.stages.reset()
+                return self.json({"reset": True})
 
 
-def run_worker(settings: Settings, node_id: str, port: int, memory_budget: int = 1 << 30) -> None:
+def run_worker(settings: Settings, node_id: str, port: int, memory_budget: int = 1 << 30,
+               replica: str = DEFAULT_REPLICA) -> None:
     """Run one RDB worker until SIGTERM/SIGINT (``tickplant rdb worker``)."""
-    worker = RdbWorker(settings, node_id, port, memory_budget)
+    # The reader thread shares the GIL with Faust's loop and its executor threads; by
+    # default a thread waiting for the GIL waits up to 5 ms for the holder to yield,
+    # a direct addition to publish -> visible. A shorter interval bounds that wait.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    worker = RdbWorker(settings, node_id, port, memory_budget, replica)
     faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()
-
 

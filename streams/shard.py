@@ -12,10 +12,19 @@ Keys (bytes, RocksDB's sorted order)::
   M day <date:10>                      -> "open" | "closed"
 
 Every message is applied in one WriteBatch together with its offset, so a
-shard is always exactly "the log up to ``applied``": replaying a message at or
-below it is skipped, which makes at-least-once delivery exactly-once state.
-Small chunks (zero-latency mode writes a row at a time) are merged per sym
-once they pile up, so a sym's day stays a few large chunks.
+shard on disk is always exactly "the log up to ``durable``": replaying a
+message at or below it is skipped, which makes at-least-once delivery
+exactly-once state. Small chunks are merged per sym once they pile up, so a
+sym's day stays a few large chunks.
+
+The tail: a small run (zero-latency mode sends a message per row) is not
+written at once but held in memory, already queryable, and written with the
+runs after it as one RocksDB batch once the tail is big or old enough
+(``flush``; the reader calls it). A row is visible as soon as it is in the
+tail; what a crash loses of it was never in ``durable``, so it is read again
+from the log. Writing a handful of rows over a dozen syms costs a chunk, a
+stats record and (every 32) a merge per sym: the tail makes that cost per
+flush, not per message, which is what publish -> visible latency needs.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ ARROW = b"Marrow"
 DAY = b"Mday"
 MERGE_AFTER = 32          # small chunks of one sym before they are merged
 SMALL_CHUNK_ROWS = 512    # a chunk below this many rows counts as small
+TAIL_ROWS = 4096          # the tail is written once it holds this many rows...
+TAIL_SECONDS = 0.2        # ...or its oldest run is this old
 
 
 class ShardError(RuntimeError):
@@ -126,7 +137,16 @@ class Shard:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = self._open(resources, open_timeout)
         raw = self.db.get(APPLIED)
-        self.applied: int = struct.unpack(">q", raw)[0] if raw is not None else -1
+        # durable: the log up to here is on disk; applied: ... and in the tail too
+        self.durable: int = struct.unpack(">q", raw)[0] if raw is not None else -1
+        self.applied: int = self.durable
+        self._tail: list[tuple[str, pa.Table]] = []  # (date, rows) runs in log order, not on disk yet
+        self._tail_rows = 0
+        self._tail_since = 0.0  # monotonic time of the oldest run in the tail
+        self._tail_syms: dict[str, set[str]] = {}  # date -> syms with rows in the tail
+        self._unsaved_days: set[str] = set()  # days first seen in the tail, not on disk yet
+        self._tail_version = 0  # changes with the tail: the key of the split kept for queries
+        self._tail_cache: tuple[Any, dict[str, pa.Table]] = (None, {})
         self.schemas: dict[bytes, pa.Schema] = {}
         self.fingerprints: dict[pa.Schema, bytes] = {}
         self.stats: dict[tuple[str, str], SymStats] = {}
@@ -154,6 +174,7 @@ class Shard:
 
     def close(self) -> None:
         with self._lock:
+            self.flush()
             self.db.flush()
             self.db.close()
 
@@ -180,40 +201,97 @@ class Shard:
             self.stats[key] = stats
         return stats
 
-    def apply(self, offset: int, date: str, table: pa.Table | None) -> bool:
-        """Store one log message's (or run's) rows under ``date``; False if applied before."""
+    def apply(self, offset: int, date: str, table: pa.Table | None, defer: bool = False) -> bool:
+        """Store one log message's (or run's) rows under ``date``; False if applied before.
+
+        ``defer``: a small run goes to the tail (queryable now, on disk at the
+        next ``flush``). A large run, or one not deferred, is written now, after
+        the tail, so the log order holds on disk.
+        """
         if offset <= self.applied:
             return False
         with self._lock:
-            batch = WriteBatch(raw_mode=True)
-            to_merge: list[tuple[str, str]] = []
-            if self.days.get(date) is None:
+            rows = table.num_rows if table is not None else 0
+            if date and date not in self.days:
                 self.days[date] = "open"
-                batch.put(DAY + date.encode(), b"open")
-            if table is not None and table.num_rows:
-                record = table.combine_chunks().to_batches()[0]
-                fp = self._fingerprint(record.schema, batch)
-                suffix = struct.pack(">q", offset)
-                for sym, chunk, first, last in _split_by_sym(record):
-                    if "\x00" in sym:
-                        raise ShardError(f"sym {sym!r} contains a NUL byte")
-                    key = _chunk_prefix(date, sym) + suffix
-                    batch.put(key, fp + chunk.serialize().to_pybytes())
-                    stats = self._sym_stats(date, sym)
-                    stats.add(chunk.num_rows, first, last)
-                    if chunk.num_rows < SMALL_CHUNK_ROWS:
-                        if stats.small == 0:
-                            stats.small_from = offset
-                        stats.small += 1
-                        if stats.small >= MERGE_AFTER:
-                            to_merge.append((date, sym))
-                    batch.put(_stats_key(date, sym), stats.encode())
-            batch.put(APPLIED, struct.pack(">q", offset))
-            self.db.write(batch)
-            self.applied = offset
-            for date_sym in to_merge:
-                self._merge(*date_sym)
+                self._unsaved_days.add(date)
+            if defer and rows < SMALL_CHUNK_ROWS:
+                if self.applied == self.durable:
+                    self._tail_since = time.monotonic()  # the oldest thing not on disk
+                if rows:
+                    self._to_tail(date, table)  # type: ignore[arg-type]
+                self.applied = offset
+                if self._tail_rows >= TAIL_ROWS:
+                    self.flush()
+                return True
+            self.flush()
+            self._write(offset, [(date, table)] if rows else [], counted=False)
         return True
+
+    def _to_tail(self, date: str, table: pa.Table) -> None:
+        """Hold a small run in memory, counted in the sym stats at once (queries see it)."""
+        self._tail.append((date, table))
+        self._tail_rows += table.num_rows
+        self._tail_version += 1
+        syms = table.column("sym").to_pylist()
+        times = table.column("time").cast(pa.int64()).to_pylist()
+        held = self._tail_syms.setdefault(date, set())
+        for sym, t in zip(syms, times, strict=True):
+            self._sym_stats(date, sym).add(1, t, t)
+            held.add(sym)
+
+    def tail_due(self, now: float | None = None) -> bool:
+        """Whether the tail (or an offset not yet on disk) should be written now: big or old."""
+        if self.applied == self.durable:
+            return False
+        return self._tail_rows >= TAIL_ROWS or (now or time.monotonic()) - self._tail_since >= TAIL_SECONDS
+
+    def flush(self) -> None:
+        """Write the tail: its runs as one chunk per sym and day, in one batch with the offset."""
+        with self._lock:
+            if self.applied > self.durable:
+                items, self._tail, self._tail_rows, self._tail_syms = self._tail, [], 0, {}
+                self._tail_version += 1
+                self._write(self.applied, items, counted=True)
+
+    def _write(self, offset: int, items: list[tuple[str, pa.Table]], counted: bool) -> None:
+        """One RocksDB batch: the runs' rows (a day's runs as one chunk per sym) and ``offset``.
+
+        ``counted``: the rows are tail runs, already in the sym stats.
+        """
+        batch = WriteBatch(raw_mode=True)
+        to_merge: list[tuple[str, str]] = []
+        for date in self._unsaved_days:
+            if date in self.days:
+                batch.put(DAY + date.encode(), self.days[date].encode())
+        by_date: dict[str, list[pa.Table]] = {}
+        for date, table in items:
+            by_date.setdefault(date, []).append(table)
+        suffix = struct.pack(">q", offset)
+        for date, tables in by_date.items():
+            record = (tables[0] if len(tables) == 1 else _concat(tables)).combine_chunks().to_batches()[0]
+            fp = self._fingerprint(record.schema, batch)
+            for sym, chunk, first, last in _split_by_sym(record):
+                if "\x00" in sym:
+                    raise ShardError(f"sym {sym!r} contains a NUL byte")
+                batch.put(_chunk_prefix(date, sym) + suffix, fp + chunk.serialize().to_pybytes())
+                stats = self._sym_stats(date, sym)
+                if not counted:
+                    stats.add(chunk.num_rows, first, last)
+                if chunk.num_rows < SMALL_CHUNK_ROWS:
+                    if stats.small == 0:
+                        stats.small_from = offset
+                    stats.small += 1
+                    if stats.small >= MERGE_AFTER:
+                        to_merge.append((date, sym))
+                batch.put(_stats_key(date, sym), stats.encode())
+        batch.put(APPLIED, suffix)
+        self.db.write(batch)
+        self._unsaved_days.clear()
+        self.applied = max(self.applied, offset)
+        self.durable = offset
+        for date_sym in to_merge:
+            self._merge(*date_sym)
 
     def _merge(self, date: str, sym: str) -> None:
         """Rewrite a sym's recent small chunks as one: reads stay fast whatever the publish mode.
@@ -243,12 +321,14 @@ class Shard:
 
     def mark_day(self, date: str, status: str) -> None:
         with self._lock:
+            self.flush()
             self.days[date] = status
             self.db.put(DAY + date.encode(), status.encode())
 
     def drop_day(self, date: str) -> None:
         """Forget a day the HDB has published (kdb+'s RDB clearing its tables at EOD)."""
         with self._lock:
+            self.flush()
             day = date.encode()
             self.db.delete_range(b"R" + day, b"R" + _next_prefix(day))
             self.db.delete_range(b"S" + day, b"S" + _next_prefix(day))
@@ -271,7 +351,20 @@ class Shard:
             if not key.startswith(prefix):
                 break
             out.append(key[len(prefix):].decode())
-        return out
+        fresh = self._tail_syms.get(date, set()).difference(out)
+        return sorted([*out, *fresh]) if fresh else out
+
+    def _tail_chunks(self, date: str) -> dict[str, pa.Table]:
+        """The tail's rows of ``date`` by sym (log order), split once per change of the tail."""
+        key = (date, self._tail_version)
+        if self._tail_cache[0] != key:
+            tables = [t for d, t in self._tail if d == date]
+            chunks: dict[str, pa.Table] = {}
+            if tables:
+                record = _concat(tables).combine_chunks().to_batches()[0]
+                chunks = {sym: pa.Table.from_batches([chunk]) for sym, chunk, _, _ in _split_by_sym(record)}
+            self._tail_cache = (key, chunks)
+        return self._tail_cache[1]
 
     def sym_stats(self, date: str) -> dict[str, SymStats]:
         with self._lock:
@@ -281,6 +374,7 @@ class Shard:
         """The day's chunks for ``syms`` (all syms if None), each sym in log order."""
         with self._lock:
             out: list[pa.Table] = []
+            tail = self._tail_chunks(date) if date in self._tail_syms else {}
             for sym in syms if syms is not None else self.syms(date):
                 prefix = _chunk_prefix(date, sym)
                 for key, value in self.db.items(from_key=prefix):
@@ -288,11 +382,16 @@ class Shard:
                         break
                     if value:
                         out.append(self._decode(value))
+                if sym in tail:
+                    out.append(tail[sym])
             return out
 
     def last(self, date: str, sym: str) -> pa.Table | None:
         """The sym's latest row of the day: the last row of its last chunk."""
         with self._lock:
+            if sym in self._tail_syms.get(date, ()):
+                chunk = self._tail_chunks(date)[sym]
+                return chunk.slice(chunk.num_rows - 1, 1)
             prefix = _chunk_prefix(date, sym)
             it = self.db.iter()
             it.seek_for_prev(_next_prefix(prefix))

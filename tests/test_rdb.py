@@ -240,3 +240,127 @@ def test_a_day_the_hdb_published_is_dropped(settings, catalog, day, workers):
     wait_until(lambda: total(worker, "trade", TODAY) == 0, 30, "the published day to be dropped", worker.log_tail)
     assert TODAY not in worker.client.status()["tables"]["trade"]["dates"]
     assert_exact(worker, "trade", fresh, "2026-11-23")
+
+
+# -- hot-hot replicas -----------------------------------------------------------
+
+
+@pytest.fixture
+def replicas(settings, tmp_path):
+    started: list[Worker] = []
+
+    def make(node_id: str, replica: str) -> Worker:
+        worker = Worker(settings, node_id, tmp_path, replica=replica).start()
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        worker.stop()
+
+
+def partitions_of(worker: Worker, table: str) -> set[int]:
+    return set(worker.client.status()["tables"].get(table, {}).get("partitions", []))
+
+
+def test_two_replicas_each_hold_everything_and_one_survives_the_other(settings, catalog, day, replicas):
+    market = SyntheticMarket(syms=24, seed=17, clock=day)
+    trades, _ = market.events(3000)
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        tp.publish_rows("trade", trades)
+    a1 = replicas("a1", "a")
+    b1, b2 = replicas("b1", "b"), replicas("b2", "b")
+    for worker in (a1, b1, b2):
+        worker.wait_serving()
+    everything = set(range(settings.partitions))
+
+    def copies_complete() -> bool:
+        mine = [partitions_of(w, "trade") for w in (b1, b2)]
+        return (partitions_of(a1, "trade") == everything  # replica a: one worker, every partition
+                and all(mine) and not (mine[0] & mine[1]) and mine[0] | mine[1] == everything
+                and all(total(w, "trade") == len(trades) for w in (a1, b1, b2)))
+
+    wait_until(copies_complete, 120, "replica a (1 worker) and replica b (2 workers) each holding every row",
+               lambda: str([(w.node_id, w.client.status()["tables"]) for w in (a1, b1, b2)]))
+    for worker in (a1, b1, b2):
+        assert_exact(worker, "trade", trades)
+    status = {w.node_id: w.client.status() for w in (a1, b1, b2)}
+    assert [status[n]["replica"] for n in ("a1", "b1", "b2")] == ["a", "b", "b"]
+    assert status["a1"]["load"]["queries"] > 0 and status["a1"]["load"]["inflight_queries"] >= 0
+    # independent copies on disk: the default replica where it always was, b under rdb/b
+    plant = settings.data_dir.resolve()
+    assert (plant / "rdb" / "trade").is_dir() and (plant / "rdb" / "b" / "trade").is_dir()
+
+    a1.kill9()  # its metadata is still fresh: a worker of b that forwarded across replicas would fail now
+    more, _ = market.events(2000)
+    with Tickerplant(settings, catalog, mode="zero") as tp:
+        tp.publish_rows("trade", more)
+    published = trades + more
+    wait_until(lambda: all(total(w, "trade") == len(published) for w in (b1, b2)), 60,
+               "replica b to take the new rows with a dead", lambda: str([total(w, "trade") for w in (b1, b2)]))
+    for worker in (b1, b2):
+        assert_exact(worker, "trade", published)
+        assert len(as_rows(worker.client.last("trade"))) == 24
+
+
+def test_replica_names_are_checked(settings):
+    from streams.rdb import check_replica, group_id, shard_path
+
+    assert group_id(settings) == f"{settings.topic_prefix}tickplant-rdb"
+    assert group_id(settings, "b") == f"{settings.topic_prefix}tickplant-rdb-b"
+    assert shard_path(settings, "trade", 1, "b").parts[-4:] == ("rdb", "b", "trade", "p001")
+    with pytest.raises(ValueError, match="replica name 'B!'"):
+        check_replica("B!")
+    with pytest.raises(ValueError, match="'trade' is taken"):
+        check_replica("trade", ["trade", "quote"])
+
+
+# -- the shard's in-memory tail (zero-latency path), on real RocksDB ------------------
+
+
+def test_shard_tail_is_queryable_at_once_and_exactly_once_on_disk(catalog, tmp_path):
+    from streams.shard import SMALL_CHUNK_ROWS, Resources, Shard
+
+    schema = catalog["trade"]
+    rows = [{"time": T0 + i, "sym": ("AAPL", "IBM")[i % 2], "price": float(i), "size": i, "exchange": "N",
+             "cond": ""} for i in range(2 * SMALL_CHUNK_ROWS)]
+    resources = Resources(cache_bytes=8 << 20, write_buffer_bytes=8 << 20)
+    shard = Shard(tmp_path / "p000", resources)
+    for offset in range(10):  # ten one-row messages: the tail
+        assert shard.apply(offset, TODAY, schema.to_arrow(rows[offset:offset + 1]), defer=True)
+    assert (shard.applied, shard.durable) == (9, -1)
+    assert not shard.apply(5, TODAY, schema.to_arrow(rows[5:6]), defer=True)  # read again: skipped
+    seen = pa.concat_tables(shard.read(TODAY, ["AAPL"]))
+    assert seen.column("price").to_pylist() == [float(i) for i in range(0, 10, 2)]
+    assert shard.last(TODAY, "IBM").column("price").to_pylist() == [9.0]
+    assert {s: st.rows for s, st in shard.sym_stats(TODAY).items()} == {"AAPL": 5, "IBM": 5}
+    assert shard.tail_due(now=time.monotonic() + 1)
+    # a large run is written at once, after the tail: the log order holds on disk
+    assert shard.apply(10, TODAY, schema.to_arrow(rows[10:]), defer=True)
+    assert shard.durable == 10
+    shard.close()
+    again = Shard(tmp_path / "p000", resources)
+    assert again.applied == 10
+    got = pa.concat_tables(again.read(TODAY, ["AAPL", "IBM"])).column("price").to_pylist()
+    assert got == [r["price"] for r in rows if r["sym"] == "AAPL"] + [r["price"] for r in rows if r["sym"] == "IBM"]
+    assert {s: st.rows for s, st in again.sym_stats(TODAY).items()} == {"AAPL": SMALL_CHUNK_ROWS,
+                                                                        "IBM": SMALL_CHUNK_ROWS}
+    assert again.days[TODAY] == "open"
+    again.close()
+
+
+def test_latency_sample_keeps_the_latest_values_in_its_ring():
+    import numpy as np
+
+    from streams.rdb import LatencySample
+
+    sample = LatencySample(size=8)
+    assert sample.percentiles() is None
+    sample.add(np.arange(1, 6) * 1_000_000)  # 1..5 ms
+    sample.add(np.arange(6, 12) * 1_000_000)  # 6..11 ms: 1, 2, 3 fall out
+    got = sample.percentiles()
+    assert got["n"] == 8 and got["max"] == 11.0 and got["p50"] == 7.5
+    assert sample.percentiles(recent=3) == {"p50": 10.0, "p90": 10.8, "p99": 10.98, "max": 11.0, "n": 3}
+    sample.reset()
+    sample.add(2_000_000)
+    assert sample.percentiles()["n"] == 1 and sample.percentiles()["p99"] == 2.0

@@ -1,0 +1,55 @@
+"""A Faust app that only keeps a consumer group: what the RDB and the CEP workers share.
+
+A Faust event per Kafka message caps a worker at a few thousand messages a
+second, so the data path of both workers is a plain consumer thread reading in
+bulk. Faust keeps what it is good at: the group on a membership topic (never
+written to; partition p of it stands for partition p of every input topic),
+its rebalances (revoked before assigned, so a partition is never held twice),
+the HTTP views and the timers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import faust
+
+from tickplant.config import Settings
+
+Handler = Callable[..., Awaitable[None]]
+
+
+def membership_app(settings: Settings, group: str, membership_topic: str, datadir: Path, port: int,
+                   partitions: int, on_revoked: Handler, on_assigned: Handler, on_refresh: Callable[[], Awaitable[None]],
+                   on_shutdown: Handler, refresh_seconds: float = 2.0) -> faust.App:
+    """The group ``group`` formed on ``membership_topic``; views on 127.0.0.1:``port``."""
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        group,
+        broker=[f"kafka://{b}" for b in settings.bootstrap.split(",")],
+        datadir=str(datadir),
+        web_enabled=True, web_port=port, web_bind="127.0.0.1", web_host="127.0.0.1",
+        topic_partitions=partitions, topic_allow_declare=False, topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest", key_serializer="raw", value_serializer="raw",
+        broker_commit_interval=1.0,
+        broker_session_timeout=6.0,  # the broker's minimum: a dead worker's partitions move soon
+        broker_heartbeat_interval=1.0,
+        stream_wait_empty=False, web_access_log=None,
+    )
+    membership = app.topic(membership_topic, key_serializer="raw", value_serializer="raw")
+
+    async def members(stream: faust.StreamT) -> None:
+        async for _ in stream:  # nothing is ever published here: the topic only forms the group
+            pass
+
+    app.agent(membership, name="membership")(members)
+    app.on_partitions_revoked.connect(on_revoked)
+    app.on_partitions_assigned.connect(on_assigned)
+
+    async def refresh() -> None:
+        await on_refresh()
+
+    app.timer(refresh_seconds)(refresh)
+    app.on_before_shutdown.connect(on_shutdown)
+    return app
