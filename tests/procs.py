@@ -28,8 +28,8 @@ def plant_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-class Worker:
-    """One ``tickplant rdb worker`` subprocess."""
+class PlantChild:
+    """One plant process (``python -m tickplant <argv>``) on a free port: kill -9 able."""
 
     def __init__(self, settings: Settings, node_id: str, log_dir: Path):
         self.settings = settings
@@ -39,29 +39,16 @@ class Worker:
         self.log_path = log_dir / f"{node_id}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> Worker:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tickplant", "rdb", "worker", "--id", self.node_id, "--port", str(self.port)],
-            env=plant_env(self.settings), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        log.close()
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> PlantChild:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tickplant", *self.argv()],
+                env=plant_env(self.settings), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
         return self
-
-    @property
-    def client(self) -> RdbClient:
-        return RdbClient(self.url, timeout=30)
-
-    def wait_serving(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc and self.proc.poll() is None, f"{self.node_id} died:\n{self.log_tail()}"
-            try:
-                self.client.status()
-                return
-            except RdbClientError:
-                time.sleep(0.2)
-        raise AssertionError(f"{self.node_id} not serving after {timeout}s:\n{self.log_tail()}")
 
     def kill9(self) -> None:
         assert self.proc
@@ -82,6 +69,32 @@ class Worker:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+class Worker(PlantChild):
+    """One ``tickplant rdb worker`` subprocess."""
+
+    def __init__(self, settings: Settings, node_id: str, log_dir: Path, replica: str = "a"):
+        super().__init__(settings, node_id, log_dir)
+        self.replica = replica
+
+    def argv(self) -> list[str]:
+        return ["rdb", "worker", "--id", self.node_id, "--port", str(self.port), "--replica", self.replica]
+
+    @property
+    def client(self) -> RdbClient:
+        return RdbClient(self.url, timeout=30)
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc and self.proc.poll() is None, f"{self.node_id} died:\n{self.log_tail()}"
+            try:
+                self.client.status()
+                return
+            except RdbClientError:
+                time.sleep(0.2)
+        raise AssertionError(f"{self.node_id} not serving after {timeout}s:\n{self.log_tail()}")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] = str) -> None:

@@ -1,0 +1,170 @@
+"""One partition's CEP state in RocksDB: analytics per sym, bars, input offsets, the outbox.
+
+Keys (bytes, raw mode)::
+
+  Moff <table>            -> last applied offset of that table's partition (ascii int)
+  Mday <table>            -> the trading day that table's rows are in now
+  Mseq                    -> the next output sequence number of this partition
+  Mbars                   -> the open bars, watermark and late counts (JSON)
+  S <sym>                 -> the sym's analytics states (JSON)
+  B <date> 00 <sym> 00 <bucket:8 BE> -> a closed bar (JSON), for GET /cep/v1/bars
+  O <seq:8 BE>            -> an output not yet known to be committed to Kafka
+
+``commit`` writes all of one batch's effects (states, offsets, bars and the
+outputs it produced, numbered) in one WriteBatch: the store is always "the
+log up to the offsets, with every output of it either committed to Kafka or
+in the outbox". Who publishes the outbox is ``streams.cep.outbox``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rocksdict import Options, Rdict, WriteBatch
+
+KINDS = ("bars", "analytics")
+
+
+class StoreError(RuntimeError):
+    """A partition store could not be opened; the message names it."""
+
+
+@dataclass
+class Output:
+    """One message for a derived topic: ``kind`` is ``bars`` or ``analytics``."""
+
+    seq: int
+    kind: str
+    key: bytes
+    value: bytes
+
+    def encode(self) -> bytes:
+        return bytes([KINDS.index(self.kind), len(self.key)]) + self.key + self.value
+
+    @classmethod
+    def decode(cls, seq: int, raw: bytes) -> Output:
+        klen = raw[1]
+        return cls(seq, KINDS[raw[0]], raw[2:2 + klen], raw[2 + klen:])
+
+
+def _seq_key(seq: int) -> bytes:
+    return b"O" + struct.pack(">q", seq)
+
+
+def _bar_key(date: str, sym: str, start_ns: int) -> bytes:
+    return b"B" + date.encode() + b"\x00" + sym.encode() + b"\x00" + struct.pack(">q", start_ns)
+
+
+class PartitionStore:
+    """The state of one partition (all tables) of one engine."""
+
+    def __init__(self, path: Path, open_timeout: float = 60.0):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        deadline = time.monotonic() + open_timeout
+        while True:
+            try:
+                self.db = Rdict(str(self.path), opts)
+                break
+            except Exception as exc:  # rocksdict raises a plain Exception; a lock means another owner
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise StoreError(f"cannot open CEP state {self.path}: {exc}") from exc
+                time.sleep(0.1)
+        self.offsets: dict[str, int] = {}
+        self.days: dict[str, str] = {}
+        for key, value in self.db.items(from_key=b"M"):
+            if not key.startswith(b"M"):
+                break
+            if key.startswith(b"Moff "):
+                self.offsets[key[5:].decode()] = int(value)
+            elif key.startswith(b"Mday "):
+                self.days[key[5:].decode()] = value.decode()
+        raw = self.db.get(b"Mseq")
+        self.next_seq: int = int(raw) if raw is not None else 0
+        raw = self.db.get(b"Mbars")
+        self.bars: dict[str, Any] = json.loads(raw) if raw is not None else {}
+        self.syms: dict[str, dict[str, Any]] = {}
+        for key, value in self.db.items(from_key=b"S"):
+            if not key.startswith(b"S"):
+                break
+            self.syms[key[1:].decode()] = json.loads(value)
+        self._outbox_low = self._first_outbox()
+        self.published_upto = self._outbox_low - 1  # outputs below the outbox are known committed
+
+    def _first_outbox(self) -> int:
+        for key, _ in self.db.items(from_key=b"O"):
+            if key.startswith(b"O"):
+                return struct.unpack(">q", key[1:9])[0]
+            break
+        return self.next_seq
+
+    def offset(self, table: str) -> int:
+        return self.offsets.get(table, -1)
+
+    def pending(self) -> list[Output]:
+        """The outbox: outputs written here that Kafka may not have committed yet."""
+        out = []
+        for key, value in self.db.items(from_key=b"O"):
+            if not key.startswith(b"O"):
+                break
+            out.append(Output.decode(struct.unpack(">q", key[1:9])[0], value))
+        return out
+
+    def commit(self, offsets: dict[str, int], days: dict[str, str], syms: dict[str, dict[str, Any]],
+               bars_state: dict[str, Any], closed: list[dict[str, Any]], outputs: list[Output],
+               drop_dates_before: str | None = None) -> None:
+        """One batch's effects in one RocksDB write (see the module docstring)."""
+        batch = WriteBatch(raw_mode=True)
+        for table, offset in offsets.items():
+            batch.put(b"Moff " + table.encode(), str(offset).encode())
+        for table, day in days.items():
+            batch.put(b"Mday " + table.encode(), day.encode())
+        for sym, state in syms.items():
+            batch.put(b"S" + sym.encode(), json.dumps(state).encode())
+        batch.put(b"Mbars", json.dumps(bars_state).encode())
+        for bar in closed:
+            batch.put(_bar_key(bar["date"], bar["sym"], bar["time"]), json.dumps(bar).encode())
+        if drop_dates_before:
+            batch.delete_range(b"B", b"B" + drop_dates_before.encode())
+        # outputs already committed to Kafka leave the outbox in the same write
+        if self.published_upto >= self._outbox_low:
+            batch.delete_range(_seq_key(self._outbox_low), _seq_key(self.published_upto + 1))
+        for out in outputs:
+            batch.put(_seq_key(out.seq), out.encode())
+        next_seq = outputs[-1].seq + 1 if outputs else self.next_seq
+        batch.put(b"Mseq", str(next_seq).encode())
+        self.db.write(batch)
+        self.offsets.update(offsets)
+        self.days.update(days)
+        self.bars = bars_state
+        self.next_seq = next_seq
+        self._outbox_low = max(self._outbox_low, self.published_upto + 1)
+
+    def mark_published(self, seq: int) -> None:
+        """Kafka committed every output up to ``seq``: the next commit drops them from the outbox."""
+        self.published_upto = max(self.published_upto, seq)
+
+    def closed_bars(self, date: str, sym: str, start: int | None, end: int | None) -> list[dict[str, Any]]:
+        """The sym's closed bars of the day with start <= bar start < end."""
+        prefix = b"B" + date.encode() + b"\x00" + sym.encode() + b"\x00"
+        first = prefix + struct.pack(">q", start if start is not None else -(1 << 63))
+        out = []
+        for key, value in self.db.items(from_key=first):
+            if not key.startswith(prefix):
+                break
+            bar = json.loads(value)
+            if end is not None and bar["time"] >= end:
+                break
+            out.append(bar)
+        return out
+
+    def close(self) -> None:
+        self.db.flush()
+        self.db.close()

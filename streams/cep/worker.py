@@ -1,0 +1,471 @@
+"""The real-time engine (kdb+ RTE / CEP): per-sym analytics and OHLCV bars from the log.
+
+Like the RDB (``streams.rdb``), the workers of one engine form a Faust
+consumer group on a membership topic (``_tp.cep.<engine>.assignment``):
+partition p of it stands for partition p of the trade and quote topics, a
+set of syms. Faust keeps the group, rebalances, the web views and the
+timers; the rows are read in bulk by a plain consumer thread, assigned
+those partitions from the offsets stored with the state (a Faust event per
+message would cap a worker at a few thousand messages a second).
+
+Per partition (``engine.PartitionEngine``): analytics of the registry
+(``streams.cep.analytics``: last trade, last quote with spread and mid, the
+day's open/high/low/close, volume, notional, trades, VWAP) and bars
+(``streams.cep.bars``: width ``bar_seconds``, closed by the trade
+partition's event-time watermark, by the sym's next bar, at end of day, or
+by the idle timer when the partition is quiet on the live day). Each read's
+effects go to the partition's RocksDB store in one write with the input
+offsets and the numbered outputs; the outputs are then committed to
+``rte.bars`` / ``rte.analytics`` in a Kafka transaction (``outbox``: why
+that is exactly-once across kill -9 and rebalances). Records are Avro with
+the plant's framing (``schemas/rte/*.avsc``, registered on the schemas
+topic, so ``make_decoder`` reads them anywhere), keyed by sym.
+
+End of day: the fence of a table in a partition (confirmed by the committed
+marker) closes that table's day there: open bars close (``eod``) and the
+table's analytics restart; the closed day's bars stay queryable one more day.
+
+Views (``http://127.0.0.1:<port>``; the syms this worker holds):
+  GET /cep/v1/analytics?syms=A,B  -> {"analytics": {sym: record}, "elsewhere": {sym: owner url|null},
+                                      "unknown": [syms of this worker's partitions with no ticks yet]}
+  GET /cep/v1/bars?syms=A&start=NS&end=NS&date=D
+      -> {"bars": [closed bars with start <= time < end, then the open one with "is_open": true]}
+  GET /cep/v1/status              -> partitions, offsets, watermarks, late trades, latency
+The worker's metadata record (kind ``cep``) on ``_tp.metadata`` carries its
+URL, engine, partitions and output topics, for the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import faust
+from confluent_kafka import TopicPartition
+from faust.types import TP
+from faust.web import View
+
+from ingest.deadletter import DeadLetters
+from ingest.eod import TradingCalendar, read_day_state
+from ingest.framing import DecodeError, control_of
+from ingest.logread import make_consumer
+from ingest.schema_topic import SchemaTopic, make_decoder
+from ingest.schemas import SchemaCatalog
+from ingest.topics import TopicNames, partition_for
+from streams.cep.analytics import check_schema, instances
+from streams.cep.engine import Message, PartitionEngine
+from streams.cep.outbox import PartitionPublisher
+from streams.cep.store import PartitionStore
+from streams.cep.topics import DEFAULT_ENGINE, CepTopics
+from streams.group import membership_app
+from streams.metadata import MetadataPublisher, read_metadata
+from streams.rdb import LatencySample, rss_bytes
+from tickplant.config import Settings
+
+log = logging.getLogger("tickplant.cep")
+FENCE_WAIT_SECONDS = 30.0
+READ_MESSAGES = 20_000
+READ_BYTES = 8 << 20
+TABLES = ("trade", "quote")
+
+
+class CepError(ValueError):
+    """A request or a setting the engine cannot take; the message says which and why."""
+
+
+def state_path(settings: Settings, engine: str, partition: int) -> Path:
+    return Path(settings.data_dir).resolve() / "cep" / engine / f"p{partition:03d}"
+
+
+class CepWorker:
+    """One worker of a CEP engine: a Faust app, its partitions' engines and publishers."""
+
+    def __init__(self, settings: Settings, node_id: str, port: int, engine: str = DEFAULT_ENGINE,
+                 bar_seconds: float = 60.0, grace_seconds: float = 1.0, idle_seconds: float | None = None):
+        if bar_seconds <= 0 or grace_seconds < 0:
+            raise CepError(f"bar width must be > 0 and grace >= 0 (got {bar_seconds}, {grace_seconds})")
+        self.settings = settings
+        self.node_id = node_id
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.engine_name = engine
+        self.width_ns = int(bar_seconds * 1e9)
+        self.grace_ns = int(grace_seconds * 1e9)
+        self.idle_ns = int((grace_seconds if idle_seconds is None else idle_seconds) * 1e9)
+        self.catalog = SchemaCatalog.load(settings.schemas_dir)
+        self.tables = [t for t in TABLES if t in self.catalog.tables]
+        if "trade" not in self.tables:
+            raise CepError(f"the CEP needs a 'trade' table; {settings.schemas_dir} has {', '.join(self.catalog.names)}")
+        rte_dir = Path(settings.schemas_dir) / "rte"
+        self.rte = SchemaCatalog.load(rte_dir)
+        check_schema(self.rte["analytics"].avro, str(rte_dir / "analytics.avsc"))
+        self.analytics = instances(set(self.tables))
+        self.topics = CepTopics(settings, engine)
+        self.partitions = self.topics.ensure(settings, self.catalog)
+        SchemaTopic(settings).register(self.rte)
+        self.names = TopicNames(settings.topic_prefix)
+        self.decoder = make_decoder(settings, self.catalog)
+        self.deadletters = DeadLetters(settings, f"cep:{node_id}")
+        self.calendar = TradingCalendar.from_settings(settings)
+        self.days = read_day_state(settings)
+        self.engines: dict[int, PartitionEngine] = {}
+        self.publishers: dict[int, PartitionPublisher] = {}
+        self.assigned: set[int] = set()
+        self._lock = threading.RLock()  # the reader applies, rebalances (re)assign, views read
+        self._reassign = False
+        self._halt = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, name="cep-reader", daemon=True)
+        self.last_seen: dict[int, float] = {}  # partition -> monotonic time of its last trade message
+        self.latency = LatencySample()
+        self.reads = 0
+        self.apply_seconds = 0.0
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.partitions), thread_name_prefix="cep-commit")
+        self.commits = 0
+        self.republished = 0
+        self.metadata = MetadataPublisher(settings, node_id)
+        self.peers: dict[str, dict[str, Any]] = {}
+        self.app = self._make_app()
+
+    # -- the Faust app ----------------------------------------------------------
+
+    def _make_app(self) -> faust.App:
+        s = self.settings
+        app = membership_app(
+            s, self.topics.group, self.topics.assignment,
+            Path(s.data_dir).resolve() / "cep" / self.engine_name / "workers" / self.node_id, self.port,
+            self.partitions, self._on_revoked, self._on_assigned, self._refresh, self._on_shutdown,
+        )
+        self._routes(app)
+        return app
+
+    def _parts(self, tps: set[TP]) -> set[int]:
+        return {tp.partition for tp in tps if tp.topic == self.topics.assignment}
+
+    async def _on_revoked(self, app: faust.App, revoked: set[TP], **_: Any) -> None:
+        """Stop the revoked partitions before the group moves on (the reader holds the lock
+        while it applies and publishes, so none is half done)."""
+        with self._lock:
+            for p in self._parts(revoked):
+                self._drop(p)
+            self._reassign = True
+
+    def _drop(self, p: int) -> None:
+        self.assigned.discard(p)
+        publisher = self.publishers.pop(p, None)
+        if publisher is not None:
+            publisher.close()
+        engine = self.engines.pop(p, None)
+        if engine is not None:
+            engine.store.close()  # releases the RocksDB lock for the next owner
+
+    async def _on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
+        loop = asyncio.get_running_loop()
+        parts = self._parts(assigned)
+        with self._lock:
+            for p in [p for p in self.engines if p not in parts]:
+                self._drop(p)
+            self.assigned = parts
+        for p in sorted(parts):
+            await loop.run_in_executor(None, self._open, p)
+        with self._lock:
+            self._reassign = True
+        if not self._reader.is_alive():
+            self._reader.start()
+
+    def _open(self, p: int) -> None:
+        """Open the partition's state, fence its previous owner, publish what it left unpublished."""
+        with self._lock:
+            if p in self.engines or p not in self.assigned:
+                return
+            store = PartitionStore(state_path(self.settings, self.engine_name, p))
+            engine = PartitionEngine(store, self.analytics, self.rte["bars"], self.rte["analytics"],
+                                     self.width_ns, self.grace_ns)
+            publisher = PartitionPublisher(self.settings, self.topics.transactional_id(self.settings, p),
+                                           self.topics.outputs, p)
+            self.republished += publisher.recover(store)
+            self.engines[p], self.publishers[p] = engine, publisher
+            self.last_seen[p] = time.monotonic()
+
+    async def _on_shutdown(self, app: faust.App, **_: Any) -> None:
+        self._halt.set()
+        if self._reader.is_alive():
+            self._reader.join(timeout=30)
+        with self._lock:
+            for p in list(self.engines):
+                self._drop(p)
+        self.metadata.goodbye()
+
+    # -- the data path ------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        """Read the assigned partitions of the trade and quote topics in bulk, from the stored offsets."""
+        consumer = make_consumer(self.settings, **{
+            "enable.partition.eof": False, "fetch.wait.max.ms": 5,
+            "queued.max.messages.kbytes": 32 * 1024, "fetch.max.bytes": 16 << 20,
+            "max.partition.fetch.bytes": 4 << 20,
+        })
+        topics = {self.names.table(t): t for t in self.tables}
+        next_idle_check = 0.0
+        try:
+            while not self._halt.is_set():
+                if self._reassign:
+                    with self._lock:
+                        self._reassign = False
+                        consumer.assign([
+                            TopicPartition(self.names.table(t), p, self.engines[p].store.offset(t) + 1)
+                            for p in sorted(self.engines) for t in self.tables
+                        ])
+                if not self.engines:
+                    self._halt.wait(0.05)
+                    continue
+                now = time.monotonic()
+                if now >= next_idle_check:
+                    next_idle_check = now + 0.1
+                    self._idle(now)
+                first = consumer.poll(0.05)
+                if first is None:
+                    continue
+                messages, size = [first], len(first.value() or b"")
+                while size < READ_BYTES and len(messages) < READ_MESSAGES:
+                    more = consumer.consume(min(512, READ_MESSAGES - len(messages)), timeout=0)
+                    if not more:
+                        break
+                    messages.extend(more)
+                    size += sum(len(m.value() or b"") for m in more)
+                by_part: dict[int, dict[str, list[Any]]] = {}
+                for msg in messages:
+                    if msg.error() is None:
+                        by_part.setdefault(msg.partition(), {}).setdefault(topics[msg.topic()], []).append(msg)
+                self.reads += 1
+                self._apply(by_part)
+        except Exception:  # a crash here must end the worker, not leave it serving stale analytics
+            log.exception("the CEP reader failed; stopping the worker")
+            os._exit(70)
+        finally:
+            consumer.close()
+            self._pool.shutdown(wait=False)
+
+    def _apply(self, by_part: dict[int, dict[str, list[Any]]]) -> None:
+        """Apply each partition's messages (one RocksDB write each), then commit their outputs,
+        the partitions' transactions in parallel (a commit is a broker round trip, ~10 ms here)."""
+        started = time.perf_counter()
+        with self._lock:
+            sending: list[tuple[int, list[Any]]] = []
+            newest = None
+            for p, tables in by_part.items():
+                engine = self.engines.get(p)
+                if engine is None:
+                    continue  # revoked meanwhile: the next owner reads it from the stored offset
+                batches = {t: [self._message(t, p, m) for m in msgs] for t, msgs in tables.items()}
+                if "trade" in tables:
+                    self.last_seen[p] = time.monotonic()
+                outputs = engine.apply(batches)
+                if outputs:
+                    self.publishers[p].send(outputs)
+                    sending.append((p, outputs))
+                for ms in batches.values():
+                    for m in ms:
+                        if m.rows and (newest is None or m.rows[-1]["time"] > newest):
+                            newest = m.rows[-1]["time"]
+            self.apply_seconds += time.perf_counter() - started
+            if len(sending) > 1:
+                list(self._pool.map(lambda item: self.publishers[item[0]].commit(item[1], self.engines[item[0]].store),
+                                    sending))
+            elif sending:
+                p, outputs = sending[0]
+                self.publishers[p].commit(outputs, self.engines[p].store)
+            self.commits += len(sending)
+        if newest is not None and sending:
+            self.latency.add(time.time_ns() - newest)
+
+    def _message(self, table: str, p: int, msg: Any) -> Message:
+        offset = msg.offset()
+        control = control_of(list(msg.headers()) if msg.headers() else None)
+        if control is not None:
+            return Message(offset, None, fence_date=self._fence_date(table, p, offset, control))
+        date = self.days.date_of(table, p, offset)
+        try:
+            rows = self.decoder.decode(msg.value())[1]
+        except DecodeError as exc:
+            where = f"{self.names.table(table)}[{p}]@{offset}"
+            self.deadletters.send(table, str(exc), msg.value() or b"", where=where)
+            rows = []
+        return Message(offset, rows, date.isoformat() if date else "")
+
+    def _fence_date(self, table: str, p: int, offset: int, control: str) -> str | None:
+        """The day a fence closes, once the committed marker confirms it (as the RDB waits)."""
+        deadline = time.monotonic() + FENCE_WAIT_SECONDS
+        date = self.days.fence_date(table, p, offset)
+        while date is None and time.monotonic() < deadline:
+            self.days = read_day_state(self.settings)
+            date = self.days.fence_date(table, p, offset)
+            if date is None:
+                time.sleep(0.2)
+        if date is None:
+            log.warning("fence %s at %s[%d]@%d has no committed marker (aborted roll?): ignored",
+                        control, table, p, offset)
+            return None
+        return date.isoformat()
+
+    def _idle(self, now: float) -> None:
+        """Close the bars of quiet partitions on the wall clock, on the live day only."""
+        open_date = self.days.open_date
+        wall = time.time_ns()
+        if open_date is None or self.calendar.trading_date(wall) != open_date:
+            return
+        for p in list(self.engines):
+            if now - self.last_seen.get(p, now) < self.idle_ns / 1e9:
+                continue
+            with self._lock:
+                engine = self.engines.get(p)
+                if engine is None or engine.store.days.get("trade", open_date.isoformat()) != open_date.isoformat():
+                    continue
+                outputs = engine.advance(wall - self.grace_ns)
+                if outputs:
+                    self.publishers[p].publish(outputs, engine.store)
+                    self.commits += 1
+
+    # -- housekeeping --------------------------------------------------------------
+
+    async def _refresh(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.days = await loop.run_in_executor(None, read_day_state, self.settings)
+        self.metadata.publish(self.holdings())
+        try:
+            self.peers = await loop.run_in_executor(None, read_metadata, self.settings)
+        except Exception as exc:  # noqa: BLE001 - routing keeps the last view
+            log.warning("could not read metadata: %s", exc)
+
+    def holdings(self) -> dict[str, Any]:
+        """The metadata record: where this worker answers and what it computes."""
+        return {
+            "kind": "cep", "url": self.url, "engine": self.engine_name, "pid": os.getpid(), "rss": rss_bytes(),
+            "partitions": sorted(self.assigned), "serving": bool(self.assigned) and set(self.engines) == self.assigned,
+            "outputs": self.topics.outputs, "inputs": [self.names.table(t) for t in self.tables],
+            "bar_seconds": self.width_ns / 1e9, "analytics": [a.name for a in self.analytics],
+            "open_date": self.days.open_date.isoformat() if self.days.open_date else None,
+        }
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            parts = {}
+            for p, engine in sorted(self.engines.items()):
+                c = engine.counters
+                parts[str(p)] = {
+                    "offsets": dict(engine.store.offsets), "days": dict(engine.store.days),
+                    "watermark": engine.book.wm, "open_bars": len(engine.book.open), "syms": len(engine.store.syms),
+                    "late_trades": dict(engine.book.late), "rows": c.rows, "messages": c.messages,
+                    "bars_closed": c.bars, "analytics_published": c.analytics, "fences": c.fences,
+                    "next_seq": engine.store.next_seq, "transactions": self.publishers[p].commits,
+                    "commit_ms_avg": round(1000 * self.publishers[p].commit_seconds
+                                           / max(1, self.publishers[p].commits), 2),
+                }
+        return {"node": self.node_id, **self.holdings(), "reads": self.reads, "commits": self.commits,
+                "apply_ms_avg": round(1000 * self.apply_seconds / max(1, self.reads), 2),
+                "republished_after_restart": self.republished,
+                "rows": sum(v["rows"] for v in parts.values()), "partition_state": parts,
+                "visible_latency_ms": self.latency.percentiles()}
+
+    # -- queries --------------------------------------------------------------------
+
+    def _syms(self, request: Any) -> tuple[dict[int, list[str]], dict[str, str | None]]:
+        """The asked syms by local partition, and those held elsewhere (owner URL or None)."""
+        raw = request.query.get("syms", "")
+        syms = [s for s in raw.split(",") if s]
+        local: dict[int, list[str]] = {}
+        elsewhere: dict[str, str | None] = {}
+        if not syms:
+            with self._lock:
+                for p, engine in self.engines.items():
+                    local[p] = sorted(engine.store.syms)
+            return local, elsewhere
+        for sym in syms:
+            p = partition_for(sym, self.partitions)
+            if p in self.engines:
+                local.setdefault(p, []).append(sym)
+            else:
+                elsewhere[sym] = next((r["url"] for r in self.peers.values()
+                                       if r.get("kind") == "cep" and r.get("engine") == self.engine_name
+                                       and p in r.get("partitions", [])), None)
+        return local, elsewhere
+
+    def analytics_view(self, request: Any) -> dict[str, Any]:
+        local, elsewhere = self._syms(request)
+        out: dict[str, Any] = {}
+        unknown: list[str] = []
+        with self._lock:
+            for p, syms in local.items():
+                engine = self.engines.get(p)
+                for sym in syms:
+                    record = engine.snapshot(sym) if engine else None
+                    if record is None:
+                        unknown.append(sym)
+                    else:
+                        out[sym] = record
+        return {"engine": self.engine_name, "analytics": out, "elsewhere": elsewhere, "unknown": sorted(unknown)}
+
+    def bars_view(self, request: Any) -> dict[str, Any]:
+        q = request.query
+        bounds: dict[str, int | None] = {}
+        for name in ("start", "end"):
+            try:
+                bounds[name] = int(q[name]) if q.get(name) else None
+            except ValueError:
+                raise CepError(f"{name}={q[name]!r} is not an integer (ns since the epoch)") from None
+        start, end = bounds["start"], bounds["end"]
+        date = q.get("date") or None
+        if date:
+            try:
+                dt.date.fromisoformat(date)
+            except ValueError:
+                raise CepError(f"date={date!r} is not YYYY-MM-DD") from None
+        local, elsewhere = self._syms(request)
+        bars: list[dict[str, Any]] = []
+        with self._lock:
+            for p, syms in sorted(local.items()):
+                engine = self.engines.get(p)
+                if engine is None:
+                    continue
+                day = date or engine.store.days.get("trade", "")
+                for sym in sorted(syms):
+                    bars.extend({**b, "is_open": False} for b in engine.store.closed_bars(day, sym, start, end))
+                    bar = engine.book.open_bar(sym, day) if day == engine.store.days.get("trade", "") else None
+                    if bar is not None and (start is None or bar["time"] >= start) \
+                            and (end is None or bar["time"] < end):
+                        bars.append({**bar, "is_open": True})
+        return {"engine": self.engine_name, "bar_seconds": self.width_ns / 1e9, "bars": bars, "elsewhere": elsewhere}
+
+    def _routes(self, app: faust.App) -> None:
+        worker = self
+
+        @app.page("/cep/v1/analytics")
+        class Analytics(View):
+            async def get(self, request: Any) -> Any:
+                return self.json(worker.analytics_view(request))
+
+        @app.page("/cep/v1/bars")
+        class Bars(View):
+            async def get(self, request: Any) -> Any:
+                try:
+                    return self.json(worker.bars_view(request))
+                except CepError as exc:
+                    return self.error(400, str(exc))
+
+        @app.page("/cep/v1/status")
+        class Status(View):
+            async def get(self, request: Any) -> Any:
+                return self.json(worker.status())
+
+
+def run_worker(settings: Settings, node_id: str, port: int, **options: Any) -> None:
+    """Run one CEP worker until SIGTERM/SIGINT (``tickplant cep run``)."""
+    worker = CepWorker(settings, node_id, port, **options)
+    faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
