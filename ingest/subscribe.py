@@ -1,7 +1,12 @@
-"""Subscription (kdb+'s ``.u.sub[table; syms]``): one table's rows, filtered by sym, live.
+"""Subscription (kdb+'s ``.u.sub[table; syms]``): one source's rows, filtered by sym, live.
 
-Starts from now (the log's end) or from the start of the open day. Only the
-partitions that hold the requested syms are read, since key = sym.
+A source is a topic keyed by sym carrying framed Avro rows: a plant table's
+log (``trade``, ``quote``) or a real-time engine's derived topic
+(``<prefix>rte.bars``; pass ``topic=``). Starts from now (the log's end) or,
+for a table, from the start of the open day. Only the partitions that hold the
+requested syms are read, since key = sym. ``start_offsets`` records where each
+partition's reading began, so a caller can take a snapshot after it and know
+that no row published later is missed (the gateway's hub does).
 
     with Subscription(settings, "trade", ["AAPL", "MSFT"], since="sod") as sub:
         for row in sub:
@@ -32,16 +37,27 @@ class Subscription:
         syms: list[str] | None = None,
         since: str = "now",
         catalog: SchemaCatalog | None = None,
+        topic: str | None = None,
     ):
+        """``topic`` reads that topic (a derived source) instead of ``table``'s log; ``table``
+        is then only the source's name and need not be in the catalog: rows decode with
+        their writer's schema from the schemas topic."""
         if since not in ("now", "sod"):
             raise ValueError(f"since must be 'now' or 'sod' (start of day), not {since!r}")
         self.catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
-        self.table = self.catalog[table].name
+        if topic is None:
+            self.table = self.catalog[table].name
+            self.topic = TopicNames(settings.topic_prefix).table(self.table)
+        else:
+            if since == "sod":
+                raise ValueError(f"since='sod' needs a plant table's day; {table!r} is a derived source")
+            self.table, self.topic = table, topic
         self.syms = set(syms) if syms else None
-        self.topic = TopicNames(settings.topic_prefix).table(self.table)
         self.decoder = make_decoder(settings, self.catalog)
         self.errors: list[str] = []
-        count = partition_counts(settings, [self.topic])[self.topic]
+        count = partition_counts(settings, [self.topic]).get(self.topic)
+        if count is None:
+            raise ValueError(f"source {self.table!r}: topic {self.topic!r} does not exist")
         parts = sorted({partition_for(s, count) for s in self.syms}) if self.syms else list(range(count))
         self.consumer = make_consumer(settings, **{"enable.partition.eof": False})
         if since == "sod":
@@ -49,16 +65,28 @@ class Subscription:
             starts = {p: state.start_of_open_day(self.table, p) for p in parts}
         else:
             starts = {p: watermarks(self.consumer, self.topic, p)[1] for p in parts}
+        self.start_offsets: dict[int, int] = starts
         self.consumer.assign([TopicPartition(self.topic, p, starts[p]) for p in parts])
 
     def poll(self, timeout: float = 0.5, max_messages: int = 1000) -> list[dict[str, Any]]:
-        """Rows that arrived since the last poll (waits up to ``timeout`` for the first)."""
+        """Rows that arrived since the last poll (waits up to ``timeout`` for the first).
+
+        Returns as soon as one message is there, with whatever else is already
+        fetched: ``consume(n, timeout)`` alone would wait out its timeout unless n
+        messages came, which costs a live subscriber its latency.
+        """
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return []
+        messages = [first]
+        if max_messages > 1:
+            messages.extend(self.consumer.consume(max_messages - 1, timeout=0))
         out: list[dict[str, Any]] = []
-        for msg in self.consumer.consume(max_messages, timeout=timeout):
+        for msg in messages:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
-                    self.errors.append(str(err))
+                    self.errors.append(f"{self.topic}: {err}")
                 continue
             if control_of(msg.headers()):
                 continue

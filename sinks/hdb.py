@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import queue
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -85,40 +87,87 @@ CLIENT_SETTINGS = {
     "output_format_arrow_compression_method": "none",
     "use_hive_partitioning": 1,  # `date` from the path (the default on recent servers; older ones need it)
 }
-_clients: dict[str, Any] = {}
-_clients_lock = threading.Lock()
+POOL_SIZE = max(2, os.cpu_count() or 2)
 
 
-def connect(url: str) -> Any:
-    """A clickhouse-connect client: ``chdb://`` embedded (one per process), else a server."""
-    import clickhouse_connect
+class ClientPool:
+    """clickhouse-connect clients for one URL, leased one per query.
 
+    One chDB client runs one query at a time (it holds a lock for the whole
+    call), so answering several users at once takes several clients; and
+    per-call settings cost the chDB backend a SET and a restore around every
+    query (about 10 ms), so pooled clients carry none: ``run`` sends the
+    settings inline, as a SETTINGS clause.
+    """
+
+    def __init__(self, url: str, size: int = POOL_SIZE):
+        if not url.startswith(("chdb:", "http://", "https://")):
+            raise HdbQueryError(f"clickhouse_url {url!r} is neither chdb:// nor http(s)://")
+        self.url = url
+        self._idle: queue.LifoQueue = queue.LifoQueue()
+        self._slots = threading.Semaphore(size)
+
+    def _new(self) -> Any:
+        import clickhouse_connect
+
+        extra = {} if self.url.startswith("chdb:") else {"autogenerate_session_id": False}  # concurrent queries
+        return clickhouse_connect.get_client(dsn=self.url, **extra)
+
+    @contextmanager
+    def lease(self) -> Iterator[Any]:
+        with self._slots:
+            try:
+                client = self._idle.get_nowait()
+            except queue.Empty:
+                client = self._new()
+            try:
+                yield client
+            except BaseException:
+                # A chDB client that failed mid-query (a timeout) hands its next caller a
+                # corrupt answer ("Invalid flatbuffers message"): never reuse one.
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001 - it is being thrown away
+                    pass
+                raise
+            self._idle.put(client)
+
+    def run(self, sql: str, settings: dict[str, Any] | None = None, parameters: dict[str, Any] | None = None) -> pa.Table:
+        """``sql`` with ``CLIENT_SETTINGS`` and ``settings`` as Arrow (inline unless the
+        statement has a SETTINGS clause of its own)."""
+        merged = {**CLIENT_SETTINGS, **(settings or {})}
+        inline = "settings" not in sql.lower()
+        text = f"{sql.rstrip().rstrip(';')}\nSETTINGS {settings_clause(merged)}" if inline else sql
+        with self.lease() as client:
+            return client.query_arrow(text, parameters=parameters, settings=None if inline else merged)
+
+
+def settings_clause(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {quote(v) if isinstance(v, str) else int(v) if isinstance(v, bool) else v}"
+                     for k, v in settings.items())
+
+
+_pools: dict[str, ClientPool] = {}
+_pools_lock = threading.Lock()
+
+
+def pool(url: str) -> ClientPool:
+    """The process's client pool for ``url`` (``chdb://`` embedded, else a server)."""
     url = url or "chdb://"
-    with _clients_lock:
-        client = _clients.get(url)
-        if client is None:
-            if not url.startswith(("chdb:", "http://", "https://")):
-                raise HdbQueryError(f"clickhouse_url {url!r} is neither chdb:// nor http(s)://")
-            extra = {} if url.startswith("chdb:") else {"autogenerate_session_id": False}  # concurrent queries
-            client = _clients[url] = clickhouse_connect.get_client(dsn=url, settings=CLIENT_SETTINGS, **extra)
-        return client
+    with _pools_lock:
+        if url not in _pools:
+            _pools[url] = ClientPool(url)
+        return _pools[url]
 
 
 class HdbQuery:
     """Queries over the HDB root of ``settings`` (``settings.clickhouse_url`` runs them)."""
 
-    def __init__(self, settings: Settings, store: HdbStore | None = None, catalog: SchemaCatalog | None = None,
-                 client: Any = None):
+    def __init__(self, settings: Settings, store: HdbStore | None = None, catalog: SchemaCatalog | None = None):
         self.settings = settings
         self.store = store or HdbStore.from_settings(settings)
         self.catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = connect(self.settings.clickhouse_url)
-        return self._client
+        self.pool = pool(settings.clickhouse_url)
 
     # -- sources ------------------------------------------------------------------
 
@@ -147,19 +196,27 @@ class HdbQuery:
     def source(self, table: str, start: dt.date | str | None = None, end: dt.date | str | None = None,
                columns: Sequence[str] | None = None) -> str:
         """A FROM-able subquery: ``table``'s published days in [start, end], with ``date``."""
-        if table not in self.catalog.tables:
-            raise HdbQueryError(f"unknown table {table!r}; tables: {', '.join(self.catalog.names)}")
-        schema = self.catalog[table].arrow_schema
+        self._check(table, columns)
+        return self.source_days(table, self.dates(table, start, end), columns)
+
+    def source_days(self, table: str, dates: Sequence[dt.date], columns: Sequence[str] | None = None) -> str:
+        """The same over exactly these published days (the gateway picks them)."""
+        schema = self._check(table, columns)
         cols = list(columns) if columns else schema.names
-        unknown = [c for c in cols if c not in schema.names and c != "date"]
-        if unknown:
-            raise HdbQueryError(f"{table} has no column(s) {', '.join(unknown)}; columns: {', '.join(schema.names)}")
         select = ", ".join(f"`{c}`" for c in cols if c != "date")
-        dates = self.dates(table, start, end)
         if not dates:
             structure = quote(clickhouse_structure(schema))
             return f"(SELECT {select}, toDate(0) AS date FROM null({structure}))"
         return f"(SELECT {select}, date FROM {self._location(table, dates)})"
+
+    def _check(self, table: str, columns: Sequence[str] | None) -> pa.Schema:
+        if table not in self.catalog.tables:
+            raise HdbQueryError(f"unknown table {table!r}; tables: {', '.join(self.catalog.names)}")
+        schema = self.catalog[table].arrow_schema
+        unknown = [c for c in columns or () if c not in schema.names and c != "date"]
+        if unknown:
+            raise HdbQueryError(f"{table} has no column(s) {', '.join(unknown)}; columns: {', '.join(schema.names)}")
+        return schema
 
     def expand(self, query: str) -> str:
         """``{table}`` placeholders replaced by the table's whole history."""
@@ -174,7 +231,7 @@ class HdbQuery:
             settings: dict[str, Any] | None = None) -> pa.Table:
         """Run ClickHouse SQL (``{trade}`` = the trade table's history) and return Arrow."""
         try:
-            return self.client.query_arrow(self.expand(query), parameters=parameters, settings=settings)
+            return self.pool.run(self.expand(query), settings, parameters)
         except HdbQueryError:
             raise
         except Exception as exc:  # the driver's DatabaseError: say it in one line
@@ -184,13 +241,7 @@ class HdbQuery:
 
     @staticmethod
     def _syms(syms: Sequence[str] | str | None) -> str:
-        if syms is None:
-            return "1"
-        if isinstance(syms, str):
-            syms = [syms]
-        if not syms:
-            return "0"
-        return f"sym IN ({', '.join(quote(s) for s in syms)})"
+        return sym_filter(syms)
 
     def _range(self, start: dt.date | str | None, end: dt.date | str | None) -> tuple[dt.date | None, dt.date | None]:
         lo, hi = _date(start), _date(end)
@@ -210,57 +261,89 @@ class HdbQuery:
     def aj(self, start: dt.date | str, end: dt.date | str | None = None, syms: Sequence[str] | str | None = None,
            trade: str = "trade", quote_table: str = "quote", trade_columns: Sequence[str] | None = None,
            quote_columns: Sequence[str] = ("bid", "ask"), ordered: bool = False) -> pa.Table:
-        """kdb+'s ``aj[`sym`time; trade; quote]`` per date (a ClickHouse ASOF JOIN): each trade
-        with its sym's latest quote at or before its time, same date, never a later one; no
-        quote yet -> nulls. ``quote_time`` is the matched quote's time.
+        """kdb+'s ``aj[`sym`time; trade; quote]`` per date: see ``aj_sql``.
 
         Rows come in no set order unless ``ordered`` (by date, sym, time: about a second
         more for 10M rows on 2 cores).
         """
         lo, hi = self._range(start, end)
         tcols = list(trade_columns or self.catalog[trade].columns)
-        tcols = ["sym", "time", *(c for c in tcols if c not in ("sym", "time", "date"))]
-        qcols = [c for c in quote_columns if c not in ("sym", "time", "date")]
-        where = self._syms(syms)
-        t_select = ", ".join(f"t.`{c}` AS `{c}`" for c in tcols)
-        q_select = "".join(f"q.`{c}` AS `{c}`, " for c in qcols)
-        same_day = "t.date = q.date AND " if lo is None or lo != hi else ""  # one day: no need to match dates
-        q_inner = ", ".join([*(["date"] if same_day else []), "sym", "time", *(f"`{c}`" for c in qcols)])
-        order = "ORDER BY date, sym, time" if ordered else ""
-        return self.sql(f"""
-            SELECT t.date AS date, {t_select}, {q_select}q.time AS quote_time
-            FROM (SELECT date, {", ".join(f"`{c}`" for c in tcols)} FROM {self.source(trade, lo, hi)}
-                  WHERE {where}) AS t
-            ASOF LEFT JOIN (SELECT {q_inner} FROM {self.source(quote_table, lo, hi)} WHERE {where}) AS q
-            ON {same_day}t.sym = q.sym AND t.time >= q.time
-            {order}
-            SETTINGS join_use_nulls = 1
-        """)
+        sql = aj_sql(self.source(trade, lo, hi), self.source(quote_table, lo, hi), tcols, quote_columns,
+                     self._syms(syms), one_day=lo is not None and lo == hi, ordered=ordered)
+        return self.sql(sql, settings=AJ_SETTINGS)
 
     def bars(self, syms: Sequence[str] | str | None, start: dt.date | str, end: dt.date | str | None = None,
              minutes: int = 1, table: str = "trade") -> pa.Table:
-        """OHLC bars of ``minutes`` per sym: open/close are the first/last trade by time."""
+        """OHLC bars of ``minutes`` per sym: see ``bars_sql``."""
         lo, hi = self._range(start, end)
-        if int(minutes) <= 0:
-            raise HdbQueryError("minutes must be positive")
-        return self.sql(f"""
-            SELECT date, sym, toDateTime64(toStartOfInterval(time, INTERVAL {int(minutes)} MINUTE), 9, 'UTC') AS bar,
-                   argMin(price, time) AS open, max(price) AS high, min(price) AS low, argMax(price, time) AS close,
-                   sum(size) AS volume, sum(price * size) / sum(size) AS vwap, count() AS trades
-            FROM {self.source(table, lo, hi, ["sym", "time", "price", "size"])}
-            WHERE {self._syms(syms)}
-            GROUP BY date, sym, bar
-            ORDER BY sym, bar
-        """)
+        return self.sql(bars_sql(self.source(table, lo, hi, ["sym", "time", "price", "size"]),
+                                 self._syms(syms), minutes))
 
     def vwap(self, syms: Sequence[str] | str | None, start: dt.date | str, end: dt.date | str | None = None,
              table: str = "trade") -> pa.Table:
         """Volume-weighted average price per sym per day."""
         lo, hi = self._range(start, end)
-        return self.sql(f"""
-            SELECT date, sym, sum(price * size) / sum(size) AS vwap, sum(size) AS volume, count() AS trades
-            FROM {self.source(table, lo, hi, ["sym", "price", "size"])}
-            WHERE {self._syms(syms)}
-            GROUP BY date, sym
-            ORDER BY date, sym
-        """)
+        return self.sql(vwap_sql(self.source(table, lo, hi, ["sym", "price", "size"]), self._syms(syms)))
+
+
+# -- the analytics' SQL, over any FROM-able source: the HDB's here, today+history in the gateway --
+
+AJ_SETTINGS = {"join_use_nulls": 1}  # a trade before its sym's first quote gets nulls, not zeros
+
+
+def sym_filter(syms: Sequence[str] | str | None) -> str:
+    """A WHERE condition on ``sym`` (None: every sym)."""
+    if syms is None:
+        return "1"
+    if isinstance(syms, str):
+        syms = [syms]
+    if not syms:
+        return "0"
+    return f"sym IN ({', '.join(quote(s) for s in syms)})"
+
+
+def aj_sql(trade_source: str, quote_source: str, trade_columns: Sequence[str], quote_columns: Sequence[str],
+           where: str, one_day: bool = False, ordered: bool = False) -> str:
+    """kdb+'s ``aj[`sym`time; trade; quote]`` per date (a ClickHouse ASOF JOIN): each trade
+    with its sym's latest quote at or before its time, same date, never a later one; no
+    quote yet -> nulls (run with ``AJ_SETTINGS``). ``quote_time`` is the matched quote's time."""
+    tcols = ["sym", "time", *(c for c in trade_columns if c not in ("sym", "time", "date"))]
+    qcols = [c for c in quote_columns if c not in ("sym", "time", "date")]
+    t_select = ", ".join(f"t.`{c}` AS `{c}`" for c in tcols)
+    q_select = "".join(f"q.`{c}` AS `{c}`, " for c in qcols)
+    same_day = "" if one_day else "t.date = q.date AND "  # one day: no need to match dates
+    q_inner = ", ".join([*(["date"] if same_day else []), "sym", "time", *(f"`{c}`" for c in qcols)])
+    order = "ORDER BY date, sym, time" if ordered else ""
+    return f"""
+        SELECT t.date AS date, {t_select}, {q_select}q.time AS quote_time
+        FROM (SELECT date, {", ".join(f"`{c}`" for c in tcols)} FROM {trade_source} WHERE {where}) AS t
+        ASOF LEFT JOIN (SELECT {q_inner} FROM {quote_source} WHERE {where}) AS q
+        ON {same_day}t.sym = q.sym AND t.time >= q.time
+        {order}
+    """
+
+
+def bars_sql(source: str, where: str, minutes: int) -> str:
+    """OHLC bars of ``minutes`` per sym: open/close are the first/last trade by time."""
+    if int(minutes) <= 0:
+        raise HdbQueryError("minutes must be positive")
+    return f"""
+        SELECT date, sym, toDateTime64(toStartOfInterval(time, INTERVAL {int(minutes)} MINUTE), 9, 'UTC') AS bar,
+               argMin(price, time) AS open, max(price) AS high, min(price) AS low, argMax(price, time) AS close,
+               sum(size) AS volume, sum(price * size) / sum(size) AS vwap, count() AS trades
+        FROM {source}
+        WHERE {where}
+        GROUP BY date, sym, bar
+        ORDER BY sym, bar
+    """
+
+
+def vwap_sql(source: str, where: str) -> str:
+    """Volume-weighted average price, volume and trade count per sym per day."""
+    return f"""
+        SELECT date, sym, sum(price * size) / sum(size) AS vwap, sum(size) AS volume, count() AS trades
+        FROM {source}
+        WHERE {where}
+        GROUP BY date, sym
+        ORDER BY date, sym
+    """

@@ -1,18 +1,30 @@
-"""A small synchronous client for an RDB worker's HTTP views (the gateway, the CLI, tests)."""
+"""A small synchronous client for an RDB worker's HTTP views (the gateway, the CLI, tests).
+
+Connections are kept alive and shared by every client of the process (urllib3's
+pool is thread-safe): the gateway asks the same few workers many times a second.
+"""
 
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 import pyarrow as pa
+import urllib3
+
+_HTTP = urllib3.PoolManager(num_pools=64, maxsize=32, retries=False)
 
 
 class RdbClientError(RuntimeError):
-    """The worker refused the request or could not be reached; the message says which."""
+    """The worker refused the request or could not be reached; the message says which.
+
+    ``status`` is the HTTP status, or None when the worker did not answer at all.
+    """
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class RdbClient:
@@ -24,31 +36,35 @@ class RdbClient:
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v not in (None, "", [])})
         url = f"{self.url}{path}" + (f"?{query}" if query else "")
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as resp:
-                return resp.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
+            resp = _HTTP.request("GET", url, timeout=urllib3.Timeout(connect=min(5.0, self.timeout),
+                                                                    read=self.timeout))
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise RdbClientError(f"RDB worker at {self.url} unreachable: {exc}") from None
+        body = resp.data
+        if resp.status != 200:
             try:
                 reason = json.loads(body).get("error", body.decode(errors="replace"))
             except ValueError:
                 reason = body.decode(errors="replace")
-            raise RdbClientError(f"{url}: {exc.code} {reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise RdbClientError(f"RDB worker at {self.url} unreachable: {exc}") from None
+            raise RdbClientError(f"{url}: {resp.status} {reason}", resp.status) from None
+        return body
 
     @staticmethod
     def _params(syms: list[str] | None, date: str | None, **extra: Any) -> dict[str, Any]:
         return {"syms": ",".join(syms) if syms else None, "date": date, **extra}
 
     def rows(self, table: str, syms: list[str] | None = None, start: int | None = None,
-             end: int | None = None, columns: list[str] | None = None, date: str | None = None) -> pa.Table:
+             end: int | None = None, columns: list[str] | None = None, date: str | None = None,
+             local: bool = False) -> pa.Table:
+        """``local``: only this worker's own partitions, never forwarded (the gateway routes)."""
         params = self._params(syms, date, start=start, end=end,
-                              columns=",".join(columns) if columns else None)
+                              columns=",".join(columns) if columns else None, local="1" if local else None)
         return pa.ipc.open_stream(self._get(f"/rdb/v1/{table}/rows", params)).read_all()
 
     def last(self, table: str, syms: list[str] | None = None, columns: list[str] | None = None,
-             date: str | None = None) -> pa.Table:
-        params = self._params(syms, date, columns=",".join(columns) if columns else None)
+             date: str | None = None, local: bool = False) -> pa.Table:
+        params = self._params(syms, date, columns=",".join(columns) if columns else None,
+                              local="1" if local else None)
         return pa.ipc.open_stream(self._get(f"/rdb/v1/{table}/last", params)).read_all()
 
     def count(self, table: str, syms: list[str] | None = None, date: str | None = None) -> dict[str, int]:

@@ -1,0 +1,259 @@
+"""The gateway: one HTTP entry over today and history, with entitlements (FastAPI).
+
+kdb+ users send a query to one gateway, which knows which RDBs and HDBs hold
+what, asks them, and joins the answers. Ours does the same over HTTP:
+
+    GET  /v1/health                  the plant as the gateway sees it
+    GET  /v1/tables                  tables, columns, days in the RDB and the HDB
+    POST /v1/sql  {"query": "..."}   a ClickHouse SELECT; ``trade`` = today + history, with ``date``
+    GET  /v1/trades, /v1/quotes, /v1/last, /v1/bars, /v1/vwap, /v1/aj   named queries
+    WS   /v1/ws, GET /v1/subscribe/{source}                           live subscriptions
+    GET  /docs, /openapi.json
+
+Answers are JSON (default), CSV or an Arrow IPC stream by the Accept header (or
+``format=``), streamed batch by batch. Every request is authenticated
+(``Authorization: Bearer <token>`` or ``X-API-Key``), checked against the
+user's grants on the parsed statement, run with a row limit and a timeout, and
+logged to the query log (itself the ``query_log`` table).
+
+Errors are JSON ``{"error": "..."}`` with the status saying whose fault: 400 bad
+SQL or parameter, 401 unknown key, 403 not entitled, 408 timeout, 413 over the
+row limit, 503 data temporarily unavailable (retry).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from gateway import named, output, querylog
+from gateway.auth import Unauthorized, User, Users
+from gateway.engine import Answer, Engine, QueryFailed
+from gateway.policy import authorize, check_subscription
+from gateway.querylog import QueryLog
+from gateway.routing import Routing
+from gateway.sql import Forbidden, SqlError, parse_select
+from ingest.schemas import SchemaCatalog
+from sinks.hdb import HdbQuery, HdbQueryError
+from tickplant.config import Settings
+
+
+class SqlRequest(BaseModel):
+    query: str = Field(..., description="One ClickHouse SELECT over the plant's tables", min_length=1)
+    limit: int | None = Field(None, gt=0, description="Row limit (at most the gateway's)")
+    timeout: float | None = Field(None, gt=0, description="Seconds (at most the gateway's)")
+
+
+class Gateway:
+    """What the routes share: the engine, the users, the query log."""
+
+    def __init__(self, settings: Settings, routing: Routing | None = None, users: Users | None = None):
+        self.settings = settings
+        self.catalog = SchemaCatalog.load(settings.schemas_dir)
+        self.routing = routing or Routing(settings)
+        self.query_log = QueryLog(Path(settings.data_dir) / "gateway" / "query_log.jsonl")
+        self.engine = Engine(settings, self.routing, HdbQuery(settings, catalog=self.catalog),
+                             self.catalog, self.query_log)
+        self.users = users or (Users.load(Path(settings.gateway_users_file)) if settings.gateway_users_file
+                               else Users.open())
+        # what entitlements check against: the plant's tables and the query log, each with `date`
+        self.table_columns = {**self.engine.tables, querylog.TABLE: [*querylog.COLUMNS, "date"]}
+        self.users.validate(self.table_columns)
+        self.started = time.time()
+
+    def answer(self, user: User, endpoint: str, statement: str, request: Request, *,
+               limit: int | None = None, timeout: float | None = None, settings: dict[str, Any] | None = None,
+               rdb_view: str = "rows", fmt: str | None = None) -> StreamingResponse:
+        """Parse, authorise, run, log and stream one statement; errors are logged and raised."""
+        started = time.monotonic()
+        try:
+            kind = output.media_type(request.headers.get("accept"), fmt)
+            ast = authorize(parse_select(statement), user, self.table_columns)
+            result: Answer = self.engine.run(ast, limit=limit, timeout=timeout, settings=settings,
+                                             rdb_view=rdb_view)
+        except Exception as exc:
+            status = _status(exc)
+            self.query_log.record(user.name, endpoint, statement, (time.monotonic() - started) * 1e3, 0,
+                                  _outcome(status), status, str(exc))
+            raise
+        elapsed_ms = (time.monotonic() - started) * 1e3
+        self.query_log.record(user.name, endpoint, statement, elapsed_ms, result.table.num_rows, "ok", 200)
+        extra = {"elapsed_ms": round(elapsed_ms, 3)}
+        headers = {"X-Rows": str(result.table.num_rows), "X-Elapsed-Ms": f"{elapsed_ms:.3f}"}
+        return StreamingResponse(output.chunks(result.table, kind, extra), media_type=kind, headers=headers)
+
+
+def current_user(request: Request) -> User:
+    """The caller, from ``Authorization: Bearer <token>`` or ``X-API-Key``."""
+    header = request.headers.get("authorization") or request.headers.get("x-api-key")
+    return request.app.state.gateway.users.authenticate(header)
+
+
+UserDep = Annotated[User, Depends(current_user)]
+
+
+def _status(exc: BaseException) -> int:
+    if isinstance(exc, QueryFailed):
+        return exc.status
+    if isinstance(exc, Forbidden):
+        return 403
+    if isinstance(exc, Unauthorized):
+        return 401
+    if isinstance(exc, SqlError | named.BadParameter | HdbQueryError | ValueError):
+        return 400
+    return 500
+
+
+def _outcome(status: int) -> str:
+    return {400: "bad request", 401: "unauthorized", 403: "denied", 408: "timeout", 413: "too many rows",
+            503: "unavailable"}.get(status, "error")
+
+
+def create_app(settings: Settings, routing: Routing | None = None, users: Users | None = None) -> FastAPI:
+    gw = Gateway(settings, routing, users)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Iterator[None]:
+        if not gw.routing._thread.is_alive():
+            gw.routing.start()
+        hub = getattr(app.state, "hub", None)
+        try:
+            yield
+        finally:
+            if hub is not None:
+                closing = hub.close()
+                if inspect.isawaitable(closing):
+                    await closing
+            gw.routing.close()
+
+    app = FastAPI(title="tickplant gateway", version="1", lifespan=lifespan,
+                  description=__doc__.split("\n\n")[0])
+    app.state.gateway = gw
+
+    async def failed(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=_status(exc))
+
+    for known in (QueryFailed, Forbidden, Unauthorized, SqlError, named.BadParameter, HdbQueryError, ValueError):
+        app.add_exception_handler(known, failed)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": f"malformed request: {problems}"}, status_code=400)
+
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        nodes = gw.routing.nodes("rdb")
+        open_date = gw.routing.open_date()
+        return {
+            "status": "ok", "open_date": open_date.isoformat() if open_date else None,
+            "rdb_nodes": [{"node": n.node, "url": n.url, "replica": n.replica, "serving": n.serving}
+                          for n in nodes],
+            "cep_nodes": [{"node": n.node, "url": n.url} for n in gw.routing.nodes("cep")],
+            "hdb_root": gw.engine.hdb.store.base, "clickhouse": settings.clickhouse_url,
+            "uptime_s": round(time.time() - gw.started, 1),
+        }
+
+    @app.get("/v1/tables")
+    def tables(user: UserDep) -> dict[str, Any]:
+        out = []
+        for schema in gw.catalog:
+            grant = user.grant_for(schema.name)
+            if grant is None:
+                continue
+            out.append({
+                "table": schema.name,
+                "columns": [{"name": f.name, "type": str(f.type)} for f in schema.arrow_schema
+                            if grant.column_allowed(f.name)] + [{"name": "date", "type": "date32[day]"}],
+                "rdb_dates": sorted(d.isoformat() for d in gw.routing.realtime_dates(schema.name)),
+                "hdb_dates": [d.isoformat() for d in gw.engine.hdb.dates(schema.name)],
+            })
+        return {"tables": out}
+
+    @app.post("/v1/sql")
+    def sql(body: SqlRequest, request: Request, user: UserDep, format: str | None = None) -> StreamingResponse:
+        return gw.answer(user, "sql", body.query, request, limit=body.limit, timeout=body.timeout, fmt=format)
+
+    _named_routes(app, gw)
+    _streaming_routes(app, gw)
+    return app
+
+
+def _named_routes(app: FastAPI, gw: Gateway) -> None:
+    today = gw.engine.open_date
+    syms_q = Query(None, description="comma-separated syms; all if omitted")
+    start_q = Query(None, description="first day, YYYY-MM-DD or 'today' (default: the open day)")
+    end_q = Query(None, description="last day (default: start)")
+    fmt_q = Query(None, description="json, csv or arrow (else the Accept header)")
+
+    def columns(table: str) -> list[str]:
+        return gw.catalog[table].columns
+
+    @app.get("/v1/trades", summary="Trades of some syms over some days, by date, sym, time")
+    def trades(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
+               columns_: str | None = Query(None, alias="columns"), limit: int | None = None,
+               format: str | None = fmt_q) -> StreamingResponse:
+        q = named.rows_query("trade", columns("trade"), syms, start, end, columns_, today())
+        return gw.answer(user, "trades", q.sql, request, limit=limit, fmt=format)
+
+    @app.get("/v1/quotes", summary="Quotes of some syms over some days, by date, sym, time")
+    def quotes(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
+               columns_: str | None = Query(None, alias="columns"), limit: int | None = None,
+               format: str | None = fmt_q) -> StreamingResponse:
+        q = named.rows_query("quote", columns("quote"), syms, start, end, columns_, today())
+        return gw.answer(user, "quotes", q.sql, request, limit=limit, fmt=format)
+
+    @app.get("/v1/last", summary="The latest row of each sym today")
+    def last(request: Request, user: UserDep, table: str = "trade", syms: str | None = syms_q, format: str | None = fmt_q) -> StreamingResponse:
+        if table not in gw.catalog.tables:
+            raise named.BadParameter(f"table={table!r}: tables are {', '.join(gw.catalog.names)}")
+        q = named.last_query(table, syms, today())
+        grant = user.grant_for(table)
+        # A row filter may hide a sym's latest row but not an earlier one: then every row is needed.
+        view = "rows" if grant is not None and grant.rows else q.rdb_view
+        return gw.answer(user, "last", q.sql, request, rdb_view=view, fmt=format)
+
+    @app.get("/v1/bars", summary="OHLC, volume, VWAP bars per sym (minutes wide)")
+    def bars(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
+             minutes: int = 1, format: str | None = fmt_q) -> StreamingResponse:
+        q = named.bars_query(syms, start, end, minutes, today())
+        return gw.answer(user, "bars", q.sql, request, fmt=format)
+
+    @app.get("/v1/vwap", summary="VWAP, volume and trade count per sym per day")
+    def vwap(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
+             format: str | None = fmt_q) -> StreamingResponse:
+        q = named.vwap_query(syms, start, end, today())
+        return gw.answer(user, "vwap", q.sql, request, fmt=format)
+
+    @app.get("/v1/aj", summary="Each trade with its sym's prevailing quote (kdb+'s aj)")
+    def aj(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
+           columns_: str | None = Query(None, alias="columns", description="trade columns"),
+           quote_columns: str | None = Query(None, description="quote columns (default bid,ask)"),
+           limit: int | None = None, format: str | None = fmt_q) -> StreamingResponse:
+        q = named.aj_query(syms, start, end, columns("trade"), columns("quote"), columns_, quote_columns, today())
+        return gw.answer(user, "aj", q.sql, request, limit=limit, settings=q.settings, fmt=format)
+
+
+def _streaming_routes(app: FastAPI, gw: Gateway) -> None:
+    """Live subscriptions (the Query Manager), authorised like queries."""
+    from gateway.streaming import make_router
+    from gateway.subscriptions import Hub
+
+    hub = Hub(gw.settings)
+    app.state.hub = hub
+
+    def allowed(request: Any, source: str) -> None:
+        """Only whole-table grants subscribe to a table: a live feed is not filtered by
+        column or row (a restricted user queries instead)."""
+        check_subscription(current_user(request), source, gw.table_columns)
+
+    app.include_router(make_router(hub, authorize=allowed))

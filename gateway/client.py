@@ -1,0 +1,122 @@
+"""A Python client for the gateway: answers as Arrow, pandas or polars.
+
+    from gateway.client import Client
+    gw = Client("http://127.0.0.1:8700", api_key="...")
+    gw.sql("SELECT sym, count() FROM trade WHERE date = today() GROUP BY sym").to_pandas()
+    gw.bars(["AAPL"], start="2026-11-01", end="today", minutes=5)
+
+Answers travel as Arrow IPC streams (no JSON round trip). A refused request
+raises ``GatewayError`` with the gateway's status and reason; ``retryable``
+says whether asking again may help (timeouts, data momentarily unavailable).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import pyarrow as pa
+
+from gateway.output import ARROW
+
+
+class GatewayError(RuntimeError):
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in (408, 429, 502, 503, 504)
+
+
+class Client:
+    def __init__(self, url: str = "http://127.0.0.1:8700", api_key: str | None = None, timeout: float = 120.0):
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise GatewayError(503, f"gateway at {self.url} unreachable: {exc}") from None
+        if resp.status_code != 200:
+            try:
+                reason = resp.json().get("error", resp.text)
+            except (ValueError, json.JSONDecodeError):
+                reason = resp.text
+            raise GatewayError(resp.status_code, reason)
+        return resp
+
+    def _arrow(self, method: str, path: str, **kwargs: Any) -> pa.Table:
+        resp = self._send(method, path, headers={"Accept": ARROW}, **kwargs)
+        return pa.ipc.open_stream(resp.content).read_all()
+
+    @staticmethod
+    def _params(**params: Any) -> dict[str, Any]:
+        out = {}
+        for k, v in params.items():
+            if v is None:
+                continue
+            out[k] = ",".join(v) if isinstance(v, list | tuple) else v
+        return out
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def sql(self, query: str, limit: int | None = None, timeout: float | None = None) -> pa.Table:
+        body = self._params(query=query, limit=limit, timeout=timeout)
+        return self._arrow("POST", "/v1/sql", json=body)
+
+    def df(self, query: str, **kwargs: Any) -> Any:
+        """``sql`` as a pandas DataFrame."""
+        return self.sql(query, **kwargs).to_pandas()
+
+    def pl(self, query: str, **kwargs: Any) -> Any:
+        """``sql`` as a polars DataFrame (needs polars installed)."""
+        import polars
+
+        return polars.from_arrow(self.sql(query, **kwargs))
+
+    def trades(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
+               columns: Sequence[str] | None = None) -> pa.Table:
+        return self._arrow("GET", "/v1/trades", params=self._params(syms=syms, start=start, end=end, columns=columns))
+
+    def quotes(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
+               columns: Sequence[str] | None = None) -> pa.Table:
+        return self._arrow("GET", "/v1/quotes", params=self._params(syms=syms, start=start, end=end, columns=columns))
+
+    def last(self, syms: Sequence[str] | None = None, table: str = "trade") -> pa.Table:
+        return self._arrow("GET", "/v1/last", params=self._params(table=table, syms=syms))
+
+    def bars(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
+             minutes: int = 1) -> pa.Table:
+        return self._arrow("GET", "/v1/bars", params=self._params(syms=syms, start=start, end=end, minutes=minutes))
+
+    def vwap(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None) -> pa.Table:
+        return self._arrow("GET", "/v1/vwap", params=self._params(syms=syms, start=start, end=end))
+
+    def aj(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
+           quote_columns: Sequence[str] | None = None) -> pa.Table:
+        return self._arrow("GET", "/v1/aj", params=self._params(syms=syms, start=start, end=end,
+                                                               quote_columns=quote_columns))
+
+    def tables(self) -> list[dict[str, Any]]:
+        return self._send("GET", "/v1/tables").json()["tables"]
+
+    def health(self) -> dict[str, Any]:
+        return self._send("GET", "/v1/health").json()

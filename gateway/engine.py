@@ -1,0 +1,281 @@
+"""One SQL over today and history: the RDB's rows and the HDB's partitions in one ClickHouse query.
+
+For each reference to a plant table the engine works out the days, syms and
+columns it needs (gateway/plan.py), fetches the real-time days' rows for
+those syms and columns from the RDB replica that is least busy, in parallel
+across its shards (gateway/routing.py), and replaces the reference with
+
+    (SELECT cols, date FROM <HDB days' Parquet> UNION ALL SELECT cols, date FROM <RDB rows>) AS t
+
+before ClickHouse runs the statement: joins across today and history, an aj
+of today's trades on quotes, a 30-day bar series ending now, are then plain
+ClickHouse over one table.
+
+Which copy of a day answers: a day the HDB has published (its manifest
+exists) comes from the HDB, whatever the RDB still holds; every other day in
+range that the control topic says is open or closed-not-yet-published comes
+from the RDB. The HDB is listed *after* the RDB answered: the RDB drops a
+day only after the PDB published it, so a day missing from the RDB's answer
+for that reason is always in the listing.
+
+The RDB rows reach ClickHouse as an Arrow file read by ``file()`` (embedded
+chDB reads it in place; a ClickHouse server would need them sent as external
+data, which this engine does not do yet).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from sqlglot import exp
+
+from gateway.plan import TableNeed, columns_needed, need_of, plant_tables, replace_today
+from gateway.querylog import TABLE as QUERY_LOG_TABLE
+from gateway.querylog import QueryLog
+from gateway.routing import NoReplica, Routing
+from ingest.schemas import SchemaCatalog
+from ingest.topics import partition_for
+from sinks.hdb import HdbQuery, clickhouse_structure, quote
+from streams.client import RdbClient, RdbClientError
+from tickplant.config import Settings
+
+HDB_LIST_SECONDS = 5.0
+
+
+class QueryFailed(RuntimeError):
+    """A query that could not be answered: ``status`` is the HTTP status to give, the
+    message says why in one line (and whether retrying may help)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Answer:
+    table: pa.Table
+    elapsed: float
+    touched: dict[str, Any] = field(default_factory=dict)  # table -> HDB days / RDB days and replica
+    sql: str = ""  # what ClickHouse ran
+    files: list[Path] = field(default_factory=list)  # the RDB rows' files, when kept
+
+
+class Engine:
+    def __init__(self, settings: Settings, routing: Routing, hdb: HdbQuery | None = None,
+                 catalog: SchemaCatalog | None = None, query_log: QueryLog | None = None):
+        self.settings = settings
+        self.routing = routing
+        self.catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
+        self.hdb = hdb or HdbQuery(settings, catalog=self.catalog)
+        self.query_log = query_log
+        self.tmp = Path(settings.data_dir) / "gateway" / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gateway-rdb")
+        self._hdb_days: dict[str, tuple[int, float, list[dt.date]]] = {}
+
+    @property
+    def tables(self) -> dict[str, list[str]]:
+        """Each plant table's columns, ``date`` included (what entitlements check against)."""
+        return {t.name: [*t.columns, "date"] for t in self.catalog}
+
+    def hdb_dates(self, table: str, fresh: bool = False) -> list[dt.date]:
+        """The HDB's days of ``table``: listed at most every ``HDB_LIST_SECONDS`` and at once
+        when the control topic announces a new one; ``fresh`` lists now (a closed day was
+        just read from the RDB: it may have been published, and dropped, meanwhile)."""
+        version = self.routing.published_version()
+        cached = self._hdb_days.get(table)
+        now = time.monotonic()
+        if fresh or cached is None or cached[0] != version or now - cached[1] > HDB_LIST_SECONDS:
+            cached = (version, now, self.hdb.dates(table))
+            self._hdb_days[table] = cached
+        return cached[2]
+
+    def open_date(self) -> dt.date:
+        return self.routing.open_date() or dt.datetime.now(dt.UTC).date()
+
+    # -- running a statement --------------------------------------------------------------------
+
+    def run(self, ast: exp.Expression, limit: int | None = None, timeout: float | None = None,
+            settings: dict[str, Any] | None = None, rdb_view: str = "rows", keep_files: bool = False) -> Answer:
+        """Run a parsed, authorised SELECT (the tree is rewritten in place); ``rdb_view="last"`` fetches only each sym's latest
+        real-time row (enough for statements that keep the last row per sym). ``keep_files``
+        leaves the RDB rows' files for the caller to run ``Answer.sql`` again (benchmarks)."""
+        started = time.monotonic()
+        limit = min(limit or self.settings.gateway_row_limit, self.settings.gateway_row_limit)
+        timeout = min(timeout or self.settings.gateway_timeout_s, self.settings.gateway_timeout_s)
+        deadline = started + timeout
+        ast = replace_today(ast, self.open_date())  # the caller's tree is consumed
+        files: list[Path] = []
+        touched: dict[str, Any] = {}
+        try:
+            # Each reference becomes a placeholder name, swapped for its source in the SQL
+            # text: the generated SQL never goes through the parser.
+            sources: dict[str, str] = {}
+            fetched: dict[tuple, tuple[pa.Table | None, list[dt.date], dict[str, Any]]] = {}
+            for ref in plant_tables(ast, set(self.catalog.tables)):
+                need = need_of(ref)
+                columns = columns_needed(ast, self.catalog[ref.name].columns) or None
+                key = (ref.name, frozenset(need.syms) if need.syms is not None else None,
+                       tuple(columns or ()), need.dates.lo, need.dates.hi,
+                       frozenset(need.dates.days) if need.dates.days is not None else None)
+                if key not in fetched:
+                    fetched[key] = self._realtime(need, columns, rdb_view, deadline)
+                rows, hdb_days, info = fetched[key]
+                source, path = self._source(need.table, columns, hdb_days, rows)
+                if path is not None:
+                    files.append(path)
+                touched.setdefault(ref.name, []).append(info)
+                self._swap(ref, source, sources)
+            for ref in _query_log_refs(ast):
+                if self.query_log is None:
+                    raise QueryFailed(400, "this gateway keeps no query log")
+                self._swap(ref, self.query_log.source(), sources)
+            sql = ast.sql("clickhouse")
+            for placeholder, source in sources.items():
+                sql = sql.replace(placeholder, source)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s fetching real-time rows")
+            table = self._execute(sql, limit, remaining, timeout, settings)
+            return Answer(table, time.monotonic() - started, touched, sql, files if keep_files else [])
+        finally:
+            for path in files if not keep_files else []:
+                path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _swap(ref: exp.Table, source: str, sources: dict[str, str]) -> None:
+        placeholder = f"__tickplant_source_{len(sources)}__"
+        sources[placeholder] = source
+        ref.replace(exp.Table(this=exp.to_identifier(placeholder),
+                              alias=exp.TableAlias(this=exp.to_identifier(ref.alias_or_name))))
+
+    def _execute(self, sql: str, limit: int, remaining: float, timeout: float,
+                 settings: dict[str, Any] | None) -> pa.Table:
+        run_settings = {
+            "max_execution_time": max(1, int(remaining + 0.999)),
+            "max_result_rows": limit + 1,
+            "result_overflow_mode": "break",
+            **(settings or {}),
+        }
+        try:
+            table = self.hdb.pool.run(sql, run_settings)
+        except Exception as exc:  # the driver's DatabaseError: one line, mapped to a status
+            message = str(exc).strip().split("\n")[0]
+            if "TIMEOUT_EXCEEDED" in message or "Timeout exceeded" in message:
+                raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s") from None
+            raise QueryFailed(400, f"ClickHouse refused the query: {message}") from None
+        if table.num_rows > limit:
+            raise QueryFailed(413, f"the result has more than {limit} rows (the row limit); "
+                                   "narrow the query or add a LIMIT")
+        return table
+
+    # -- sources ----------------------------------------------------------------------------------
+
+    def _realtime(self, need: TableNeed, columns: list[str] | None, view: str,
+                  deadline: float) -> tuple[pa.Table | None, list[dt.date], dict[str, Any]]:
+        """Rows of the real-time days in range, with ``date``, and the HDB days in range,
+        listed after the RDB answered (see the module docstring)."""
+        days = sorted(d for d in self.routing.realtime_dates(need.table) if need.dates.accepts(d))
+        parts: list[pa.Table] = []
+        replicas: set[str] = set()
+        for day in days:
+            table, replica = self._fetch(need, columns, day, view, deadline)
+            replicas.add(replica)
+            if table.num_rows:
+                parts.append(table.append_column("date", pa.array([day] * table.num_rows, pa.date32())))
+        closed = [d for d in days if d != self.routing.open_date()]
+        hdb_days = [d for d in self.hdb_dates(need.table, fresh=bool(closed)) if need.dates.accepts(d)]
+        published = set(hdb_days)
+        parts = [p for p in parts if p.column("date")[0].as_py() not in published]
+        rows = pa.concat_tables(parts) if parts else None
+        info = {"hdb_days": [d.isoformat() for d in hdb_days],
+                "rdb_days": [d.isoformat() for d in days if d not in published],
+                "rdb_rows": rows.num_rows if rows is not None else 0,
+                "replicas": sorted(r for r in replicas if r)}
+        return rows, hdb_days, info
+
+    def _fetch(self, need: TableNeed, columns: list[str] | None, day: dt.date, view: str,
+               deadline: float) -> tuple[pa.Table, str]:
+        """One day's rows from one replica group, in parallel across its nodes; a node that
+        fails is benched and the day is fetched again from another replica (or the same
+        group once it has rebalanced) until the deadline."""
+        count = self.routing.partition_count(need.table)
+        syms = sorted(need.syms) if need.syms is not None else None
+        wanted = sorted({partition_for(s, count) for s in syms}) if syms is not None else list(range(count))
+        if not wanted:
+            return self.catalog[need.table].arrow_schema.empty_table(), ""
+        failed: list[str] = []
+        while True:
+            try:
+                route = self.routing.route(need.table, wanted, exclude=failed)
+            except NoReplica as exc:
+                if time.monotonic() + 0.25 > deadline:
+                    raise QueryFailed(503, str(exc)) from None
+                time.sleep(0.25)
+                failed.clear()  # a benched node may be back, a group may have rebalanced
+                continue
+            futures = {
+                url: self.pool.submit(self._fetch_node, url, need.table, view, day, columns,
+                                      [s for s in syms if partition_for(s, count) in parts] if syms else None,
+                                      deadline)
+                for url, parts in route.nodes.items()
+            }
+            tables, bad = [], None
+            for url, future in futures.items():
+                try:
+                    tables.append(future.result())
+                except RdbClientError as exc:
+                    if exc.status is not None and exc.status < 500:
+                        raise QueryFailed(400, str(exc)) from None
+                    self.routing.bench(url)
+                    failed.append(url)
+                    bad = exc
+            if bad is None:
+                return pa.concat_tables(tables, promote_options="default"), route.replica
+            if time.monotonic() > deadline:
+                raise QueryFailed(503, f"real-time rows unavailable: {bad}; retry shortly")
+
+    def _fetch_node(self, url: str, table: str, view: str, day: dt.date, columns: list[str] | None,
+                    syms: list[str] | None, deadline: float) -> pa.Table:
+        self.routing.begin(url)
+        try:
+            client = RdbClient(url, timeout=max(0.5, deadline - time.monotonic()))
+            reader = client.rows if view == "rows" else client.last
+            cols = list(columns) if columns else None
+            return reader(table, syms=syms, columns=cols, date=day.isoformat(), local=True)
+        finally:
+            self.routing.end(url)
+
+    def _source(self, table: str, columns: Sequence[str] | None, hdb_days: list[dt.date],
+                rows: pa.Table | None) -> tuple[str, Path | None]:
+        """The FROM-able union of the HDB days and the RDB rows (written to an Arrow file)."""
+        schema = self.catalog[table].arrow_schema
+        cols = list(columns) if columns else schema.names
+        hdb = self.hdb.source_days(table, hdb_days, cols)
+        if rows is None or rows.num_rows == 0:
+            return hdb, None
+        rows = rows.select([*cols, "date"])
+        fd, name = tempfile.mkstemp(suffix=".arrow", prefix=f"{table}-", dir=self.tmp)
+        with os.fdopen(fd, "wb") as f, pa.ipc.new_file(f, rows.schema) as writer:
+            writer.write_table(rows)
+        structure = clickhouse_structure(pa.schema([schema.field(c) for c in cols])) + ", `date` Date"
+        select = ", ".join(f"`{c}`" for c in cols)
+        rdb = f"SELECT {select}, date FROM file({quote(name)}, 'Arrow', {quote(structure)})"
+        if not hdb_days:
+            return f"({rdb})", Path(name)
+        return f"(SELECT {select}, date FROM {hdb} UNION ALL {rdb})", Path(name)
+
+
+def _query_log_refs(ast: exp.Expression) -> list[exp.Table]:
+    ctes = {c.alias_or_name for c in ast.find_all(exp.CTE)}
+    return [t for t in ast.find_all(exp.Table)
+            if not t.args.get("db") and t.name == QUERY_LOG_TABLE and t.name not in ctes]

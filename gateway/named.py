@@ -1,0 +1,108 @@
+"""Named queries (kdb+'s stored procedures): SQL written once, run like any user's statement.
+
+Each builds a SELECT over the plant's table names; the gateway then parses,
+authorises and runs it through the same engine as ``POST /v1/sql``, so a
+user's grants apply and today and history join the same way. The analytics'
+SQL (aj, bars, vwap) is the HDB's own (sinks/hdb.py), here over today and
+history together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from sinks.hdb import AJ_SETTINGS, aj_sql, bars_sql, quote, sym_filter, vwap_sql
+
+
+class BadParameter(ValueError):
+    """A named query's parameter is malformed; the message names it."""
+
+
+@dataclass
+class NamedQuery:
+    sql: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    rdb_view: str = "rows"  # "last": only each sym's latest real-time row is needed
+    table: str = ""
+
+
+def parse_syms(value: str | None) -> list[str] | None:
+    syms = [s.strip() for s in (value or "").split(",") if s.strip()]
+    return syms or None
+
+
+def parse_day(name: str, value: str | None, today: dt.date) -> dt.date | None:
+    if value is None or value == "":
+        return None
+    if value == "today":
+        return today
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise BadParameter(f"{name}={value!r} is not a date (YYYY-MM-DD or 'today')") from None
+
+
+def day_range(start: str | None, end: str | None, today: dt.date) -> tuple[dt.date, dt.date]:
+    """[start, end], inclusive; start defaults to the open day, end to start."""
+    lo = parse_day("start", start, today) or today
+    hi = parse_day("end", end, today) or lo
+    if hi < lo:
+        raise BadParameter(f"end {hi} is before start {lo}")
+    return lo, hi
+
+
+def _where(lo: dt.date, hi: dt.date, syms: list[str] | None) -> str:
+    return f"date BETWEEN toDate({quote(lo.isoformat())}) AND toDate({quote(hi.isoformat())}) AND {sym_filter(syms)}"
+
+
+def _columns(value: str | None, allowed: list[str], what: str) -> list[str] | None:
+    cols = [c.strip() for c in (value or "").split(",") if c.strip()]
+    unknown = [c for c in cols if c not in allowed]
+    if unknown:
+        raise BadParameter(f"{what} has no column(s) {', '.join(unknown)}; columns: {', '.join(allowed)}")
+    return cols or None
+
+
+def rows_query(table: str, columns: list[str], syms: str | None, start: str | None, end: str | None,
+               select: str | None, today: dt.date) -> NamedQuery:
+    """``trades``/``quotes``: a table's rows for syms over days, by date, sym, time."""
+    lo, hi = day_range(start, end, today)
+    cols = _columns(select, columns, table) or columns
+    listed = ", ".join(f"`{c}`" for c in dict.fromkeys(["date", *cols]))
+    return NamedQuery(f"SELECT {listed} FROM {table} WHERE {_where(lo, hi, parse_syms(syms))} "
+                      f"ORDER BY date, sym, time", table=table)
+
+
+def last_query(table: str, syms: str | None, today: dt.date) -> NamedQuery:
+    """The latest row of each sym today (kdb+'s ``select by sym from trade``)."""
+    return NamedQuery(
+        f"SELECT * FROM {table} WHERE date = toDate({quote(today.isoformat())}) AND {sym_filter(parse_syms(syms))} "
+        f"ORDER BY sym, time DESC LIMIT 1 BY sym",
+        rdb_view="last", table=table,
+    )
+
+
+def bars_query(syms: str | None, start: str | None, end: str | None, minutes: int, today: dt.date) -> NamedQuery:
+    lo, hi = day_range(start, end, today)
+    if minutes <= 0:
+        raise BadParameter(f"minutes={minutes} must be positive")
+    return NamedQuery(bars_sql("trade", _where(lo, hi, parse_syms(syms)), minutes), table="trade")
+
+
+def vwap_query(syms: str | None, start: str | None, end: str | None, today: dt.date) -> NamedQuery:
+    lo, hi = day_range(start, end, today)
+    return NamedQuery(vwap_sql("trade", _where(lo, hi, parse_syms(syms))), table="trade")
+
+
+def aj_query(syms: str | None, start: str | None, end: str | None, trade_columns: list[str],
+             quote_columns: list[str], select: str | None, quote_select: str | None,
+             today: dt.date) -> NamedQuery:
+    """Each trade with its sym's prevailing quote (kdb+'s ``aj``), by date, sym, time."""
+    lo, hi = day_range(start, end, today)
+    tcols = _columns(select, trade_columns, "trade") or trade_columns
+    qcols = _columns(quote_select, quote_columns, "quote") or ["bid", "ask"]
+    sql = aj_sql("trade", "quote", tcols, qcols, _where(lo, hi, parse_syms(syms)), one_day=lo == hi,
+                 ordered=True)
+    return NamedQuery(sql, settings=dict(AJ_SETTINGS), table="trade")

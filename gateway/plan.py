@@ -1,0 +1,261 @@
+"""What a statement needs from each table: which days, which syms, which columns.
+
+The gateway reads this off the parsed statement, never off strings, to touch
+only what the answer needs: the HDB days in range (whole directories pruned),
+today's rows from the RDB for the syms asked (the shards that hold them), and
+only the columns the statement names.
+
+A predicate prunes a table only where that is safe: a conjunct (``AND``) of
+the WHERE of the SELECT reading the table, on its ``date`` or ``sym`` column,
+compared with constants. It also looks through pass-through sub-queries (no
+GROUP BY, LIMIT, DISTINCT, window or aggregate, and ``date``/``sym`` selected as
+they are), which is what the entitlement rewrite
+``(SELECT cols FROM trade WHERE rows) AS trade`` is. Anything else (an OR, a
+function of the column, a comparison with another column) prunes nothing:
+the statement still filters, it just reads more.
+
+``today()`` and ``yesterday()`` are the plant's open trading day and the day
+before it, not the calendar of the machine: an FX plant's Monday starts on
+Sunday at 17:00 New York. They are replaced by literals before the statement
+runs, so the answer and the pruning agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+
+@dataclass
+class DateFilter:
+    """Inclusive bounds and/or an explicit set of days; empty = every day."""
+
+    lo: dt.date | None = None
+    hi: dt.date | None = None
+    days: set[dt.date] | None = None
+
+    def accepts(self, day: dt.date) -> bool:
+        if self.lo is not None and day < self.lo:
+            return False
+        if self.hi is not None and day > self.hi:
+            return False
+        return self.days is None or day in self.days
+
+    def tighten(self, lo: dt.date | None = None, hi: dt.date | None = None,
+                days: set[dt.date] | None = None) -> None:
+        if lo is not None:
+            self.lo = lo if self.lo is None else max(self.lo, lo)
+        if hi is not None:
+            self.hi = hi if self.hi is None else min(self.hi, hi)
+        if days is not None:
+            self.days = set(days) if self.days is None else self.days & days
+
+
+@dataclass
+class TableNeed:
+    """What one reference to a plant table needs."""
+
+    table: str
+    dates: DateFilter = field(default_factory=DateFilter)
+    syms: set[str] | None = None  # None = every sym
+
+
+def replace_today(ast: exp.Expression, open_date: dt.date) -> exp.Expression:
+    """``today()``/``yesterday()`` -> the plant's open day and the day before, as literals."""
+    days = {"today": open_date, "yesterday": open_date - dt.timedelta(days=1)}
+
+    def swap(node: exp.Expression) -> exp.Expression:
+        name = "today" if isinstance(node, exp.CurrentDate) else _function_name(node)
+        if name in days and not _args(node):
+            return exp.Anonymous(this="toDate", expressions=[exp.Literal.string(days[name].isoformat())])
+        return node
+
+    return ast.transform(swap)
+
+
+def plant_tables(ast: exp.Expression, tables: set[str]) -> list[exp.Table]:
+    """References to plant tables: undotted names that are tables, not CTE names."""
+    ctes = {c.alias_or_name for c in ast.find_all(exp.CTE)}
+    return [t for t in ast.find_all(exp.Table)
+            if not t.args.get("db") and t.name in tables and t.name not in ctes
+            and isinstance(t.this, exp.Identifier)]
+
+
+def columns_needed(ast: exp.Expression, table_columns: list[str]) -> list[str] | None:
+    """The table's columns the statement names (in table order); None = all of them.
+
+    Conservative: a column name appearing anywhere counts, whatever it qualifies;
+    a ``*`` anywhere outside ``count(*)`` means all.
+    """
+    for star in ast.find_all(exp.Star):
+        if not isinstance(star.parent, exp.Count):
+            return None
+    names = {c.name for c in ast.find_all(exp.Column) if c.name}
+    return [c for c in table_columns if c in names]
+
+
+def need_of(ref: exp.Table) -> TableNeed:
+    """Days and syms one table reference needs, from the predicates that safely apply."""
+    need = TableNeed(ref.name)
+    alias = ref.alias_or_name
+    node: exp.Expression = ref
+    visible = {"date", "sym"}  # the pruning columns still the table's own at this level
+    while visible:
+        select = _reading_select(node)
+        if select is None:
+            break
+        sole = len(_sources(select)) == 1
+        for conjunct in _conjuncts(select.args.get("where")):
+            _apply(conjunct, alias, sole, need, visible)
+        outer = select.parent
+        if not (isinstance(outer, exp.Subquery) and isinstance(outer.parent, exp.From | exp.Join)):
+            break
+        visible &= _passed_through(select)
+        node, alias = outer, outer.alias_or_name
+    return need
+
+
+# -- internals -------------------------------------------------------------------------------
+
+def _function_name(node: exp.Expression) -> str | None:
+    if isinstance(node, exp.Anonymous):
+        return str(node.this).lower()
+    if isinstance(node, exp.Func) and not isinstance(node, exp.Column):
+        return node.sql_name().lower() if hasattr(node, "sql_name") else None
+    return None
+
+
+def _args(node: exp.Expression) -> list[exp.Expression]:
+    return [v for k, v in node.args.items() if v not in (None, []) and k != "this"]
+
+
+def _reading_select(node: exp.Expression) -> exp.Select | None:
+    """The SELECT whose FROM or JOIN is ``node``."""
+    parent = node.parent
+    if isinstance(parent, exp.From | exp.Join) and isinstance(parent.parent, exp.Select):
+        return parent.parent
+    return None
+
+
+def _sources(select: exp.Select) -> list[exp.Expression]:
+    out = []
+    source = select.args.get("from_") or select.args.get("from")  # the key's name varies by sqlglot version
+    if source is not None:
+        out.append(source.this)
+    out.extend(j.this for j in select.args.get("joins") or [])
+    return out
+
+
+def _passed_through(select: exp.Select) -> set[str]:
+    """Which of ``date``/``sym`` a sub-query hands on unchanged, row for row."""
+    if any(select.args.get(k) for k in ("group", "limit", "distinct", "having", "qualify", "offset")):
+        return set()
+    if select.find(exp.Window) or any(select.find_all(exp.AggFunc)):
+        return set()
+    if any(isinstance(e, exp.Star) for e in select.expressions):
+        return {"date", "sym"}
+    return {e.name for e in select.expressions if isinstance(e, exp.Column)} & {"date", "sym"}
+
+
+def _conjuncts(where: exp.Where | None) -> list[exp.Expression]:
+    if where is None:
+        return []
+    out, stack = [], [where.this]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, exp.And):
+            stack.extend([node.this, node.expression])
+        elif isinstance(node, exp.Paren):
+            stack.append(node.this)
+        else:
+            out.append(node)
+    return out
+
+
+def _column(node: exp.Expression, alias: str, sole: bool, visible: set[str]) -> str | None:
+    """``date``/``sym`` if ``node`` is that column of the table under ``alias``."""
+    if not isinstance(node, exp.Column) or node.name not in visible:
+        return None
+    qualifier = node.table
+    if qualifier == alias or (not qualifier and sole):
+        return node.name
+    return None
+
+
+def _date_value(node: exp.Expression) -> dt.date | None:
+    if isinstance(node, exp.Add | exp.Sub) and isinstance(node.expression, exp.Literal) \
+            and not node.expression.is_string:
+        base = _date_value(node.this)
+        try:
+            days = int(node.expression.this)
+        except ValueError:
+            return None
+        if base is None:
+            return None
+        return base + dt.timedelta(days=days if isinstance(node, exp.Add) else -days)
+    if isinstance(node, exp.Literal) and node.is_string:
+        try:
+            return dt.date.fromisoformat(node.this)
+        except ValueError:
+            return None
+    name = _function_name(node)
+    if name in ("todate", "todate32", "date") or isinstance(node, exp.Cast | exp.TsOrDsToDate):
+        inner = node.expressions[0] if isinstance(node, exp.Anonymous) and node.expressions else node.this
+        return _date_value(inner) if isinstance(inner, exp.Expression) else None
+    return None
+
+
+def _string_value(node: exp.Expression) -> str | None:
+    return node.this if isinstance(node, exp.Literal) and node.is_string else None
+
+
+_FLIP = {exp.GT: exp.LT, exp.GTE: exp.LTE, exp.LT: exp.GT, exp.LTE: exp.GTE, exp.EQ: exp.EQ}
+
+
+def _apply(pred: exp.Expression, alias: str, sole: bool, need: TableNeed, visible: set[str]) -> None:
+    if isinstance(pred, exp.Between):
+        if _column(pred.this, alias, sole, visible) == "date":
+            lo, hi = _date_value(pred.args["low"]), _date_value(pred.args["high"])
+            need.dates.tighten(lo=lo, hi=hi)
+        return
+    if isinstance(pred, exp.In) and not pred.args.get("query"):
+        col = _column(pred.this, alias, sole, visible)
+        values = pred.expressions
+        if col == "date":
+            days = [_date_value(v) for v in values]
+            if all(d is not None for d in days):
+                need.dates.tighten(days=set(days))
+        elif col == "sym":
+            syms = [_string_value(v) for v in values]
+            if all(s is not None for s in syms):
+                need.syms = set(syms) if need.syms is None else need.syms & set(syms)
+        return
+    kind = type(pred)
+    if kind not in _FLIP:
+        return
+    left, right = pred.this, pred.expression
+    col = _column(left, alias, sole, visible)
+    if col is None:
+        col, left, right, kind = _column(right, alias, sole, visible), right, left, _FLIP[kind]
+    if col == "sym" and kind is exp.EQ:
+        sym = _string_value(right)
+        if sym is not None:
+            need.syms = {sym} if need.syms is None else need.syms & {sym}
+        return
+    if col != "date":
+        return
+    day = _date_value(right)
+    if day is None:
+        return
+    if kind is exp.EQ:
+        need.dates.tighten(days={day})
+    elif kind is exp.GTE:
+        need.dates.tighten(lo=day)
+    elif kind is exp.GT:
+        need.dates.tighten(lo=day + dt.timedelta(days=1))
+    elif kind is exp.LTE:
+        need.dates.tighten(hi=day)
+    elif kind is exp.LT:
+        need.dates.tighten(hi=day - dt.timedelta(days=1))

@@ -1,0 +1,221 @@
+"""Which data node answers for which partitions: the gateway's view of the metadata topic.
+
+Every RDB worker publishes, every few seconds, a record on the compacted
+``_tp.metadata`` topic (streams/metadata.py): its URL, replica group, the
+table partitions it holds and the days in them. A thread here tails that
+topic, so routing costs nothing per query and a node that stops refreshing
+(killed) or says goodbye (a tombstone) leaves the view on its own.
+
+A replica group is one complete copy of the real-time data (one Faust consumer
+group: each partition has exactly one owner in it). A query for some
+partitions goes to one group: the least busy of those that hold every needed
+partition, busy meaning queries this gateway has in flight there plus what the
+node reports. A node that fails a request is benched for a few seconds and the
+request is retried on another group (or the same group once it has
+rebalanced), so the client sees no error while any copy is alive.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from ingest.eod import CONTROL_KEY, DayState
+from ingest.logread import make_consumer
+from ingest.topics import TopicNames, partition_counts
+from streams.metadata import STALE_SECONDS
+from tickplant.config import Settings
+
+BENCH_SECONDS = 5.0
+
+
+class NoReplica(RuntimeError):
+    """No live node holds the partitions asked for: the request can be retried later."""
+
+
+@dataclass
+class Node:
+    node: str
+    url: str
+    replica: str
+    record: dict[str, Any]
+    seen: float
+
+    def partitions(self, table: str) -> set[int]:
+        return set(self.record.get("tables", {}).get(table, {}).get("partitions", []))
+
+    def dates(self, table: str) -> set[str]:
+        return set(self.record.get("tables", {}).get(table, {}).get("dates", {}))
+
+    @property
+    def serving(self) -> bool:
+        return bool(self.record.get("serving", True))
+
+    @property
+    def reported_load(self) -> float:
+        """Queries the node said it had in flight at its last refresh."""
+        load = self.record.get("load") or {}
+        return float(load.get("inflight_queries", 0)) if isinstance(load, dict) else float(load)
+
+
+@dataclass
+class Route:
+    """One group's nodes for one request: node URL -> the partitions it answers for."""
+
+    replica: str
+    nodes: dict[str, set[int]] = field(default_factory=dict)
+
+
+class Routing:
+    """The live data nodes, kept fresh by a thread tailing the metadata topic."""
+
+    def __init__(self, settings: Settings, stale_seconds: float = STALE_SECONDS):
+        self.settings = settings
+        names = TopicNames(settings.topic_prefix)
+        self.topic = names.metadata
+        self.control_topic = names.control
+        self.day = DayState()  # the control topic's story: open day, closed and published days
+        self.stale_seconds = stale_seconds
+        self._records: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._inflight: dict[str, int] = {}
+        self._benched: dict[str, float] = {}
+        self._partition_counts: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._caught_up = threading.Event()
+        self._eof: set[str] = set()
+        self._control_messages = 0
+        self._thread = threading.Thread(target=self._tail, name="gateway-metadata", daemon=True)
+
+    def start(self, wait: float = 10.0) -> Routing:
+        self._thread.start()
+        self._caught_up.wait(wait)
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _tail(self) -> None:
+        consumer = make_consumer(self.settings, **{"enable.partition.eof": True})
+        try:
+            consumer.assign([TopicPartition(self.topic, 0, 0), TopicPartition(self.control_topic, 0, 0)])
+            while not self._stop.is_set():
+                for msg in consumer.consume(500, timeout=0.2):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            self._eof.add(msg.topic())
+                            if len(self._eof) == 2:
+                                self._caught_up.set()
+                        elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                            self._eof.add(msg.topic())  # a plant never started: nothing to wait for
+                        continue
+                    if msg.topic() == self.control_topic:
+                        if msg.key() == CONTROL_KEY and msg.value():
+                            with self._lock:
+                                self.day.apply(json.loads(msg.value()))
+                                self._control_messages += 1
+                        continue
+                    key = msg.key().decode()
+                    with self._lock:
+                        if msg.value() is None:
+                            self._records.pop(key, None)
+                        else:
+                            self._records[key] = json.loads(msg.value())
+        finally:
+            consumer.close()
+
+    # -- the view -------------------------------------------------------------------
+
+    def nodes(self, kind: str = "rdb") -> list[Node]:
+        """Live nodes of ``kind``: refreshed recently, not benched after a failure."""
+        now = time.time()
+        out = []
+        with self._lock:
+            records = list(self._records.values())
+            benched = {u for u, until in self._benched.items() if until > now}
+        for r in records:
+            if r.get("kind") != kind or not r.get("url"):
+                continue
+            if now - float(r.get("updated", 0)) > self.stale_seconds or r["url"] in benched:
+                continue
+            out.append(Node(r["node"], r["url"], str(r.get("replica") or "a"), r, r.get("updated", 0)))
+        return sorted(out, key=lambda n: n.node)
+
+    def realtime_dates(self, table: str) -> set[dt.date]:
+        """Days whose rows are the RDB's to serve: the open day and the closed days the
+        HDB has not published yet (from the control topic, so no refresh lag)."""
+        with self._lock:
+            day = self.day
+            published = set(day.published.get(table, set()))
+            out = {d for d in day.closed if d not in published}
+            if day.open_date is not None:
+                out.add(day.open_date)
+        return out
+
+    def published_version(self) -> int:
+        """Changes whenever the control topic says something (a day closed or published)."""
+        return self._control_messages
+
+    def open_date(self) -> dt.date | None:
+        with self._lock:
+            return self.day.open_date
+
+    def partition_count(self, table: str) -> int:
+        if table not in self._partition_counts:
+            topic = TopicNames(self.settings.topic_prefix).table(table)
+            self._partition_counts[table] = partition_counts(self.settings, [topic])[topic]
+        return self._partition_counts[table]
+
+    def route(self, table: str, partitions: Iterable[int], exclude: Iterable[str] = ()) -> Route:
+        """The least busy replica group holding every one of ``partitions`` of ``table``."""
+        wanted = set(partitions)
+        skip = set(exclude)
+        groups: dict[str, list[Node]] = {}
+        for node in self.nodes("rdb"):
+            if node.serving and node.url not in skip:
+                groups.setdefault(node.replica, []).append(node)
+        best: tuple[float, Route] | None = None
+        for replica, members in sorted(groups.items()):
+            route = Route(replica)
+            for p in sorted(wanted):
+                owner = next((n for n in members if p in n.partitions(table)), None)
+                if owner is None:
+                    break
+                route.nodes.setdefault(owner.url, set()).add(p)
+            else:
+                with self._lock:
+                    load = sum(self._inflight.get(url, 0) for url in route.nodes)
+                load += sum(n.reported_load for n in members if n.url in route.nodes)
+                if best is None or load < best[0]:
+                    best = (load, route)
+        if best is None:
+            held = {r: sorted(set().union(*(n.partitions(table) for n in m))) for r, m in groups.items()}
+            raise NoReplica(
+                f"no live RDB replica holds {table} partitions {sorted(wanted)} "
+                f"(replicas seen: {held or 'none'}); retry shortly"
+            )
+        return best[1]
+
+    # -- load and failures --------------------------------------------------------------
+
+    def begin(self, url: str) -> None:
+        with self._lock:
+            self._inflight[url] = self._inflight.get(url, 0) + 1
+
+    def end(self, url: str) -> None:
+        with self._lock:
+            self._inflight[url] = max(0, self._inflight.get(url, 0) - 1)
+
+    def bench(self, url: str, seconds: float = BENCH_SECONDS) -> None:
+        """Stop routing to ``url`` for a while: it failed a request."""
+        with self._lock:
+            self._benched[url] = time.time() + seconds

@@ -1,0 +1,586 @@
+"""The Query Manager's hub: streaming subscriptions shared, reference counted, fanned out.
+
+A client (one WebSocket or SSE connection: an ``Outbox``) subscribes to a
+*source*, a topic keyed by sym carrying framed Avro rows (a plant table, or a
+real-time engine's derived topic ``<prefix>rte.<name>``), for a set of syms.
+
+- **One upstream per identical subscription.** Subscriptions with the same
+  source and the same sym set share one ``Upstream``: a thread running an
+  ``ingest.subscribe.Subscription`` from the log's end, decoding and
+  filtering once, handing each batch to the event loop
+  (``loop.call_soon_threadsafe``), where it is JSON-encoded once and put in
+  every subscriber's outbox. The upstream is reference counted: when its last
+  subscriber leaves it stops and its consumer is closed.
+- **Snapshot, then updates, no gap.** A new subscriber is attached to the
+  upstream first (updates from then on are held for it), the upstream's
+  start offsets are recorded (it reads from the log end as it was *before*
+  the snapshot is asked for), and only then is the snapshot taken: the latest
+  row per sym from the injected ``snapshot(source, syms)`` callable (the RDB's
+  ``last`` by default), overridden per sym by the latest row the upstream has
+  itself delivered before the attach. Then the held updates follow. Every
+  row published after the upstream started reaches the client, either in the
+  snapshot or as an update; the overlap, at-least-once, is this: a row the
+  RDB had already taken when it answered but that the upstream delivered
+  after the attach is both the snapshot's row for its sym and an update.
+  Clients treat updates as "latest row per sym" upserts, so it is harmless.
+- **Slow clients are dropped, never waited for.** An outbox is bounded in
+  rows queued (``max_queued``); a client whose queue would pass it is
+  dropped: its queue is replaced by a final ``{"type": "error", "reason":
+  "slow consumer: ..."}``, its subscriptions are released, and the others'
+  delivery never waits on it (putting into an outbox never blocks).
+- **A client that falls behind gets bigger messages, not more.** Updates of
+  one source waiting in an outbox go out merged into one message (up to
+  ``MERGE_ROWS`` rows), so the per-message cost is paid once per send; a
+  client that keeps up gets each batch alone, at once.
+- **Cancellation is immediate.** Unsubscribing or disconnecting detaches the
+  subscriber at once on the loop (no further message is queued for it); the
+  upstream's thread notices its stop flag within one poll (0.1 s) and closes
+  its consumer.
+
+Messages (JSON text; ``time`` and every long as int ns)::
+
+    {"type": "snapshot", "source": "trade", "syms": ["AAPL"], "rows": [...]}
+    {"type": "update", "source": "trade", "rows": [...]}
+    {"type": "unsubscribed", "source": "trade", "syms": ["AAPL"]}
+    {"type": "error", "reason": "...", ["source": ...]}   (slow consumer, unknown source...)
+    {"type": "warning", "source": "trade", "reason": "..."}  (undecodable message skipped)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ingest.schemas import SchemaCatalog
+from ingest.subscribe import Subscription
+from ingest.topics import TopicNames, admin_client
+from tickplant.config import Settings
+
+log = logging.getLogger(__name__)
+
+SnapshotFn = Callable[[str, list[str]], list[dict[str, Any]]]
+Key = tuple[str, tuple[str, ...]]  # (source, sorted syms; () = every sym)
+
+DEFAULT_MAX_QUEUED = 20_000  # rows waiting for one client before it is dropped
+POLL_TIMEOUT = 0.1  # an upstream's poll: also how long a stopped upstream takes to close
+MERGE_ROWS = 5_000  # at most this many rows in one update message made of several waiting ones
+_ROWS = '"rows":['  # update texts are {"type":"update","source":...,"rows":[...]}: rows last
+SOURCES_TTL = 2.0  # seconds a list of derived topics is trusted before an unknown name re-reads it
+
+
+class SourceError(ValueError):
+    """An unknown source or a malformed sym list; the message says which and lists the sources."""
+
+
+class UpstreamError(RuntimeError):
+    """The upstream consumer could not start (the broker failed); the message says why."""
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    topic: str
+    derived: bool  # a real-time engine's output rather than a plant table
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), default=_json_default)
+
+
+def normalize_syms(syms: Any) -> tuple[str, ...]:
+    """Sorted, unique syms; () means every sym. Refuses anything but a list of non-empty strings."""
+    if syms is None:
+        return ()
+    if isinstance(syms, str):
+        syms = [s for s in syms.split(",") if s.strip()]
+    if not isinstance(syms, list | tuple) or not all(isinstance(s, str) and s.strip() for s in syms):
+        raise SourceError(f"syms must be a list of non-empty strings, not {syms!r}")
+    return tuple(sorted({s.strip() for s in syms}))
+
+
+class Outbox:
+    """One client connection's outgoing messages: bounded in rows, never blocking the putter."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.items: deque[tuple[str, int]] = deque()  # (JSON text, rows it carries)
+        self.queued_rows = 0
+        self.held_rows = 0  # rows held for subscriptions still waiting for their snapshot
+        self.closed = False
+        self.reason: str | None = None
+        self.subs: dict[Key, _Sub] = {}
+        self.sent = 0
+        self._wake = asyncio.Event()
+
+    def put(self, text: str, rows: int = 0) -> None:
+        """Queue a message; ``rows`` > 0 marks an update (``{"type":"update","source":..,"rows":[..]}``)."""
+        if self.closed:
+            return
+        self.items.append((text, rows))
+        self.queued_rows += rows
+        self._wake.set()
+
+    async def get(self) -> str | None:
+        """The next message to send; None once the outbox is closed and drained.
+
+        Updates of one source waiting back to back go out as one message (up to
+        ``MERGE_ROWS`` rows): a client that falls behind gets fewer, larger
+        messages instead of paying the per-message cost for each; one that keeps
+        up gets each update alone, at once."""
+        while not self.items:
+            if self.closed:
+                return None
+            self._wake.clear()
+            await self._wake.wait()
+        text, rows = self.items.popleft()
+        self.queued_rows -= rows
+        if rows and self.items and self.items[0][1]:
+            head = text[:text.index(_ROWS) + len(_ROWS)]
+            parts = [text[len(head):-2]]
+            while self.items and self.items[0][1] and rows + self.items[0][1] <= MERGE_ROWS \
+                    and self.items[0][0].startswith(head):
+                more, n = self.items.popleft()
+                self.queued_rows -= n
+                rows += n
+                parts.append(more[len(head):-2])
+            if len(parts) > 1:
+                text = head + ",".join(parts) + "]}"
+        self.sent += 1
+        return text
+
+    def close(self, final: str | None = None, reason: str | None = None) -> None:
+        """No more messages but ``final``; what was queued is discarded if ``final`` is given."""
+        if self.closed:
+            return
+        if final is not None:
+            self.items.clear()
+            self.queued_rows = 0
+            self.items.append((final, 0))
+        self.reason = reason
+        self.closed = True
+        self._wake.set()
+
+
+class _Sub:
+    """One subscription of one outbox; ``held`` collects updates until its snapshot is out."""
+
+    __slots__ = ("key", "outbox", "held")
+
+    def __init__(self, key: Key, outbox: Outbox):
+        self.key = key
+        self.outbox = outbox
+        self.held: list[tuple[str, int]] | None = []
+
+
+class Upstream:
+    """One consumer for one (source, syms), shared by every subscriber of it."""
+
+    def __init__(self, hub: Hub, source: Source, syms: tuple[str, ...], loop: asyncio.AbstractEventLoop):
+        self.hub = hub
+        self.source = source
+        self.syms = syms
+        self.key: Key = (source.name, syms)
+        self.loop = loop
+        self.subs: set[_Sub] = set()
+        self.last: dict[str, dict[str, Any]] = {}  # the latest row per sym delivered so far
+        self.ready: asyncio.Future[dict[int, int]] = loop.create_future()
+        self.start_offsets: dict[int, int] = {}
+        self.rows = 0
+        self.batches = 0
+        self.closed = threading.Event()  # set once the consumer is closed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"qm-{source.name}", daemon=True)
+        self._thread.start()
+
+    # -- the consumer thread ------------------------------------------------
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+            return True
+        except RuntimeError:  # the loop is closed: nobody left to deliver to
+            return False
+
+    def _run(self) -> None:
+        sub = None
+        try:
+            sub = Subscription(
+                self.hub.settings, self.source.name, list(self.syms) or None, "now", self.hub.catalog,
+                topic=self.source.topic if self.source.derived else None,
+            )
+            self.start_offsets = dict(sub.start_offsets)
+            if not self._call(self._started, dict(sub.start_offsets)):
+                return
+            while not self._stop.is_set():
+                rows = sub.poll(POLL_TIMEOUT, 10_000)
+                if sub.errors:
+                    errors, sub.errors = sub.errors, []
+                    self._call(self._warn, errors)
+                if rows and not self._stop.is_set() and not self._call(self._deliver, rows):
+                    return
+        except Exception as exc:  # a broken upstream tells its subscribers why, then goes
+            log.exception("upstream %s failed", self.key)
+            self._call(self._failed, exc)
+        finally:
+            if sub is not None:
+                sub.close()
+            self.closed.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)
+
+    # -- on the loop ----------------------------------------------------------
+
+    def _started(self, offsets: dict[int, int]) -> None:
+        if not self.ready.done():
+            self.ready.set_result(offsets)
+
+    def _failed(self, exc: Exception) -> None:
+        reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        if not self.ready.done():
+            self.ready.set_exception(SourceError(reason) if isinstance(exc, ValueError) else UpstreamError(reason))
+            self.ready.exception()  # retrieved: waiters get it; no "never retrieved" warning
+            return
+        self.hub._upstream_failed(self, reason)
+
+    def _warn(self, errors: list[str]) -> None:
+        for error in errors:
+            log.warning("source %s: %s", self.source.name, error)
+        text = dumps({"type": "warning", "source": self.source.name, "reason": "; ".join(errors)[:2000]})
+        for sub in list(self.subs):
+            sub.outbox.put(text)
+
+    def _deliver(self, rows: list[dict[str, Any]]) -> None:
+        if self._stop.is_set():
+            return
+        last = self.last
+        for row in rows:
+            last[row.get("sym")] = row
+        self.rows += len(rows)
+        self.batches += 1
+        if not self.subs:
+            return
+        text = dumps({"type": "update", "source": self.source.name, "rows": rows})
+        n = len(rows)
+        for sub in list(self.subs):
+            outbox = sub.outbox
+            if sub.held is not None:
+                sub.held.append((text, n))
+                outbox.held_rows += n
+            else:
+                outbox.put(text, n)
+            if outbox.queued_rows + outbox.held_rows > outbox.limit:
+                self.hub.drop(outbox, f"slow consumer: {outbox.queued_rows + outbox.held_rows:,} rows "
+                                      f"queued, more than the limit of {outbox.limit:,}; dropped")
+
+
+class Hub:
+    """Streaming subscriptions for the gateway: see the module docstring.
+
+    ``snapshot(source, syms) -> rows`` is called in a worker thread; the
+    default asks the RDB's ``last`` view (tables) or a CEP node (derived
+    sources). Everything else runs on the event loop of the first subscriber.
+    """
+
+    def __init__(self, settings: Settings, snapshot: SnapshotFn | None = None,
+                 catalog: SchemaCatalog | None = None, max_queued: int = DEFAULT_MAX_QUEUED):
+        self.settings = settings
+        self.catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
+        self.snapshot = snapshot or default_snapshot(settings, self.catalog)
+        self.max_queued = max_queued
+        self.names = TopicNames(settings.topic_prefix)
+        self.upstreams: dict[Key, Upstream] = {}
+        self.outboxes: set[Outbox] = set()
+        self.dropped = 0
+        self._sources: dict[str, Source] = {}
+        self._sources_read = 0.0
+        self._sources_lock = threading.Lock()
+        self._stopped: list[Upstream] = []
+
+    # -- sources --------------------------------------------------------------
+
+    def _read_sources(self) -> dict[str, Source]:
+        out = {t.name: Source(t.name, self.names.table(t.name), False) for t in self.catalog}
+        rte_dir = self.settings.schemas_dir / "rte"
+        if rte_dir.is_dir():
+            for path in sorted(rte_dir.glob("*.avsc")):
+                out.setdefault(path.stem, Source(path.stem, self.names.derived(path.stem), True))
+        prefix = self.names.derived("")
+        try:
+            topics = admin_client(self.settings).list_topics(timeout=5).topics
+        except Exception as exc:  # the broker's answer only adds derived topics
+            log.warning("could not list derived topics: %s", exc)
+            topics = {}
+        for topic in sorted(topics):
+            name = topic[len(prefix):]
+            if topic.startswith(prefix) and name:
+                out.setdefault(name, Source(name, topic, True))
+        return out
+
+    def sources(self, refresh: bool = False) -> dict[str, Source]:
+        """Plant tables, derived schemas (``schemas/rte/``) and derived topics on the broker.
+
+        Blocking (a metadata request): call from a thread when on the loop."""
+        with self._sources_lock:
+            if refresh or not self._sources or time.monotonic() - self._sources_read > SOURCES_TTL:
+                self._sources = self._read_sources()
+                self._sources_read = time.monotonic()
+            return dict(self._sources)
+
+    def resolve(self, name: str) -> Source:
+        """The source called ``name``; SourceError listing the sources if there is none."""
+        if not isinstance(name, str) or not name:
+            raise SourceError(f"source must be a non-empty string, not {name!r}")
+        known = self._sources.get(name)
+        if known is not None:
+            return known
+        sources = self.sources(refresh=time.monotonic() - self._sources_read > 0.5)
+        if name not in sources:
+            raise SourceError(f"unknown source {name!r}; sources: {', '.join(sorted(sources))}")
+        return sources[name]
+
+    # -- clients ----------------------------------------------------------------
+
+    def connect(self) -> Outbox:
+        outbox = Outbox(self.max_queued)
+        self.outboxes.add(outbox)
+        return outbox
+
+    async def subscribe(self, outbox: Outbox, source: str, syms: Any = None) -> Key | None:
+        """Attach ``outbox`` to (source, syms): its snapshot, then its updates, are put in it.
+
+        Raises SourceError (unknown source, bad syms, topic missing) or UpstreamError
+        (the broker failed); returns the
+        subscription's key, or None if the client left while its snapshot was taken.
+        """
+        wanted = normalize_syms(syms)
+        src = self._sources.get(source) if isinstance(source, str) else None
+        if src is None:
+            src = await asyncio.to_thread(self.resolve, source)
+        key: Key = (src.name, wanted)
+        if key in outbox.subs:
+            raise SourceError(f"already subscribed to {src.name} {list(wanted) or 'all syms'}")
+        if outbox.closed:
+            return None
+        upstream = self.upstreams.get(key)
+        if upstream is None:
+            upstream = self.upstreams[key] = Upstream(self, src, wanted, asyncio.get_running_loop())
+        sub = _Sub(key, outbox)
+        upstream.subs.add(sub)
+        outbox.subs[key] = sub
+        seen = {s: r for s, r in upstream.last.items() if not wanted or s in wanted}  # at the attach
+        try:
+            await upstream.ready  # reading from the log end before the snapshot is asked for
+        except (SourceError, UpstreamError):
+            self._detach(sub)
+            if self.upstreams.get(key) is upstream:
+                del self.upstreams[key]
+            raise
+        warning = None
+        try:
+            rows = await asyncio.to_thread(self.snapshot, src.name, list(wanted))
+        except Exception as exc:  # no snapshot is not fatal: the updates still flow; say so
+            warning = f"snapshot unavailable: {exc}"
+            log.warning("snapshot of %s %s: %s", src.name, list(wanted), exc)
+            rows = []
+        if outbox.subs.get(key) is not sub:  # unsubscribed or dropped meanwhile
+            return None
+        latest = {r.get("sym"): r for r in rows if not wanted or r.get("sym") in wanted}
+        latest.update(seen)
+        message: dict[str, Any] = {
+            "type": "snapshot", "source": src.name, "syms": list(wanted),
+            "rows": [latest[s] for s in sorted(latest, key=str)],
+        }
+        if warning:
+            message["warning"] = warning
+        outbox.put(dumps(message))
+        held, sub.held = sub.held or [], None
+        for text, n in held:
+            outbox.held_rows -= n
+            outbox.put(text, n)
+        return key
+
+    def unsubscribe(self, outbox: Outbox, source: str, syms: Any = None) -> list[Key]:
+        """Detach at once; with ``syms`` None, every subscription of ``source`` on this outbox."""
+        if syms is None:
+            keys = [k for k in outbox.subs if k[0] == source]
+        else:
+            key = (source, normalize_syms(syms))
+            keys = [key] if key in outbox.subs else []
+        if not keys:
+            raise SourceError(f"not subscribed to {source} {syms if syms is not None else ''}".rstrip())
+        for key in keys:
+            self._detach(outbox.subs[key])
+            outbox.put(dumps({"type": "unsubscribed", "source": key[0], "syms": list(key[1])}))
+        return keys
+
+    def disconnect(self, outbox: Outbox) -> None:
+        """The client went: release its subscriptions now."""
+        for sub in list(outbox.subs.values()):
+            self._detach(sub)
+        outbox.close()
+        self.outboxes.discard(outbox)
+
+    def drop(self, outbox: Outbox, reason: str) -> None:
+        """Drop a client: its queue is replaced by one final error message."""
+        if outbox.closed:
+            return
+        log.warning("dropping a client: %s", reason)
+        self.dropped += 1
+        for sub in list(outbox.subs.values()):
+            self._detach(sub)
+        outbox.close(dumps({"type": "error", "reason": reason}), reason)
+        self.outboxes.discard(outbox)
+
+    def _detach(self, sub: _Sub) -> None:
+        outbox = sub.outbox
+        if outbox.subs.get(sub.key) is sub:
+            del outbox.subs[sub.key]
+        if sub.held:
+            outbox.held_rows -= sum(n for _, n in sub.held)
+        sub.held = None
+        upstream = self.upstreams.get(sub.key)
+        if upstream is None:
+            return
+        upstream.subs.discard(sub)
+        if not upstream.subs:
+            del self.upstreams[sub.key]
+            upstream.stop()
+            self._stopped = [u for u in self._stopped if not u.closed.is_set()] + [upstream]
+
+    def _upstream_failed(self, upstream: Upstream, reason: str) -> None:
+        text = dumps({"type": "error", "source": upstream.source.name, "reason": f"upstream failed: {reason}"})
+        for sub in list(upstream.subs):
+            sub.outbox.put(text)
+            self._detach(sub)
+
+    # -- introspection and shutdown ----------------------------------------------
+
+    @property
+    def upstream_count(self) -> int:
+        return len(self.upstreams)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "clients": len(self.outboxes),
+            "dropped": self.dropped,
+            "upstreams": [
+                {"source": u.source.name, "syms": list(u.syms), "subscribers": len(u.subs),
+                 "rows": u.rows, "start_offsets": u.start_offsets}
+                for u in self.upstreams.values()
+            ],
+        }
+
+    def _release_all(self) -> list[Upstream]:
+        for outbox in list(self.outboxes):
+            self.disconnect(outbox)
+        upstreams = list(self.upstreams.values()) + self._stopped
+        self.upstreams.clear()
+        self._stopped = []
+        for upstream in upstreams:
+            upstream.stop()
+        return upstreams
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """The app's shutdown, on the loop: release every client, stop every upstream, and wait
+        (in a thread) for their consumers to close."""
+        upstreams = self._release_all()
+        await asyncio.to_thread(_join, upstreams, timeout)
+
+    def close(self, timeout: float = 5.0) -> Any:
+        """Release every client and stop every upstream now. With no running loop, wait for
+        the consumers to close; on the loop, return an awaitable of that wait rather than
+        block the loop (``await hub.close()`` or, the same, ``await hub.aclose()``)."""
+        upstreams = self._release_all()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            _join(upstreams, timeout)
+            return None
+        return asyncio.to_thread(_join, upstreams, timeout)
+
+
+def _join(upstreams: list[Upstream], timeout: float) -> None:
+    for upstream in upstreams:
+        upstream.join(timeout)
+
+
+# -- the default snapshot: the RDB's last row per sym, or a CEP node's analytics --------
+
+def _arrow_rows(table: Any) -> list[dict[str, Any]]:
+    """Arrow rows as the log's rows: timestamps as int ns."""
+    import pyarrow as pa
+
+    columns = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_timestamp(column.type):
+            column = column.cast(pa.timestamp("ns", tz=column.type.tz)).cast(pa.int64())
+        columns[name] = column
+    return pa.table(columns).to_pylist() if columns else []
+
+
+def _cep_rows(payload: Any) -> list[dict[str, Any]]:
+    """Rows of a CEP view, tolerant of its shape: {"analytics": {sym: {...}}}, {"bars": [...]},
+    {sym: {...}} or [...]; of bars, the latest closed one per sym (the topic carries closed bars)."""
+    if isinstance(payload, dict):
+        for wrapper in ("analytics", "bars", "rows", "data"):
+            if isinstance(payload.get(wrapper), dict | list):
+                payload = payload[wrapper]
+                break
+    if isinstance(payload, list):
+        latest: dict[Any, dict[str, Any]] = {}
+        for row in payload:
+            if isinstance(row, dict) and not row.get("is_open"):
+                if row.get("sym") not in latest or row.get("time", 0) >= latest[row.get("sym")].get("time", 0):
+                    latest[row.get("sym")] = {k: v for k, v in row.items() if k != "is_open"}
+        return list(latest.values())
+    if isinstance(payload, dict):
+        return [{"sym": sym, **row} if "sym" not in row else row
+                for sym, row in payload.items() if isinstance(row, dict)]
+    return []
+
+
+def default_snapshot(settings: Settings, catalog: SchemaCatalog, timeout: float = 5.0) -> SnapshotFn:
+    """Latest row per sym: an RDB worker's ``last`` view for a table (forwarded to the syms'
+    owners by the worker); for the ``analytics`` and ``bars`` sources, every CEP node's view
+    (each answers for the syms it holds); for other derived sources none (updates only)."""
+    from streams.client import RdbClient
+    from streams.metadata import read_metadata
+
+    def snapshot(source: str, syms: list[str]) -> list[dict[str, Any]]:
+        nodes = read_metadata(settings)
+        if source in catalog.tables:
+            urls = [n["url"] for n in nodes.values() if n.get("kind") == "rdb" and n.get("url")]
+            if not urls:
+                return []
+            return _arrow_rows(RdbClient(urls[0], timeout=timeout).last(source, syms or None))
+        urls = [n["url"] for n in nodes.values() if n.get("kind") == "cep" and n.get("url")]
+        if source not in ("analytics", "bars") or not urls:
+            return []
+        query = f"?{urllib.parse.urlencode({'syms': ','.join(syms)})}" if syms else ""
+        rows: list[dict[str, Any]] = []
+        for url in urls:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/cep/v1/{source}{query}", timeout=timeout) as resp:
+                rows.extend(_cep_rows(json.loads(resp.read())))
+        return rows
+
+    return snapshot

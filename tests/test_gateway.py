@@ -1,0 +1,289 @@
+"""The gateway on a real plant: broker, an RDB worker holding today, the HDB holding
+yesterday (written from the log), ClickHouse (chdb) joining them; answers checked
+against pandas over the rows that were published."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from fastapi.testclient import TestClient
+from procs import Worker, plant_env, wait_until
+
+from gateway.app import create_app
+from gateway.auth import Users, hash_key
+from ingest.eod import open_first_day, roll_day
+from ingest.feeds.synthetic import SyntheticMarket
+from ingest.publisher import Tickerplant
+from sinks.backfill import backfill
+from tickplant.clock import ManualClock
+from tickplant.kafka.broker import free_port
+
+T0 = int(dt.datetime(2026, 11, 22, 9, 30, tzinfo=dt.UTC).timestamp() * 1e9)
+D1, D2 = dt.date(2026, 11, 22), dt.date(2026, 11, 23)
+ARROW = {"Accept": "application/vnd.apache.arrow.stream"}
+USERS = {
+    "users": {
+        "alice": {"keys": [hash_key("alice-key")], "tables": {
+            "trade": {"columns": ["time", "sym", "price", "size"], "rows": "exchange = 'N'"},
+        }},
+        "bob": {"keys": [hash_key("bob-key")], "tables": {"trade": {}, "quote": {}}},
+        "ops": {"keys": [hash_key("ops-key")], "admin": True},
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def world(broker, catalog, tmp_path_factory):
+    """Yesterday (D1) in the HDB, today (D2) in an RDB worker; the rows published each day."""
+    tmp = tmp_path_factory.mktemp("gateway")
+    settings = broker.settings.replace(topic_prefix=f"g{uuid.uuid4().hex[:8]}.", data_dir=tmp / "plant",
+                                       batch_interval_ms=20)
+    clock = ManualClock(T0)
+    open_first_day(settings, catalog, clock)
+    market = SyntheticMarket(syms=8, seed=5, clock=clock)
+    published: dict[dt.date, dict[str, list[dict]]] = {}
+    for day in (D1, D2):
+        if day == D2:
+            clock.advance(15 * 3600)
+            roll_day(settings, catalog, clock)
+            clock.advance(9 * 3600)
+        trades, quotes = market.events(3000)
+        with Tickerplant(settings, catalog, mode="batch") as tp:
+            tp.publish_rows("quote", quotes)
+            tp.publish_rows("trade", trades)
+        published[day] = {"trade": trades, "quote": quotes}
+    for table in ("trade", "quote"):
+        backfill(settings, table, D1, catalog=catalog)
+    worker = Worker(settings, "rdb-g1", tmp).start()
+    try:
+        worker.wait_serving()
+        wait_until(lambda: sum(worker.client.count("trade", date=D2.isoformat()).values())
+                   == len(published[D2]["trade"]), 60, "today in the RDB", worker.log_tail)
+        users = Users.from_dict(USERS)
+        app = create_app(settings, users=users)
+        with TestClient(app) as client:
+            wait_until(lambda: client.get("/v1/health").json()["rdb_nodes"], 30, "the gateway to see the RDB")
+            yield settings, client, published, worker
+    finally:
+        worker.stop()
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows)
+
+
+def arrow(resp) -> pa.Table:
+    assert resp.status_code == 200, resp.text
+    return pa.ipc.open_stream(resp.content).read_all()
+
+
+def sql(client, query: str, key: str = "bob-key", **extra) -> object:
+    return client.post("/v1/sql", json={"query": query, **extra}, headers={**ARROW, "X-API-Key": key})
+
+
+def test_today_and_history_are_one_table(world):
+    _, client, published, _ = world
+    got = arrow(sql(client, "SELECT date, count() AS n FROM trade GROUP BY date ORDER BY date")).to_pylist()
+    assert got == [{"date": D1, "n": len(published[D1]["trade"])}, {"date": D2, "n": len(published[D2]["trade"])}]
+    rows = arrow(sql(client, "SELECT date, time, sym, price, size FROM trade WHERE sym = 'AAPL' "
+                             "ORDER BY date, time")).to_pandas()
+    expected = pd.concat([frame(published[d]["trade"]).assign(date=d) for d in (D1, D2)])
+    expected = expected[expected.sym == "AAPL"].sort_values(["date", "time"], kind="stable")
+    assert rows.time.astype("int64").tolist() == expected.time.tolist()
+    assert rows.price.tolist() == expected.price.tolist()
+    assert rows.date.tolist() == expected.date.tolist()
+    # today() is the plant's open day; only the RDB is read for it
+    resp = sql(client, "SELECT count() AS n FROM trade WHERE date = today()")
+    assert arrow(resp).to_pylist() == [{"n": len(published[D2]["trade"])}]
+
+
+def test_aj_across_the_day_boundary_matches_pandas(world):
+    _, client, published, _ = world
+    resp = client.get("/v1/aj", params={"start": D1.isoformat(), "end": D2.isoformat()}, headers={
+        **ARROW, "X-API-Key": "bob-key"})
+    got = arrow(resp).to_pandas()
+    expected = []
+    for day in (D1, D2):
+        trades = frame(published[day]["trade"]).sort_values("time", kind="stable")
+        quotes = frame(published[day]["quote"]).sort_values("time", kind="stable")
+        joined = pd.merge_asof(trades, quotes[["time", "sym", "bid", "ask"]], on="time", by="sym",
+                               direction="backward", allow_exact_matches=True)
+        expected.append(joined.assign(date=day))
+    expected = pd.concat(expected).sort_values(["date", "sym", "time"], kind="stable").reset_index(drop=True)
+    assert len(got) == len(expected)
+    assert got.time.astype("int64").tolist() == expected.time.tolist()
+    assert got.bid.fillna(-1).tolist() == expected.bid.fillna(-1).tolist()
+    assert got.ask.fillna(-1).tolist() == expected.ask.fillna(-1).tolist()
+
+
+def test_bars_vwap_last_trades_named_queries(world):
+    _, client, published, _ = world
+    key = {"X-API-Key": "bob-key"}
+    bars = arrow(client.get("/v1/bars", params={"start": D1.isoformat(), "end": "today", "minutes": 5,
+                                                "syms": "AAPL,MSFT"}, headers={**ARROW, **key})).to_pandas()
+    trades = pd.concat([frame(published[d]["trade"]).assign(date=d) for d in (D1, D2)])
+    trades = trades[trades.sym.isin(["AAPL", "MSFT"])]
+    trades["bar"] = trades.time // (300 * 10**9) * (300 * 10**9)
+    g = trades.sort_values("time", kind="stable").groupby(["sym", "bar"])
+    expected = pd.DataFrame({"open": g.price.first(), "high": g.price.max(), "low": g.price.min(),
+                             "close": g.price.last(), "volume": g["size"].sum()}).reset_index()
+    assert len(bars) == len(expected)
+    assert bars.volume.tolist() == expected.volume.tolist()
+    assert bars.open.tolist() == expected.open.tolist() and bars.close.tolist() == expected.close.tolist()
+
+    last = client.get("/v1/last", params={"syms": "AAPL,IBM"}, headers=key).json()["rows"]
+    today = frame(published[D2]["trade"])
+    for row in last:
+        mine = today[today.sym == row["sym"]].sort_values("time", kind="stable").iloc[-1]
+        assert row["price"] == mine.price and row["date"] == D2.isoformat()
+    assert {r["sym"] for r in last} == {"AAPL", "IBM"} & set(today.sym)
+
+    vwap = client.get("/v1/vwap", params={"syms": "AAPL", "start": D2.isoformat()}, headers=key).json()["rows"]
+    aapl = today[today.sym == "AAPL"]
+    assert vwap[0]["vwap"] == pytest.approx((aapl.price * aapl["size"]).sum() / aapl["size"].sum())
+
+    csv = client.get("/v1/trades", params={"syms": "AAPL", "start": D1.isoformat(), "end": D2.isoformat()},
+                     headers={**key, "Accept": "text/csv"})
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    lines = csv.text.strip().splitlines()
+    assert len(lines) - 1 == int((trades.sym == "AAPL").sum())
+    assert lines[0].startswith('"date","time","sym"') and lines[1].split(",")[1].endswith('Z"')
+
+
+def test_entitlements_end_to_end(world):
+    _, client, published, _ = world
+    # alice: trade's time, sym, price, size; only exchange N rows
+    resp = sql(client, "SELECT * FROM trade ORDER BY date, time", key="alice-key")
+    got = arrow(resp)
+    assert got.column_names == ["time", "sym", "price", "size", "date"]
+    all_trades = pd.concat([frame(published[d]["trade"]) for d in (D1, D2)])
+    assert got.num_rows == int((all_trades.exchange == "N").sum()) > 0
+    denied = sql(client, "SELECT exchange FROM trade", key="alice-key")
+    assert denied.status_code == 403 and "exchange" in denied.json()["error"]
+    assert sql(client, "SELECT * FROM quote", key="alice-key").status_code == 403
+    assert client.post("/v1/sql", json={"query": "SELECT 1"}).status_code == 401
+    assert sql(client, "SELECT 1", key="nobody").status_code == 401
+    for attack in ("SELECT * FROM file('/etc/passwd', 'CSV')", "SELECT * FROM trade SETTINGS max_threads=1",
+                   "SELECT 1; DROP TABLE trade", "SELECT * FROM system.tables"):
+        resp = sql(client, attack)
+        assert resp.status_code == 403, (attack, resp.text)
+    bad = sql(client, "SELECT price FROM trade WHERE (")
+    assert bad.status_code == 400 and bad.json()["error"]
+    unknown_col = sql(client, "SELECT nosuch FROM trade")
+    assert unknown_col.status_code in (400, 403) and "nosuch" in unknown_col.json()["error"]
+    malformed = client.post("/v1/sql", content=b"{not json", headers={"X-API-Key": "bob-key",
+                                                                      "Content-Type": "application/json"})
+    assert malformed.status_code == 400 and "malformed" in malformed.json()["error"]
+
+
+def test_row_limit_timeout_and_the_query_log(world):
+    _, client, _, _ = world
+    over = sql(client, "SELECT * FROM trade", limit=10)
+    assert over.status_code == 413 and "row limit" in over.json()["error"]
+    assert arrow(sql(client, "SELECT * FROM trade LIMIT 10", limit=10)).num_rows == 10
+    started = time.monotonic()
+    slow = sql(client, "SELECT count() FROM trade AS a, trade AS b, trade AS c WHERE a.price * b.price > c.price",
+               timeout=1)
+    assert slow.status_code == 408 and "timeout" in slow.json()["error"]
+    assert time.monotonic() - started < 15
+    log = arrow(sql(client, "SELECT user, endpoint, outcome, status, rows FROM query_log",
+                    key="ops-key")).to_pylist()
+    outcomes = {(r["user"], r["outcome"]) for r in log}
+    assert ("bob", "too many rows") in outcomes and ("bob", "timeout") in outcomes
+    assert ("alice", "denied") in outcomes and ("bob", "ok") in outcomes
+    # only admins (or users granted it) read the log
+    assert sql(client, "SELECT * FROM query_log", key="bob-key").status_code == 403
+
+
+def test_tables_health_and_openapi(world):
+    _, client, _, _ = world
+    tables = {t["table"]: t for t in client.get("/v1/tables", headers={"X-API-Key": "alice-key"}).json()["tables"]}
+    assert set(tables) == {"trade"}
+    assert [c["name"] for c in tables["trade"]["columns"]] == ["time", "sym", "price", "size", "date"]
+    assert tables["trade"]["hdb_dates"] == [D1.isoformat()] and D2.isoformat() in tables["trade"]["rdb_dates"]
+    health = client.get("/v1/health").json()
+    assert health["status"] == "ok" and health["open_date"] == D2.isoformat()
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/sql", "/v1/trades", "/v1/quotes", "/v1/last", "/v1/bars", "/v1/vwap", "/v1/aj"} <= set(spec["paths"])
+
+
+def test_cli_query_through_a_gateway_process(world, tmp_path):
+    settings, _, published, _ = world
+    users = tmp_path / "users.toml"
+    users.write_text(f'[users.bob]\nkeys = ["{hash_key("bob-key")}"]\ntables = {{ trade = {{}} }}\n')
+    port = free_port()
+    env = {**plant_env(settings), "TICKPLANT_GATEWAY_PORT": str(port), "TICKPLANT_GATEWAY_USERS_FILE": str(users)}
+    proc = subprocess.Popen([sys.executable, "-m", "tickplant", "gateway", "run"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def query(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "tickplant", "query", *args], env=env,
+                                  capture_output=True, text=True, timeout=60)
+
+        wait_until(lambda: query("SELECT 1 AS one", "--key", "bob-key").returncode == 0, 60, "the gateway")
+        out = query("SELECT sym, count() AS n FROM trade WHERE date = today() GROUP BY sym ORDER BY sym",
+                    "--key", "bob-key")
+        assert out.returncode == 0, out.stderr
+        counts = frame(published[D2]["trade"]).sym.value_counts()
+        for sym, n in counts.items():
+            assert any(line.split()[:2] == [sym, str(n)] for line in out.stdout.splitlines()), out.stdout
+        assert f"{len(counts)} row(s)" in out.stdout
+        denied = query("SELECT * FROM quote", "--key", "bob-key")
+        assert denied.returncode == 1 and "403" in denied.stderr
+        as_json = query("SELECT 1 AS one", "--key", "bob-key", "--format", "json")
+        assert json.loads(as_json.stdout) == {"one": 1}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_replica_killed_during_queries_every_query_is_answered(world, tmp_path):
+    """Hot-hot: a second RDB replica group; kill -9 the busy one mid-stream of queries."""
+    settings, client, published, first = world
+    second = Worker(settings, "rdb-g2", tmp_path, replica="b").start()
+    try:
+        second.wait_serving()
+        wait_until(lambda: sum(second.client.count("trade", date=D2.isoformat()).values())
+                   == len(published[D2]["trade"]), 60, "replica b to hold today", second.log_tail)
+        wait_until(lambda: {n["replica"] for n in client.get("/v1/health").json()["rdb_nodes"]} == {"a", "b"},
+                   30, "the gateway to see both replicas")
+        expected = len(published[D2]["trade"])
+        answers: list[int] = []
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def ask() -> None:
+            while not stop.is_set():
+                resp = sql(client, "SELECT count() AS n FROM trade WHERE date = today()")
+                if resp.status_code != 200:
+                    errors.append(resp.text)
+                else:
+                    answers.append(arrow(resp).column("n")[0].as_py())
+
+        threads = [threading.Thread(target=ask) for _ in range(3)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(answers) >= 10, 60, "queries flowing")
+        first.kill9()
+        killed_at = len(answers)
+        wait_until(lambda: len(answers) >= killed_at + 20, 60, "queries after the kill",
+                   lambda: f"{len(answers)} answers, errors {errors[:2]}")
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors[:3]
+        assert answers and all(n == expected for n in answers)
+        assert {n["replica"] for n in client.get("/v1/health").json()["rdb_nodes"]} == {"b"}
+    finally:
+        second.stop()
+        first.start()  # back for any later test
+        first.wait_serving()

@@ -1,0 +1,54 @@
+"""What the gateway reads off a statement to prune: days, syms (gateway/plan.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import sqlglot
+
+from gateway.plan import DateFilter, columns_needed, need_of, plant_tables, replace_today
+
+OPEN = dt.date(2026, 11, 23)
+D = dt.date.fromisoformat
+
+
+def needs(sql: str) -> dict[str, tuple[DateFilter, set[str] | None]]:
+    ast = replace_today(sqlglot.parse_one(sql, read="clickhouse"), OPEN)
+    return {ref.alias_or_name: (n.dates, n.syms) for ref in plant_tables(ast, {"trade", "quote"})
+            for n in [need_of(ref)]}
+
+
+@pytest.mark.parametrize("where, lo, hi, days", [
+    ("date = today()", None, None, {OPEN}),
+    ("date = yesterday()", None, None, {OPEN - dt.timedelta(days=1)}),
+    ("date >= today() - 3 AND date < today()", D("2026-11-20"), D("2026-11-22"), None),
+    ("date BETWEEN '2026-11-01' AND toDate('2026-11-05')", D("2026-11-01"), D("2026-11-05"), None),
+    ("date IN ('2026-11-02', '2026-11-04')", None, None, {D("2026-11-02"), D("2026-11-04")}),
+    ("'2026-11-10' <= date", D("2026-11-10"), None, None),
+    ("date = today() OR sym = 'X'", None, None, None),  # an OR prunes nothing
+    ("toYYYYMM(date) = 202611", None, None, None),      # a function of the column neither
+])
+def test_date_predicates(where, lo, hi, days):
+    dates, _ = needs(f"SELECT * FROM trade WHERE {where}")["trade"]
+    assert (dates.lo, dates.hi, dates.days) == (lo, hi, days)
+
+
+def test_syms_per_reference_through_aliases_and_pass_through_subqueries():
+    got = needs("SELECT * FROM trade t ASOF JOIN quote q ON t.sym = q.sym AND t.time >= q.time "
+                "WHERE t.sym IN ('A', 'B') AND q.sym = 'A' AND t.date = today()")
+    assert got["t"][1] == {"A", "B"} and got["q"][1] == {"A"}
+    assert got["t"][0].days == {OPEN} and got["q"][0].days is None  # unqualified would be ambiguous
+    wrapped = needs("SELECT * FROM (SELECT time, price, date FROM trade WHERE exchange = 'N') AS trade "
+                    "WHERE date = today() AND sym = 'A'")["trade"]
+    assert wrapped[0].days == {OPEN} and wrapped[1] is None  # sym is not handed on by the sub-query
+    grouped = needs("SELECT * FROM (SELECT sym, date, max(price) AS p FROM trade GROUP BY sym, date) "
+                    "WHERE date = today()")
+    assert grouped["trade"][0].days is None  # not row for row: no pruning through it
+
+
+def test_columns_needed():
+    cols = ["time", "sym", "price", "size", "exchange", "cond"]
+    ast = sqlglot.parse_one("SELECT sym, count(*), max(price) FROM trade GROUP BY sym", read="clickhouse")
+    assert columns_needed(ast, cols) == ["sym", "price"]
+    assert columns_needed(sqlglot.parse_one("SELECT * FROM trade", read="clickhouse"), cols) is None
