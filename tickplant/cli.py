@@ -25,7 +25,8 @@ EXIT_REJECTS = 3
 def settings_from_args(args: argparse.Namespace, need_kafka: bool = True) -> Settings:
     """The settings a command runs with; by default also checks that Kafka answers."""
     overrides = {"data_dir": args.data_dir}
-    for name in ("kafka_port", "feed_rate", "feed_syms", "publish_mode", "rdb_workers", "hdb_root"):
+    for name in ("kafka_port", "feed_rate", "feed_syms", "publish_mode", "rdb_workers", "rdb_replicas", "hdb_root",
+                 "gateway_port"):
         if hasattr(args, name):
             overrides[name] = getattr(args, name)
     settings = load_settings(args.config, **overrides)
@@ -80,9 +81,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _where(settings: Settings) -> str:
     """Where a user reaches the plant's parts."""
-    rdb = ", ".join(f"http://127.0.0.1:{settings.rdb_port + i}" for i in range(settings.rdb_workers)) or "none"
+    workers = settings.rdb_workers * settings.rdb_replicas
+    rdb = ", ".join(f"http://127.0.0.1:{settings.rdb_port + i}" for i in range(workers)) or "none"
     hdb = settings.hdb_root or f"{settings.data_dir}/hdb"
-    return f"RDB workers: {rdb} (GET /rdb/v1/status); HDB partitions: {hdb} ('tickplant hdb ls')"
+    gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    return (f"gateway: {gateway} (docs at {gateway}/docs; `tickplant query \"SELECT ...\"`)\n"
+            f"RDB workers: {rdb} (GET /rdb/v1/status); HDB partitions: {hdb} ('tickplant hdb ls')")
 
 
 def _status_loop(plant: Any) -> None:
@@ -366,8 +370,24 @@ def cmd_rdb_worker(args: argparse.Namespace) -> int:
     from streams.rdb import run_worker
 
     settings = settings_from_args(args)
-    run_worker(settings, args.id, args.port, memory_budget=int(args.memory_mb) << 20)
+    run_worker(settings, args.id, args.port, memory_budget=int(args.memory_mb) << 20, replica=args.replica)
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A compressed trading day, its end of day, and example queries through the gateway."""
+    from tickplant.demo import run_demo
+
+    settings = settings_from_args(args, need_kafka=False)
+    return run_demo(settings, day_seconds=args.day_seconds, rate=args.rate, syms=args.syms, keep=args.keep)
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    """A plant under a steady feed for a long while: memory and lag per process, flat or growing."""
+    from tickplant.soak import run_soak
+
+    settings = settings_from_args(args, need_kafka=False)
+    return run_soak(settings, args.minutes, rate=args.rate, interval=args.interval, rdb_workers=args.rdb_workers)
 
 
 def cmd_deadletters(args: argparse.Namespace) -> int:
@@ -403,9 +423,27 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--syms", dest="feed_syms", type=int, help="number of synthetic syms")
     up.add_argument("--mode", dest="publish_mode", choices=["batch", "zero"], help="publish mode")
     up.add_argument("--rdb-workers", type=int, help="RDB worker processes (default 1; 0: none)")
+    up.add_argument("--rdb-replicas", type=int, help="hot-hot copies of the RDB, each of --rdb-workers (default 1)")
+    up.add_argument("--gateway-port", type=int, help="the gateway's port (default 8700)")
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("down", parents=[common], help="stop the plant and its broker").set_defaults(func=cmd_down)
+
+    demo = sub.add_parser("demo", parents=[common],
+                          help="a compressed trading day on a throwaway plant, then example queries")
+    demo.add_argument("--day-seconds", type=float, default=30.0, help="real seconds per trading session")
+    demo.add_argument("--rate", type=float, default=2000.0, help="synthetic quote events per second")
+    demo.add_argument("--syms", type=int, default=20, help="synthetic syms")
+    demo.add_argument("--keep", action="store_true", help="keep the demo plant running after the examples")
+    demo.set_defaults(func=cmd_demo)
+
+    soak = sub.add_parser("soak", parents=[common],
+                          help="a throwaway plant under load for N minutes: memory and lag, flat or growing")
+    soak.add_argument("--minutes", type=float, default=10.0)
+    soak.add_argument("--rate", type=float, default=2000.0, help="synthetic quote events per second")
+    soak.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
+    soak.add_argument("--rdb-workers", type=int, default=1)
+    soak.set_defaults(func=cmd_soak)
     sub.add_parser("status", parents=[common], help="what runs, the open day, rows per table").set_defaults(
         func=cmd_status)
     sub.add_parser("topics", parents=[common], help="the log's topics and offsets").set_defaults(func=cmd_topics)
@@ -453,11 +491,25 @@ def build_parser() -> argparse.ArgumentParser:
     rworker.add_argument("--id", default="rdb-1", help="node id, unique in the plant")
     rworker.add_argument("--port", type=int, default=8711, help="HTTP query port")
     rworker.add_argument("--memory-mb", type=int, default=1024, help="memory budget")
+    rworker.add_argument("--replica", default="a",
+                         help="replica group (hot-hot: each group holds every partition; default a)")
     rworker.set_defaults(func=cmd_rdb_worker)
 
     from sinks.cli import add_commands as add_sink_commands
 
     add_sink_commands(sub, common)
+
+    from streams.cep.cli import add_commands as add_cep_commands
+
+    add_cep_commands(sub, common)
+
+    from gateway.cli import add_commands as add_gateway_commands
+
+    add_gateway_commands(sub, common)
+
+    from gateway.watch import add_commands as add_watch_commands
+
+    add_watch_commands(sub, common)
 
     dlq = sub.add_parser("deadletters", parents=[common], help="rejected input and why")
     dlq.add_argument("--last", type=int, default=50)

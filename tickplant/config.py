@@ -56,11 +56,25 @@ class Settings:
     feed_seed: int = 1
     # the RDB: worker processes, their first HTTP port, each one's memory budget
     rdb_workers: int = 1
+    # hot-hot: this many independent copies of the RDB (replica groups a, b, ...), each of
+    # rdb_workers workers; the gateway prefers the least busy and fails over between them
+    rdb_replicas: int = 1
     rdb_port: int = 8711
     rdb_memory_mb: int = 1024
-    # gateway
+    # the complex-event engine (streams/cep): workers, their first HTTP port, bar width and
+    # how long after a bar's end its close waits for stragglers
+    cep_workers: int = 1
+    cep_port: int = 8721
+    cep_bar_seconds: float = 60.0
+    cep_grace_seconds: float = 1.0
+    # gateway: where it listens; the users file (API keys, bearer tokens and grants;
+    # empty -> one anonymous user allowed everything, for a local plant); per query a
+    # row limit and a timeout in seconds (a request may ask for less, never more)
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8700
+    gateway_users_file: str = ""
+    gateway_row_limit: int = 1_000_000
+    gateway_timeout_s: float = 30.0
     # history (sinks/): where the HDB's Parquet partitions live, a local directory
     # (empty -> <data_dir>/hdb) or "s3://bucket/prefix"; s3_endpoint for a non-AWS
     # S3 (SeaweedFS, MinIO: "http://host:port"), credentials from the AWS_* variables

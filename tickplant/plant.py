@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ingest.topics import ensure_topics
 from tickplant.clock import Clock, SystemClock
 from tickplant.config import Settings
 from tickplant.kafka.broker import EmbeddedKafka, pid_alive, stop_pid
-from tickplant.supervisor import Supervisor, pdb_child, rdb_worker_child
+from tickplant.supervisor import Supervisor, cep_child, gateway_child, pdb_child, rdb_worker_child
 
 
 class PlantError(RuntimeError):
@@ -87,9 +88,13 @@ class Plant:
             self.tp = Tickerplant(self.settings, self.catalog, source="synthetic-feed")
             self.scheduler = EodScheduler(self.settings, self.catalog, self.clock)
             self.scheduler.start()
-            for index in range(self.settings.rdb_workers):
-                self.supervisor.add(rdb_worker_child(self.settings, index))
+            for replica in range(self.settings.rdb_replicas):
+                for index in range(self.settings.rdb_workers):
+                    self.supervisor.add(rdb_worker_child(self.settings, index, replica))
+            for index in range(self.settings.cep_workers):
+                self.supervisor.add(cep_child(self.settings, index))
             self.supervisor.add(pdb_child(self.settings))
+            self.supervisor.add(gateway_child(self.settings))
             if self.feed:
                 market = SyntheticMarket(self.settings.feed_syms, self.settings.feed_seed, self.clock)
                 self._feed_thread = threading.Thread(
@@ -97,10 +102,28 @@ class Plant:
                     args=(market, self.tp.publish_rows, self.settings.feed_rate, self._stop), daemon=True,
                 )
                 self._feed_thread.start()
+            self._wait_for_gateway()
         except BaseException:
             self.stop()
             raise
         self.write_state(ready=True)
+
+    def _wait_for_gateway(self, timeout: float = 90.0) -> None:
+        """Ready means answering: the gateway's health endpoint replies."""
+        url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}/v1/health"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            for line in self.supervisor.watch():
+                print(f"tickplant: {line}", file=sys.stderr)
+            time.sleep(0.3)
+        raise PlantError(f"the gateway did not answer at {url} within {timeout:.0f} s; "
+                         f"see {self.settings.data_dir}/logs/gateway-1.log")
 
     def write_state(self, ready: bool) -> None:
         delivered = dict(self.tp.stats.delivered) if self.tp else {}
@@ -118,8 +141,12 @@ class Plant:
         tmp.replace(state_path(self.settings))
 
     def watch(self) -> list[str]:
-        """Restart crashed children; lines saying what happened."""
-        return self.supervisor.watch()
+        """Restart a dead embedded broker and crashed children; lines saying what happened."""
+        events = []
+        if self.broker and self.broker.died:
+            code = self.broker.restart()
+            events.append(f"the Kafka broker exited with code {code}; restarted on {self.settings.bootstrap}")
+        return events + self.supervisor.watch()
 
     def stop(self) -> None:
         self._stop.set()

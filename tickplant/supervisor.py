@@ -82,14 +82,29 @@ class Supervisor:
         self.children.clear()
 
 
-def rdb_worker_child(settings: Settings, index: int) -> Child:
-    port = settings.rdb_port + index
+def rdb_worker_child(settings: Settings, index: int, replica: int = 0) -> Child:
+    """Worker ``index`` of replica group ``replica`` (0 = "a", 1 = "b", ...)."""
+    name = "abcdefghijklmnopqrstuvwxyz"[replica]
+    node = f"rdb-{index + 1}" if replica == 0 else f"rdb-{name}{index + 1}"
+    port = settings.rdb_port + replica * settings.rdb_workers + index
     return Child(
-        f"rdb-{index + 1}",
-        ["rdb", "worker", "--id", f"rdb-{index + 1}", "--port", str(port), "--memory-mb", str(settings.rdb_memory_mb)],
+        node,
+        ["rdb", "worker", "--id", node, "--port", str(port), "--memory-mb", str(settings.rdb_memory_mb),
+         "--replica", name],
         settings,
     )
 
 
+def cep_child(settings: Settings, index: int = 0) -> Child:
+    port = settings.cep_port + index
+    return Child(f"cep-{index + 1}", ["cep", "run", "--id", f"cep-{index + 1}", "--port", str(port),
+                                      "--bar-seconds", str(settings.cep_bar_seconds),
+                                      "--grace-seconds", str(settings.cep_grace_seconds)], settings)
+
+
 def pdb_child(settings: Settings) -> Child:
     return Child("pdb-1", ["pdb", "run", "--id", "pdb-1"], settings)
+
+
+def gateway_child(settings: Settings) -> Child:
+    return Child("gateway-1", ["gateway", "run", "--id", "gateway-1"], settings)

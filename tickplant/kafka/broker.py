@@ -169,6 +169,26 @@ class EmbeddedKafka:
             self.stop()
             raise
 
+    @property
+    def died(self) -> bool:
+        """Started by us and no longer running (killed, crashed)."""
+        return self.process is not None and self.process.poll() is not None
+
+    def restart(self, timeout: float = 90.0) -> int | None:
+        """Start again after a death, on the same ports and data (the log survives a
+        kill -9: acknowledged writes are in the page cache and on disk). Returns the
+        dead process's exit code."""
+        code = self.process.returncode if self.process else None
+        self.process = None
+        self.pid_file.unlink(missing_ok=True)
+        deadline = time.monotonic() + 30
+        while not all(port_is_free(p) for p in (self.settings.kafka_port, self.settings.controller_port)):
+            if time.monotonic() > deadline:
+                break  # start() says which port is taken
+            time.sleep(0.2)
+        self.start(timeout)
+        return code
+
     def _wait_ready(self, timeout: float) -> None:
         from confluent_kafka.admin import AdminClient
 
