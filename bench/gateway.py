@@ -172,6 +172,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
         }
         for label, (path, params, named) in queries.items():
             through = timed(lambda p=path, q=params: _ok(http.get(p, params=q)), repeat)
+            stages = _ok(http.get(path, params=params)).headers.get("server-timing", "")
             answer = engine.run(parse_select(named.sql), settings=named.settings, rdb_view=named.rdb_view,
                                 keep_files=True)
             try:
@@ -184,7 +185,8 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
             ok = (through / direct < 1.3) if big else added_ms < 10
             report.results.append(Result(
                 f"gateway {label} ({answer.table.num_rows:,} rows)", through * 1e3, direct * 1e3,
-                "< 1.3x chdb" if big else "< +10 ms", ok, "ms", f"+{added_ms:.1f} ms over chdb"))
+                "< 1.3x chdb" if big else "< +10 ms", ok, "ms",
+                f"+{added_ms:.1f} ms over chdb; in the gateway: {stages.replace(';dur=', ' ')}"))
 
         syms = [f"S{i}" for i in range(100)]
         syms = sorted(engine.run(parse_select(last_query("trade", None, day1).sql), rdb_view="last")

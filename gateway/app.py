@@ -78,6 +78,7 @@ class Gateway:
         try:
             kind = output.media_type(request.headers.get("accept"), fmt)
             ast = authorize(parse_select(statement), user, self.table_columns)
+            checked = time.monotonic()
             result: Answer = self.engine.run(ast, limit=limit, timeout=timeout, settings=settings,
                                              rdb_view=rdb_view)
         except Exception as exc:
@@ -88,7 +89,9 @@ class Gateway:
         elapsed_ms = (time.monotonic() - started) * 1e3
         self.query_log.record(user.name, endpoint, statement, elapsed_ms, result.table.num_rows, "ok", 200)
         extra = {"elapsed_ms": round(elapsed_ms, 3)}
-        headers = {"X-Rows": str(result.table.num_rows), "X-Elapsed-Ms": f"{elapsed_ms:.3f}"}
+        stages = {"parse": checked - started, **result.timing}
+        headers = {"X-Rows": str(result.table.num_rows), "X-Elapsed-Ms": f"{elapsed_ms:.3f}",
+                   "Server-Timing": ", ".join(f"{k};dur={v * 1e3:.2f}" for k, v in stages.items())}
         return StreamingResponse(output.chunks(result.table, kind, extra), media_type=kind, headers=headers)
 
 

@@ -66,6 +66,7 @@ class Answer:
     elapsed: float
     touched: dict[str, Any] = field(default_factory=dict)  # table -> HDB days / RDB days and replica
     sql: str = ""  # what ClickHouse ran
+    timing: dict[str, float] = field(default_factory=dict)  # seconds per stage (Server-Timing)
     files: list[Path] = field(default_factory=list)  # the RDB rows' files, when kept
 
 
@@ -116,6 +117,7 @@ class Engine:
         ast = replace_today(ast, self.open_date())  # the caller's tree is consumed
         files: list[Path] = []
         touched: dict[str, Any] = {}
+        timing = {"rdb": 0.0, "sources": 0.0}
         try:
             # Each reference becomes a placeholder name, swapped for its source in the SQL
             # text: the generated SQL never goes through the parser.
@@ -128,9 +130,13 @@ class Engine:
                        tuple(columns or ()), need.dates.lo, need.dates.hi,
                        frozenset(need.dates.days) if need.dates.days is not None else None)
                 if key not in fetched:
+                    t0 = time.monotonic()
                     fetched[key] = self._realtime(need, columns, rdb_view, deadline)
+                    timing["rdb"] += time.monotonic() - t0
                 rows, hdb_days, info = fetched[key]
+                t0 = time.monotonic()
                 source, path = self._source(need.table, columns, hdb_days, rows)
+                timing["sources"] += time.monotonic() - t0
                 if path is not None:
                     files.append(path)
                 touched.setdefault(ref.name, []).append(info)
@@ -145,8 +151,12 @@ class Engine:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s fetching real-time rows")
+            t0 = time.monotonic()
             table = self._execute(sql, limit, remaining, timeout, settings)
-            return Answer(table, time.monotonic() - started, touched, sql, files if keep_files else [])
+            timing["clickhouse"] = time.monotonic() - t0
+            timing["plan"] = t0 - started - timing["rdb"] - timing["sources"]
+            return Answer(table, time.monotonic() - started, touched, sql=sql,
+                          files=files if keep_files else [], timing=timing)
         finally:
             for path in files if not keep_files else []:
                 path.unlink(missing_ok=True)

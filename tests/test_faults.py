@@ -203,3 +203,96 @@ def test_every_part_killed_in_turn_loses_and_duplicates_nothing(tmp_path, catalo
         if queries is not None:
             queries.halt.set()
         plant.stop()
+
+
+def test_bad_input_everywhere_is_refused_with_a_reason_and_disturbs_nothing(tmp_path, catalog):
+    """Corrupt bytes, an unknown writer schema and a truncated block on the table topics, an
+    oversized message, CSV garbage, malformed HTTP and SQL: each is refused or dead-lettered
+    with its reason, and every good row around them is captured by the RDB, the engine and
+    the HDB exactly once."""
+    from confluent_kafka import KafkaException, Producer
+
+    from ingest.deadletter import read_deadletters
+    from ingest.feeds.synthetic import SyntheticMarket
+    from ingest.publisher import Tickerplant
+    from ingest.topics import TopicNames
+
+    plant = PlantProcess(tmp_path, catalog)
+    try:
+        plant.start()
+        market = SyntheticMarket(syms=8, seed=3)
+        trades_a, quotes_a = market.events(2000)
+        with Tickerplant(plant.settings, catalog) as tp:
+            tp.publish_rows("trade", trades_a)
+            tp.publish_rows("quote", quotes_a)
+        names = TopicNames(plant.settings.topic_prefix)
+        raw = Producer(plant.settings.kafka_config())
+        garbage = [b"not avro at all", b"\xc3\x01" + b"\x00" * 8 + b"\x02\x04", b"\xc3\xb1" + b"\x01" * 3]
+        for topic in (names.table("trade"), names.table("quote")):
+            for part, value in enumerate(garbage):
+                raw.produce(topic, key=b"AAPL", value=value, partition=part)
+        assert raw.flush(30) == 0
+        errors: list[str] = []
+        try:  # refused by the client (message.max.bytes) or the broker, either way with the reason
+            raw.produce(names.table("trade"), key=b"AAPL", value=b"x" * (9 << 20), partition=0,
+                        on_delivery=lambda err, _msg: errors.append(str(err)) if err else None)
+            raw.flush(30)
+        except KafkaException as exc:
+            errors.append(str(exc))
+        assert errors and "MSG_SIZE_TOO_LARGE" in errors[0].upper().replace(" ", "_"), errors
+        trades_b, quotes_b = market.events(2000)
+        with Tickerplant(plant.settings, catalog) as tp:
+            tp.publish_rows("trade", trades_b)
+            tp.publish_rows("quote", quotes_b)
+
+        bad_csv = tmp_path / "bad.csv"
+        bad_csv.write_text("time,sym,price,size,exchange,cond\n1,AAPL,abc,100,N,\n\x00\x01,,,\n")
+        csv = plant.run("feed", "csv", "trade", str(bad_csv))
+        assert csv.returncode == 3 and "bad.csv:2" in csv.stdout + csv.stderr, csv.stdout + csv.stderr
+
+        client = Client(f"http://127.0.0.1:{plant.settings.gateway_port}", timeout=60)
+        http = client._http
+        assert http.post("/v1/sql", content=b"{oops", headers={"Content-Type": "application/json"}).status_code == 400
+        assert http.post("/v1/sql", json={"query": "SELEC 1 FROM"}).status_code in (400, 403)
+        assert http.get("/v1/bars", params={"minutes": "x"}).status_code == 400
+        assert http.get("/v1/trades", params={"start": "yesterday-ish"}).status_code == 400
+
+        n_trades, n_quotes = len(trades_a) + len(trades_b), len(quotes_a) + len(quotes_b)
+
+        def counted() -> tuple[int, int] | str:
+            try:
+                t = client.sql("SELECT count() AS n FROM trade WHERE date = today()").column("n")[0].as_py()
+                q = client.sql("SELECT count() AS n FROM quote WHERE date = today()").column("n")[0].as_py()
+            except GatewayError as exc:
+                return str(exc)
+            return t, q
+
+        wait_until(lambda: counted() == (n_trades, n_quotes), 120, "every good row in the RDB",
+                   lambda: f"{counted()} want {(n_trades, n_quotes)}\n{plant.tail()}")
+        cep = f"http://127.0.0.1:{plant.settings.cep_port}"
+
+        def engine_trades() -> int:
+            with urllib.request.urlopen(f"{cep}/cep/v1/analytics", timeout=30) as resp:
+                return sum(a["trades"] or 0 for a in json.loads(resp.read())["analytics"].values())
+
+        wait_until(lambda: engine_trades() == n_trades, 120, "the engine to count every good trade",
+                   lambda: f"{engine_trades()} want {n_trades}")
+        eod = plant.run("eod")
+        assert eod.returncode == 0, eod.stderr
+        wait_until(lambda: client.sql("SELECT count() AS n FROM trade WHERE date = yesterday()")
+                   .column("n")[0].as_py() == n_trades and client.tables()[0]["hdb_dates"], 120,
+                   "the HDB to hold every good trade", plant.tail)
+
+        letters = read_deadletters(plant.settings)
+        by_source: dict[str, int] = {}
+        for letter in letters:
+            by_source[letter["source"].split(":")[0]] = by_source.get(letter["source"].split(":")[0], 0) + 1
+            assert letter["reason"] and letter["table"] in ("trade", "quote")
+        for source in ("rdb", "pdb", "cep"):
+            assert by_source.get(source, 0) >= len(garbage), (source, by_source)
+        assert by_source.get("csv", 0) + by_source.get("feed", 0) >= 2 or any(
+            "bad.csv" in letter["where"] for letter in letters), by_source
+        listed = plant.run("deadletters", "--last", "200")
+        assert listed.returncode == 0 and "rdb:" in listed.stdout and "pdb:" in listed.stdout
+    finally:
+        plant.stop()
