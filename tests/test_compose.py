@@ -31,7 +31,7 @@ KAFKA = "kafka"  # the broker's service name, which containers resolve
 HOST_KAFKA_PORT = 9092
 # TICKPLANT_ variables the compose file sets for settings that don't exist yet;
 # drop a name from here once tickplant/config.py has the field.
-PROPOSED_SETTINGS = {"TICKPLANT_CLICKHOUSE_URL", "TICKPLANT_HDB_URI"}
+PROPOSED_SETTINGS: set[str] = set()
 
 Doc = dict[str, Any]
 
@@ -246,7 +246,7 @@ def test_tickplant_variables_are_settings(
 def test_hdb_bucket_is_created_before_the_plant(compose: Doc) -> None:
     svcs = services(compose)
     for name, svc in plant_services(compose).items():
-        uri = environment(svc).get("TICKPLANT_HDB_URI", "")
+        uri = environment(svc).get("TICKPLANT_HDB_ROOT", "")
         if not uri.startswith("s3://"):
             continue
         bucket = uri.removeprefix("s3://").split("/", 1)[0]
