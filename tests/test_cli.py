@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tickplant.kafka.broker import free_port_pair, pid_alive
+from tickplant.kafka.broker import free_port, free_port_pair, pid_alive
 
 
 def tickplant(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -27,6 +27,9 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
         "TICKPLANT_KAFKA_PORT": str(free_port_pair()),
         "TICKPLANT_FEED_RATE": "300",
         "TICKPLANT_FEED_SYMS": "10",
+        "TICKPLANT_GATEWAY_PORT": str(free_port()),
+        "TICKPLANT_RDB_PORT": str(free_port()),
+        "TICKPLANT_CEP_PORT": str(free_port()),
     })
     return env
 
@@ -45,6 +48,11 @@ def test_a_users_session(cli_env, tmp_path):
         assert status.returncode == 0, status.stderr
         assert "plant: running" in status.stdout
         assert "trade" in status.stdout and "quote" in status.stdout
+        assert f"gateway: http://127.0.0.1:{cli_env['TICKPLANT_GATEWAY_PORT']} ok" in status.stdout, status.stdout
+        assert "CEP worker" in status.stdout and "RDB worker" in status.stdout
+        query = tickplant(cli_env, "query", "SELECT sym, count() AS n FROM trade WHERE date = today() GROUP BY sym")
+        assert query.returncode == 0, query.stderr
+        assert "row(s)" in query.stdout and "sym" in query.stdout.splitlines()[0]
 
         csv_path = tmp_path / "t.csv"
         csv_path.write_text(

@@ -156,7 +156,35 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
         print(format_table(["RDB worker", "state", "url", "table", "partitions", "rows today", "lag", "RSS MiB"],
                            workers))
+    engines = _cep_rows(settings)
+    if engines:
+        print()
+        print(format_table(["CEP worker", "state", "url", "engine", "partitions", "serving", "RSS MiB"], engines))
+    print()
+    print(_gateway_line(settings))
     return 0
+
+
+def _cep_rows(settings: Settings) -> list[list[Any]]:
+    from streams.metadata import read_metadata
+
+    return [[node, "STALE" if r["stale"] else "live", r.get("url"), r.get("engine"),
+             ",".join(map(str, r.get("partitions", []))), r.get("serving"), round(r.get("rss", 0) / 2**20)]
+            for node, r in sorted(read_metadata(settings, include_stale=True).items()) if r.get("kind") == "cep"]
+
+
+def _gateway_line(settings: Settings) -> str:
+    import urllib.request
+
+    url = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    try:
+        with urllib.request.urlopen(f"{url}/v1/health", timeout=3) as resp:
+            health = json.loads(resp.read())
+    except OSError as exc:
+        return f"gateway: not answering at {url} ({exc})"
+    replicas = sorted({n["replica"] for n in health.get("rdb_nodes", [])})
+    return (f"gateway: {url} ok, open day {health.get('open_date')}, {len(health.get('rdb_nodes', []))} RDB "
+            f"node(s) in replica(s) {','.join(replicas) or '-'}, {len(health.get('cep_nodes', []))} CEP node(s)")
 
 
 def _rdb_rows(settings: Settings, ends: dict[tuple[str, int], int]) -> list[list[Any]]:

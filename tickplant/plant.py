@@ -108,22 +108,30 @@ class Plant:
             raise
         self.write_state(ready=True)
 
-    def _wait_for_gateway(self, timeout: float = 90.0) -> None:
-        """Ready means answering: the gateway's health endpoint replies."""
+    def _wait_for_gateway(self, timeout: float = 120.0) -> None:
+        """Ready means answering: the gateway replies and sees every RDB worker serving and
+        every CEP worker, so a query sent the moment ``up --detach`` returns is answered."""
         url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}/v1/health"
+        rdb_wanted = self.settings.rdb_workers * self.settings.rdb_replicas
+        cep_wanted = self.settings.cep_workers
         deadline = time.monotonic() + timeout
+        seen = "no answer"
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
+                    health = json.loads(resp.read())
+                serving = sum(1 for n in health.get("rdb_nodes", []) if n.get("serving"))
+                engines = len(health.get("cep_nodes", []))
+                seen = f"{serving}/{rdb_wanted} RDB workers serving, {engines}/{cep_wanted} CEP workers"
+                if serving >= rdb_wanted and engines >= cep_wanted:
+                    return
+            except (OSError, ValueError):
                 pass
             for line in self.supervisor.watch():
                 print(f"tickplant: {line}", file=sys.stderr)
             time.sleep(0.3)
-        raise PlantError(f"the gateway did not answer at {url} within {timeout:.0f} s; "
-                         f"see {self.settings.data_dir}/logs/gateway-1.log")
+        raise PlantError(f"the plant was not ready within {timeout:.0f} s ({seen} at {url}); "
+                         f"see {self.settings.data_dir}/logs/")
 
     def write_state(self, ready: bool) -> None:
         delivered = dict(self.tp.stats.delivered) if self.tp else {}
