@@ -245,6 +245,11 @@ class Pdb:
     def _handle(self, msg: Any) -> None:
         err = msg.error()
         if err is not None:
+            if err.fatal():
+                # e.g. fenced by a newer member with our static id after the broker came back:
+                # this consumer can never recover; exit so the supervisor starts a fresh one
+                # (capture resumes from the spilled state, nothing is lost or doubled).
+                raise RuntimeError(f"the PDB's consumer failed for good: {err}")
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consuming %s: %s", msg.topic(), err)
             return

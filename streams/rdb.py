@@ -512,7 +512,8 @@ class RdbWorker:
         loop = asyncio.get_running_loop()
         self.days = await loop.run_in_executor(None, read_day_state, self.settings)
         for (table, _), shard in list(self.shards.items()):
-            for date in [d for d in shard.days if d and dt.date.fromisoformat(d) in self.days.published.get(table, ())]:
+            published = self.days.published.get(table, ())
+            for date in [d for d, _ in shard.day_statuses() if d and dt.date.fromisoformat(d) in published]:
                 shard.drop_day(date)
         began = time.perf_counter_ns()
         self.metadata.publish(self.holdings())
@@ -539,12 +540,12 @@ class RdbWorker:
             if shard is None:
                 continue
             entry.setdefault("applied", {})[str(partition)] = shard.applied
-            for date in shard.days:
+            for date, status in shard.day_statuses():
                 if not date:
                     continue
                 stats = shard.sym_stats(date).values()
                 day = entry["dates"].setdefault(date, {"rows": 0, "first": None, "last": None,
-                                                       "status": shard.days[date]})
+                                                       "status": status})
                 day["rows"] += sum(s.rows for s in stats)
                 firsts = [s.first for s in stats if s.rows]
                 lasts = [s.last for s in stats if s.rows]

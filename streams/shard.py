@@ -366,6 +366,12 @@ class Shard:
             self._tail_cache = (key, chunks)
         return self._tail_cache[1]
 
+    def day_statuses(self) -> list[tuple[str, str]]:
+        """(date, "open" | "closed") of every day held: a copy, since the reader thread
+        opens and closes days while the event loop reports them."""
+        with self._lock:
+            return list(self.days.items())
+
     def sym_stats(self, date: str) -> dict[str, SymStats]:
         with self._lock:
             return {sym: self._sym_stats(date, sym) for sym in self.syms(date)}

@@ -168,11 +168,23 @@ def test_every_part_killed_in_turn_loses_and_duplicates_nothing(tmp_path, catalo
                 return str(exc)
             return {r["date"]: (r["n"], r["u"]) for r in rows}
 
+        def holdings() -> str:
+            """Each RDB worker's partitions, offsets and rows per day (to say where a row went)."""
+            from streams.metadata import read_metadata
+
+            lines = []
+            for node, record in sorted(read_metadata(plant.settings, include_stale=True).items()):
+                for table, held in sorted(record.get("tables", {}).items()):
+                    days = {d: v.get("rows") for d, v in held.get("dates", {}).items()}
+                    lines.append(f"{node} stale={record['stale']} serving={record.get('serving')} {table} "
+                                 f"partitions={held.get('partitions')} applied={held.get('applied')} days={days}")
+            return "\n".join(lines)
+
         for table in ("trade", "quote"):
             expected = {day: (truth[(table, day)], truth[(table, day)]) for day in [*closed, state.open_date]}
             wait_until(lambda t=table, e=expected: answers(t) == e, 120,
                        f"{table}: every row in the RDB or HDB exactly once",
-                       lambda t=table, e=expected: f"got {answers(t)}, want {e}\n{plant.tail()}")
+                       lambda t=table, e=expected: f"got {answers(t)}, want {e}\n{holdings()}\n{plant.tail()}")
         assert client.tables()[0]["hdb_dates"] == [closed[0].isoformat()]
 
         # The engine's analytics for today equal a recomputation from the same rows.
