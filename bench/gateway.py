@@ -137,6 +137,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
     report = Report()
     children: list[Child] = []
     routing = Routing(s)
+    engine: Engine | None = None
     try:
         yesterday, today = build_plant(s, catalog, events)
         rdb_port = free_port()
@@ -200,6 +201,8 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
         report.notes.append(f"gateway: {events:,} quote events yesterday (HDB) and {events // 5:,} today (RDB), "
                             f"100 syms; medians of {repeat} runs; baseline = the final SQL on chdb in-process")
     finally:
+        if engine is not None:
+            engine.close()
         routing.close()
         for child in reversed(children):
             child.stop()

@@ -32,7 +32,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from gateway import named, output, querylog
@@ -72,7 +72,7 @@ class Gateway:
 
     def answer(self, user: User, endpoint: str, statement: str, request: Request, *,
                limit: int | None = None, timeout: float | None = None, settings: dict[str, Any] | None = None,
-               rdb_view: str = "rows", fmt: str | None = None) -> StreamingResponse:
+               rdb_view: str = "rows", fmt: str | None = None) -> Response:
         """Parse, authorise, run, log and stream one statement; errors are logged and raised."""
         started = time.monotonic()
         try:
@@ -92,13 +92,24 @@ class Gateway:
         stages = {"parse": checked - started, **result.timing}
         headers = {"X-Rows": str(result.table.num_rows), "X-Elapsed-Ms": f"{elapsed_ms:.3f}",
                    "Server-Timing": ", ".join(f"{k};dur={v * 1e3:.2f}" for k, v in stages.items())}
-        return StreamingResponse(output.chunks(result.table, kind, extra), media_type=kind, headers=headers)
+        body = output.chunks(result.table, kind, extra)
+        if result.table.num_rows <= output.BATCH_ROWS:
+            # One batch: sent in one piece. A stream would cost a hop to the thread pool per
+            # chunk (three for Arrow), which under many clients waits behind everyone's queries.
+            return Response(b"".join(body), media_type=kind, headers=headers)
+        return StreamingResponse(body, media_type=kind, headers=headers)
 
 
-def current_user(request: Request) -> User:
+def user_of(request: Any) -> User:
     """The caller, from ``Authorization: Bearer <token>`` or ``X-API-Key``."""
     header = request.headers.get("authorization") or request.headers.get("x-api-key")
     return request.app.state.gateway.users.authenticate(header)
+
+
+async def current_user(request: Request) -> User:
+    """``user_of`` as a dependency: async, so FastAPI calls it on the event loop (a key
+    lookup) instead of a hop to the thread pool and back for every request."""
+    return user_of(request)
 
 
 UserDep = Annotated[User, Depends(current_user)]
@@ -183,7 +194,7 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
         return {"tables": out}
 
     @app.post("/v1/sql")
-    def sql(body: SqlRequest, request: Request, user: UserDep, format: str | None = None) -> StreamingResponse:
+    def sql(body: SqlRequest, request: Request, user: UserDep, format: str | None = None) -> Response:
         return gw.answer(user, "sql", body.query, request, limit=body.limit, timeout=body.timeout, fmt=format)
 
     _named_routes(app, gw)
@@ -204,19 +215,19 @@ def _named_routes(app: FastAPI, gw: Gateway) -> None:
     @app.get("/v1/trades", summary="Trades of some syms over some days, by date, sym, time")
     def trades(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
                columns_: str | None = Query(None, alias="columns"), limit: int | None = None,
-               format: str | None = fmt_q) -> StreamingResponse:
+               format: str | None = fmt_q) -> Response:
         q = named.rows_query("trade", columns("trade"), syms, start, end, columns_, today())
         return gw.answer(user, "trades", q.sql, request, limit=limit, fmt=format)
 
     @app.get("/v1/quotes", summary="Quotes of some syms over some days, by date, sym, time")
     def quotes(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
                columns_: str | None = Query(None, alias="columns"), limit: int | None = None,
-               format: str | None = fmt_q) -> StreamingResponse:
+               format: str | None = fmt_q) -> Response:
         q = named.rows_query("quote", columns("quote"), syms, start, end, columns_, today())
         return gw.answer(user, "quotes", q.sql, request, limit=limit, fmt=format)
 
     @app.get("/v1/last", summary="The latest row of each sym today")
-    def last(request: Request, user: UserDep, table: str = "trade", syms: str | None = syms_q, format: str | None = fmt_q) -> StreamingResponse:
+    def last(request: Request, user: UserDep, table: str = "trade", syms: str | None = syms_q, format: str | None = fmt_q) -> Response:
         if table not in gw.catalog.tables:
             raise named.BadParameter(f"table={table!r}: tables are {', '.join(gw.catalog.names)}")
         q = named.last_query(table, syms, today())
@@ -227,13 +238,13 @@ def _named_routes(app: FastAPI, gw: Gateway) -> None:
 
     @app.get("/v1/bars", summary="OHLC, volume, VWAP bars per sym (minutes wide)")
     def bars(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
-             minutes: int = 1, format: str | None = fmt_q) -> StreamingResponse:
+             minutes: int = 1, format: str | None = fmt_q) -> Response:
         q = named.bars_query(syms, start, end, minutes, today())
         return gw.answer(user, "bars", q.sql, request, fmt=format)
 
     @app.get("/v1/vwap", summary="VWAP, volume and trade count per sym per day")
     def vwap(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
-             format: str | None = fmt_q) -> StreamingResponse:
+             format: str | None = fmt_q) -> Response:
         q = named.vwap_query(syms, start, end, today())
         return gw.answer(user, "vwap", q.sql, request, fmt=format)
 
@@ -241,7 +252,7 @@ def _named_routes(app: FastAPI, gw: Gateway) -> None:
     def aj(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
            columns_: str | None = Query(None, alias="columns", description="trade columns"),
            quote_columns: str | None = Query(None, description="quote columns (default bid,ask)"),
-           limit: int | None = None, format: str | None = fmt_q) -> StreamingResponse:
+           limit: int | None = None, format: str | None = fmt_q) -> Response:
         q = named.aj_query(syms, start, end, columns("trade"), columns("quote"), columns_, quote_columns, today())
         return gw.answer(user, "aj", q.sql, request, limit=limit, settings=q.settings, fmt=format)
 
@@ -257,6 +268,6 @@ def _streaming_routes(app: FastAPI, gw: Gateway) -> None:
     def allowed(request: Any, source: str) -> None:
         """Only whole-table grants subscribe to a table: a live feed is not filtered by
         column or row (a restricted user queries instead)."""
-        check_subscription(current_user(request), source, gw.table_columns)
+        check_subscription(user_of(request), source, gw.table_columns)
 
     app.include_router(make_router(hub, authorize=allowed))

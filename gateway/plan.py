@@ -63,7 +63,8 @@ class TableNeed:
 
 
 def replace_today(ast: exp.Expression, open_date: dt.date) -> exp.Expression:
-    """``today()``/``yesterday()`` -> the plant's open day and the day before, as literals."""
+    """``today()``/``yesterday()`` -> the plant's open day and the day before, as literals,
+    in place (a copy of the tree per query cost more than the rewrite)."""
     days = {"today": open_date, "yesterday": open_date - dt.timedelta(days=1)}
 
     def swap(node: exp.Expression) -> exp.Expression:
@@ -72,7 +73,7 @@ def replace_today(ast: exp.Expression, open_date: dt.date) -> exp.Expression:
             return exp.Anonymous(this="toDate", expressions=[exp.Literal.string(days[name].isoformat())])
         return node
 
-    return ast.transform(swap)
+    return ast.transform(swap, copy=False)  # in place: the tree is the caller's to give up
 
 
 def plant_tables(ast: exp.Expression, tables: set[str]) -> list[exp.Table]:
@@ -83,16 +84,31 @@ def plant_tables(ast: exp.Expression, tables: set[str]) -> list[exp.Table]:
             and isinstance(t.this, exp.Identifier)]
 
 
-def columns_needed(ast: exp.Expression, table_columns: list[str]) -> list[str] | None:
+def column_names(ast: exp.Expression) -> set[str] | None:
+    """Every column name the statement mentions; None if it selects ``*`` (outside
+    ``count(*)``): one walk of the tree, shared by all of its table references."""
+    names: set[str] = set()
+    for node in ast.walk():
+        if isinstance(node, exp.Star):
+            if not isinstance(node.parent, exp.Count):
+                return None
+        elif isinstance(node, exp.Column) and node.name:
+            names.add(node.name)
+    return names
+
+
+def columns_needed(ast: exp.Expression, table_columns: list[str],
+                   names: set[str] | None | bool = False) -> list[str] | None:
     """The table's columns the statement names (in table order); None = all of them.
 
     Conservative: a column name appearing anywhere counts, whatever it qualifies;
-    a ``*`` anywhere outside ``count(*)`` means all.
+    a ``*`` anywhere outside ``count(*)`` means all. ``names`` is ``column_names(ast)``
+    when the caller has it already (several references, one walk).
     """
-    for star in ast.find_all(exp.Star):
-        if not isinstance(star.parent, exp.Count):
-            return None
-    names = {c.name for c in ast.find_all(exp.Column) if c.name}
+    if names is False:
+        names = column_names(ast)
+    if names is None:
+        return None
     return [c for c in table_columns if c in names]
 
 

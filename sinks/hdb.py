@@ -87,7 +87,10 @@ CLIENT_SETTINGS = {
     "output_format_arrow_compression_method": "none",
     "use_hive_partitioning": 1,  # `date` from the path (the default on recent servers; older ones need it)
 }
-POOL_SIZE = max(2, os.cpu_count() or 2)
+# Clients (so queries at once) per URL: more than the cores, so that a small query (``last``)
+# does not queue behind two long ones (an aj over 30 days) holding every client, and a
+# client's own Python work around its query (under a busy GIL) overlaps other queries.
+POOL_SIZE = max(4, 2 * (os.cpu_count() or 2))
 
 
 class ClientPool:

@@ -73,7 +73,7 @@ def read_last(shards: Iterable[Shard], query: RowsQuery, schema: pa.Schema) -> p
                 rows.append(last)
     if not rows:
         return empty(schema, query.columns)
-    table = _conform(_concat(rows), schema)
+    table = _conform(_concat(rows), schema).combine_chunks()  # one batch, not one per sym
     return table.select(query.columns) if query.columns else table
 
 

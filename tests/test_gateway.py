@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -20,6 +21,8 @@ from procs import Worker, plant_env, wait_until
 
 from gateway.app import create_app
 from gateway.auth import Users, hash_key
+from gateway.engine import RAM_DISK, _ram_dir
+from gateway.sql import parse_select
 from ingest.eod import open_first_day, roll_day
 from ingest.feeds.synthetic import SyntheticMarket
 from ingest.publisher import Tickerplant
@@ -157,6 +160,57 @@ def test_bars_vwap_last_trades_named_queries(world):
     lines = csv.text.strip().splitlines()
     assert len(lines) - 1 == int((trades.sym == "AAPL").sum())
     assert lines[0].startswith('"date","time","sym"') and lines[1].split(",")[1].endswith('Z"')
+
+
+def test_todays_rows_reach_clickhouse_as_one_batch_on_the_ram_disk_and_are_removed(world):
+    """The ``last`` view answers one batch per sym; the file chDB reads holds them as one,
+    on the RAM disk when there is one (else the data dir), and is gone after the query."""
+    _, client, published, _ = world
+    engine = client.app.state.gateway.engine
+    today = frame(published[D2]["trade"]).sort_values("time", kind="stable").groupby("sym").tail(1)
+    expected = dict(zip(today.sym, today.price, strict=True))
+    statement = "SELECT sym, price FROM trade WHERE date = today() ORDER BY sym, time DESC LIMIT 1 BY sym"
+    ram = engine.ram_tmp
+    try:
+        for where in (ram, None):  # None: no RAM disk (or no room): the data dir's tmp
+            engine.ram_tmp = where
+            answer = engine.run(parse_select(statement), rdb_view="last", keep_files=True)
+            assert dict(zip(*answer.table.to_pydict().values(), strict=True)) == expected
+            [path] = answer.files
+            assert path.parent == (where or engine.tmp)
+            with pa.ipc.open_file(path) as f:
+                assert (f.num_record_batches, f.read_all().num_rows) == (1, len(expected)) and len(expected) > 1
+            path.unlink()
+            engine.run(parse_select(statement), rdb_view="last")
+            assert list((where or engine.tmp).iterdir()) == []
+    finally:
+        engine.ram_tmp = ram
+    assert engine.ram_tmp is None or engine.ram_tmp.parent == Path(RAM_DISK)
+    # a one-batch answer is sent whole, with its length
+    resp = client.get("/v1/last", headers={**ARROW, "X-API-Key": "bob-key"})
+    assert int(resp.headers["content-length"]) == len(resp.content)
+    assert arrow(resp).num_rows == len(expected)
+
+
+def test_a_killed_gateways_ram_disk_directory_is_swept_by_the_next(tmp_path):
+    """kill -9 leaves a gateway's RAM-disk directory (memory) behind: the next engine to
+    start removes it, and never one whose owner is alive."""
+    ram_disk = tmp_path / "shm"
+    ram_disk.mkdir()
+    code = ("import sys, time; from gateway.engine import _ram_dir; d = _ram_dir(sys.argv[1]); "
+            "(d / 'rows.arrow').write_bytes(b'x'); print(d, flush=True); time.sleep(120)")
+    owner = subprocess.Popen([sys.executable, "-c", code, str(ram_disk)], stdout=subprocess.PIPE, text=True)
+    try:
+        left = Path(owner.stdout.readline().strip())
+        assert left.parent == ram_disk and (left / "rows.arrow").exists()
+        alive = _ram_dir(str(ram_disk))
+        assert left.exists() and alive != left  # its owner is alive: kept
+    finally:
+        owner.kill()
+        owner.wait()
+    fresh = _ram_dir(str(ram_disk))
+    assert not left.exists() and alive.exists() and fresh.exists()
+    assert _ram_dir(str(tmp_path / "no-such-disk")) is None
 
 
 def test_entitlements_end_to_end(world):

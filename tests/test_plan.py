@@ -7,7 +7,14 @@ import datetime as dt
 import pytest
 import sqlglot
 
-from gateway.plan import DateFilter, columns_needed, need_of, plant_tables, replace_today
+from gateway.plan import (
+    DateFilter,
+    column_names,
+    columns_needed,
+    need_of,
+    plant_tables,
+    replace_today,
+)
 
 OPEN = dt.date(2026, 11, 23)
 D = dt.date.fromisoformat
@@ -52,3 +59,21 @@ def test_columns_needed():
     ast = sqlglot.parse_one("SELECT sym, count(*), max(price) FROM trade GROUP BY sym", read="clickhouse")
     assert columns_needed(ast, cols) == ["sym", "price"]
     assert columns_needed(sqlglot.parse_one("SELECT * FROM trade", read="clickhouse"), cols) is None
+
+
+def test_column_names_once_for_every_reference():
+    ast = sqlglot.parse_one("SELECT t.sym, q.bid FROM trade t ASOF JOIN quote q ON t.sym = q.sym "
+                            "AND t.time >= q.time WHERE t.date = today()", read="clickhouse")
+    names = column_names(ast)
+    assert names == {"sym", "bid", "time", "date"}
+    assert columns_needed(ast, ["time", "sym", "price", "size"], names) == ["time", "sym"]
+    assert columns_needed(ast, ["time", "sym", "bid", "ask"], names) == ["time", "sym", "bid"]
+    assert column_names(sqlglot.parse_one("SELECT count(*), t.* FROM trade t", read="clickhouse")) is None
+    assert column_names(sqlglot.parse_one("SELECT count(*) FROM trade", read="clickhouse")) == set()
+
+
+def test_replace_today_rewrites_the_tree_in_place():
+    ast = sqlglot.parse_one("SELECT * FROM trade WHERE date = today() OR date = yesterday()", read="clickhouse")
+    assert replace_today(ast, OPEN) is ast  # no copy of the tree per query
+    assert "'2026-11-23'" in ast.sql("clickhouse") and "'2026-11-22'" in ast.sql("clickhouse")
+    assert "today" not in ast.sql("clickhouse").lower()
