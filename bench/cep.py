@@ -13,14 +13,18 @@
   wall clock; a read_committed consumer of rte.analytics (what a subscriber
   reads) takes now - the record's time (the sym's latest tick) for each
   record; p50/p99. The worker's own figure (tick -> its outputs committed)
-  is shown beside it. The Query Manager's fan-out to subscribers is the
-  gateway's and not included.
+  is shown beside it, with where its time goes: the reader's wall and CPU
+  time per read, the commit round trip, the worker process's CPU per tick
+  (all threads; the one figure a busy machine does not blur) and the load
+  average (latency on a shared 2-CPU machine is mostly waiting for a CPU).
+  The Query Manager's fan-out to subscribers is the gateway's and not included.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -58,7 +62,7 @@ class BenchCep:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> float:
-        env = {**__import__("os").environ, **self.settings.child_env()}
+        env = {**os.environ, **self.settings.child_env()}
         start = time.perf_counter()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -90,6 +94,12 @@ class BenchCep:
                 return now - (first_seen or now), rows - first_rows
             time.sleep(0.02)
         raise TimeoutError(f"the CEP did not reach {rows} rows; see {self.log_path}")
+
+    def cpu_seconds(self) -> float:
+        """The worker process's CPU time so far (all its threads, user + system)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -126,16 +136,20 @@ def bench_throughput(base: Settings, catalog: SchemaCatalog, ticks: int, tmp: Pa
     worker = BenchCep(settings, "cep-thru", tmp)
     try:
         worker.start()
+        cpu_start = worker.cpu_seconds()
         elapsed, timed = worker.wait_rows(total)
+        cpu = worker.cpu_seconds() - cpu_start
         status = worker.status() or {}
     finally:
         worker.stop()
     rate = timed / elapsed
     bars = sum(p["bars_closed"] for p in status.get("partition_state", {}).values())
+    transactions = sum(p["transactions"] for p in status.get("partition_state", {}).values())
     return Result("CEP ticks processed per worker (trades + quotes, batch mode)", rate, raw, ">= 100,000 ticks/s",
                   rate >= 100_000, "ticks/s",
-                  f"{total:,} ticks ({sent['trade']:,} trades), {status.get('commits', 0)} transactions, "
-                  f"{bars} bars; baseline: raw confluent-kafka consumer, no decode")
+                  f"{total:,} ticks ({sent['trade']:,} trades), {transactions} transactions, "
+                  f"{bars} bars; worker process CPU {1e6 * cpu / total:.1f} us a tick; load average "
+                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; baseline: raw confluent-kafka consumer, no decode")
 
 
 def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, rate: int = 10_000,
@@ -168,9 +182,10 @@ def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, rate: int =
     time.sleep(3.0)  # the subscriber has joined and sits at the end
     market = SyntheticMarket(syms=50, seed=2, trade_ratio=0.3)
     try:
+        cpu_start = worker.cpu_seconds()
         with Tickerplant(settings, catalog, mode="zero") as tp:
             start = time.perf_counter()
-            sent = 0
+            sent = rows = 0
             while time.perf_counter() - start < seconds:
                 due = int((time.perf_counter() - start) * rate) - sent
                 if due > 0:
@@ -178,13 +193,17 @@ def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, rate: int =
                     tp.publish_rows("quote", quotes)
                     tp.publish_rows("trade", trades)
                     sent += due
+                    rows += len(trades) + len(quotes)
                 time.sleep(0.0005)
             tp.flush()
         time.sleep(2.0)
+        cpu = worker.cpu_seconds() - cpu_start
         status = worker.status() or {}
         own = status.get("visible_latency_ms") or {}
         parts = status.get("partition_state", {}).values()
         commit_ms = max((p["commit_ms_avg"] for p in parts), default=0.0)
+        transactions = sum(p["transactions"] for p in parts)
+        load = os.getloadavg()[0]
     finally:
         halt.set()
         reader.join(10)
@@ -196,10 +215,14 @@ def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, rate: int =
     return [
         Result(f"tick -> analytic committed on rte.analytics at {rate:,} quote events/s, p99", pick(0.99), None,
                "-", None, "ms", f"p50 {pick(0.5):.1f} ms, {len(ordered):,} records read by a read_committed "
-               "consumer; the gateway's fan-out to subscribers comes on top"),
+               f"consumer; load average {load:.1f} on {os.cpu_count()} CPUs; the gateway's fan-out to "
+               "subscribers comes on top"),
         Result("tick -> CEP outputs committed (worker's own sample), p99", own.get("p99", 0.0), None, "-", None,
-               "ms", f"p50 {own.get('p50')} ms; per read: {status.get('apply_ms_avg')} ms applying, "
-               f"{commit_ms} ms per transaction commit; {status.get('reads')} reads"),
+               "ms", f"p50 {own.get('p50')} ms; worker process CPU {1e6 * cpu / max(1, rows):.1f} us a tick "
+               f"({cpu:.1f} s for {rows:,} ticks: trades and quotes); per read: {status.get('apply_ms_avg')} ms applying "
+               f"({status.get('apply_cpu_ms_avg')} ms CPU, {status.get('apply_cpu_us_per_message')} us CPU a message), "
+               f"{commit_ms} ms per transaction commit; {status.get('reads')} reads, "
+               f"{status.get('messages_read')} messages, {transactions} transactions"),
     ]
 
 

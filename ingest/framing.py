@@ -441,6 +441,43 @@ class Decoder:
             raise DecodeError(str(exc)) from exc
         return (BLOCK_MAGIC if is_block else ROW_MAGIC), CONFLUENT_ID + value[1:5], 5
 
+    def decode_many(self, values: list[bytes]) -> tuple[list[dict[str, Any]], list[tuple[int, DecodeError]]]:
+        """The rows of many messages in order, as one list, and (index, error) of each message
+        that ``decode`` rejects (its rows are left out).
+
+        For the live tail in zero-latency mode (a message per row, thousands a second):
+        one-row messages of the reader's own schemas are read with the lookups done once
+        per run instead of once per message (about 20% of the decoding time); any other
+        message, and any that fails, goes through ``decode``, so the rows and the errors
+        are exactly ``decode``'s.
+        """
+        rows: list[dict[str, Any]] = []
+        errors: list[tuple[int, DecodeError]] = []
+        keep, schemaless_reader, BytesIO = rows.append, fastavro.schemaless_reader, io.BytesIO  # noqa: N806
+        fp, parsed = b"", None
+        for i, value in enumerate(values):
+            if value is not None and value[:2] == ROW_MAGIC and len(value) > HEADER_LEN:
+                if value[2:HEADER_LEN] != fp:
+                    fp = value[2:HEADER_LEN]
+                    own = self.catalog.by_fingerprint.get(fp)
+                    parsed = codec_for(own).parsed if own is not None else None
+                if parsed is not None:
+                    body = BytesIO(value)
+                    body.seek(HEADER_LEN)
+                    try:
+                        row = schemaless_reader(body, parsed, None)
+                    except Exception:  # noqa: BLE001 - decode() below says what is wrong
+                        pass
+                    else:
+                        if body.tell() == len(value):
+                            keep(row)
+                            continue
+            try:
+                rows.extend(self.decode(value)[1])
+            except DecodeError as exc:
+                errors.append((i, exc))
+        return rows, errors
+
     def decode(self, value: bytes) -> tuple[str, list[dict[str, Any]]]:
         """(table name, rows) of one message value."""
         if value and value[:1] == b"\x00":

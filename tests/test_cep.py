@@ -230,6 +230,81 @@ def test_bar_boundaries_and_watermark_in_the_book():
     assert book.late == {"A": 1}
 
 
+def test_output_encoder_writes_fastavros_bytes():
+    """The engine's own encoder (streams/cep/encode.py) against fastavro, byte for byte: nulls,
+    negative and 10-byte varints, long and non-ASCII strings; values of another type than the
+    field's go to fastavro, which converts or rejects them as before."""
+    from ingest.framing import encode_row
+    from streams.cep.encode import RecordEncoder
+
+    rte = SchemaCatalog.load(REPO_ROOT / "schemas" / "rte")
+    analytics = RecordEncoder(rte["analytics"])
+    names = [f["name"] for f in rte["analytics"].avro["fields"]]
+    record = {name: None for name in names} | {"time": T0, "sym": "ÅÄÖ" * 50, "date": DAY1}
+    records = [
+        record,
+        record | {"open": -1.5, "bsize": -(1 << 63), "asize": (1 << 63) - 1, "volume": 0, "trades": 63,
+                  "last_time": -64, "quote_time": 64, "notional": float("inf"), "vwap": -0.0},
+        record | {"volume": 1 << 40, "trades": 8191, "last_size": -8193},
+    ]
+    for r in records:
+        assert analytics.encode(r) == encode_row(rte["analytics"], r)
+    assert analytics.slow == 0
+    bars = RecordEncoder(rte["bars"])
+    bar = {"time": T0, "sym": "IBM", "date": DAY1, "end": T0 + W, "open": 1.0, "high": 2.0, "low": 0.5,
+           "close": 1.5, "volume": 10, "trades": 2, "vwap": None, "closed_by": "next"}
+    assert bars.encode(bar) == encode_row(rte["bars"], bar)
+    assert bars.encode(bar | {"vwap": 1.25}) == encode_row(rte["bars"], bar | {"vwap": 1.25})
+    assert bars.slow == 0
+    # an int in a double field: fastavro writes float(value); a str in a long: fastavro refuses it
+    assert bars.encode(bar | {"open": 1}) == encode_row(rte["bars"], bar | {"open": 1.0})
+    assert bars.slow == 1
+    with pytest.raises(Exception, match="volume|int|long"):
+        bars.encode(bar | {"volume": "ten"})
+    with pytest.raises(Exception, match="sym"):
+        bars.encode({k: v for k, v in bar.items() if k != "sym"})
+
+
+def test_decode_many_gives_decodes_rows_and_errors(catalog):
+    """The reader's run decoder (ingest.framing.Decoder.decode_many) against decode() message by
+    message: rows of both tables, a block, an evolved writer schema, and each kind of bad message
+    (corrupt body, trailing bytes, truncated, unknown fingerprint, unknown magic, empty)."""
+    from ingest.framing import DecodeError, Decoder, encode_block, encode_row
+    from ingest.schemas import TableSchema
+
+    trades, quotes = SyntheticMarket(syms=5, seed=4, clock=ManualClock(T0)).events(40)
+    evolved_avro = {**catalog["trade"].avro, "fields": [*catalog["trade"].avro["fields"],
+                                                        {"name": "venue", "type": "string", "default": "X"}]}
+    evolved = TableSchema.from_dict(evolved_avro, "evolved trade")
+    decoder = Decoder(catalog, lambda fp: evolved_avro if fp == evolved.fingerprint else None)
+    good = encode_row(catalog["trade"], trades[0])
+    values = [
+        *(encode_row(catalog["trade"], r) for r in trades[:3]),
+        good[:-3] + b"\xff\xff\xff",                             # corrupt body
+        good + b"\x00",                                         # a trailing byte
+        good[:12],                                              # truncated
+        *(encode_row(catalog["quote"], q) for q in quotes[:3]),  # another table's schema mid-run
+        encode_block(catalog["trade"], trades[3:6]),
+        encode_row(evolved, {**trades[6], "venue": "Y"}),        # resolved to the reader's schema
+        b"\xc3\x01" + b"\x00" * 8 + good[10:],                   # unknown writer fingerprint
+        b"\x01\x02" + good[2:],                                  # unknown magic
+        b"",
+        encode_row(catalog["trade"], trades[7]),
+    ]
+    want_rows: list[dict] = []
+    want_errors: list[tuple[int, str]] = []
+    for i, value in enumerate(values):
+        try:
+            want_rows.extend(decoder.decode(value)[1])
+        except DecodeError as exc:
+            want_errors.append((i, str(exc)))
+    rows, errors = decoder.decode_many(values)
+    assert rows == want_rows and len(rows) == 3 + 3 + 3 + 1 + 1
+    assert [(i, str(e)) for i, e in errors] == want_errors
+    assert [i for i, _ in errors] == [3, 4, 5, 11, 12, 13]
+    assert rows[-2]["sym"] == trades[6]["sym"] and "venue" not in rows[-2]
+
+
 # -- the worker ---------------------------------------------------------------------
 
 
@@ -429,6 +504,97 @@ def test_outbox_crash_windows_publish_each_output_once(settings, catalog, tmp_pa
     records = derived(settings, "analytics") + derived(settings, "bars")
     assert sorted(r["_seq"] for r in records) == list(range(5))  # 3 analytics, 2 bars
     assert [(b["time"], b["close"]) for b in derived(settings, "bars")] == [(T0, 100.0), (T0 + W, 101.0)]
+
+
+def test_committer_thread_commits_every_submitted_output_once_in_order(settings, catalog, tmp_path):
+    """The reader hands each read's outputs to the partition's committer and goes on: what was
+    submitted meanwhile goes out in one transaction, in sequence order, each output once; the
+    committed offsets follow; close() commits what is still queued before letting go."""
+    from streams.cep.analytics import instances
+    from streams.cep.engine import Message, PartitionEngine
+    from streams.cep.outbox import PartitionPublisher
+    from streams.cep.store import PartitionStore
+
+    topics = CepTopics(settings)
+    topics.ensure(settings, catalog)
+    rte = SchemaCatalog.load(REPO_ROOT / "schemas" / "rte")
+    store = PartitionStore(tmp_path / "p000")
+    engine = PartitionEngine(store, instances({"trade", "quote"}), rte["bars"], rte["analytics"], W, 0)
+    publisher = PartitionPublisher(settings, topics.transactional_id(settings, 0), topics.outputs, 0)
+    publisher.recover(store)
+    committed: list[int | None] = []
+    failed: list[BaseException] = []
+    publisher.start(store, committed.append, failed.append)
+    submitted = 0
+    for minute in range(30):  # each read closes the previous minute's bar: a bar and an analytics record
+        row = {"time": T0 + minute * W, "sym": "IBM", "price": 100.0 + minute, "size": 10}
+        outputs = engine.apply({"trade": [Message(minute, [row], DAY1)]})
+        publisher.submit(outputs, dict(store.offsets), row["time"])
+        submitted += len(outputs)
+    assert publisher.drain(60) and not failed
+    assert publisher.offsets == store.offsets == {"trade": 29}
+    assert 1 <= publisher.commits <= 30 and len(committed) == publisher.commits
+    assert committed[-1] == T0 + 29 * W  # the newest tick of the last transaction
+    assert store.published_upto == submitted - 1
+    # a read that produced nothing still moves the committed offsets (the status's caught-up view)
+    publisher.submit([], {"trade": 30})
+    assert publisher.drain(60) and publisher.offsets == {"trade": 30}
+    last = engine.apply({"trade": [Message(31, [{"time": T0 + 40 * W, "sym": "IBM", "price": 1.0, "size": 1}],
+                                           DAY1)]})
+    publisher.submit(last, dict(store.offsets))
+    publisher.close()  # commits the queued outputs first
+    store.close()
+    records = derived(settings, "analytics") + derived(settings, "bars")
+    assert sorted(r["_seq"] for r in records) == list(range(submitted + len(last)))
+    bars = derived(settings, "bars")
+    assert [b["close"] for b in bars] == [100.0 + m for m in range(30)]
+    assert [b["_seq"] for b in bars] == sorted(b["_seq"] for b in bars)  # committed in sequence order
+
+
+def test_conflated_analytics_survive_a_crash_and_bars_are_never_held(tmp_path):
+    """Reads applied while the committer is busy (emit=False) write the state but hold the
+    analytics records back: the syms wait in the store, so a crash loses none, and the next
+    emission gives one record per sym with its latest values. A closed bar is never held."""
+    from streams.cep.analytics import instances
+    from streams.cep.engine import Message, PartitionEngine
+    from streams.cep.store import PartitionStore
+
+    rte = SchemaCatalog.load(REPO_ROOT / "schemas" / "rte")
+    decoder = make_decoder_offline()
+
+    def owner() -> PartitionEngine:
+        return PartitionEngine(PartitionStore(tmp_path / "p000"), instances({"trade", "quote"}), rte["bars"],
+                               rte["analytics"], W, 0)
+
+    def trade(offset: int, sym: str, minute: int, price: float) -> dict[str, list[Message]]:
+        return {"trade": [Message(offset, [{"time": T0 + minute * W, "sym": sym, "price": price, "size": 10}],
+                                  DAY1)]}
+
+    engine = owner()
+    assert [o.kind for o in engine.apply(trade(0, "IBM", 0, 100.0))] == ["analytics"]
+    assert engine.apply(trade(1, "IBM", 0, 101.0), emit=False) == []
+    assert engine.apply(trade(2, "MSFT", 0, 50.0), emit=False) == []
+    held = engine.apply(trade(3, "IBM", 1, 102.0), emit=False)  # closes minute 0's bars: out at once
+    assert sorted((o.kind, o.key) for o in held) == [("bars", b"IBM"), ("bars", b"MSFT")]
+    assert engine.store.dirty == {"IBM", "MSFT"} and engine.store.offset("trade") == 3
+    engine.store.close()  # "kill -9" before the held records went out
+
+    engine = owner()
+    assert engine.store.dirty == {"IBM", "MSFT"}
+    outputs = engine.emit_pending()
+    assert [(o.seq, o.kind, o.key) for o in outputs] == [(3, "analytics", b"IBM"), (4, "analytics", b"MSFT")]
+    records = {o.key: decoder.decode(o.value)[1][0] for o in outputs}
+    assert (records[b"IBM"]["close"], records[b"IBM"]["trades"], records[b"MSFT"]["close"]) == (102.0, 3, 50.0)
+    assert engine.store.dirty == set() and engine.emit_pending() == []
+    engine.store.close()
+    assert owner().store.dirty == set()
+
+
+def make_decoder_offline():
+    """A decoder of the rte records that needs no broker (their schemas are local)."""
+    from ingest.framing import Decoder
+
+    return Decoder(SchemaCatalog.load(REPO_ROOT / "schemas" / "rte"))
 
 
 def test_two_workers_share_the_partitions_under_load(settings, catalog, day, ceps):

@@ -11,6 +11,17 @@ deterministic) and every analytic of the table gets each sym's rows of the
 run in one ``update`` call. A fence (end of day) of a table closes the
 table's day first: for trades every open bar is closed (``eod``); every
 analytic of the table starts again from ``initial()``.
+
+Conflation: ``apply(..., emit=False)`` folds the rows in and commits the
+state but leaves the analytics records of the syms it touched for later:
+they are kept, in the same store write, in the store's ``dirty`` set, and
+``emit_pending`` (or the next ``apply`` that emits) publishes one record per
+such sym, its latest values. The worker emits whenever the partition's
+committer is free, so under load a sym's many updates during one commit
+round trip become one record (less CPU, smaller transactions) while a quiet
+feed still gets a record per read. Bars are never conflated: every closed
+bar is an output of the read that closed it. Since ``dirty`` is stored with
+the state, a crash between the two loses no update.
 """
 
 from __future__ import annotations
@@ -19,10 +30,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.framing import encode_row
 from ingest.schemas import TableSchema
 from streams.cep.analytics import Analytic
 from streams.cep.bars import BarBook
+from streams.cep.encode import RecordEncoder
 from streams.cep.store import Output, PartitionStore
 
 log = logging.getLogger("tickplant.cep")
@@ -30,12 +41,16 @@ log = logging.getLogger("tickplant.cep")
 
 @dataclass
 class Message:
-    """A log message for the engine: rows (decoded), or a fence (``fence_date`` set)."""
+    """A log message for the engine: rows (decoded), or a fence (``fence_date`` set).
+
+    A run of consecutive data messages of one day may come as one message: their rows in log
+    order, the run's last offset, ``count`` messages."""
 
     offset: int
     rows: list[dict[str, Any]] | None
     date: str = ""
     fence_date: str | None = None
+    count: int = 1
 
 
 @dataclass
@@ -60,6 +75,8 @@ class PartitionEngine:
             self.by_table.setdefault(a.table, []).append(a)
         self.bars_schema = bars_schema
         self.analytics_schema = analytics_schema
+        self.bars_encoder = RecordEncoder(bars_schema)
+        self.analytics_encoder = RecordEncoder(analytics_schema)
         self.book = BarBook(width_ns, grace_ns, store.bars)
         self.counters = Counters()
 
@@ -86,8 +103,9 @@ class PartitionEngine:
 
     # -- applying --------------------------------------------------------------
 
-    def apply(self, batches: dict[str, list[Message]]) -> list[Output]:
-        """Fold each table's messages (log order) in; commit; return the new outputs."""
+    def apply(self, batches: dict[str, list[Message]], emit: bool = True) -> list[Output]:
+        """Fold each table's messages (log order) in; commit; return the new outputs (without
+        the analytics records if not ``emit``: those wait for ``emit_pending``)."""
         offsets: dict[str, int] = {}
         days: dict[str, str] = {}
         dirty: set[str] = set()
@@ -101,7 +119,7 @@ class PartitionEngine:
                 if m.offset <= applied:
                     continue  # already in the state: read again after a restart or a rebalance
                 applied = m.offset
-                self.counters.messages += 1
+                self.counters.messages += m.count
                 if m.fence_date is not None or (run and m.date != run_date):
                     if run:
                         self._rows(table, run, run_date, dirty, closed)
@@ -119,14 +137,20 @@ class PartitionEngine:
                 self._rows(table, run, run_date, dirty, closed)
             if applied > self.store.offset(table):
                 offsets[table] = applied
-        return self._commit(offsets, days, dirty, closed, drop_before)
+        return self._commit(offsets, days, dirty, closed, drop_before, emit)
+
+    def emit_pending(self) -> list[Output]:
+        """The analytics records of the syms changed since the last emission (conflated)."""
+        if not self.store.dirty:
+            return []
+        return self._commit({}, {}, set(), [], None, True)
 
     def advance(self, now_ns: int) -> list[Output]:
         """The idle timer: close the bars the wall clock has passed; the outputs."""
         if not self.book.due(now_ns):
             return []
         closed = self.book.advance(now_ns, self.store.days.get("trade", ""))
-        return self._commit({}, {}, set(), closed, None)
+        return self._commit({}, {}, set(), closed, None, False)
 
     def _rows(self, table: str, rows: list[dict[str, Any]], date: str, dirty: set[str],
               closed: list[dict[str, Any]]) -> None:
@@ -167,22 +191,25 @@ class PartitionEngine:
                  ", ".join(a.name for a in self.by_table.get(table, ())))
         return closed
 
-    def _commit(self, offsets: dict[str, int], days: dict[str, str], dirty: set[str],
-                closed: list[dict[str, Any]], drop_before: str | None) -> list[Output]:
+    def _commit(self, offsets: dict[str, int], days: dict[str, str], changed: set[str],
+                closed: list[dict[str, Any]], drop_before: str | None, emit: bool) -> list[Output]:
+        """Number the outputs (closed bars; the analytics of changed and pending syms if ``emit``)
+        and write them with the changed states, offsets and what is left pending, at once."""
+        pending = set() if emit else self.store.dirty | changed
+        emitted = self.store.dirty | changed if emit else set()
+        if not (offsets or days or changed or closed or emitted):
+            return []
         seq = self.store.next_seq
         outputs: list[Output] = []
         for bar in closed:
-            outputs.append(Output(seq, "bars", bar["sym"].encode(), encode_row(self.bars_schema, bar)))
+            outputs.append(Output(seq, "bars", bar["sym"].encode(), self.bars_encoder.encode(bar)))
             seq += 1
-        for sym in sorted(dirty):
+        for sym in sorted(emitted):
             record = self.snapshot(sym)
-            outputs.append(Output(seq, "analytics", sym.encode(), encode_row(self.analytics_schema, record)))
+            outputs.append(Output(seq, "analytics", sym.encode(), self.analytics_encoder.encode(record)))
             seq += 1
         self.counters.bars += len(closed)
-        self.counters.analytics += len(dirty)
-        if not (offsets or days or dirty or closed):
-            return []
-        self.store.commit(offsets, days, {s: self.store.syms[s] for s in dirty}, self.book.state(), closed,
-                          outputs, drop_before)
+        self.counters.analytics += len(emitted)
+        self.store.commit(offsets, days, {s: self.store.syms[s] for s in changed}, self.book.state(), closed,
+                          outputs, drop_before, pending)
         return outputs
-

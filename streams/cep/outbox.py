@@ -24,11 +24,24 @@ So whatever instant a worker dies at (before the RocksDB write: the batch is
 read and computed again, identically; between the write and the commit:
 the outbox is republished; after the commit: nothing is republished), each
 output appears exactly once in the committed derived topics.
+
+Latency: a commit is a broker round trip (several ms, more on a busy
+machine). The reader does not wait for it: ``submit`` hands a read's
+outputs, already in the outbox, to the partition's committer thread and the
+reader goes on with the next read. The committer takes everything submitted
+meanwhile into one transaction, in sequence order (the reader submits in
+order, after the RocksDB write), so a read's outputs wait at most for the
+commit in flight, never for the next read's decoding, and a busy partition
+commits several reads at a time. Nothing above changes: what is submitted is
+in the outbox, and a crash at any instant leaves the outbox to ``recover``.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable
 
 from confluent_kafka import KafkaException, Producer
 
@@ -36,6 +49,7 @@ from ingest.logread import make_consumer, read_ranges, watermarks
 from streams.cep.store import Output, PartitionStore
 from tickplant.config import Settings
 
+log = logging.getLogger("tickplant.cep")
 SEQ_HEADER = "cep-seq"
 TAIL_WINDOW = 64
 
@@ -80,6 +94,8 @@ class PartitionPublisher:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 0,
+            # a transaction is a few small requests in turn: no Nagle delay on any of them
+            "socket.nagle.disable": True,
             "transaction.timeout.ms": 60_000,
         }))
         try:
@@ -88,6 +104,14 @@ class PartitionPublisher:
             raise OutboxError(f"partition {partition}: cannot start transactions as {transactional_id}: {exc}") from exc
         self.commits = 0
         self.commit_seconds = 0.0
+        # the committer thread (``start``): what the reader submitted, not yet committed
+        self.offsets: dict[str, int] = {}  # input offsets whose outputs are all committed
+        self._queue: list[tuple[list[Output], dict[str, int] | None, int | None]] = []
+        self._wake = threading.Condition()
+        self._busy = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._free: threading.Event | None = None
 
     def recover(self, store: PartitionStore) -> int:
         """Publish the outbox entries Kafka has not committed; return how many were republished."""
@@ -126,6 +150,79 @@ class PartitionPublisher:
         self.commits += 1
         store.mark_published(outputs[-1].seq)
 
+    # -- the committer thread ----------------------------------------------------
+
+    def start(self, store: PartitionStore, on_committed: Callable[[int | None], None],
+              on_error: Callable[[BaseException], None], free: threading.Event | None = None) -> None:
+        """Commit submitted outputs in a thread of their own; ``on_committed(newest tick ns)``
+        after each transaction, ``on_error`` if one fails (the worker must then stop: the
+        outbox keeps the outputs for the next owner); ``free`` is set whenever the committer
+        has nothing left to do."""
+        self.offsets = dict(store.offsets)
+        self._free = free
+        self._thread = threading.Thread(target=self._run, args=(store, on_committed, on_error),
+                                        name=f"cep-commit-p{self.partition}", daemon=True)
+        self._thread.start()
+
+    def submit(self, outputs: list[Output], offsets: dict[str, int] | None, newest: int | None = None) -> None:
+        """Queue a read's outputs (written to the store's outbox already) with the input offsets
+        whose outputs they complete (None: not yet) and their newest tick time; returns at once."""
+        with self._wake:
+            self._queue.append((outputs, offsets, newest))
+            self._wake.notify()
+
+    def idle(self) -> bool:
+        """Nothing queued or in flight: a transaction started now would go out at once."""
+        with self._wake:
+            return not self._queue and not self._busy
+
+    def pending(self) -> int:
+        """Outputs submitted and not committed yet (queued or in the transaction in flight)."""
+        with self._wake:
+            return sum(len(o) for o, _, _ in self._queue) + (1 if self._busy else 0)
+
+    def drain(self, timeout: float = 60.0) -> bool:
+        """Wait until everything submitted is committed; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._wake.wait(min(left, 0.1))
+        return True
+
+    def _run(self, store: PartitionStore, on_committed: Callable[[int | None], None],
+             on_error: Callable[[BaseException], None]) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._stop:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
+                self._busy = True
+            try:
+                outputs = [o for item in batch for o in item[0]]
+                newest = max((n for _, _, n in batch if n is not None), default=None)
+                if outputs:
+                    self.publish(outputs, store)
+                done = [offsets for _, offsets, _ in batch if offsets is not None]
+                if done:
+                    self.offsets = done[-1]
+                if outputs:
+                    on_committed(newest)
+            except BaseException as exc:  # noqa: BLE001 - handed to the worker, which stops
+                log.exception("partition %d: the committer failed", self.partition)
+                on_error(exc)
+                return
+            finally:
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()
+                    if not self._queue and self._free is not None:
+                        self._free.set()
+
     def _abort(self, outputs: list[Output], exc: KafkaException) -> None:
         try:
             self.producer.abort_transaction(30)
@@ -135,4 +232,13 @@ class PartitionPublisher:
                           f"{outputs[-1].seq} failed: {exc}") from exc
 
     def close(self) -> None:
+        """Commit what was submitted (a revoked partition hands over a clean outbox), stop."""
+        if self._thread is not None:
+            if not self.drain():
+                log.warning("partition %d: outputs still uncommitted at close; the next owner "
+                            "republishes them from the outbox", self.partition)
+            with self._wake:
+                self._stop = True
+                self._wake.notify_all()
+            self._thread.join(10)
         self.producer.flush(10)

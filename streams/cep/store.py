@@ -6,6 +6,7 @@ Keys (bytes, raw mode)::
   Mday <table>            -> the trading day that table's rows are in now
   Mseq                    -> the next output sequence number of this partition
   Mbars                   -> the open bars, watermark and late counts (JSON)
+  Mdirty                  -> syms whose analytics changed but are not in an output yet (JSON list)
   S <sym>                 -> the sym's analytics states (JSON)
   B <date> 00 <sym> 00 <bucket:8 BE> -> a closed bar (JSON), for GET /cep/v1/bars
   O <seq:8 BE>            -> an output not yet known to be committed to Kafka
@@ -90,6 +91,8 @@ class PartitionStore:
         self.next_seq: int = int(raw) if raw is not None else 0
         raw = self.db.get(b"Mbars")
         self.bars: dict[str, Any] = json.loads(raw) if raw is not None else {}
+        raw = self.db.get(b"Mdirty")
+        self.dirty: set[str] = set(json.loads(raw)) if raw is not None else set()
         self.syms: dict[str, dict[str, Any]] = {}
         for key, value in self.db.items(from_key=b"S"):
             if not key.startswith(b"S"):
@@ -119,7 +122,7 @@ class PartitionStore:
 
     def commit(self, offsets: dict[str, int], days: dict[str, str], syms: dict[str, dict[str, Any]],
                bars_state: dict[str, Any], closed: list[dict[str, Any]], outputs: list[Output],
-               drop_dates_before: str | None = None) -> None:
+               drop_dates_before: str | None = None, dirty: set[str] | None = None) -> None:
         """One batch's effects in one RocksDB write (see the module docstring)."""
         batch = WriteBatch(raw_mode=True)
         for table, offset in offsets.items():
@@ -129,13 +132,18 @@ class PartitionStore:
         for sym, state in syms.items():
             batch.put(b"S" + sym.encode(), json.dumps(state).encode())
         batch.put(b"Mbars", json.dumps(bars_state).encode())
+        dirty = set() if dirty is None else dirty
+        if dirty != self.dirty:
+            batch.put(b"Mdirty", json.dumps(sorted(dirty)).encode())
         for bar in closed:
             batch.put(_bar_key(bar["date"], bar["sym"], bar["time"]), json.dumps(bar).encode())
         if drop_dates_before:
             batch.delete_range(b"B", b"B" + drop_dates_before.encode())
-        # outputs already committed to Kafka leave the outbox in the same write
-        if self.published_upto >= self._outbox_low:
-            batch.delete_range(_seq_key(self._outbox_low), _seq_key(self.published_upto + 1))
+        # outputs already committed to Kafka leave the outbox in the same write (read once: the
+        # committer thread moves it forward meanwhile)
+        published = self.published_upto
+        if published >= self._outbox_low:
+            batch.delete_range(_seq_key(self._outbox_low), _seq_key(published + 1))
         for out in outputs:
             batch.put(_seq_key(out.seq), out.encode())
         next_seq = outputs[-1].seq + 1 if outputs else self.next_seq
@@ -144,8 +152,9 @@ class PartitionStore:
         self.offsets.update(offsets)
         self.days.update(days)
         self.bars = bars_state
+        self.dirty = dirty
         self.next_seq = next_seq
-        self._outbox_low = max(self._outbox_low, self.published_upto + 1)
+        self._outbox_low = max(self._outbox_low, published + 1)
 
     def mark_published(self, seq: int) -> None:
         """Kafka committed every output up to ``seq``: the next commit drops them from the outbox."""

@@ -17,7 +17,23 @@ by the idle timer when the partition is quiet on the live day). Each read's
 effects go to the partition's RocksDB store in one write with the input
 offsets and the numbered outputs; the outputs are then committed to
 ``rte.bars`` / ``rte.analytics`` in a Kafka transaction (``outbox``: why
-that is exactly-once across kill -9 and rebalances). Records are Avro with
+that is exactly-once across kill -9 and rebalances) by the partition's
+committer thread, while the reader goes on with the next read.
+
+Latency (tick -> analytic committed): the reader takes what the consumer
+has, groups each partition's messages into runs of one table and day,
+decodes a run at once (``Decoder.decode_many``) and hands it to the engine
+as one message; the commit round trip overlaps the next read's work instead
+of adding to it. A record waits for at most one commit in flight: at the
+live end of the log, while every committer is busy the reader lets ticks
+gather (one apply and one transaction for all of them), and a partition
+read while its commit is in flight updates its state without analytics
+records; when its committer is free, one record per sym changed meanwhile
+goes out (``engine``: conflation; bars are never held). So the CPU and
+broker work per tick fall as the load rises instead of growing with the
+number of reads. The status reports ``offsets`` whose outputs are committed
+(``applied_offsets``: in the state), the reader's CPU time per read and the
+tick -> committed latency. Records are Avro with
 the plant's framing (``schemas/rte/*.avsc``, registered on the schemas
 topic, so ``make_decoder`` reads them anywhere), keyed by sym.
 
@@ -41,9 +57,9 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +70,7 @@ from faust.web import View
 
 from ingest.deadletter import DeadLetters
 from ingest.eod import TradingCalendar, read_day_state
-from ingest.framing import DecodeError, control_of
+from ingest.framing import control_of
 from ingest.logread import make_consumer
 from ingest.schema_topic import SchemaTopic, make_decoder
 from ingest.schemas import SchemaCatalog
@@ -73,6 +89,11 @@ log = logging.getLogger("tickplant.cep")
 FENCE_WAIT_SECONDS = 30.0
 READ_MESSAGES = 20_000
 READ_BYTES = 8 << 20
+# a read this small means the reader is at the live end of the log: it then waits for a free
+# committer rather than applying a few messages at a time that could not go out anyway
+SMALL_READ = 1000
+COMMITTER_WAIT_SECONDS = 0.005
+GIL_SWITCH_SECONDS = 0.0005  # see run_worker
 TABLES = ("trade", "quote")
 
 
@@ -123,10 +144,14 @@ class CepWorker:
         self._halt = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name="cep-reader", daemon=True)
         self.last_seen: dict[int, float] = {}  # partition -> monotonic time of its last trade message
+        self.unsent: dict[int, int] = {}  # partition -> newest tick time whose analytics wait (conflated)
+        self._free = threading.Event()  # set by a committer that has nothing left to commit
         self.latency = LatencySample()
+        self._latency_lock = threading.Lock()  # the partitions' committer threads add to it
         self.reads = 0
+        self.messages_read = 0
         self.apply_seconds = 0.0
-        self._pool = ThreadPoolExecutor(max_workers=max(1, self.partitions), thread_name_prefix="cep-commit")
+        self.apply_cpu_seconds = 0.0  # the reader thread's CPU time: a figure a busy machine does not blur
         self.commits = 0
         self.republished = 0
         self.metadata = MetadataPublisher(settings, node_id)
@@ -158,8 +183,12 @@ class CepWorker:
 
     def _drop(self, p: int) -> None:
         self.assigned.discard(p)
+        self.unsent.pop(p, None)
         publisher = self.publishers.pop(p, None)
+        engine = self.engines.get(p)
         if publisher is not None:
+            if engine is not None and engine.store.dirty:  # hand over with no analytics held back
+                publisher.submit(engine.emit_pending(), dict(engine.store.offsets))
             publisher.close()
         engine = self.engines.pop(p, None)
         if engine is not None:
@@ -190,6 +219,7 @@ class CepWorker:
             publisher = PartitionPublisher(self.settings, self.topics.transactional_id(self.settings, p),
                                            self.topics.outputs, p)
             self.republished += publisher.recover(store)
+            publisher.start(store, self._committed, self._commit_failed, self._free)
             self.engines[p], self.publishers[p] = engine, publisher
             self.last_seen[p] = time.monotonic()
 
@@ -207,12 +237,13 @@ class CepWorker:
     def _read_loop(self) -> None:
         """Read the assigned partitions of the trade and quote topics in bulk, from the stored offsets."""
         consumer = make_consumer(self.settings, **{
-            "enable.partition.eof": False, "fetch.wait.max.ms": 5,
+            "enable.partition.eof": False, "fetch.wait.max.ms": 5, "socket.nagle.disable": True,
             "queued.max.messages.kbytes": 32 * 1024, "fetch.max.bytes": 16 << 20,
             "max.partition.fetch.bytes": 4 << 20,
         })
         topics = {self.names.table(t): t for t in self.tables}
         next_idle_check = 0.0
+        live = False  # the last read was small: at the live end of the log
         try:
             while not self._halt.is_set():
                 if self._reassign:
@@ -229,7 +260,15 @@ class CepWorker:
                 if now >= next_idle_check:
                     next_idle_check = now + 0.1
                     self._idle(now)
-                first = consumer.poll(0.05)
+                waiting = self._emit_pending()
+                if live and self._all_committers_busy():
+                    # what is read now could not go out before a commit ends: let it gather
+                    # (one apply and one transaction for all of it, less CPU a tick)
+                    self._free.wait(COMMITTER_WAIT_SECONDS)
+                    self._free.clear()
+                    continue
+                # conflated analytics wait for a committer: look again soon, not in 50 ms
+                first = consumer.poll(0.002 if waiting else 0.05)
                 if first is None:
                     continue
                 messages, size = [first], len(first.value() or b"")
@@ -244,60 +283,120 @@ class CepWorker:
                     if msg.error() is None:
                         by_part.setdefault(msg.partition(), {}).setdefault(topics[msg.topic()], []).append(msg)
                 self.reads += 1
+                live = len(messages) < SMALL_READ
                 self._apply(by_part)
         except Exception:  # a crash here must end the worker, not leave it serving stale analytics
             log.exception("the CEP reader failed; stopping the worker")
             os._exit(70)
         finally:
             consumer.close()
-            self._pool.shutdown(wait=False)
 
     def _apply(self, by_part: dict[int, dict[str, list[Any]]]) -> None:
-        """Apply each partition's messages (one RocksDB write each), then commit their outputs,
-        the partitions' transactions in parallel (a commit is a broker round trip, ~10 ms here)."""
-        started = time.perf_counter()
+        """Apply each partition's messages (one RocksDB write each) and hand their outputs to
+        the partition's committer (``outbox``), which commits them while the reader reads on."""
+        started, cpu = time.perf_counter(), time.thread_time()
         with self._lock:
-            sending: list[tuple[int, list[Any]]] = []
-            newest = None
             for p, tables in by_part.items():
                 engine = self.engines.get(p)
                 if engine is None:
                     continue  # revoked meanwhile: the next owner reads it from the stored offset
-                batches = {t: [self._message(t, p, m) for m in msgs] for t, msgs in tables.items()}
+                batches = {t: self._messages(t, p, msgs, engine.store.offset(t)) for t, msgs in tables.items()}
                 if "trade" in tables:
                     self.last_seen[p] = time.monotonic()
-                outputs = engine.apply(batches)
-                if outputs:
-                    self.publishers[p].send(outputs)
-                    sending.append((p, outputs))
-                for ms in batches.values():
-                    for m in ms:
-                        if m.rows and (newest is None or m.rows[-1]["time"] > newest):
-                            newest = m.rows[-1]["time"]
-            self.apply_seconds += time.perf_counter() - started
-            if len(sending) > 1:
-                list(self._pool.map(lambda item: self.publishers[item[0]].commit(item[1], self.engines[item[0]].store),
-                                    sending))
-            elif sending:
-                p, outputs = sending[0]
-                self.publishers[p].commit(outputs, self.engines[p].store)
-            self.commits += len(sending)
-        if newest is not None and sending:
-            self.latency.add(time.time_ns() - newest)
+                publisher = self.publishers[p]
+                newest = max((m.rows[-1]["time"] for ms in batches.values() for m in ms if m.rows),
+                             default=self.unsent.get(p))
+                emit = publisher.idle()
+                outputs = engine.apply(batches, emit=emit)
+                if emit or not engine.store.dirty:
+                    self.unsent.pop(p, None)
+                elif newest is not None:
+                    self.unsent[p] = max(newest, self.unsent.get(p, newest))
+                self._submit(p, outputs, newest if emit else None)
+        self.apply_seconds += time.perf_counter() - started
+        self.apply_cpu_seconds += time.thread_time() - cpu
 
-    def _message(self, table: str, p: int, msg: Any) -> Message:
-        offset = msg.offset()
-        control = control_of(list(msg.headers()) if msg.headers() else None)
-        if control is not None:
-            return Message(offset, None, fence_date=self._fence_date(table, p, offset, control))
-        date = self.days.date_of(table, p, offset)
-        try:
-            rows = self.decoder.decode(msg.value())[1]
-        except DecodeError as exc:
-            where = f"{self.names.table(table)}[{p}]@{offset}"
-            self.deadletters.send(table, str(exc), msg.value() or b"", where=where)
-            rows = []
-        return Message(offset, rows, date.isoformat() if date else "")
+    def _submit(self, p: int, outputs: list[Any], newest: int | None) -> None:
+        """Hand outputs to the partition's committer; the offsets count as done (the status's
+        ``offsets``) only once no analytics of them wait."""
+        engine = self.engines[p]
+        offsets = None if engine.store.dirty else dict(engine.store.offsets)
+        if outputs or offsets is not None:
+            self.publishers[p].submit(outputs, offsets, newest)
+            self.commits += bool(outputs)
+
+    def _all_committers_busy(self) -> bool:
+        with self._lock:
+            return bool(self.publishers) and not any(pub.idle() for pub in self.publishers.values())
+
+    def _emit_pending(self) -> bool:
+        """Emit the conflated analytics of partitions whose committer is free; whether some
+        still wait for theirs."""
+        waiting = False
+        with self._lock:
+            for p, engine in self.engines.items():
+                if not engine.store.dirty:
+                    continue
+                if not self.publishers[p].idle():
+                    waiting = True
+                    continue
+                self._submit(p, engine.emit_pending(), self.unsent.pop(p, None))
+        return waiting
+
+    def _messages(self, table: str, p: int, msgs: list[Any], applied: int) -> list[Message]:
+        """A partition's messages of one table (log order) for the engine: each fence alone, and
+        each run of data messages of one day as one message (its rows, its last offset), decoded
+        at once. Messages at or below ``applied`` (already in the state) are left out."""
+        out: list[Message] = []
+        run: list[Any] = []
+        run_date = ""
+        open_start = self.days.start_of_open_day(table, p)
+        open_date = self.days.open_date.isoformat() if self.days.open_date else ""
+        for msg in msgs:
+            offset = msg.offset()
+            if offset <= applied:
+                continue
+            headers = msg.headers()
+            control = control_of(list(headers)) if headers else None
+            if control is not None:
+                if run:
+                    out.append(self._run(table, p, run, run_date))
+                    run = []
+                out.append(Message(offset, None, fence_date=self._fence_date(table, p, offset, control)))
+                continue
+            if open_date and offset >= open_start:
+                date = open_date
+            else:
+                day = self.days.date_of(table, p, offset)
+                date = day.isoformat() if day else ""
+            if run and date != run_date:
+                out.append(self._run(table, p, run, run_date))
+                run = []
+            run.append(msg)
+            run_date = date
+        if run:
+            out.append(self._run(table, p, run, run_date))
+        self.messages_read += len(msgs)
+        return out
+
+    def _run(self, table: str, p: int, msgs: list[Any], date: str) -> Message:
+        """One run of data messages as one engine message; undecodable ones go to the dead letters."""
+        rows, errors = self.decoder.decode_many([msg.value() for msg in msgs])
+        for i, exc in errors:
+            where = f"{self.names.table(table)}[{p}]@{msgs[i].offset()}"
+            self.deadletters.send(table, str(exc), msgs[i].value() or b"", where=where)
+        return Message(msgs[-1].offset(), rows, date, count=len(msgs))
+
+    def _committed(self, newest: int | None) -> None:
+        """A committer thread committed a transaction whose newest tick is ``newest``."""
+        if newest is not None:
+            with self._latency_lock:
+                self.latency.add(time.time_ns() - newest)
+
+    def _commit_failed(self, exc: BaseException) -> None:
+        """Outputs could not be committed: stop, as a reader failure does (the outbox keeps them)."""
+        log.error("the CEP committer failed (%s); stopping the worker", exc)
+        os._exit(70)
 
     def _fence_date(self, table: str, p: int, offset: int, control: str) -> str | None:
         """The day a fence closes, once the committed marker confirms it (as the RDB waits)."""
@@ -329,8 +428,7 @@ class CepWorker:
                     continue
                 outputs = engine.advance(wall - self.grace_ns)
                 if outputs:
-                    self.publishers[p].publish(outputs, engine.store)
-                    self.commits += 1
+                    self._submit(p, outputs, None)
 
     # -- housekeeping --------------------------------------------------------------
 
@@ -358,20 +456,30 @@ class CepWorker:
             parts = {}
             for p, engine in sorted(self.engines.items()):
                 c = engine.counters
+                publisher = self.publishers[p]
                 parts[str(p)] = {
-                    "offsets": dict(engine.store.offsets), "days": dict(engine.store.days),
+                    # offsets whose outputs are committed to Kafka; applied_offsets: in the state
+                    "offsets": dict(publisher.offsets), "applied_offsets": dict(engine.store.offsets),
+                    "pending_outputs": publisher.pending(), "conflated_syms": len(engine.store.dirty),
+                    "days": dict(engine.store.days),
                     "watermark": engine.book.wm, "open_bars": len(engine.book.open), "syms": len(engine.store.syms),
                     "late_trades": dict(engine.book.late), "rows": c.rows, "messages": c.messages,
                     "bars_closed": c.bars, "analytics_published": c.analytics, "fences": c.fences,
-                    "next_seq": engine.store.next_seq, "transactions": self.publishers[p].commits,
-                    "commit_ms_avg": round(1000 * self.publishers[p].commit_seconds
-                                           / max(1, self.publishers[p].commits), 2),
+                    "next_seq": engine.store.next_seq, "transactions": publisher.commits,
+                    "commit_ms_avg": round(1000 * publisher.commit_seconds / max(1, publisher.commits), 2),
                 }
         return {"node": self.node_id, **self.holdings(), "reads": self.reads, "commits": self.commits,
+                "messages_read": self.messages_read,
                 "apply_ms_avg": round(1000 * self.apply_seconds / max(1, self.reads), 2),
+                "apply_cpu_ms_avg": round(1000 * self.apply_cpu_seconds / max(1, self.reads), 3),
+                "apply_cpu_us_per_message": round(1e6 * self.apply_cpu_seconds / max(1, self.messages_read), 2),
                 "republished_after_restart": self.republished,
                 "rows": sum(v["rows"] for v in parts.values()), "partition_state": parts,
-                "visible_latency_ms": self.latency.percentiles()}
+                "visible_latency_ms": self._latency()}
+
+    def _latency(self) -> dict[str, float] | None:
+        with self._latency_lock:
+            return self.latency.percentiles()
 
     # -- queries --------------------------------------------------------------------
 
@@ -466,6 +574,9 @@ class CepWorker:
 
 def run_worker(settings: Settings, node_id: str, port: int, **options: Any) -> None:
     """Run one CEP worker until SIGTERM/SIGINT (``tickplant cep run``)."""
+    # the committer threads wake from a broker round trip needing the GIL, which the reader holds
+    # while it applies: by default they could wait up to 5 ms each time (as the RDB's reader does)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     worker = CepWorker(settings, node_id, port, **options)
     faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
