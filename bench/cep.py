@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.common import Report, Result, add_arguments, embedded_broker, format_table
+from bench.common import Report, Result, format_table, run_alone
 from bench.rdb import message_count, raw_consume_rate
 from ingest.eod import open_first_day
 from ingest.feeds.synthetic import SyntheticMarket
@@ -253,14 +253,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.cep", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    with embedded_broker() as settings:
-        report = collect(settings, args)
-    print(format_table(report.results))
-    print("\n".join(report.notes))
-    return 0
+    return run_alone(collect, "python -m bench.cep", __doc__, argv)
 
 
 if __name__ == "__main__":

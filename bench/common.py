@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tickplant.config import Settings
 from tickplant.kafka.broker import EmbeddedKafka, free_port_pair
@@ -115,3 +116,17 @@ def format_table(results: list[Result]) -> str:
         return "  ".join(cells).rstrip()
 
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+
+
+def run_alone(collect: Any, prog: str, doc: str, argv: list[str] | None = None,
+              args: argparse.Namespace | None = None) -> int:
+    """``python -m bench.<name>``: one benchmark's ``collect`` on its own throwaway broker."""
+    if args is None:
+        parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+        add_arguments(parser)
+        args = parser.parse_args(argv)
+    with embedded_broker() as settings:
+        report = collect(settings, args)
+    print(format_table(report.results))
+    print("\n".join(report.notes))
+    return 0

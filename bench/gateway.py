@@ -24,7 +24,12 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import Report, Result, add_arguments, embedded_broker, format_table, fresh
+from bench.common import (
+    Report,
+    Result,
+    fresh,
+    run_alone,
+)
 from gateway.engine import Engine
 from gateway.named import aj_query, bars_query, last_query, rows_query, vwap_query
 from gateway.routing import Routing
@@ -223,14 +228,7 @@ def _published(settings: Settings, catalog: SchemaCatalog, day: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    with embedded_broker() as settings:
-        report = collect(settings, args)
-    print(format_table(report.results))
-    print("\n".join(report.notes), file=sys.stderr)
-    return 0
+    return run_alone(collect, "python -m bench.gateway", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.common import Report, Result, add_arguments, embedded_broker, format_table
+from bench.common import Report, Result, format_table, run_alone
 from ingest.eod import open_first_day
 from ingest.feeds.synthetic import SyntheticMarket
 from ingest.publisher import Tickerplant
@@ -421,14 +421,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.rdb", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    with embedded_broker() as settings:
-        report = collect(settings, args)
-    print(format_table(report.results))
-    print("\n".join(report.notes))
-    return 0
+    return run_alone(collect, "python -m bench.rdb", __doc__, argv)
 
 
 if __name__ == "__main__":

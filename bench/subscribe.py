@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any
 
-from bench.common import Report, Result, add_arguments, embedded_broker, format_table, fresh
+from bench.common import Report, Result, add_arguments, format_table, fresh, run_alone
 from ingest.publisher import Tickerplant
 from ingest.schemas import SchemaCatalog
 from ingest.topics import ensure_topics
@@ -282,11 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         probe(args.probe, args.clients, args.group_size, args.seconds, args.raw)
         return 0
-    with embedded_broker() as settings:
-        report = collect(settings, args)
-    print(format_table(report.results))
-    print("\n".join(report.notes))
-    return 0
+    return run_alone(collect, "python -m bench.subscribe", __doc__, args=args)
 
 
 if __name__ == "__main__":
