@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +143,24 @@ def read_day_state(settings: Settings) -> DayState:
     finally:
         consumer.close()
     return state
+
+
+def confirmed_fence_date(settings: Settings, state: DayState, table: str, partition: int, offset: int,
+                         wait: float) -> tuple[dt.date | None, DayState]:
+    """The day a fence at ``offset`` closes, once the committed marker confirms it.
+
+    A reader can see the fence before it has read the marker (another topic), so it
+    re-reads the control topic for up to ``wait`` seconds; None means no marker ever
+    committed (an aborted roll: the fence is ignored). Returns the newer state too.
+    """
+    deadline = time.monotonic() + wait
+    date = state.fence_date(table, partition, offset)
+    while date is None and time.monotonic() < deadline:
+        state = read_day_state(settings)
+        date = state.fence_date(table, partition, offset)
+        if date is None:
+            time.sleep(0.2)
+    return date, state
 
 
 def _control_producer(settings: Settings) -> Producer:

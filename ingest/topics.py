@@ -131,6 +131,12 @@ def ensure_topics(settings: Settings, catalog: SchemaCatalog, timeout: float = 3
     wanted[names.metadata] = NewTopic(
         names.metadata, 1, rf, config={"cleanup.policy": "compact", "segment.ms": "600000"}
     )
+    return create_topics(settings, wanted, timeout)
+
+
+def create_topics(settings: Settings, wanted: dict[str, NewTopic], timeout: float = 30.0) -> dict[str, int]:
+    """Create those of ``wanted`` that are missing (racing creators are fine) and wait until
+    every one has leaders; return each one's partition count."""
     admin = admin_client(settings)
     try:
         existing = admin.list_topics(timeout=timeout).topics

@@ -72,7 +72,7 @@ from faust.types import TP
 from faust.web import View
 
 from ingest.deadletter import DeadLetters
-from ingest.eod import read_day_state
+from ingest.eod import confirmed_fence_date, read_day_state
 from ingest.framing import DecodeError, control_of
 from ingest.logread import make_consumer
 from ingest.schema_topic import make_decoder
@@ -492,13 +492,8 @@ class RdbWorker:
 
     def _on_fence(self, shard: Shard, table: str, partition: int, offset: int, control: str) -> None:
         """A fence closes the partition's day once the committed marker confirms it."""
-        deadline = time.monotonic() + FENCE_WAIT_SECONDS
-        date = self.days.fence_date(table, partition, offset)
-        while date is None and time.monotonic() < deadline:
-            self.days = read_day_state(self.settings)
-            date = self.days.fence_date(table, partition, offset)
-            if date is None:
-                time.sleep(0.2)
+        date, self.days = confirmed_fence_date(self.settings, self.days, table, partition, offset,
+                                               FENCE_WAIT_SECONDS)
         if date is None:
             log.warning("fence %s at %s[%d]@%d has no committed marker (aborted roll?): ignored",
                         control, table, partition, offset)

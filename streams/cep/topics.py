@@ -12,7 +12,7 @@ from __future__ import annotations
 from confluent_kafka.admin import NewTopic
 
 from ingest.schemas import SchemaCatalog
-from ingest.topics import TopicError, TopicNames, _wait_for_leaders, admin_client, ensure_topics
+from ingest.topics import TopicError, TopicNames, create_topics, ensure_topics
 from tickplant.config import Settings
 
 DEFAULT_ENGINE = "main"
@@ -46,17 +46,7 @@ class CepTopics:
         wanted = {topic: NewTopic(topic, parts, rf, config={"retention.ms": retention})
                   for topic in self.outputs.values()}
         wanted[self.assignment] = NewTopic(self.assignment, parts, rf)
-        admin = admin_client(settings)
-        existing = admin.list_topics(timeout=timeout).topics
-        missing = [nt for name, nt in wanted.items() if name not in existing]
-        if missing:
-            for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
-                try:
-                    future.result()
-                except Exception as exc:
-                    if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                        raise TopicError(f"could not create topic {name}: {exc}") from exc
-        have = _wait_for_leaders(admin, list(wanted), timeout)
+        have = create_topics(settings, wanted, timeout)
         wrong = {t: n for t, n in have.items() if n != parts}
         if wrong:
             raise TopicError(f"CEP topics {wrong} must have {parts} partitions like the table topics")

@@ -69,7 +69,7 @@ from faust.types import TP
 from faust.web import View
 
 from ingest.deadletter import DeadLetters
-from ingest.eod import TradingCalendar, read_day_state
+from ingest.eod import TradingCalendar, confirmed_fence_date, read_day_state
 from ingest.framing import control_of
 from ingest.logread import make_consumer
 from ingest.schema_topic import SchemaTopic, make_decoder
@@ -400,13 +400,7 @@ class CepWorker:
 
     def _fence_date(self, table: str, p: int, offset: int, control: str) -> str | None:
         """The day a fence closes, once the committed marker confirms it (as the RDB waits)."""
-        deadline = time.monotonic() + FENCE_WAIT_SECONDS
-        date = self.days.fence_date(table, p, offset)
-        while date is None and time.monotonic() < deadline:
-            self.days = read_day_state(self.settings)
-            date = self.days.fence_date(table, p, offset)
-            if date is None:
-                time.sleep(0.2)
+        date, self.days = confirmed_fence_date(self.settings, self.days, table, p, offset, FENCE_WAIT_SECONDS)
         if date is None:
             log.warning("fence %s at %s[%d]@%d has no committed marker (aborted roll?): ignored",
                         control, table, p, offset)
