@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -24,14 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from tickplant.kafka.broker import free_port
+
 ACCESS_KEY = "tickplant-test"
 SECRET_KEY = "tickplant-test-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def weed_binary() -> str:
@@ -76,14 +71,29 @@ class S3Server:
                 self.proc.wait(15)
 
 
-def start_s3(directory: Path, timeout: float = 60.0) -> S3Server:
+def start_s3(directory: Path, timeout: float = 60.0, attempts: int = 3) -> S3Server:
+    """Start weed, again on fresh ports if one of its nine was taken before it bound it."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_s3_once(directory / f"try{attempt}", timeout)
+        except PortTaken:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    """weed died because a port we picked was bound by someone else in between."""
+
+
+def _start_s3_once(directory: Path, timeout: float) -> S3Server:
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "s3.json"
     config.write_text(json.dumps({"identities": [{
         "name": "tickplant", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}))
-    ports = {name: _free_port() for name in (
+    ports = {name: free_port() for name in (
         "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
         "filer.port.grpc", "s3.port", "s3.port.grpc", "metricsPort",
     )}
@@ -103,7 +113,9 @@ def start_s3(directory: Path, timeout: float = 60.0) -> S3Server:
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"weed exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
+            tail = log_path.read_text()[-2000:]
+            error = PortTaken if "address already in use" in tail else RuntimeError
+            raise error(f"weed exited with {proc.returncode}:\n{tail}")
         try:
             client = server.client()
             client.create_bucket(Bucket=server.bucket)

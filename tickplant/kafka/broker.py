@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -37,8 +38,32 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A port the OS says is free now (for tests, benchmarks and extra workers)."""
+    """A port free now (for tests, benchmarks and extra workers), picked below the ephemeral range.
+
+    A port from bind(0) comes from the range the kernel also uses for the source
+    ports of outgoing connections, so between our pick and the server's bind a
+    Kafka client or HTTP pool can take it ("address already in use" in CI).
+    Ports below that range are only ever taken by someone binding on purpose.
+    """
+    low, _ = _ephemeral_range()
+    floor = 10000 if low > 12000 else 1024
+    for _ in range(200):
+        port = random.randrange(floor, low)
+        if port not in _handed_out and port_is_free(port):
+            _handed_out.add(port)
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
