@@ -6,8 +6,9 @@ real-time engine's derived topic ``<prefix>rte.<name>``), for a set of syms.
 
 - **One upstream per identical subscription.** Subscriptions with the same
   source and the same sym set share one ``Upstream``: a thread running an
-  ``ingest.subscribe.Subscription`` from the log's end, decoding and
-  filtering once, handing each batch to the event loop
+  ``ingest.subscribe.Subscription`` from the log's end (for a real-time
+  engine's output, its workers' live feeds instead: ``gateway.enginefeed``),
+  decoding and filtering once, handing each batch to the event loop
   (``loop.call_soon_threadsafe``), where it is JSON-encoded once and put in
   every subscriber's outbox. The upstream is reference counted: when its last
   subscriber leaves it stops and its consumer is closed.
@@ -61,6 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.enginefeed import EngineFeed, engine_output
 from ingest.schemas import SchemaCatalog
 from ingest.subscribe import Subscription
 from ingest.topics import TopicNames, admin_client
@@ -220,6 +222,13 @@ class Upstream:
     def _run(self) -> None:
         sub = None
         try:
+            output = engine_output(self.hub.settings, self.source.topic) if self.source.derived else None
+            if output is not None:  # a real-time engine's output: its workers' live feeds
+                EngineFeed(self.hub.settings, self.source.topic, output, self.syms,
+                           lambda rows: not self._stop.is_set() and self._call(self._deliver, rows),
+                           lambda errors: self._call(self._warn, errors), self._stop,
+                           ).run(lambda: self._call(self._started, {}))
+                return
             sub = Subscription(
                 self.hub.settings, self.source.name, list(self.syms) or None, "now", self.hub.catalog,
                 topic=self.source.topic if self.source.derived else None,

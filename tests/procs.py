@@ -1,13 +1,15 @@
-"""Plant processes for tests: RDB workers run as real subprocesses, so they can be kill -9'd."""
+"""Plant processes for tests: RDB and CEP workers run as real subprocesses, so they can be kill -9'd."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,33 @@ class Worker(PlantChild):
             except RdbClientError:
                 time.sleep(0.2)
         raise AssertionError(f"{self.node_id} not serving after {timeout}s:\n{self.log_tail()}")
+
+
+class Cep(PlantChild):
+    """One ``cep run`` worker subprocess (kill -9 able)."""
+
+    def __init__(self, settings, node_id: str, log_dir: Path, *extra: str):
+        super().__init__(settings, node_id, log_dir)
+        self.extra = extra
+
+    def argv(self) -> list[str]:
+        return ["cep", "run", "--id", self.node_id, "--port", str(self.port), *self.extra]
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def status(self) -> dict[str, Any] | None:
+        assert self.proc and self.proc.poll() is None, f"{self.node_id} died:\n{self.log_tail()}"
+        try:
+            status = self.get("/cep/v1/status")
+        except OSError:
+            return None
+        return status if status["serving"] else None
+
+    def rows(self) -> int:
+        status = self.status()
+        return status["rows"] if status else -1
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] = str) -> None:

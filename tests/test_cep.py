@@ -10,12 +10,11 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from procs import BackgroundFeed, PlantChild, wait_until
+from procs import BackgroundFeed, Cep, wait_until
 
 from ingest.eod import open_first_day, roll_day
 from ingest.feeds.synthetic import SyntheticMarket
@@ -36,33 +35,6 @@ T0 = int(dt.datetime(2030, 1, 2, 9, 30, tzinfo=dt.UTC).timestamp() * 1e9)
 DAY1, DAY2 = "2030-01-02", "2030-01-03"
 S = 1_000_000_000
 W = 60 * S  # default bar width
-
-
-class Cep(PlantChild):
-    """One ``cep run`` worker subprocess (kill -9 able)."""
-
-    def __init__(self, settings, node_id: str, log_dir: Path, *extra: str):
-        super().__init__(settings, node_id, log_dir)
-        self.extra = extra
-
-    def argv(self) -> list[str]:
-        return ["cep", "run", "--id", self.node_id, "--port", str(self.port), *self.extra]
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
-            return json.loads(resp.read())
-
-    def status(self) -> dict[str, Any] | None:
-        assert self.proc and self.proc.poll() is None, f"{self.node_id} died:\n{self.log_tail()}"
-        try:
-            status = self.get("/cep/v1/status")
-        except OSError:
-            return None
-        return status if status["serving"] else None
-
-    def rows(self) -> int:
-        status = self.status()
-        return status["rows"] if status else -1
 
 
 @pytest.fixture

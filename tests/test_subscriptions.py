@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -17,9 +17,10 @@ import pytest
 import uvicorn
 from confluent_kafka import Producer
 from confluent_kafka.admin import NewTopic
-from procs import Worker, plant_env, wait_until
+from procs import Cep, Worker, plant_env, wait_until
 from websockets.sync.client import ClientConnection, connect
 
+from gateway import enginefeed
 from gateway.streaming import standalone_app
 from gateway.subscriptions import Hub
 from ingest.eod import open_first_day
@@ -454,3 +455,88 @@ def test_bars_and_analytics_of_a_real_cep_worker(settings: Settings, catalog: Sc
     finally:
         cep.terminate()
         cep.wait(30)
+
+
+def test_the_engine_live_feed_misses_no_bar_across_a_cep_kill9(
+        settings: Settings, catalog: SchemaCatalog, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Analytics and bars come from the CEP workers' live feeds (not the committed topics, a commit
+    round trip later). Killed -9 and restarted, with ticks published while it is down and applied
+    by the restarted worker before the hub's stream is back (the hub is kept from seeing the worker
+    in the metadata meanwhile, as a slow metadata topic would): every bar still reaches the subscriber, right (the catch-up after the
+    reconnect), and the last analytics update equals a recomputation of every trade."""
+    hidden = threading.Event()
+    listed = enginefeed.engine_workers
+    monkeypatch.setattr(enginefeed, "engine_workers", lambda *a: {} if hidden.is_set() else listed(*a))
+    open_first_day(settings, catalog, ManualClock(T0))
+    cep = Cep(settings, "cep-1", tmp_path, "--bar-seconds", "1", "--grace-seconds", "0.2").start()
+    second = 1_000_000_000
+
+    def trades(first: int, last: int) -> list[dict[str, Any]]:  # four a second, seconds [first, last)
+        return [{**trade(0, sym), "time": T0 + k * second // 4, "price": 100.0 + k % 7, "size": 10 + k}
+                for k in range(4 * first, 4 * last) for sym in ("AAPL", "MSFT")]
+
+    def publish(rows: list[dict[str, Any]]) -> None:
+        with Tickerplant(settings, catalog, mode="zero") as tp:
+            tp.publish_rows("trade", rows)
+
+    bars: dict[int, dict[str, Any]] = {}
+    analytics: list[dict[str, Any]] = []
+
+    def read_until(ws: ClientConnection, done: Callable[[], bool], what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}; bars {sorted(bars)}\n{cep.log_tail()}"
+            try:
+                message = json.loads(ws.recv(timeout=1))
+            except TimeoutError:
+                continue
+            assert message["type"] == "update", message
+            for row in message["rows"]:
+                if message["source"] == "bars":
+                    assert row["sym"] == "AAPL"
+                    key = (row["time"] - T0) // second
+                    assert bars.setdefault(key, row) == row, f"bar {key} delivered twice, differently"
+                else:
+                    analytics.append(row)
+
+    sent = trades(0, 4)
+    try:
+        wait_until(lambda: cep.status() is not None and any(
+            n.get("kind") == "cep" for n in read_metadata(settings).values()), 60, "the CEP worker", cep.log_tail)
+        with Server(Hub(settings, catalog=catalog)) as gw, connect(gw.ws_url) as ws:
+            assert subscribe(ws, "bars", ["AAPL"])["rows"] == []
+            subscribe(ws, "analytics", ["AAPL"])
+            assert cep.status()["live"]["listeners"] == 2  # the hub reads the live feed, one stream each
+            publish(sent)
+            read_until(ws, lambda: {0, 1, 2} <= set(bars), "bars 0-2")
+            hidden.set()
+            cep.kill9()
+            more = trades(4, 8)
+            publish(more)  # computed only after the restart, before the hub's stream is back
+            sent += more
+            cep.start()
+            aapl_sent = sum(t["sym"] == "AAPL" for t in sent)
+            wait_until(lambda: cep.status() is not None and cep.get("/cep/v1/analytics?syms=AAPL")["analytics"]
+                       .get("AAPL", {}).get("trades") == aapl_sent, 60, "the restarted CEP worker to apply "
+                       "what was published while it was down", cep.log_tail)
+            assert cep.status()["live"]["listeners"] == 0  # so bars 3-6 closed with nobody listening
+            hidden.clear()
+            wait_until(lambda: cep.status()["live"]["listeners"] == 2, 30, "the hub's streams to reconnect")
+            more = trades(8, 11)
+            publish(more)
+            sent += more
+            read_until(ws, lambda: set(range(10)) <= set(bars), "bars 0-9 after the restart")
+            aapl = [t for t in sent if t["sym"] == "AAPL"]
+            read_until(ws, lambda: bool(analytics) and analytics[-1]["trades"] == len(aapl), "the last analytics")
+    finally:
+        cep.stop()
+    for key in range(10):
+        ticks = [t for t in aapl if T0 + key * second <= t["time"] < T0 + (key + 1) * second]
+        bar = bars[key]
+        assert (bar["open"], bar["high"], bar["low"], bar["close"], bar["volume"], bar["trades"]) == (
+            ticks[0]["price"], max(t["price"] for t in ticks), min(t["price"] for t in ticks), ticks[-1]["price"],
+            sum(t["size"] for t in ticks), len(ticks)), key
+    last = analytics[-1]
+    assert (last["time"], last["volume"], last["last_price"]) == (
+        aapl[-1]["time"], sum(t["size"] for t in aapl), aapl[-1]["price"])
+    assert last["notional"] == pytest.approx(sum(t["size"] * t["price"] for t in aapl))

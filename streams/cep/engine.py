@@ -27,6 +27,7 @@ the state, a crash between the two loses no update.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,8 @@ class PartitionEngine:
         self.analytics_encoder = RecordEncoder(analytics_schema)
         self.book = BarBook(width_ns, grace_ns, store.bars)
         self.counters = Counters()
+        # called after each store write with the bars it closed and the syms it changed: the live feed
+        self.on_change: Callable[[PartitionEngine, list[dict[str, Any]], set[str]], None] | None = None
 
     # -- state ---------------------------------------------------------------
 
@@ -212,4 +215,6 @@ class PartitionEngine:
         self.counters.analytics += len(emitted)
         self.store.commit(offsets, days, {s: self.store.syms[s] for s in changed}, self.book.state(), closed,
                           outputs, drop_before, pending)
+        if self.on_change is not None and (closed or changed):
+            self.on_change(self, closed, changed)
         return outputs

@@ -46,6 +46,8 @@ Views (``http://127.0.0.1:<port>``; the syms this worker holds):
                                       "unknown": [syms of this worker's partitions with no ticks yet]}
   GET /cep/v1/bars?syms=A&start=NS&end=NS&date=D
       -> {"bars": [closed bars with start <= time < end, then the open one with "is_open": true]}
+  GET /cep/v1/live?output=analytics|bars&syms=A,B
+      -> newline-delimited JSON: each read's changes as soon as they are in the store (``live``)
   GET /cep/v1/status              -> partitions, offsets, watermarks, late trades, latency
 The worker's metadata record (kind ``cep``) on ``_tp.metadata`` carries its
 URL, engine, partitions and output topics, for the gateway.
@@ -77,6 +79,7 @@ from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
 from streams.cep.analytics import check_schema, instances
 from streams.cep.engine import Message, PartitionEngine
+from streams.cep.live import LiveFeed, LiveFeedError
 from streams.cep.outbox import PartitionPublisher
 from streams.cep.store import PartitionStore
 from streams.cep.topics import DEFAULT_ENGINE, CepTopics
@@ -155,6 +158,7 @@ class CepWorker:
         self.commits = 0
         self.republished = 0
         self.metadata = MetadataPublisher(settings, node_id)
+        self.live = LiveFeed()
         self.peers: dict[str, dict[str, Any]] = {}
         self.app = self._make_app()
 
@@ -216,6 +220,7 @@ class CepWorker:
             store = PartitionStore(state_path(self.settings, self.engine_name, p))
             engine = PartitionEngine(store, self.analytics, self.rte["bars"], self.rte["analytics"],
                                      self.width_ns, self.grace_ns)
+            engine.on_change = self._push_live
             publisher = PartitionPublisher(self.settings, self.topics.transactional_id(self.settings, p),
                                            self.topics.outputs, p)
             self.republished += publisher.recover(store)
@@ -225,6 +230,7 @@ class CepWorker:
 
     async def _on_shutdown(self, app: faust.App, **_: Any) -> None:
         self._halt.set()
+        self.live.close()
         if self._reader.is_alive():
             self._reader.join(timeout=30)
         with self._lock:
@@ -261,9 +267,10 @@ class CepWorker:
                     next_idle_check = now + 0.1
                     self._idle(now)
                 waiting = self._emit_pending()
-                if live and self._all_committers_busy():
+                if live and not self.live.listening() and self._all_committers_busy():
                     # what is read now could not go out before a commit ends: let it gather
-                    # (one apply and one transaction for all of it, less CPU a tick)
+                    # (one apply and one transaction for all of it, less CPU a tick); not when
+                    # the live feed has listeners: they get each read's changes at once
                     self._free.wait(COMMITTER_WAIT_SECONDS)
                     self._free.clear()
                     continue
@@ -315,6 +322,14 @@ class CepWorker:
                 self._submit(p, outputs, newest if emit else None)
         self.apply_seconds += time.perf_counter() - started
         self.apply_cpu_seconds += time.thread_time() - cpu
+
+    def _push_live(self, engine: PartitionEngine, closed: list[dict[str, Any]], changed: set[str]) -> None:
+        """After a store write (reader thread, under the lock): its closed bars and the changed
+        syms' analytics to the live feed's listeners, if any."""
+        if closed and self.live.wants("bars"):
+            self.live.publish("bars", closed)
+        if changed and self.live.wants("analytics"):
+            self.live.publish("analytics", [engine.snapshot(sym) for sym in sorted(changed)])
 
     def _submit(self, p: int, outputs: list[Any], newest: int | None) -> None:
         """Hand outputs to the partition's committer; the offsets count as done (the status's
@@ -468,6 +483,8 @@ class CepWorker:
                 "apply_cpu_ms_avg": round(1000 * self.apply_cpu_seconds / max(1, self.reads), 3),
                 "apply_cpu_us_per_message": round(1e6 * self.apply_cpu_seconds / max(1, self.messages_read), 2),
                 "republished_after_restart": self.republished,
+                "live": {"listeners": self.live.listener_count(), "rows_pushed": self.live.pushed_rows,
+                         "dropped": self.live.dropped},
                 "rows": sum(v["rows"] for v in parts.values()), "partition_state": parts,
                 "visible_latency_ms": self._latency()}
 
@@ -559,6 +576,16 @@ class CepWorker:
                     return self.json(worker.bars_view(request))
                 except CepError as exc:
                     return self.error(400, str(exc))
+
+        @app.page("/cep/v1/live")
+        class Live(View):
+            async def get(self, request: Any) -> Any:
+                try:
+                    output, syms = worker.live.parse(request.query)
+                except LiveFeedError as exc:
+                    return self.error(400, str(exc))
+                hello = {"node": worker.node_id, "engine": worker.engine_name, "topic": worker.topics.outputs[output]}
+                return await worker.live.stream(request, output, syms, hello)
 
         @app.page("/cep/v1/status")
         class Status(View):
