@@ -112,6 +112,9 @@ class PartitionPublisher:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._free: threading.Event | None = None
+        # seconds a transaction takes at least (the worker's choice: while the live feed serves the
+        # screens, the durable record can come in fewer, bigger transactions); 0: commit at once
+        self.pace: Callable[[], float] = lambda: 0.0
 
     def recover(self, store: PartitionStore) -> int:
         """Publish the outbox entries Kafka has not committed; return how many were republished."""
@@ -203,10 +206,14 @@ class PartitionPublisher:
                 batch, self._queue = self._queue, []
                 self._busy = True
             try:
+                started = time.perf_counter()
                 outputs = [o for item in batch for o in item[0]]
                 newest = max((n for _, _, n in batch if n is not None), default=None)
                 if outputs:
                     self.publish(outputs, store)
+                    rest = self.pace() - (time.perf_counter() - started)
+                    if rest > 0:  # still busy meanwhile: what the reader submits gathers (conflated)
+                        time.sleep(rest)
                 done = [offsets for _, offsets, _ in batch if offsets is not None]
                 if done:
                     self.offsets = done[-1]

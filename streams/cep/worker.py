@@ -97,6 +97,9 @@ READ_BYTES = 8 << 20
 SMALL_READ = 1000
 COMMITTER_WAIT_SECONDS = 0.005
 GIL_SWITCH_SECONDS = 0.0005  # see run_worker
+# while the live feed has listeners (they get every change at once), a partition commits at most
+# this often: fewer, bigger transactions leave the CPU and the broker to the live path
+LIVE_COMMIT_SECONDS = 0.1
 TABLES = ("trade", "quote")
 
 
@@ -224,6 +227,7 @@ class CepWorker:
             publisher = PartitionPublisher(self.settings, self.topics.transactional_id(self.settings, p),
                                            self.topics.outputs, p)
             self.republished += publisher.recover(store)
+            publisher.pace = lambda: LIVE_COMMIT_SECONDS if self.live.listening() else 0.0
             publisher.start(store, self._committed, self._commit_failed, self._free)
             self.engines[p], self.publishers[p] = engine, publisher
             self.last_seen[p] = time.monotonic()
