@@ -528,6 +528,9 @@ def test_the_engine_live_feed_misses_no_bar_across_a_cep_kill9(
             read_until(ws, lambda: set(range(10)) <= set(bars), "bars 0-9 after the restart")
             aapl = [t for t in sent if t["sym"] == "AAPL"]
             read_until(ws, lambda: bool(analytics) and analytics[-1]["trades"] == len(aapl), "the last analytics")
+            for source in ("bars", "analytics"):
+                ws.send(json.dumps({"op": "unsubscribe", "source": source}))
+            wait_until(lambda: cep.status()["live"]["listeners"] == 0, 10, "the hub to close its live streams")
     finally:
         cep.stop()
     for key in range(10):
