@@ -42,6 +42,7 @@ log = logging.getLogger("tickplant.cep")
 
 OUTPUTS = ("analytics", "bars")
 HEARTBEAT_SECONDS = 5.0
+WRITE_TIMEOUT_SECONDS = 10.0  # a listener whose socket takes no bytes for this long is dropped
 DEFAULT_MAX_QUEUED = 200_000
 
 
@@ -147,23 +148,34 @@ class LiveFeed:
         listener = Listener(output, syms, asyncio.get_running_loop(), self.max_queued)
         with self._lock:
             self._listeners.append(listener)
+
+        async def write(message: dict[str, Any]) -> None:
+            await asyncio.wait_for(response.write(_line(message)), WRITE_TIMEOUT_SECONDS)
+
+        counted = False
         try:
-            await response.write(_line({"type": "ready", "output": output, **hello}))
+            await write({"type": "ready", "output": output, **hello})
             while not listener.closed:
                 try:
                     await asyncio.wait_for(listener.wake.wait(), HEARTBEAT_SECONDS)
                 except TimeoutError:
-                    await response.write(_line({"type": "heartbeat"}))
+                    await write({"type": "heartbeat"})
                     continue
                 listener.wake.clear()
                 if listener.dropped:
-                    self.dropped += 1
-                    log.warning("live feed: %s", listener.dropped)
-                    await response.write(_line({"type": "error", "reason": listener.dropped}))
                     break
                 rows, listener.rows = listener.rows, []
                 if rows:
-                    await response.write(_line({"type": "update", "output": output, "rows": rows}))
+                    await write({"type": "update", "output": output, "rows": rows})
+            if listener.dropped:
+                counted = True
+                self.dropped += 1
+                log.warning("live feed: %s", listener.dropped)
+                await write({"type": "error", "reason": listener.dropped})
+        except TimeoutError:  # its socket took nothing for WRITE_TIMEOUT_SECONDS
+            if not counted:
+                self.dropped += 1
+                log.warning("live feed: a listener took no bytes for %.0f s; dropped", WRITE_TIMEOUT_SECONDS)
         except ConnectionError:
             pass  # the listener went away
         finally:
