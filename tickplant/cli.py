@@ -159,7 +159,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     engines = _cep_rows(settings)
     if engines:
         print()
-        print(format_table(["CEP worker", "state", "url", "engine", "partitions", "serving", "RSS MiB"], engines))
+        print(format_table(["CEP worker", "state", "url", "engine", "partitions", "serving", "live listeners",
+                            "RSS MiB"], engines))
     print()
     print(_gateway_line(settings))
     return 0
@@ -169,7 +170,8 @@ def _cep_rows(settings: Settings) -> list[list[Any]]:
     from streams.metadata import read_metadata
 
     return [[node, "STALE" if r["stale"] else "live", r.get("url"), r.get("engine"),
-             ",".join(map(str, r.get("partitions", []))), r.get("serving"), round(r.get("rss", 0) / 2**20)]
+             ",".join(map(str, r.get("partitions", []))), r.get("serving"), r.get("live_listeners", 0),
+             round(r.get("rss", 0) / 2**20)]
             for node, r in sorted(read_metadata(settings, include_stale=True).items()) if r.get("kind") == "cep"]
 
 

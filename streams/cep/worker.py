@@ -462,6 +462,7 @@ class CepWorker:
             "outputs": self.topics.outputs, "inputs": [self.names.table(t) for t in self.tables],
             "bar_seconds": self.width_ns / 1e9, "analytics": [a.name for a in self.analytics],
             "open_date": self.days.open_date.isoformat() if self.days.open_date else None,
+            "live_listeners": self.live.listener_count(),
         }
 
     def status(self) -> dict[str, Any]:
