@@ -162,6 +162,7 @@ class CepWorker:
         self.republished = 0
         self.metadata = MetadataPublisher(settings, node_id)
         self.live = LiveFeed()
+        self._live_out: dict[str, list[dict[str, Any]]] = {"analytics": [], "bars": []}  # this read's, to push
         self.peers: dict[str, dict[str, Any]] = {}
         self.app = self._make_app()
 
@@ -324,16 +325,25 @@ class CepWorker:
                 elif newest is not None:
                     self.unsent[p] = max(newest, self.unsent.get(p, newest))
                 self._submit(p, outputs, newest if emit else None)
+            self._flush_live()
         self.apply_seconds += time.perf_counter() - started
         self.apply_cpu_seconds += time.thread_time() - cpu
 
     def _push_live(self, engine: PartitionEngine, closed: list[dict[str, Any]], changed: set[str]) -> None:
         """After a store write (reader thread, under the lock): its closed bars and the changed
-        syms' analytics to the live feed's listeners, if any."""
+        syms' analytics, for the live feed's listeners if any (``_flush_live`` sends them)."""
         if closed and self.live.wants("bars"):
-            self.live.publish("bars", closed)
+            self._live_out["bars"].extend(closed)
         if changed and self.live.wants("analytics"):
-            self.live.publish("analytics", [engine.snapshot(sym) for sym in sorted(changed)])
+            self._live_out["analytics"].extend(engine.snapshot(sym) for sym in sorted(changed))
+
+    def _flush_live(self) -> None:
+        """One hand-over per output for a whole read (every partition's changes): waking the web
+        loop is a system call, once a read rather than once a partition."""
+        for output, rows in self._live_out.items():
+            if rows:
+                self.live.publish(output, rows)
+                self._live_out[output] = []
 
     def _submit(self, p: int, outputs: list[Any], newest: int | None) -> None:
         """Hand outputs to the partition's committer; the offsets count as done (the status's
@@ -442,6 +452,7 @@ class CepWorker:
                 outputs = engine.advance(wall - self.grace_ns)
                 if outputs:
                     self._submit(p, outputs, None)
+                self._flush_live()
 
     # -- housekeeping --------------------------------------------------------------
 
