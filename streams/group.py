@@ -16,6 +16,7 @@ from pathlib import Path
 import faust
 
 from tickplant.config import Settings
+from tickplant.kafka.security import faust_credentials
 
 Handler = Callable[..., Awaitable[None]]
 
@@ -28,6 +29,7 @@ def membership_app(settings: Settings, group: str, membership_topic: str, datadi
     app = faust.App(
         group,
         broker=[f"kafka://{b}" for b in settings.bootstrap.split(",")],
+        broker_credentials=faust_credentials(settings),  # the cluster's security, as every client has it
         datadir=str(datadir),
         web_enabled=True, web_port=port, web_bind="127.0.0.1", web_host="127.0.0.1",
         topic_partitions=partitions, topic_allow_declare=False, topic_disable_leader=True,

@@ -27,6 +27,8 @@ def plant_env(settings: Settings) -> dict[str, str]:
         "TICKPLANT_DATA_DIR": str(settings.data_dir),
         "TICKPLANT_PARTITIONS": str(settings.partitions),
     })
+    if settings.kafka_client_config:  # a secured cluster: the child connects as this process does
+        env["TICKPLANT_KAFKA_CLIENT_CONFIG"] = settings.child_env()["TICKPLANT_KAFKA_CLIENT_CONFIG"]
     return env
 
 

@@ -134,6 +134,10 @@ class EmbeddedKafka:
             "",
         ])
 
+    def format_args(self) -> list[str]:
+        """More arguments for formatting the storage (SCRAM users, for a secured broker)."""
+        return []
+
     def _java(self, libs: Path, main: str, *args: str, heap: str = "256m") -> list[str]:
         return [
             java_binary(), f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
@@ -147,7 +151,7 @@ class EmbeddedKafka:
         while cid.startswith("-"):  # as Kafka's Uuid.randomUuid: a leading dash reads as an option
             cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
-            self._java(libs, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(props)),
+            self._java(libs, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(props), *self.format_args()),
             capture_output=True, text=True,
         )
         if result.returncode != 0:
@@ -218,7 +222,7 @@ class EmbeddedKafka:
         from confluent_kafka.admin import AdminClient
 
         deadline = time.monotonic() + timeout
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = AdminClient(self.settings.kafka_config(**{"bootstrap.servers": self.bootstrap}))
         while time.monotonic() < deadline:
             if self.process and self.process.poll() is not None:
                 raise BrokerError(f"the Kafka broker exited with code {self.process.returncode}:\n{self.log_tail()}")
