@@ -28,6 +28,7 @@ class FeedServer:
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.runner: web.AppRunner | None = None
+        self.listening = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
     async def _handle(self, request: web.Request) -> Any:
@@ -43,11 +44,12 @@ class FeedServer:
         self.runner = web.AppRunner(app)
         self.loop.run_until_complete(self.runner.setup())
         self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
+        self.listening.set()
         self.loop.run_forever()
 
     def __enter__(self) -> FeedServer:
         self.thread.start()
-        wait_until(lambda: self.runner is not None, 10, "the feed server")
+        assert self.listening.wait(10), "the feed server did not start"
         return self
 
     def __exit__(self, *exc: object) -> None:
