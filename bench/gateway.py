@@ -6,7 +6,7 @@ and ``last`` at 50 concurrent clients against the RDB's own view.
 The plant: yesterday in the HDB (written from the log by the backfill), today
 in one RDB worker, the gateway as its own process (uvicorn), as ``tickplant up``
 runs them. For each named query the baseline is the statement the gateway
-finally hands ClickHouse (HDB files plus today's rows as a file) run in this
+finally hands ClickHouse (HDB files plus today's rows, the same Arrow tables) run in this
 process on chDB: the ratio is what the gateway adds (HTTP, parsing,
 entitlements, fetching today's rows from the RDB, serialising the answer).
 """
@@ -182,7 +182,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
             answer = engine.run(parse_select(named.sql), settings=named.settings, rdb_view=named.rdb_view,
                                 keep_files=True)
             try:
-                direct = timed(lambda a=answer, n=named: engine.hdb.pool.run(a.sql, n.settings), repeat)
+                direct = timed(lambda a=answer, n=named: engine.hdb.pool.run(a.sql, n.settings, tables=a.tables), repeat)
             finally:
                 for f in answer.files:
                     f.unlink(missing_ok=True)

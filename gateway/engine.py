@@ -18,19 +18,28 @@ from the RDB. The HDB is listed *after* the RDB answered: the RDB drops a
 day only after the PDB published it, so a day missing from the RDB's answer
 for that reason is always in the listing.
 
-The RDB rows reach ClickHouse as an Arrow file read by ``file()`` (embedded
-chDB reads it in place; a ClickHouse server would need them sent as external
-data, which this engine does not do yet), written in as few batches as
-possible (a block each for ClickHouse) on the RAM disk when there is one.
+The RDB rows reach embedded chDB as the Arrow tables they arrived as, read in
+place by its ``Python(name)`` table function (``ClientPool.run(tables=...)``):
+no file to write and parse back, which cost ~10-30 ms for an aj over a day's
+200k quotes. Each real-time day is its own table, its ``date`` a constant of
+the SQL, its strings cast to low-cardinality as the HDB's files are read, so
+the answer's types do not depend on where a day lives. A ClickHouse server
+cannot see this process's memory: for one, the rows are written as an Arrow
+file read by ``file()`` (one on the same host sees it; sending them as
+external data is not done yet), on the RAM disk when there is one. Either way
+they go in as few batches as possible (a block each for ClickHouse).
 
-Fixed costs per query are kept off the path: the references of a statement
-(an aj's trades and quotes) are fetched at the same time, a route to one node
-is fetched without a hop through the pool, the tree is rewritten in place.
+Fixed costs per query are kept off the path: a statement is planned once per
+user and open day (``plan``: parsed, authorised, its needs read, its SQL
+written; gateway/app.py keeps the plans), the references of a statement (an
+aj's trades and quotes) are fetched at the same time, a route to one node is
+fetched without a hop through the pool.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import shutil
 import tempfile
@@ -60,13 +69,14 @@ from ingest.schemas import SchemaCatalog
 from ingest.topics import partition_for
 from sinks.hdb import HdbQuery, clickhouse_structure, quote
 from streams.client import RdbClient, RdbClientError
+from streams.query import batched
 from tickplant.config import Settings
 
 HDB_LIST_SECONDS = 5.0
 RAM_DISK = "/dev/shm"
 RAM_PREFIX = "tickplant-gateway-"  # then the owner's pid: a dead owner's directory is swept
 ROWS_PER_BATCH = 65536  # per Arrow batch of the rows' file: blocks ClickHouse reads in parallel
-MIN_BATCH_ROWS = 16384  # smaller batches on average are combined first (a block costs ~0.1 ms)
+_ROW_TABLES = itertools.count()  # names of the RDB rows' in-memory tables (unique per process)
 
 
 class QueryFailed(RuntimeError):
@@ -86,6 +96,27 @@ class Answer:
     sql: str = ""  # what ClickHouse ran
     timing: dict[str, float] = field(default_factory=dict)  # seconds per stage (Server-Timing)
     files: list[Path] = field(default_factory=list)  # the RDB rows' files, when kept
+    tables: dict[str, pa.Table] = field(default_factory=dict)  # the RDB rows ``sql`` reads as Python(name), when kept
+
+
+@dataclass(frozen=True)
+class PlannedRef:
+    """One reference to a plant table in a plan: its placeholder in ``Plan.sql``, what it
+    needs, and the key that shares one fetch between references needing the same."""
+
+    placeholder: str
+    need: TableNeed
+    columns: list[str] | None
+    key: tuple
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A statement ready to run: its ClickHouse SQL with a placeholder per source."""
+
+    sql: str
+    refs: tuple[PlannedRef, ...]
+    query_log: tuple[str, ...] = ()  # placeholders of the query log's references
 
 
 class Engine:
@@ -98,6 +129,9 @@ class Engine:
         self.query_log = query_log
         self.tmp = Path(settings.data_dir) / "gateway" / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        # embedded chDB reads the RDB rows in place; a server reads them from a file (only
+        # one on this host sees it: sending them as external data is not done yet)
+        self.in_memory = self.hdb.pool.in_process
         self.ram_tmp = _ram_dir()
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.ram_tmp), True) if self.ram_tmp \
             else (lambda: None)
@@ -129,74 +163,90 @@ class Engine:
 
     # -- running a statement --------------------------------------------------------------------
 
+    def plan(self, ast: exp.Expression, open_date: dt.date | None = None) -> Plan:
+        """What a parsed, authorised SELECT needs, and its SQL with a placeholder per table
+        reference (the tree is consumed: rewritten in place). A plan holds nothing of the
+        data, so it is reused for the same statement, user and open day (gateway/app.py)."""
+        ast = replace_today(ast, open_date or self.open_date())
+        # Each reference becomes a placeholder name, swapped for its source in the SQL
+        # text when run: the generated SQL never goes through the parser.
+        refs = plant_tables(ast, set(self.catalog.tables))
+        named = column_names(ast) if refs else None
+        keyed = []
+        for i, ref in enumerate(refs):
+            need = need_of(ref)
+            columns = columns_needed(ast, self.catalog[ref.name].columns, named) or None
+            key = (ref.name, frozenset(need.syms) if need.syms is not None else None,
+                   tuple(columns or ()), need.dates.lo, need.dates.hi,
+                   frozenset(need.dates.days) if need.dates.days is not None else None)
+            keyed.append(PlannedRef(_swap(ref, i), need, columns, key))
+        logs = []
+        for ref in _query_log_refs(ast):
+            if self.query_log is None:
+                raise QueryFailed(400, "this gateway keeps no query log")
+            logs.append(_swap(ref, len(keyed) + len(logs)))
+        return Plan(ast.sql("clickhouse"), tuple(keyed), tuple(logs))
+
     def run(self, ast: exp.Expression, limit: int | None = None, timeout: float | None = None,
             settings: dict[str, Any] | None = None, rdb_view: str = "rows", keep_files: bool = False) -> Answer:
-        """Run a parsed, authorised SELECT (the tree is rewritten in place); ``rdb_view="last"`` fetches only each sym's latest
-        real-time row (enough for statements that keep the last row per sym). ``keep_files``
-        leaves the RDB rows' files for the caller to run ``Answer.sql`` again (benchmarks)."""
+        """Run a parsed, authorised SELECT (the tree is rewritten in place): ``plan`` then ``execute``."""
+        started = time.monotonic()
+        plan = self.plan(ast)
+        return self.execute(plan, limit, timeout, settings, rdb_view, keep_files,
+                            planned=time.monotonic() - started)
+
+    def execute(self, plan: Plan, limit: int | None = None, timeout: float | None = None,
+                settings: dict[str, Any] | None = None, rdb_view: str = "rows", keep_files: bool = False,
+                planned: float = 0.0) -> Answer:
+        """Run a plan: ``rdb_view="last"`` fetches only each sym's latest real-time row (enough
+        for statements that keep the last row per sym). ``keep_files`` leaves the RDB rows'
+        files (or in-memory tables) for the caller to run ``Answer.sql`` again (benchmarks);
+        ``planned`` is the seconds spent planning, for the timing."""
         started = time.monotonic()
         limit = min(limit or self.settings.gateway_row_limit, self.settings.gateway_row_limit)
         timeout = min(timeout or self.settings.gateway_timeout_s, self.settings.gateway_timeout_s)
-        deadline = started + timeout
-        ast = replace_today(ast, self.open_date())  # the caller's tree is consumed
+        deadline = started - planned + timeout
         files: list[Path] = []
+        tables: dict[str, pa.Table] = {}  # RDB rows read in place by embedded chDB
         touched: dict[str, Any] = {}
         timing = {"rdb": 0.0, "sources": 0.0}
         try:
-            # Each reference becomes a placeholder name, swapped for its source in the SQL
-            # text: the generated SQL never goes through the parser.
             sources: dict[str, str] = {}
-            refs = plant_tables(ast, set(self.catalog.tables))
-            named = column_names(ast) if refs else None
-            keyed = []
-            for ref in refs:
-                need = need_of(ref)
-                columns = columns_needed(ast, self.catalog[ref.name].columns, named) or None
-                key = (ref.name, frozenset(need.syms) if need.syms is not None else None,
-                       tuple(columns or ()), need.dates.lo, need.dates.hi,
-                       frozenset(need.dates.days) if need.dates.days is not None else None)
-                keyed.append((ref, need, columns, key))
             t0 = time.monotonic()
-            fetched = self._realtime_all({k: (n, c) for _, n, c, k in keyed}, rdb_view, deadline)
+            fetched = self._realtime_all({r.key: (r.need, r.columns) for r in plan.refs}, rdb_view, deadline)
             timing["rdb"] = time.monotonic() - t0
-            for ref, need, columns, key in keyed:
-                rows, hdb_days, info = fetched[key]
+            for ref in plan.refs:
+                rows, hdb_days, info = fetched[ref.key]
                 t0 = time.monotonic()
-                source, path = self._source(need.table, columns, hdb_days, rows)
+                source, path = self._source(ref.need.table, ref.columns, hdb_days, rows, tables)
                 timing["sources"] += time.monotonic() - t0
                 if path is not None:
                     files.append(path)
-                touched.setdefault(ref.name, []).append(info)
-                self._swap(ref, source, sources)
-            for ref in _query_log_refs(ast):
+                touched.setdefault(ref.need.table, []).append(info)
+                sources[ref.placeholder] = source
+            for placeholder in plan.query_log:
                 if self.query_log is None:
                     raise QueryFailed(400, "this gateway keeps no query log")
-                self._swap(ref, self.query_log.source(), sources)
-            sql = ast.sql("clickhouse")
+                sources[placeholder] = self.query_log.source()
+            sql = plan.sql
             for placeholder, source in sources.items():
                 sql = sql.replace(placeholder, source)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s fetching real-time rows")
             t0 = time.monotonic()
-            table = self._execute(sql, limit, remaining, timeout, settings)
+            table = self._execute(sql, limit, remaining, timeout, settings, tables)
             timing["clickhouse"] = time.monotonic() - t0
-            timing["plan"] = t0 - started - timing["rdb"] - timing["sources"]
-            return Answer(table, time.monotonic() - started, touched, sql=sql,
-                          files=files if keep_files else [], timing=timing)
+            timing["plan"] = planned + t0 - started - timing["rdb"] - timing["sources"]
+            return Answer(table, time.monotonic() - started + planned, touched, sql=sql,
+                          files=files if keep_files else [], tables=tables if keep_files else {},
+                          timing=timing)
         finally:
             for path in files if not keep_files else []:
                 path.unlink(missing_ok=True)
 
-    @staticmethod
-    def _swap(ref: exp.Table, source: str, sources: dict[str, str]) -> None:
-        placeholder = f"__tickplant_source_{len(sources)}__"
-        sources[placeholder] = source
-        ref.replace(exp.Table(this=exp.to_identifier(placeholder),
-                              alias=exp.TableAlias(this=exp.to_identifier(ref.alias_or_name))))
-
     def _execute(self, sql: str, limit: int, remaining: float, timeout: float,
-                 settings: dict[str, Any] | None) -> pa.Table:
+                 settings: dict[str, Any] | None, tables: dict[str, pa.Table]) -> pa.Table:
         run_settings = {
             "max_execution_time": max(1, int(remaining + 0.999)),
             "max_result_rows": limit + 1,
@@ -204,7 +254,7 @@ class Engine:
             **(settings or {}),
         }
         try:
-            table = self.hdb.pool.run(sql, run_settings)
+            table = self.hdb.pool.run(sql, run_settings, tables=tables)
         except Exception as exc:  # the driver's DatabaseError: one line, mapped to a status
             message = str(exc).strip().split("\n")[0]
             if "TIMEOUT_EXCEEDED" in message or "Timeout exceeded" in message:
@@ -218,7 +268,7 @@ class Engine:
     # -- sources ----------------------------------------------------------------------------------
 
     def _realtime_all(self, needs: dict[tuple, tuple[TableNeed, list[str] | None]], view: str,
-                      deadline: float) -> dict[tuple, tuple[pa.Table | None, list[dt.date], dict[str, Any]]]:
+                      deadline: float) -> dict[tuple, tuple[list[tuple[dt.date, pa.Table]], list[dt.date], dict[str, Any]]]:
         """``_realtime`` for each distinct reference, at the same time (an aj's trades and
         quotes): the first in this thread, the others on the reference pool. Each one lists
         the HDB after its own RDB answer, so the day-boundary argument holds per reference."""
@@ -232,27 +282,26 @@ class Engine:
         return out
 
     def _realtime(self, need: TableNeed, columns: list[str] | None, view: str,
-                  deadline: float) -> tuple[pa.Table | None, list[dt.date], dict[str, Any]]:
-        """Rows of the real-time days in range, with ``date``, and the HDB days in range,
+                  deadline: float) -> tuple[list[tuple[dt.date, pa.Table]], list[dt.date], dict[str, Any]]:
+        """Rows of each real-time day in range (day, rows), and the HDB days in range,
         listed after the RDB answered (see the module docstring)."""
         days = sorted(d for d in self.routing.realtime_dates(need.table) if need.dates.accepts(d))
-        parts: list[pa.Table] = []
+        parts: list[tuple[dt.date, pa.Table]] = []
         replicas: set[str] = set()
         for day in days:
             table, replica = self._fetch(need, columns, day, view, deadline)
             replicas.add(replica)
             if table.num_rows:
-                parts.append(table.append_column("date", pa.repeat(pa.scalar(day, pa.date32()), table.num_rows)))
+                parts.append((day, table))
         closed = [d for d in days if d != self.routing.open_date()]
         hdb_days = [d for d in self.hdb_dates(need.table, fresh=bool(closed)) if need.dates.accepts(d)]
         published = set(hdb_days)
-        parts = [p for p in parts if p.column("date")[0].as_py() not in published]
-        rows = pa.concat_tables(parts) if parts else None
+        parts = [(day, rows) for day, rows in parts if day not in published]
         info = {"hdb_days": [d.isoformat() for d in hdb_days],
                 "rdb_days": [d.isoformat() for d in days if d not in published],
-                "rdb_rows": rows.num_rows if rows is not None else 0,
+                "rdb_rows": sum(rows.num_rows for _, rows in parts),
                 "replicas": sorted(r for r in replicas if r)}
-        return rows, hdb_days, info
+        return parts, hdb_days, info
 
     def _fetch(self, need: TableNeed, columns: list[str] | None, day: dt.date, view: str,
                deadline: float) -> tuple[pa.Table, str]:
@@ -306,27 +355,48 @@ class Engine:
             self.routing.end(url)
 
     def _source(self, table: str, columns: Sequence[str] | None, hdb_days: list[dt.date],
-                rows: pa.Table | None) -> tuple[str, Path | None]:
-        """The FROM-able union of the HDB days and the RDB rows (written to an Arrow file)."""
+                parts: list[tuple[dt.date, pa.Table]], tables: dict[str, pa.Table]) -> tuple[str, Path | None]:
+        """The FROM-able union of the HDB days and the RDB rows: read in place by embedded
+        chDB (added to ``tables``), else written to an Arrow file."""
         schema = self.catalog[table].arrow_schema
         cols = list(columns) if columns else schema.names
         hdb = self.hdb.source_days(table, hdb_days, cols)
-        if rows is None or rows.num_rows == 0:
+        if not parts:
             return hdb, None
-        # One batch per RDB answer part (the ``last`` view sends one per sym) would cost
-        # ClickHouse a block each: ~10 ms for 100 one-row batches, against ~1 ms combined.
-        # Big chunks are written as they are (no copy).
-        rows = rows.select([*cols, "date"])
-        chunks = rows.column(0).num_chunks if rows.num_columns else 0
-        if chunks > 1 and rows.num_rows < chunks * MIN_BATCH_ROWS:
-            rows = rows.combine_chunks()
-        name = self._write_rows(table, rows)
-        structure = clickhouse_structure(pa.schema([schema.field(c) for c in cols])) + ", `date` Date"
         select = ", ".join(f"`{c}`" for c in cols)
-        rdb = f"SELECT {select}, date FROM file({quote(name)}, 'Arrow', {quote(structure)})"
+        if self.in_memory:
+            rdb = " UNION ALL ".join(self._python_source(schema, cols, day, batched(rows.select(cols)), tables)
+                                     for day, rows in parts)
+            path = None
+        else:
+            rows = pa.concat_tables([r.select(cols).append_column("date", pa.repeat(pa.scalar(d, pa.date32()), r.num_rows))
+                                     for d, r in parts])
+            name = self._write_rows(table, batched(rows))
+            structure = clickhouse_structure(pa.schema([schema.field(c) for c in cols])) + ", `date` Date"
+            rdb = f"SELECT {select}, date FROM file({quote(name)}, 'Arrow', {quote(structure)})"
+            path = Path(name)
         if not hdb_days:
-            return f"({rdb})", Path(name)
-        return f"(SELECT {select}, date FROM {hdb} UNION ALL {rdb})", Path(name)
+            return f"({rdb})", path
+        return f"(SELECT {select}, date FROM {hdb} UNION ALL {rdb})", path
+
+    @staticmethod
+    def _python_source(schema: pa.Schema, cols: list[str], day: dt.date, rows: pa.Table,
+                       tables: dict[str, pa.Table]) -> str:
+        """One day's RDB rows as chDB reads them in place (``Python(name)``), typed as the
+        HDB's files are (strings low-cardinality, as a file's structure would say), with
+        ``date`` a constant: no column to build or copy."""
+        name = f"__tickplant_rows_{next(_ROW_TABLES)}"
+        tables[name] = rows
+        typed = []
+        for c in cols:
+            want = schema.field(c)
+            got = rows.schema.field(c)
+            ch_type = clickhouse_structure(pa.schema([want])).split(" ", 1)[1]
+            if pa.types.is_string(want.type) or got.type != want.type or got.nullable != want.nullable:
+                typed.append(f"CAST(`{c}`, {quote(ch_type)}) AS `{c}`")
+            else:
+                typed.append(f"`{c}`")
+        return f"SELECT {', '.join(typed)}, toDate({quote(day.isoformat())}) AS date FROM Python({name})"
 
     def _write_rows(self, table: str, rows: pa.Table) -> str:
         """``rows`` as an Arrow file for chDB to read, on the RAM disk while it has room
@@ -392,6 +462,14 @@ def _room(directory: Path, size: int) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize > size
+
+
+def _swap(ref: exp.Table, index: int) -> str:
+    """Replace a table reference by a placeholder name (keeping its alias); returns it."""
+    placeholder = f"__tickplant_source_{index}__"
+    ref.replace(exp.Table(this=exp.to_identifier(placeholder),
+                          alias=exp.TableAlias(this=exp.to_identifier(ref.alias_or_name))))
+    return placeholder
 
 
 def _query_log_refs(ast: exp.Expression) -> list[exp.Table]:

@@ -28,7 +28,7 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -135,14 +135,42 @@ class ClientPool:
                 raise
             self._idle.put(client)
 
-    def run(self, sql: str, settings: dict[str, Any] | None = None, parameters: dict[str, Any] | None = None) -> pa.Table:
+    @property
+    def in_process(self) -> bool:
+        """Embedded chDB: the statement may read Arrow tables of this process (``tables``)."""
+        return self.url.startswith("chdb:")
+
+    def run(self, sql: str, settings: dict[str, Any] | None = None, parameters: dict[str, Any] | None = None,
+            tables: Mapping[str, pa.Table] | None = None) -> pa.Table:
         """``sql`` with ``CLIENT_SETTINGS`` and ``settings`` as Arrow (inline unless the
-        statement has a SETTINGS clause of its own)."""
+        statement has a SETTINGS clause of its own). ``tables``: Arrow tables the statement
+        reads as ``Python(<name>)`` (embedded chDB only), see ``_query``."""
+        if tables and not self.in_process:
+            raise HdbQueryError(f"in-memory tables need the embedded chDB, not {self.url}")
         merged = {**CLIENT_SETTINGS, **(settings or {})}
         inline = "settings" not in sql.lower()
         text = f"{sql.rstrip().rstrip(';')}\nSETTINGS {settings_clause(merged)}" if inline else sql
         with self.lease() as client:
-            return client.query_arrow(text, parameters=parameters, settings=None if inline else merged)
+            return _query(client, text, parameters, None if inline else merged, tables or {})
+
+
+# chDB's ``Python(name)`` table function finds ``name`` by walking the calling thread's
+# stack frames; a frame run by ``exec`` with a dict of locals has exactly those names, so
+# each call sees its own tables under any names, with nothing published process-wide.
+_QUERY = compile("answer = client.query_arrow(text, parameters=parameters, settings=settings)",
+                 "<tickplant-python-tables>", "exec")
+
+
+def _query(client: Any, text: str, parameters: dict[str, Any] | None, settings: dict[str, Any] | None,
+           tables: Mapping[str, pa.Table]) -> pa.Table:
+    if not tables:
+        return client.query_arrow(text, parameters=parameters, settings=settings)
+    bad = [n for n in tables if not n.isidentifier() or n in _QUERY.co_names]
+    if bad:
+        raise HdbQueryError(f"in-memory table name(s) {', '.join(map(repr, bad))} are not free identifiers")
+    scope = {**tables, "client": client, "text": text, "parameters": parameters, "settings": settings}
+    exec(_QUERY, {"__builtins__": {}}, scope)  # noqa: S102 - fixed code; the tables are data
+    return scope["answer"]
 
 
 def settings_clause(settings: dict[str, Any]) -> str:

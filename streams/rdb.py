@@ -91,6 +91,7 @@ FENCE_WAIT_SECONDS = 30.0
 READ_MESSAGES = 10_000
 READ_BYTES = 4 << 20
 GIL_SWITCH_SECONDS = 0.0005
+OFF_LOOP_ROWS = 20_000  # answers bigger than this are serialised on the executor
 
 
 DEFAULT_REPLICA = "a"
@@ -636,14 +637,18 @@ class RdbWorker:
                     raise QueryError(f"{url} answered {resp.status}: {body[:300]!r}")
         return pa.ipc.open_stream(body).read_all()
 
-    def _respond(self, view: Any, request: Any, table: pa.Table) -> Any:
+    async def _respond(self, view: Any, request: Any, table: pa.Table) -> Any:
         if request.query.get("format") == "json":
             rows = table.to_pylist()
             for row in rows:
                 if "time" in row and row["time"] is not None:
                     row["time"] = int(row["time"].value) if hasattr(row["time"], "value") else row["time"]
             return view.json({"rows": rows, "count": len(rows)})
-        return view.bytes(to_ipc(table), content_type="application/vnd.apache.arrow.stream")
+        # a big answer is serialised off the event loop (which meanwhile serves the other
+        # requests, a gateway's quotes next to its trades); a small one costs less than the hop
+        body = (await asyncio.get_running_loop().run_in_executor(None, to_ipc, table)
+                if table.num_rows > OFF_LOOP_ROWS else to_ipc(table))
+        return view.bytes(body, content_type="application/vnd.apache.arrow.stream")
 
     def _routes(self, app: faust.App) -> None:
         worker = self
@@ -655,7 +660,7 @@ class RdbWorker:
                     worker.inflight += 1
                     worker.queries += 1
                     try:
-                        return worker._respond(self, request, await worker._gather(kind, table, request))
+                        return await worker._respond(self, request, await worker._gather(kind, table, request))
                     except QueryError as exc:
                         return self.error(400, str(exc))
                     finally:

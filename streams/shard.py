@@ -342,7 +342,7 @@ class Shard:
         schema = self.schemas.get(value[:8])
         if schema is None:
             raise ShardError(f"{self.path}: chunk with unknown Arrow schema {value[:8].hex()}")
-        return pa.Table.from_batches([pa.ipc.read_record_batch(pa.py_buffer(value[8:]), schema)])
+        return pa.Table.from_batches([pa.ipc.read_record_batch(pa.py_buffer(value).slice(8), schema)])
 
     def syms(self, date: str) -> list[str]:
         out = []

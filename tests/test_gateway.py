@@ -27,6 +27,7 @@ from ingest.eod import open_first_day, roll_day
 from ingest.feeds.synthetic import SyntheticMarket
 from ingest.publisher import Tickerplant
 from sinks.backfill import backfill
+from sinks.hdb import HdbQueryError
 from tickplant.clock import ManualClock
 from tickplant.kafka.broker import free_port
 
@@ -162,15 +163,34 @@ def test_bars_vwap_last_trades_named_queries(world):
     assert lines[0].startswith('"date","time","sym"') and lines[1].split(",")[1].endswith('Z"')
 
 
-def test_todays_rows_reach_clickhouse_as_one_batch_on_the_ram_disk_and_are_removed(world):
-    """The ``last`` view answers one batch per sym; the file chDB reads holds them as one,
-    on the RAM disk when there is one (else the data dir), and is gone after the query."""
-    _, client, published, _ = world
+def test_todays_rows_reach_clickhouse_as_one_batch_in_memory_or_on_the_ram_disk_and_are_removed(world):
+    """The ``last`` view answers one batch per sym; embedded chDB reads them in place as
+    one batch (no file written); for a server they go to a file holding them as one, on the
+    RAM disk when there is one (else the data dir), and gone after the query."""
+    _, client, published, worker = world
     engine = client.app.state.gateway.engine
+    # the RDB sends a day's rows, stored as many small chunks per sym, as one batch
+    rows = worker.client.rows("trade", date=D2.isoformat(), columns=["sym", "price"], local=True)
+    assert (len(rows.to_batches()), rows.num_rows) == (1, len(published[D2]["trade"]))
+    assert rows.column_names == ["sym", "price"]
     today = frame(published[D2]["trade"]).sort_values("time", kind="stable").groupby("sym").tail(1)
     expected = dict(zip(today.sym, today.price, strict=True))
     statement = "SELECT sym, price FROM trade WHERE date = today() ORDER BY sym, time DESC LIMIT 1 BY sym"
+    assert engine.in_memory
+    answer = engine.run(parse_select(statement), rdb_view="last", keep_files=True)
+    assert dict(zip(*answer.table.to_pydict().values(), strict=True)) == expected
+    [(name, rows)] = answer.tables.items()
+    assert f"Python({name})" in answer.sql and answer.files == []
+    assert (len(rows.to_batches()), rows.num_rows) == (1, len(expected)) and len(expected) > 1
+    assert answer.table.schema.field("sym").type == pa.dictionary(pa.int32(), pa.string())  # as the HDB's
+    # the same SQL over the same tables answers the same (the benchmark's direct run)
+    assert engine.hdb.pool.run(answer.sql, tables=answer.tables).to_pydict() == answer.table.to_pydict()
+    with pytest.raises(HdbQueryError, match="not free identifiers"):
+        engine.hdb.pool.run(answer.sql, tables={"client": rows})
+    assert list(engine.tmp.iterdir()) == [] and (engine.ram_tmp is None or list(engine.ram_tmp.iterdir()) == [])
+
     ram = engine.ram_tmp
+    engine.in_memory = False
     try:
         for where in (ram, None):  # None: no RAM disk (or no room): the data dir's tmp
             engine.ram_tmp = where
@@ -185,11 +205,38 @@ def test_todays_rows_reach_clickhouse_as_one_batch_on_the_ram_disk_and_are_remov
             assert list((where or engine.tmp).iterdir()) == []
     finally:
         engine.ram_tmp = ram
+        engine.in_memory = True
     assert engine.ram_tmp is None or engine.ram_tmp.parent == Path(RAM_DISK)
     # a one-batch answer is sent whole, with its length
     resp = client.get("/v1/last", headers={**ARROW, "X-API-Key": "bob-key"})
     assert int(resp.headers["content-length"]) == len(resp.content)
     assert arrow(resp).num_rows == len(expected)
+
+
+def test_a_plan_is_reused_per_statement_user_and_open_day_and_never_across_users(world):
+    """The parsed, authorised, planned statement is kept: the same request again skips the
+    parser, another user's grants give their own plan, another open day a fresh one."""
+    _, client, published, _ = world
+    gw = client.app.state.gateway
+    users = gw.users
+    alice, bob = users.authenticate("alice-key"), users.authenticate("bob-key")
+    statement = "SELECT exchange, count() AS n FROM trade WHERE date = today() GROUP BY exchange ORDER BY exchange"
+    mine = gw.plan("SELECT count() AS n FROM trade WHERE date = today()", bob)
+    assert gw.plan("SELECT count() AS n FROM trade WHERE date = today()", bob) is mine
+    assert "toDate('2026-11-23')" in mine.sql  # today() is the plant's open day, fixed in the plan
+    assert gw.plan("SELECT count() AS n FROM trade WHERE date = today()", alice).sql != mine.sql  # alice's row filter
+    # bob may see exchange, alice may not: the cached plan of one never answers the other
+    today = frame(published[D2]["trade"])
+    expected = today.groupby("exchange").size()
+    for _ in range(2):
+        got = arrow(sql(client, statement)).to_pylist()
+        assert got == [{"exchange": e, "n": int(n)} for e, n in expected.items()]
+        denied = sql(client, statement, key="alice-key")
+        assert denied.status_code == 403 and "exchange" in denied.json()["error"]
+    filtered = arrow(sql(client, "SELECT count() AS n FROM trade WHERE date = today()", key="alice-key"))
+    assert filtered.to_pylist() == [{"n": int((today.exchange == "N").sum())}]
+    # a plan is per open day: the day's literal changes with it
+    assert gw.engine.plan(parse_select("SELECT count() FROM trade WHERE date = today()"), D1).sql.count("2026-11-22")
 
 
 def test_a_killed_gateways_ram_disk_directory_is_swept_by_the_next(tmp_path):

@@ -1,0 +1,53 @@
+"""The gateway's text answers (gateway/output.py): what each type becomes in JSON and CSV."""
+
+from __future__ import annotations
+
+import decimal
+import json
+
+import pyarrow as pa
+
+from gateway.output import csv_chunks, json_chunks
+
+T = 1_795_339_800_123_456_789  # 2026-11-22 09:30:00.123456789 UTC
+
+
+def answer(table: pa.Table) -> dict:
+    return json.loads(b"".join(json_chunks(table, {"elapsed_ms": 1.5})))
+
+
+def test_json_types_times_and_non_numbers() -> None:
+    table = pa.table({
+        "time": pa.array([T, None], pa.timestamp("ns", "UTC")),
+        "local": pa.array([T, T], pa.timestamp("ns")),
+        "ny": pa.array([T, T], pa.timestamp("ns", "America/New_York")),
+        "us": pa.array([T // 1000, T // 1000], pa.timestamp("us", "UTC")),
+        "date": pa.array([20414, 20415], pa.date32()),
+        "sym": pa.array(["AAPL", 'q"uote\\'], pa.string()).dictionary_encode(),
+        "price": pa.array([float("nan"), 0.1 + 0.2]),
+        "inf": pa.array([float("inf"), -1.5]),
+        "size": pa.array([2**63 - 1, -3], pa.int64()),
+        "amount": pa.array([decimal.Decimal("1.25"), None], pa.decimal128(10, 2)),
+    })
+    got = answer(table)
+    assert got["count"] == 2 and got["elapsed_ms"] == 1.5
+    assert [c["name"] for c in got["columns"]] == table.column_names
+    first, second = got["rows"]
+    assert first["time"] == "2026-11-22T09:30:00.123456789Z" and second["time"] is None
+    assert first["local"] == "2026-11-22T09:30:00.123456789"
+    assert first["ny"] == "2026-11-22T04:30:00.123456789-0500"
+    assert first["us"] == "2026-11-22T09:30:00.123456Z"
+    assert (first["date"], second["date"]) == ("2025-11-22", "2025-11-23")
+    assert (first["sym"], second["sym"]) == ("AAPL", 'q"uote\\')
+    assert first["price"] is None and second["price"] == 0.1 + 0.2  # NaN has no JSON; floats round-trip
+    assert first["inf"] is None and second["inf"] == -1.5
+    assert first["size"] == 2**63 - 1 and first["amount"] == 1.25 and second["amount"] is None
+
+
+def test_json_and_csv_of_no_rows_and_of_many_batches() -> None:
+    empty = pa.table({"time": pa.array([], pa.timestamp("ns", "UTC")), "x": pa.array([], pa.int64())})
+    assert answer(empty)["rows"] == [] and answer(empty)["count"] == 0
+    many = pa.table({"x": pa.array(range(200_000), pa.int64())})
+    assert [r["x"] for r in answer(many)["rows"]] == list(range(200_000))
+    text = b"".join(csv_chunks(pa.table({"time": pa.array([T], pa.timestamp("ns", "UTC")), "x": [1]}))).decode()
+    assert text.splitlines() == ['"time","x"', '"2026-11-22T09:30:00.123456789Z",1']
