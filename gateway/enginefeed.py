@@ -2,10 +2,12 @@
 
 A subscription to ``analytics`` or ``bars`` wants each update as the engine
 computes it, not after the Kafka transaction that makes it durable (see
-``streams.cep.live``). So when the metadata topic shows CEP workers writing
-the source's topic, the hub's upstream reads their live feeds instead of
-the topic: one HTTP stream (``GET /cep/v1/live``) per worker, each sending
-the changes of the partitions it owns. A partition that moves between workers
+``streams.cep.live``). So for an engine's output topic (``rte.bars``,
+``rte.analytics``, ``rte.<engine>.bars``... by name, so the choice does not
+depend on whether a worker has announced itself yet) the hub's upstream
+reads the live feeds of the CEP workers the metadata topic lists as writing
+it, instead of the topic: one HTTP stream (``GET /cep/v1/live``) per
+worker, each sending the changes of the partitions it owns. A partition that moves between workers
 is covered by the new owner's stream, which starts from the store the old one
 wrote.
 
@@ -46,18 +48,6 @@ log = logging.getLogger(__name__)
 REFRESH_SECONDS = 1.0
 CONNECT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 20.0  # a worker sends a heartbeat every 5 s: silence this long means it is gone
-
-
-def engine_output(settings: Settings, topic: str) -> str | None:
-    """The output name (``analytics``, ``bars``) under which some CEP worker, live or not, writes
-    ``topic``; None if no engine writes it (then the topic itself is the upstream)."""
-    for node in read_metadata(settings, include_stale=True).values():
-        if node.get("kind") != "cep":
-            continue
-        for output, written in (node.get("outputs") or {}).items():
-            if written == topic:
-                return output
-    return None
 
 
 def engine_workers(settings: Settings, topic: str) -> dict[str, str]:

@@ -62,10 +62,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.enginefeed import EngineFeed, engine_output
+from gateway.enginefeed import EngineFeed
 from ingest.schemas import SchemaCatalog
 from ingest.subscribe import Subscription
 from ingest.topics import TopicNames, admin_client
+from streams.cep.topics import output_of
 from tickplant.config import Settings
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class Upstream:
     def _run(self) -> None:
         sub = None
         try:
-            output = engine_output(self.hub.settings, self.source.topic) if self.source.derived else None
+            output = output_of(self.hub.settings, self.source.topic) if self.source.derived else None
             if output is not None:  # a real-time engine's output: its workers' live feeds
                 EngineFeed(self.hub.settings, self.source.topic, output, self.syms,
                            lambda rows: not self._stop.is_set() and self._call(self._deliver, rows),

@@ -32,6 +32,7 @@ What a listener gets, and why it is never wrong:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import threading
@@ -90,6 +91,10 @@ class LiveFeed:
         self.max_queued = max_queued
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
+        # rows handed over and not yet taken on their listener's loop; a loop is woken (a
+        # system call, and the GIL to win back after it) only if no wake-up is pending for it
+        self._handed: dict[asyncio.AbstractEventLoop, collections.deque[tuple[Listener, list[dict[str, Any]]]]] = {}
+        self._woken: set[asyncio.AbstractEventLoop] = set()
         self.pushed_rows = 0
         self.dropped = 0
 
@@ -113,11 +118,27 @@ class LiveFeed:
         for listener in listeners:
             mine = rows if listener.syms is None else [r for r in rows if r["sym"] in listener.syms]
             if mine:
-                try:
-                    listener.loop.call_soon_threadsafe(listener.take, mine)
-                except RuntimeError:  # its loop is closed: the worker is stopping
-                    continue
+                loop = listener.loop
+                handed = self._handed.get(loop)
+                if handed is None:
+                    handed = self._handed[loop] = collections.deque()
+                handed.append((listener, mine))
                 self.pushed_rows += len(mine)
+                if loop not in self._woken:
+                    self._woken.add(loop)
+                    try:
+                        loop.call_soon_threadsafe(self._take_handed, loop)
+                    except RuntimeError:  # its loop is closed: the worker is stopping
+                        self._woken.discard(loop)
+
+    def _take_handed(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On ``loop``: give its listeners what was handed over since it was woken. (The flag
+        goes first: rows handed meanwhile are taken now or wake it again, never left.)"""
+        self._woken.discard(loop)
+        handed = self._handed[loop]
+        while handed:
+            listener, rows = handed.popleft()
+            listener.take(rows)
 
     def close(self) -> None:
         """End every stream (the worker is stopping)."""

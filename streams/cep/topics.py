@@ -18,6 +18,23 @@ from tickplant.config import Settings
 DEFAULT_ENGINE = "main"
 
 
+OUTPUTS = ("bars", "analytics")
+
+
+def output_of(settings: Settings, topic: str) -> str | None:
+    """``bars`` or ``analytics`` if ``topic`` is an engine's output topic (by the naming
+    above, whichever engine), else None."""
+    stem = TopicNames(settings.topic_prefix).derived("")
+    if not topic.startswith(stem):
+        return None
+    name = topic[len(stem):]
+    output = name.rsplit(".", 1)[-1]
+    engine = name[:-len(output)].rstrip(".")
+    if output in OUTPUTS and (not engine or all(c.isalnum() or c in "-_" for c in engine)):
+        return output
+    return None
+
+
 class CepTopics:
     def __init__(self, settings: Settings, engine: str = DEFAULT_ENGINE):
         if not engine or not all(c.isalnum() or c in "-_" for c in engine):
@@ -25,7 +42,7 @@ class CepTopics:
         names = TopicNames(settings.topic_prefix)
         self.engine = engine
         stem = "" if engine == DEFAULT_ENGINE else f"{engine}."
-        self.outputs = {"bars": names.derived(f"{stem}bars"), "analytics": names.derived(f"{stem}analytics")}
+        self.outputs = {output: names.derived(f"{stem}{output}") for output in OUTPUTS}
         self.assignment = f"{settings.topic_prefix}_tp.cep.{engine}.assignment"
         self.group = f"{settings.topic_prefix}tickplant-cep-{engine}"
 
