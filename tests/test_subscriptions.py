@@ -543,3 +543,26 @@ def test_the_engine_live_feed_misses_no_bar_across_a_cep_kill9(
     assert (last["time"], last["volume"], last["last_price"]) == (
         aapl[-1]["time"], sum(t["size"] for t in aapl), aapl[-1]["price"])
     assert last["notional"] == pytest.approx(sum(t["size"] * t["price"] for t in aapl))
+
+
+def test_a_subscription_made_before_the_engine_starts_gets_its_live_feed(
+        settings: Settings, catalog: SchemaCatalog, tmp_path: Any) -> None:
+    """The analytics source is known as an engine output by its name: subscribed before any CEP
+    worker is up, the hub connects to the worker's live feed once it is listed, and the
+    updates made before that come as its catch-up."""
+    ensure_topics(settings, catalog)
+    open_first_day(settings, catalog, ManualClock(T0))
+    with Server(Hub(settings, catalog=catalog)) as gw, connect(gw.ws_url) as ws:
+        assert subscribe(ws, "analytics", ["AAPL"])["rows"] == []
+        cep = Cep(settings, "cep-1", tmp_path).start()
+        try:
+            with Tickerplant(settings, catalog, mode="zero") as tp:
+                tp.publish_rows("trade", [{**trade(k, "AAPL"), "size": 10} for k in range(1, 21)])
+            wait_until(lambda: (cep.status() or {}).get("live", {}).get("listeners") == 1, 60,
+                       "the hub to connect to the worker's live feed", cep.log_tail)
+            rows = collect(ws, 1, timeout=30)
+            while rows[-1]["trades"] < 20:
+                rows += collect(ws, 1, timeout=30)
+        finally:
+            cep.stop()
+    assert rows[-1]["sym"] == "AAPL" and rows[-1]["volume"] == 200 and rows[-1]["time"] == T0 + 20
