@@ -36,6 +36,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -50,9 +51,26 @@ CONNECT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 20.0  # a worker sends a heartbeat every 5 s: silence this long means it is gone
 
 
+_nodes_lock = threading.Lock()
+_nodes: dict[tuple[str, str], tuple[float, dict[str, dict[str, Any]]]] = {}  # (cluster, prefix) -> (read at, nodes)
+
+
+def _live_nodes(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The metadata topic's live nodes, read at most once every ``REFRESH_SECONDS`` for all the
+    upstreams of a process (each read is a consumer of its own: ~10-30 ms of CPU)."""
+    key = (settings.bootstrap, settings.topic_prefix)
+    with _nodes_lock:
+        read_at, nodes = _nodes.get(key, (0.0, {}))
+        if time.monotonic() - read_at < REFRESH_SECONDS:
+            return nodes
+        nodes = read_metadata(settings)
+        _nodes[key] = (time.monotonic(), nodes)
+        return nodes
+
+
 def engine_workers(settings: Settings, topic: str) -> dict[str, str]:
     """node id -> URL of the live CEP workers writing ``topic``."""
-    return {node_id: node["url"] for node_id, node in read_metadata(settings).items()
+    return {node_id: node["url"] for node_id, node in _live_nodes(settings).items()
             if node.get("kind") == "cep" and node.get("url") and topic in (node.get("outputs") or {}).values()}
 
 
