@@ -62,7 +62,7 @@ def producer_config(settings: Settings, mode: str) -> dict[str, Any]:
     return settings.kafka_config(**{
         "enable.idempotence": True,
         "acks": "all",
-        "linger.ms": 5 if batch else 0,
+        "linger.ms": 5 if batch else settings.zero_linger_ms,
         # zero-latency: no Nagle delay on the producer's socket (a row is a few dozen bytes)
         "socket.nagle.disable": not batch,
         "compression.type": "lz4" if batch else "none",

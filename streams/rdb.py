@@ -74,7 +74,7 @@ from faust.web import View
 from ingest.deadletter import DeadLetters
 from ingest.eod import confirmed_fence_date, read_day_state
 from ingest.framing import DecodeError, control_of
-from ingest.logread import make_consumer
+from ingest.logread import TAIL_FETCH_WAIT_MS, make_consumer
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
@@ -312,7 +312,7 @@ class RdbWorker:
         shard write. The group (above) decides who reads what.
         """
         consumer = make_consumer(self.settings, **{
-            "enable.partition.eof": False, "fetch.wait.max.ms": 5, "socket.nagle.disable": True,
+            "enable.partition.eof": False, "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS, "socket.nagle.disable": True,
             # what waits in librdkafka's queue counts against the worker's memory budget
             "queued.max.messages.kbytes": 32 * 1024, "fetch.max.bytes": 16 << 20,
             "max.partition.fetch.bytes": 4 << 20,

@@ -1,0 +1,26 @@
+"""Settings: values from the environment are typed and checked, and reach the clients."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingest.publisher import producer_config
+from tickplant.config import ConfigError, load_settings
+
+
+def test_zero_linger_reaches_the_zero_latency_producer_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TICKPLANT_ZERO_LINGER_MS", "0.25")
+    settings = load_settings()
+    assert settings.zero_linger_ms == 0.25
+    assert producer_config(settings, "zero")["linger.ms"] == 0.25
+    assert producer_config(settings, "batch")["linger.ms"] == 5
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("-1", "zero_linger_ms must be between 0 and 1000"),
+    ("soon", "TICKPLANT_ZERO_LINGER_MS"),
+])
+def test_a_bad_zero_linger_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, raw: str, message: str) -> None:
+    monkeypatch.setenv("TICKPLANT_ZERO_LINGER_MS", raw)
+    with pytest.raises(ConfigError, match=message):
+        load_settings()
