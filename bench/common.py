@@ -7,7 +7,9 @@ import os
 import platform
 import shutil
 import signal
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,15 +57,64 @@ def _raise_exit(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+# a fresh JVM compiles the broker's hot paths for its first ~30 s of traffic (C2 compiler threads
+# took ~40% of a core here, doubling the raw hop's p99): the figures are of a broker in its
+# steady state, as a plant's is after its first minute of the day
+BROKER_WARMUP_SECONDS = 25.0
+WARMUP_RATE = 10_000
+
+
+def warm_up(settings: Settings, seconds: float = BROKER_WARMUP_SECONDS) -> None:
+    """Put the broker through what the benchmarks do (zero-latency keyed messages, a tailing
+    read_committed consumer, transactions) until its JIT has done the bulk of its work."""
+    from confluent_kafka import Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from ingest.logread import TAIL_FETCH_WAIT_MS, make_consumer
+    from ingest.publisher import producer_config
+
+    topic = f"_bench.warmup.{uuid.uuid4().hex[:8]}"
+    admin = AdminClient(settings.kafka_config())
+    admin.create_topics([NewTopic(topic, settings.partitions, 1)])[topic].result()
+    producer = Producer(producer_config(settings, "zero"))
+    transactional = Producer(settings.kafka_config(**{"transactional.id": topic, "linger.ms": 0}))
+    transactional.init_transactions(30)
+    consumer = make_consumer(settings, **{"enable.partition.eof": False, "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS})
+    consumer.assign([TopicPartition(topic, p) for p in range(settings.partitions)])
+    start = time.monotonic()
+    sent = read = 0
+    next_txn = start
+    print(f"warming the broker up: {seconds:.0f} s of {WARMUP_RATE:,} messages/s", file=sys.stderr, flush=True)
+    while (now := time.monotonic()) - start < seconds:
+        for _ in range(int((now - start) * WARMUP_RATE) - sent):
+            producer.produce(topic, b"%d" % time.time_ns(), key=b"%d" % (sent % 50))
+            sent += 1
+        producer.poll(0)
+        if now >= next_txn:
+            transactional.begin_transaction()
+            for p in range(settings.partitions):
+                transactional.produce(topic, b"txn", partition=p)
+            transactional.commit_transaction(10)
+            next_txn = now + 0.05
+        read += len(consumer.consume(5000, timeout=0.001))
+    producer.flush(30)
+    consumer.close()
+    admin.delete_topics([topic])[topic].result()
+    print(f"  {sent:,} sent, {read:,} read", file=sys.stderr, flush=True)
+
+
 @contextmanager
-def embedded_broker() -> Iterator[Settings]:
-    """A fresh single-node broker in a temp directory on free ports; always stopped and removed."""
+def embedded_broker(warm: float = BROKER_WARMUP_SECONDS) -> Iterator[Settings]:
+    """A fresh single-node broker in a temp directory on free ports, warmed up (``warm_up``);
+    always stopped and removed."""
     data_dir = Path(tempfile.mkdtemp(prefix="tickplant-bench-"))
     settings = Settings(data_dir=data_dir, kafka_port=free_port_pair())
     kafka = EmbeddedKafka(settings)
     previous = signal.signal(signal.SIGTERM, _raise_exit)  # so `finally` runs on kill too
     try:
         kafka.start()
+        if warm > 0:
+            warm_up(settings, warm)
         yield settings
     finally:
         try:

@@ -41,6 +41,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from streams.metadata import read_metadata
 from tickplant.config import Settings
 
@@ -168,7 +170,7 @@ class NodeStream(threading.Thread):
                 for raw in response:
                     if self.closed or feed.stop.is_set():
                         return
-                    message = json.loads(raw)
+                    message = orjson.loads(raw)
                     kind = message.get("type")
                     if kind == "update":
                         if not feed.delivered(message["rows"]):

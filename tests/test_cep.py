@@ -562,6 +562,40 @@ def test_conflated_analytics_survive_a_crash_and_bars_are_never_held(tmp_path):
     assert owner().store.dirty == set()
 
 
+def test_state_keeps_every_float_and_reads_a_store_written_as_json(tmp_path):
+    """A NaN price in the log stays NaN in the state after a restart (a fast JSON such as orjson
+    would make it null), and a store written before the state was marshalled (JSON values) opens
+    as it was."""
+    from rocksdict import Options, Rdict
+
+    from streams.cep.store import PartitionStore
+
+    store = PartitionStore(tmp_path / "new")
+    state = {"time": 5, "day_ohlc": {"open": math.nan, "high": math.inf, "low": -0.0, "close": 1e-300}}
+    store.commit({"trade": 7}, {"trade": DAY1}, {"IBM": state}, {"wm": 3, "open": {"IBM": [1, 2.5, 3.0]}},
+                 [], [], dirty={"IBM"})
+    store.close()
+    again = PartitionStore(tmp_path / "new")
+    ohlc = again.syms["IBM"]["day_ohlc"]
+    assert math.isnan(ohlc["open"]) and ohlc["high"] == math.inf and math.copysign(1, ohlc["low"]) == -1
+    assert ohlc["close"] == 1e-300 and again.bars == {"wm": 3, "open": {"IBM": [1, 2.5, 3.0]}}
+    assert again.dirty == {"IBM"} and again.offset("trade") == 7
+    again.close()
+
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    old = Rdict(str(tmp_path / "old"), opts)
+    old[b"Moff trade"] = b"41"
+    old[b"Mbars"] = json.dumps({"wm": 9, "open": {}, "late": {"IBM": 2}}).encode()
+    old[b"Mdirty"] = json.dumps(["MSFT"]).encode()
+    old[b"SIBM"] = json.dumps({"time": 8, "volume": {"volume": 300}}).encode()
+    old.close()
+    store = PartitionStore(tmp_path / "old")
+    assert store.syms == {"IBM": {"time": 8, "volume": {"volume": 300}}}
+    assert (store.bars["late"], store.dirty, store.offset("trade")) == ({"IBM": 2}, {"MSFT"}, 41)
+    store.close()
+
+
 def make_decoder_offline():
     """A decoder of the rte records that needs no broker (their schemas are local)."""
     from ingest.framing import Decoder

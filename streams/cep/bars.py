@@ -39,7 +39,7 @@ Bar = list[Any]
 
 
 class BarBook:
-    """The open bars and watermark of one partition; its state is a JSON-able dict."""
+    """The open bars and watermark of one partition; its state is a dict of plain data."""
 
     def __init__(self, width_ns: int, grace_ns: int, state: dict[str, Any] | None = None):
         if width_ns <= 0:

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import threading
 from collections.abc import Iterable
 from typing import Any
+
+import orjson
 
 log = logging.getLogger("tickplant.cep")
 
@@ -52,7 +53,9 @@ class LiveFeedError(ValueError):
 
 
 def _line(message: dict[str, Any]) -> bytes:
-    return (json.dumps(message, separators=(",", ":")) + "\n").encode()
+    """One NDJSON line (orjson: a tenth of json's time, on the loop of a busy worker; a NaN
+    becomes null, as JSON has no NaN)."""
+    return orjson.dumps(message) + b"\n"
 
 
 class Listener:

@@ -5,11 +5,18 @@ Keys (bytes, raw mode)::
   Moff <table>            -> last applied offset of that table's partition (ascii int)
   Mday <table>            -> the trading day that table's rows are in now
   Mseq                    -> the next output sequence number of this partition
-  Mbars                   -> the open bars, watermark and late counts (JSON)
-  Mdirty                  -> syms whose analytics changed but are not in an output yet (JSON list)
-  S <sym>                 -> the sym's analytics states (JSON)
-  B <date> 00 <sym> 00 <bucket:8 BE> -> a closed bar (JSON), for GET /cep/v1/bars
+  Mbars                   -> the open bars, watermark and late counts
+  Mdirty                  -> syms whose analytics changed but are not in an output yet (a list)
+  S <sym>                 -> the sym's analytics states
+  B <date> 00 <sym> 00 <bucket:8 BE> -> a closed bar, for GET /cep/v1/bars
   O <seq:8 BE>            -> an output not yet known to be committed to Kafka
+
+Values are plain data (dicts, lists, numbers, strings, None) in ``marshal``
+form behind a zero byte: five times faster to write than ``json`` (a state
+write per changed sym per read is the engine's hottest store work), exact
+for every float (NaN and infinities too, which orjson would write as null),
+and unable to run code when read, unlike pickle. A value without the zero byte is
+JSON, as stores written before that change hold; it is read as such.
 
 ``commit`` writes all of one batch's effects (states, offsets, bars and the
 outputs it produced, numbered) in one WriteBatch: the store is always "the
@@ -20,6 +27,7 @@ in the outbox". Who publishes the outbox is ``streams.cep.outbox``.
 from __future__ import annotations
 
 import json
+import marshal
 import struct
 import time
 from dataclasses import dataclass
@@ -51,6 +59,14 @@ class Output:
     def decode(cls, seq: int, raw: bytes) -> Output:
         klen = raw[1]
         return cls(seq, KINDS[raw[0]], raw[2:2 + klen], raw[2 + klen:])
+
+
+def _dump(value: Any) -> bytes:
+    return b"\x00" + marshal.dumps(value)
+
+
+def _load(raw: bytes) -> Any:
+    return marshal.loads(raw[1:]) if raw[:1] == b"\x00" else json.loads(raw)
 
 
 def _seq_key(seq: int) -> bytes:
@@ -90,14 +106,14 @@ class PartitionStore:
         raw = self.db.get(b"Mseq")
         self.next_seq: int = int(raw) if raw is not None else 0
         raw = self.db.get(b"Mbars")
-        self.bars: dict[str, Any] = json.loads(raw) if raw is not None else {}
+        self.bars: dict[str, Any] = _load(raw) if raw is not None else {}
         raw = self.db.get(b"Mdirty")
-        self.dirty: set[str] = set(json.loads(raw)) if raw is not None else set()
+        self.dirty: set[str] = set(_load(raw)) if raw is not None else set()
         self.syms: dict[str, dict[str, Any]] = {}
         for key, value in self.db.items(from_key=b"S"):
             if not key.startswith(b"S"):
                 break
-            self.syms[key[1:].decode()] = json.loads(value)
+            self.syms[key[1:].decode()] = _load(value)
         self._outbox_low = self._first_outbox()
         self.published_upto = self._outbox_low - 1  # outputs below the outbox are known committed
 
@@ -130,13 +146,13 @@ class PartitionStore:
         for table, day in days.items():
             batch.put(b"Mday " + table.encode(), day.encode())
         for sym, state in syms.items():
-            batch.put(b"S" + sym.encode(), json.dumps(state).encode())
-        batch.put(b"Mbars", json.dumps(bars_state).encode())
+            batch.put(b"S" + sym.encode(), _dump(state))
+        batch.put(b"Mbars", _dump(bars_state))
         dirty = set() if dirty is None else dirty
         if dirty != self.dirty:
-            batch.put(b"Mdirty", json.dumps(sorted(dirty)).encode())
+            batch.put(b"Mdirty", _dump(sorted(dirty)))
         for bar in closed:
-            batch.put(_bar_key(bar["date"], bar["sym"], bar["time"]), json.dumps(bar).encode())
+            batch.put(_bar_key(bar["date"], bar["sym"], bar["time"]), _dump(bar))
         if drop_dates_before:
             batch.delete_range(b"B", b"B" + drop_dates_before.encode())
         # outputs already committed to Kafka leave the outbox in the same write (read once: the
@@ -168,7 +184,7 @@ class PartitionStore:
         for key, value in self.db.items(from_key=first):
             if not key.startswith(prefix):
                 break
-            bar = json.loads(value)
+            bar = _load(value)
             if end is not None and bar["time"] >= end:
                 break
             out.append(bar)

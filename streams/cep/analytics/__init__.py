@@ -1,6 +1,7 @@
 """The analytics registry: a new per-sym analytic is one module here and one ``@register``.
 
-An analytic keeps a small JSON-able state per sym and folds that sym's rows
+An analytic keeps a small state of plain data (dicts, lists, numbers, strings,
+None) per sym and folds that sym's rows
 of one table into it, in log order, a batch at a time::
 
     @register
