@@ -24,3 +24,17 @@ def test_a_bad_zero_linger_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, r
     monkeypatch.setenv("TICKPLANT_ZERO_LINGER_MS", raw)
     with pytest.raises(ConfigError, match=message):
         load_settings()
+
+
+def test_client_config_from_the_environment_as_pairs_or_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TICKPLANT_KAFKA_CLIENT_CONFIG", "security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512")
+    assert load_settings().kafka_client_config == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512"}
+    monkeypatch.setenv("TICKPLANT_KAFKA_CLIENT_CONFIG", '{"sasl.username": "tp", "sasl.password": "a,b=c"}')
+    assert load_settings().kafka_client_config == {"sasl.username": "tp", "sasl.password": "a,b=c"}
+
+
+@pytest.mark.parametrize("raw", ["security.protocol", '{"sasl.password": ', "[1, 2]"])
+def test_a_malformed_client_config_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("TICKPLANT_KAFKA_CLIENT_CONFIG", raw)
+    with pytest.raises(ConfigError, match="TICKPLANT_KAFKA_CLIENT_CONFIG.*kafka_client_config"):
+        load_settings()

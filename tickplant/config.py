@@ -12,6 +12,7 @@ docker-compose's Kafka or Amazon MSK instead.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -128,6 +129,10 @@ def _coerce(name: str, raw: Any, target: Any, source: str) -> Any:
     kind = target.type if isinstance(target.type, str) else str(target.type)
     try:
         if "dict" in kind:
+            if isinstance(raw, str) and raw.lstrip().startswith("{"):
+                raw = json.loads(raw)  # a JSON object: for values with commas (a SASL password)
+                if not isinstance(raw, dict):
+                    raise ValueError("not a JSON object")
             if isinstance(raw, dict):
                 return {str(k): str(v) for k, v in raw.items()}
             pairs = [p.split("=", 1) for p in str(raw).split(",") if p.strip()]
