@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ingest.publisher import producer_config
-from tickplant.config import ConfigError, load_settings
+from tickplant.config import ConfigError, Settings, load_settings
 
 
 def test_zero_linger_reaches_the_zero_latency_producer_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,3 +38,14 @@ def test_a_malformed_client_config_is_refused_by_name(monkeypatch: pytest.Monkey
     monkeypatch.setenv("TICKPLANT_KAFKA_CLIENT_CONFIG", raw)
     with pytest.raises(ConfigError, match="TICKPLANT_KAFKA_CLIENT_CONFIG.*kafka_client_config"):
         load_settings()
+
+
+def test_a_child_process_gets_the_same_client_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers and the gateway are started with the parent's settings in TICKPLANT_* variables:
+    a SASL password with commas and '=' must reach them whole."""
+    parent = Settings(kafka_client_config={"security.protocol": "SASL_SSL", "sasl.password": "p,w=d"},
+                      zero_linger_ms=0.5)
+    for name, value in parent.child_env().items():
+        monkeypatch.setenv(name, value)
+    child = load_settings()
+    assert child.kafka_client_config == parent.kafka_client_config and child.zero_linger_ms == 0.5

@@ -117,7 +117,7 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, dict):
-                value = ",".join(f"{k}={v}" for k, v in value.items())
+                value = json.dumps(value)  # JSON: a value may hold commas and '=' (a password)
             out[f"TICKPLANT_{f.name.upper()}"] = str(value)
         return out
 
