@@ -110,3 +110,93 @@ def test_an_rdb_worker_joins_its_group_and_serves_on_a_scram_cluster(
         assert status["serving"] and status["tables"]["trade"]["partitions"] == list(range(settings.partitions))
     finally:
         worker.stop()
+
+
+# -- Amazon MSK IAM (AWS_MSK_IAM): the token and the wiring; no MSK here to shake hands with ----------
+
+MSK_BOOTSTRAP = "b-1.prod.abc123.c2.kafka.eu-west-1.amazonaws.com:9098"
+
+
+@pytest.fixture
+def aws_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Static keys from the environment, and nothing else the AWS chain could find or call."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def _signed_url(token: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+
+
+def msk_settings(**client: str) -> Settings:
+    return Settings(bootstrap_servers=MSK_BOOTSTRAP,
+                    kafka_client_config={"security.protocol": "SASL_SSL", "sasl.mechanism": "AWS_MSK_IAM", **client})
+
+
+def test_msk_iam_token_is_a_signed_connect_request_for_the_region(aws_keys: None) -> None:
+    import time
+    import urllib.parse
+
+    from tickplant.kafka.security import msk_iam_token
+
+    token, expires = msk_iam_token("eu-west-1")
+    url = urllib.parse.urlsplit(_signed_url(token))
+    query = urllib.parse.parse_qs(url.query)
+    assert (url.scheme, url.netloc) == ("https", "kafka.eu-west-1.amazonaws.com")
+    assert query["Action"] == ["kafka-cluster:Connect"]
+    assert query["X-Amz-Credential"][0].startswith("AKIAIOSFODNN7EXAMPLE/")
+    assert query["X-Amz-Credential"][0].endswith("/eu-west-1/kafka-cluster/aws4_request")
+    assert len(query["X-Amz-Signature"][0]) == 64
+    assert time.time() + 60 < expires <= time.time() + 3600
+
+
+def test_msk_iam_becomes_oauthbearer_for_librdkafka_and_faust(aws_keys: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from confluent_kafka import Producer
+
+    import tickplant.kafka.security as security
+
+    settings = msk_settings()
+    config = settings.kafka_config()
+    assert (config["security.protocol"], config["sasl.mechanism"]) == ("SASL_SSL", "OAUTHBEARER")
+    asked: list[str] = []
+    real = security.msk_iam_token
+    monkeypatch.setattr(security, "msk_iam_token", lambda region: (asked.append(region), real(region))[1])
+    # librdkafka takes the settings and asks the callback for a token (no broker needed for that)
+    producer = Producer(settings.kafka_config(**{"bootstrap.servers": "127.0.0.1:1"}))
+    producer.poll(0.5)
+    assert asked and set(asked) == {"eu-west-1"}  # the region read from the brokers' names
+    credentials = faust_credentials(settings)
+    assert isinstance(credentials, faust.OAuthCredentials) and credentials.protocol.value == "SASL_SSL"
+    assert "kafka.eu-west-1.amazonaws.com" in _signed_url(asyncio.run(credentials.oauth_cb.token()))
+    monkeypatch.setenv("AWS_REGION", "us-east-2")  # the environment wins over the brokers' names
+    token, _ = settings.kafka_config()["oauth_cb"]("")
+    assert "kafka.us-east-2.amazonaws.com" in _signed_url(token)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (msk_settings(**{"security.protocol": "SASL_PLAINTEXT"}), "AWS_MSK_IAM needs security.protocol SASL_SSL"),
+    (msk_settings().replace(bootstrap_servers="broker.internal:9098"), "set AWS_REGION"),
+])
+def test_msk_iam_misconfigured_is_refused_by_name(aws_keys: None, settings: Settings, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings.kafka_config()
+    with pytest.raises(ConfigError, match=message):
+        faust_credentials(settings)
+
+
+def test_msk_iam_without_aws_credentials_says_so(aws_keys: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tickplant.kafka.security import msk_iam_token
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(ConfigError, match="cannot sign an MSK IAM token for eu-west-1"):
+        msk_iam_token("eu-west-1")

@@ -109,7 +109,9 @@ class Settings:
         librdkafka's own log is silenced (log_level 0): connection trouble
         reaches callers as exceptions and delivery errors, said once, in context.
         """
-        return {"bootstrap.servers": self.bootstrap, "log_level": 0, **self.kafka_client_config, **extra}
+        from tickplant.kafka.security import librdkafka_security  # it reads these settings
+
+        return {"bootstrap.servers": self.bootstrap, "log_level": 0, **librdkafka_security(self), **extra}
 
     def child_env(self) -> dict[str, str]:
         """TICKPLANT_* variables that give a child process these same settings."""
