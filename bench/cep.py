@@ -45,7 +45,7 @@ from bench.rdb import message_count, raw_consume_rate
 from bench.subscribe import WARMUP_SECONDS, Gateway, measured, ms, percentile, run_probe
 from ingest.eod import open_first_day
 from ingest.feeds.synthetic import SyntheticMarket
-from ingest.logread import TAIL_FETCH_WAIT_MS, make_consumer
+from ingest.logread import make_tail_consumer
 from ingest.publisher import Tickerplant
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
@@ -170,8 +170,7 @@ def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, rate: int =
     halt = threading.Event()
 
     def committed_reader() -> None:
-        consumer = make_consumer(settings, **{"enable.partition.eof": False, "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS,
-                                              "auto.offset.reset": "latest"})
+        consumer = make_tail_consumer(settings, **{"auto.offset.reset": "latest"})
         consumer.subscribe([topic])
         try:
             while not halt.is_set():

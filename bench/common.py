@@ -70,7 +70,7 @@ def warm_up(settings: Settings, seconds: float = BROKER_WARMUP_SECONDS) -> None:
     from confluent_kafka import Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from ingest.logread import TAIL_FETCH_WAIT_MS, make_consumer
+    from ingest.logread import make_tail_consumer
     from ingest.publisher import producer_config
 
     topic = f"_bench.warmup.{uuid.uuid4().hex[:8]}"
@@ -79,7 +79,7 @@ def warm_up(settings: Settings, seconds: float = BROKER_WARMUP_SECONDS) -> None:
     producer = Producer(producer_config(settings, "zero"))
     transactional = Producer(settings.kafka_config(**{"transactional.id": topic, "linger.ms": 0}))
     transactional.init_transactions(30)
-    consumer = make_consumer(settings, **{"enable.partition.eof": False, "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS})
+    consumer = make_tail_consumer(settings)
     consumer.assign([TopicPartition(topic, p) for p in range(settings.partitions)])
     start = time.monotonic()
     sent = read = 0

@@ -63,14 +63,14 @@ def raw_consumer(settings: Settings, stop: threading.Event, samples: list[tuple[
     """The baseline: a bare confluent-kafka consumer of every partition from the end, decoding each row."""
     from confluent_kafka import TopicPartition
 
-    from ingest.logread import TAIL_FETCH_WAIT_MS, make_consumer, watermarks
+    from ingest.logread import make_tail_consumer, watermarks
     from ingest.schema_topic import make_decoder
     from ingest.topics import TopicNames, partition_counts
 
     catalog = SchemaCatalog.load(settings.schemas_dir)
     decoder = make_decoder(settings, catalog)
     topic = TopicNames(settings.topic_prefix).table("trade")
-    consumer = make_consumer(settings, **{"enable.partition.eof": False, "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS})
+    consumer = make_tail_consumer(settings)
     parts = range(partition_counts(settings, [topic])[topic])
     consumer.assign([TopicPartition(topic, p, watermarks(consumer, topic, p)[1]) for p in parts])
     ready.set()

@@ -55,6 +55,13 @@ def make_consumer(settings: Settings, **extra: object) -> Consumer:
     return Consumer(config)
 
 
+def make_tail_consumer(settings: Settings, **extra: object) -> Consumer:
+    """A consumer that follows the live end of the log (no end-of-partition events; see
+    ``TAIL_FETCH_WAIT_MS``)."""
+    return make_consumer(settings, **{"enable.partition.eof": False, "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS,
+                                      **extra})
+
+
 def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 10.0) -> tuple[int, int]:
     """(low, high) offsets; retried while a new topic's partition has no leader yet."""
     deadline = time.monotonic() + timeout

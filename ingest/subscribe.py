@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from ingest.eod import read_day_state
 from ingest.framing import control_of
-from ingest.logread import TAIL_FETCH_WAIT_MS, make_consumer, watermarks
+from ingest.logread import make_tail_consumer, watermarks
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_counts, partition_for
@@ -59,7 +59,7 @@ class Subscription:
         if count is None:
             raise ValueError(f"source {self.table!r}: topic {self.topic!r} does not exist")
         parts = sorted({partition_for(s, count) for s in self.syms}) if self.syms else list(range(count))
-        self.consumer = make_consumer(settings, **{"enable.partition.eof": False, "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS})
+        self.consumer = make_tail_consumer(settings)
         if since == "sod":
             state = read_day_state(settings)
             starts = {p: state.start_of_open_day(self.table, p) for p in parts}

@@ -74,7 +74,7 @@ from faust.web import View
 from ingest.deadletter import DeadLetters
 from ingest.eod import confirmed_fence_date, read_day_state
 from ingest.framing import DecodeError, control_of
-from ingest.logread import TAIL_FETCH_WAIT_MS, make_consumer
+from ingest.logread import make_tail_consumer
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
@@ -311,8 +311,8 @@ class RdbWorker:
         consumer hands over thousands at once, and each partition's run is one
         shard write. The group (above) decides who reads what.
         """
-        consumer = make_consumer(self.settings, **{
-            "enable.partition.eof": False, "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS, "socket.nagle.disable": True,
+        consumer = make_tail_consumer(self.settings, **{
+            "socket.nagle.disable": True,
             # what waits in librdkafka's queue counts against the worker's memory budget
             "queued.max.messages.kbytes": 32 * 1024, "fetch.max.bytes": 16 << 20,
             "max.partition.fetch.bytes": 4 << 20,

@@ -73,7 +73,7 @@ from faust.web import View
 from ingest.deadletter import DeadLetters
 from ingest.eod import TradingCalendar, confirmed_fence_date, read_day_state
 from ingest.framing import control_of
-from ingest.logread import TAIL_FETCH_WAIT_MS, make_consumer
+from ingest.logread import make_tail_consumer
 from ingest.schema_topic import SchemaTopic, make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
@@ -248,8 +248,8 @@ class CepWorker:
 
     def _read_loop(self) -> None:
         """Read the assigned partitions of the trade and quote topics in bulk, from the stored offsets."""
-        consumer = make_consumer(self.settings, **{
-            "enable.partition.eof": False, "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS, "socket.nagle.disable": True,
+        consumer = make_tail_consumer(self.settings, **{
+            "socket.nagle.disable": True,
             "queued.max.messages.kbytes": 32 * 1024, "fetch.max.bytes": 16 << 20,
             "max.partition.fetch.bytes": 4 << 20,
         })
