@@ -364,3 +364,32 @@ def test_latency_sample_keeps_the_latest_values_in_its_ring():
     sample.reset()
     sample.add(2_000_000)
     assert sample.percentiles()["n"] == 1 and sample.percentiles()["p99"] == 2.0
+
+
+def test_shard_last_row_is_kept_until_the_sym_is_written_again(catalog, tmp_path):
+    from streams.shard import Resources, Shard
+
+    schema = catalog["trade"]
+
+    def run(first: int, n: int, sym: str = "AAPL") -> pa.Table:
+        return schema.to_arrow([{"time": T0 + i, "sym": sym, "price": float(i), "size": i, "exchange": "N",
+                                 "cond": ""} for i in range(first, first + n)])
+
+    shard = Shard(tmp_path / "p000", Resources(cache_bytes=8 << 20, write_buffer_bytes=8 << 20))
+    shard.apply(0, TODAY, run(0, 1000))
+    first = shard.last(TODAY, "AAPL")
+    assert first.column("price").to_pylist() == [999.0]
+    assert first.get_total_buffer_size() < 1000  # a one-row copy, not a view of the 1000-row chunk
+    assert shard.last(TODAY, "AAPL") is first  # kept: asked again, not read again
+    shard.apply(1, TODAY, run(1000, 5))  # written to disk: the kept row is stale now
+    assert shard.last(TODAY, "AAPL").column("price").to_pylist() == [1004.0]
+    shard.apply(2, TODAY, run(2000, 1, "IBM"))  # another sym's rows leave AAPL's alone
+    assert shard.last(TODAY, "AAPL").column("price").to_pylist() == [1004.0]
+    assert shard.last(TODAY, "IBM").column("price").to_pylist() == [2000.0]
+    shard.apply(3, TODAY, run(3000, 1), defer=True)  # in the tail: answered from there
+    assert shard.last(TODAY, "AAPL").column("price").to_pylist() == [3000.0]
+    shard.flush()
+    assert shard.last(TODAY, "AAPL").column("price").to_pylist() == [3000.0]
+    shard.drop_day(TODAY)
+    assert shard.last(TODAY, "AAPL") is None
+    shard.close()
