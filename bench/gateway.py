@@ -180,12 +180,9 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
             through = timed(lambda p=path, q=params: _ok(http.get(p, params=q)), repeat)
             stages = _ok(http.get(path, params=params)).headers.get("server-timing", "")
             answer = engine.run(parse_select(named.sql), settings=named.settings, rdb_view=named.rdb_view,
-                                keep_files=True)
-            try:
-                direct = timed(lambda a=answer, n=named: engine.hdb.pool.run(a.sql, n.settings, tables=a.tables), repeat)
-            finally:
-                for f in answer.files:
-                    f.unlink(missing_ok=True)
+                                keep_rows=True)
+            direct = timed(lambda a=answer, n=named: engine.hdb.pool.run(a.sql, n.settings, tables=a.tables,
+                                                                         external=a.external), repeat)
             added_ms = (through - direct) * 1e3
             big = direct > 0.1
             ok = (through / direct < 1.3) if big else added_ms < 10

@@ -24,10 +24,10 @@ no file to write and parse back, which cost ~10-30 ms for an aj over a day's
 200k quotes. Each real-time day is its own table, its ``date`` a constant of
 the SQL, its strings cast to low-cardinality as the HDB's files are read, so
 the answer's types do not depend on where a day lives. A ClickHouse server
-cannot see this process's memory: for one, the rows are written as an Arrow
-file read by ``file()`` (one on the same host sees it; sending them as
-external data is not done yet), on the RAM disk when there is one. Either way
-they go in as few batches as possible (a block each for ClickHouse).
+cannot see this process's memory (nor, on another host, its files): it gets
+the rows with the statement as external data (``ClientPool.run(external=...)``,
+an Arrow stream per day, a temporary table on the server for that query).
+Either way they go in as few batches as possible (a block each for ClickHouse).
 
 Fixed costs per query are kept off the path: a statement is planned once per
 user and open day (``plan``: parsed, authorised, its needs read, its SQL
@@ -40,15 +40,10 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import os
-import shutil
-import tempfile
 import time
-import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -69,13 +64,10 @@ from ingest.schemas import SchemaCatalog
 from ingest.topics import partition_for
 from sinks.hdb import HdbQuery, clickhouse_structure, quote
 from streams.client import RdbClient, RdbClientError
-from streams.query import batched
+from streams.query import batched, to_ipc
 from tickplant.config import Settings
 
 HDB_LIST_SECONDS = 5.0
-RAM_DISK = "/dev/shm"
-RAM_PREFIX = "tickplant-gateway-"  # then the owner's pid: a dead owner's directory is swept
-ROWS_PER_BATCH = 65536  # per Arrow batch of the rows' file: blocks ClickHouse reads in parallel
 _ROW_TABLES = itertools.count()  # names of the RDB rows' in-memory tables (unique per process)
 
 
@@ -95,8 +87,8 @@ class Answer:
     touched: dict[str, Any] = field(default_factory=dict)  # table -> HDB days / RDB days and replica
     sql: str = ""  # what ClickHouse ran
     timing: dict[str, float] = field(default_factory=dict)  # seconds per stage (Server-Timing)
-    files: list[Path] = field(default_factory=list)  # the RDB rows' files, when kept
     tables: dict[str, pa.Table] = field(default_factory=dict)  # the RDB rows ``sql`` reads as Python(name), when kept
+    external: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # ... or as a server's external data
 
 
 @dataclass(frozen=True)
@@ -127,14 +119,8 @@ class Engine:
         self.catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
         self.hdb = hdb or HdbQuery(settings, catalog=self.catalog)
         self.query_log = query_log
-        self.tmp = Path(settings.data_dir) / "gateway" / "tmp"
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        # embedded chDB reads the RDB rows in place; a server reads them from a file (only
-        # one on this host sees it: sending them as external data is not done yet)
+        # embedded chDB reads the RDB rows in place; a server gets them as external data
         self.in_memory = self.hdb.pool.in_process
-        self.ram_tmp = _ram_dir()
-        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.ram_tmp), True) if self.ram_tmp \
-            else (lambda: None)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gateway-rdb")
         # one task per extra table reference of a statement; separate from ``pool``, whose
         # node fetches those tasks wait on (one pool would deadlock when full of waiters)
@@ -188,65 +174,59 @@ class Engine:
         return Plan(ast.sql("clickhouse"), tuple(keyed), tuple(logs))
 
     def run(self, ast: exp.Expression, limit: int | None = None, timeout: float | None = None,
-            settings: dict[str, Any] | None = None, rdb_view: str = "rows", keep_files: bool = False) -> Answer:
+            settings: dict[str, Any] | None = None, rdb_view: str = "rows", keep_rows: bool = False) -> Answer:
         """Run a parsed, authorised SELECT (the tree is rewritten in place): ``plan`` then ``execute``."""
         started = time.monotonic()
         plan = self.plan(ast)
-        return self.execute(plan, limit, timeout, settings, rdb_view, keep_files,
+        return self.execute(plan, limit, timeout, settings, rdb_view, keep_rows,
                             planned=time.monotonic() - started)
 
     def execute(self, plan: Plan, limit: int | None = None, timeout: float | None = None,
-                settings: dict[str, Any] | None = None, rdb_view: str = "rows", keep_files: bool = False,
+                settings: dict[str, Any] | None = None, rdb_view: str = "rows", keep_rows: bool = False,
                 planned: float = 0.0) -> Answer:
         """Run a plan: ``rdb_view="last"`` fetches only each sym's latest real-time row (enough
-        for statements that keep the last row per sym). ``keep_files`` leaves the RDB rows'
-        files (or in-memory tables) for the caller to run ``Answer.sql`` again (benchmarks);
-        ``planned`` is the seconds spent planning, for the timing."""
+        for statements that keep the last row per sym). ``keep_rows`` hands back the RDB rows
+        (``Answer.tables`` / ``Answer.external``) for the caller to run ``Answer.sql`` again
+        (benchmarks); ``planned`` is the seconds spent planning, for the timing."""
         started = time.monotonic()
         limit = min(limit or self.settings.gateway_row_limit, self.settings.gateway_row_limit)
         timeout = min(timeout or self.settings.gateway_timeout_s, self.settings.gateway_timeout_s)
         deadline = started - planned + timeout
-        files: list[Path] = []
         tables: dict[str, pa.Table] = {}  # RDB rows read in place by embedded chDB
+        external: dict[str, tuple[bytes, str]] = {}  # ... or sent to a server as external data
         touched: dict[str, Any] = {}
         timing = {"rdb": 0.0, "sources": 0.0}
-        try:
-            sources: dict[str, str] = {}
+        sources: dict[str, str] = {}
+        t0 = time.monotonic()
+        fetched = self._realtime_all({r.key: (r.need, r.columns) for r in plan.refs}, rdb_view, deadline)
+        timing["rdb"] = time.monotonic() - t0
+        for ref in plan.refs:
+            rows, hdb_days, info = fetched[ref.key]
             t0 = time.monotonic()
-            fetched = self._realtime_all({r.key: (r.need, r.columns) for r in plan.refs}, rdb_view, deadline)
-            timing["rdb"] = time.monotonic() - t0
-            for ref in plan.refs:
-                rows, hdb_days, info = fetched[ref.key]
-                t0 = time.monotonic()
-                source, path = self._source(ref.need.table, ref.columns, hdb_days, rows, tables)
-                timing["sources"] += time.monotonic() - t0
-                if path is not None:
-                    files.append(path)
-                touched.setdefault(ref.need.table, []).append(info)
-                sources[ref.placeholder] = source
-            for placeholder in plan.query_log:
-                if self.query_log is None:
-                    raise QueryFailed(400, "this gateway keeps no query log")
-                sources[placeholder] = self.query_log.source()
-            sql = plan.sql
-            for placeholder, source in sources.items():
-                sql = sql.replace(placeholder, source)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s fetching real-time rows")
-            t0 = time.monotonic()
-            table = self._execute(sql, limit, remaining, timeout, settings, tables)
-            timing["clickhouse"] = time.monotonic() - t0
-            timing["plan"] = planned + t0 - started - timing["rdb"] - timing["sources"]
-            return Answer(table, time.monotonic() - started + planned, touched, sql=sql,
-                          files=files if keep_files else [], tables=tables if keep_files else {},
-                          timing=timing)
-        finally:
-            for path in files if not keep_files else []:
-                path.unlink(missing_ok=True)
+            sources[ref.placeholder] = self._source(ref.need.table, ref.columns, hdb_days, rows, tables, external)
+            timing["sources"] += time.monotonic() - t0
+            touched.setdefault(ref.need.table, []).append(info)
+        for placeholder in plan.query_log:
+            if self.query_log is None:
+                raise QueryFailed(400, "this gateway keeps no query log")
+            sources[placeholder] = self.query_log.source()
+        sql = plan.sql
+        for placeholder, source in sources.items():
+            sql = sql.replace(placeholder, source)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s fetching real-time rows")
+        t0 = time.monotonic()
+        table = self._execute(sql, limit, remaining, timeout, settings, tables, external)
+        timing["clickhouse"] = time.monotonic() - t0
+        timing["plan"] = planned + t0 - started - timing["rdb"] - timing["sources"]
+        return Answer(table, time.monotonic() - started + planned, touched, sql=sql,
+                      tables=tables if keep_rows else {}, external=external if keep_rows else {},
+                      timing=timing)
 
     def _execute(self, sql: str, limit: int, remaining: float, timeout: float,
-                 settings: dict[str, Any] | None, tables: dict[str, pa.Table]) -> pa.Table:
+                 settings: dict[str, Any] | None, tables: dict[str, pa.Table],
+                 external: dict[str, tuple[bytes, str]]) -> pa.Table:
         run_settings = {
             "max_execution_time": max(1, int(remaining + 0.999)),
             "max_result_rows": limit + 1,
@@ -254,7 +234,7 @@ class Engine:
             **(settings or {}),
         }
         try:
-            table = self.hdb.pool.run(sql, run_settings, tables=tables)
+            table = self.hdb.pool.run(sql, run_settings, tables=tables, external=external)
         except Exception as exc:  # the driver's DatabaseError: one line, mapped to a status
             message = str(exc).strip().split("\n")[0]
             if "TIMEOUT_EXCEEDED" in message or "Timeout exceeded" in message:
@@ -355,29 +335,29 @@ class Engine:
             self.routing.end(url)
 
     def _source(self, table: str, columns: Sequence[str] | None, hdb_days: list[dt.date],
-                parts: list[tuple[dt.date, pa.Table]], tables: dict[str, pa.Table]) -> tuple[str, Path | None]:
+                parts: list[tuple[dt.date, pa.Table]], tables: dict[str, pa.Table],
+                external: dict[str, tuple[bytes, str]]) -> str:
         """The FROM-able union of the HDB days and the RDB rows: read in place by embedded
-        chDB (added to ``tables``), else written to an Arrow file."""
+        chDB (added to ``tables``), else sent to the server as external data (``external``)."""
         schema = self.catalog[table].arrow_schema
         cols = list(columns) if columns else schema.names
         hdb = self.hdb.source_days(table, hdb_days, cols)
         if not parts:
-            return hdb, None
+            return hdb
         select = ", ".join(f"`{c}`" for c in cols)
         if self.in_memory:
             rdb = " UNION ALL ".join(self._python_source(schema, cols, day, batched(rows.select(cols)), tables)
                                      for day, rows in parts)
-            path = None
         else:
             rows = pa.concat_tables([r.select(cols).append_column("date", pa.repeat(pa.scalar(d, pa.date32()), r.num_rows))
                                      for d, r in parts])
-            name = self._write_rows(table, batched(rows))
+            name = f"__tickplant_rows_{next(_ROW_TABLES)}"
             structure = clickhouse_structure(pa.schema([schema.field(c) for c in cols])) + ", `date` Date"
-            rdb = f"SELECT {select}, date FROM file({quote(name)}, 'Arrow', {quote(structure)})"
-            path = Path(name)
+            external[name] = (bytes(to_ipc(rows)), structure)
+            rdb = f"SELECT {select}, date FROM {name}"
         if not hdb_days:
-            return f"({rdb})", path
-        return f"(SELECT {select}, date FROM {hdb} UNION ALL {rdb})", path
+            return f"({rdb})"
+        return f"(SELECT {select}, date FROM {hdb} UNION ALL {rdb})"
 
     @staticmethod
     def _python_source(schema: pa.Schema, cols: list[str], day: dt.date, rows: pa.Table,
@@ -398,70 +378,10 @@ class Engine:
                 typed.append(f"`{c}`")
         return f"SELECT {', '.join(typed)}, toDate({quote(day.isoformat())}) AS date FROM Python({name})"
 
-    def _write_rows(self, table: str, rows: pa.Table) -> str:
-        """``rows`` as an Arrow file for chDB to read, on the RAM disk while it has room
-        (twice the rows' size free), else in the data directory."""
-        for where in (self.ram_tmp, self.tmp):
-            if where is None or (where is self.ram_tmp and not _room(where, 2 * rows.nbytes)):
-                continue
-            name = ""
-            try:
-                fd, name = tempfile.mkstemp(suffix=".arrow", prefix=f"{table}-", dir=where)
-                with os.fdopen(fd, "wb") as f, pa.ipc.new_file(f, rows.schema) as writer:
-                    writer.write_table(rows, max_chunksize=ROWS_PER_BATCH)
-                return name
-            except OSError:  # the RAM disk filled up meanwhile (or went away): the data dir
-                if name:
-                    Path(name).unlink(missing_ok=True)
-                if where is self.tmp:
-                    raise
-        raise AssertionError("unreachable: the data directory is always tried")
-
     def close(self) -> None:
-        """Stop the fetch pools and remove the RAM-disk directory."""
+        """Stop the fetch pools."""
         self.pool.shutdown(wait=False)
         self.ref_pool.shutdown(wait=False)
-        self._cleanup()
-
-
-def _ram_dir(ram_disk: str = RAM_DISK) -> Path | None:
-    """A private directory on the RAM disk (``/dev/shm``) when there is one: writing today's
-    rows there and chDB reading them back costs no disk I/O (the data dir may be on a slow
-    or busy disk)."""
-    if not os.path.isdir(ram_disk) or not os.access(ram_disk, os.W_OK):
-        return None
-    _sweep(Path(ram_disk))
-    try:
-        return Path(tempfile.mkdtemp(prefix=f"{RAM_PREFIX}{os.getpid()}-", dir=ram_disk))
-    except OSError:
-        return None
-
-
-def _sweep(ram_disk: Path) -> None:
-    """Remove the directories of gateways that died without cleaning up (kill -9): the
-    RAM disk is memory, and their in-flight files would stay until a reboot."""
-    for old in ram_disk.glob(f"{RAM_PREFIX}*-*"):
-        pid = old.name[len(RAM_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def _room(directory: Path, size: int) -> bool:
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize > size
 
 
 def _swap(ref: exp.Table, index: int) -> str:

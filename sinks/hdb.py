@@ -27,9 +27,10 @@ import datetime as dt
 import os
 import queue
 import re
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import pyarrow as pa
@@ -141,17 +142,45 @@ class ClientPool:
         return self.url.startswith("chdb:")
 
     def run(self, sql: str, settings: dict[str, Any] | None = None, parameters: dict[str, Any] | None = None,
-            tables: Mapping[str, pa.Table] | None = None) -> pa.Table:
+            tables: Mapping[str, pa.Table] | None = None,
+            external: Mapping[str, tuple[bytes, str]] | None = None) -> pa.Table:
         """``sql`` with ``CLIENT_SETTINGS`` and ``settings`` as Arrow (inline unless the
         statement has a SETTINGS clause of its own). ``tables``: Arrow tables the statement
-        reads as ``Python(<name>)`` (embedded chDB only), see ``_query``."""
+        reads as ``Python(<name>)`` (embedded chDB only), see ``_query``. ``external``: tables
+        the statement reads by name, sent with it as ClickHouse external data (name ->
+        (Arrow IPC stream, structure)), how a server gets rows it cannot read itself;
+        embedded chDB, which takes no external data, reads the same bytes from a file."""
         if tables and not self.in_process:
             raise HdbQueryError(f"in-memory tables need the embedded chDB, not {self.url}")
         merged = {**CLIENT_SETTINGS, **(settings or {})}
         inline = "settings" not in sql.lower()
         text = f"{sql.rstrip().rstrip(';')}\nSETTINGS {settings_clause(merged)}" if inline else sql
-        with self.lease() as client:
-            return _query(client, text, parameters, None if inline else merged, tables or {})
+        data = None
+        with tempfile.TemporaryDirectory(prefix="tickplant-external-") if external and self.in_process \
+                else nullcontext() as spill:
+            if external and spill is not None:
+                text = _external_as_files(text, external, spill)
+            elif external:
+                from clickhouse_connect.driver.external import ExternalData
+
+                data = ExternalData()
+                for name, (body, structure) in external.items():
+                    data.add_file(file_name=f"{name}.arrows", data=body, fmt="ArrowStream", structure=structure)
+            with self.lease() as client:
+                return _query(client, text, parameters, None if inline else merged, tables or {}, data)
+
+
+def _external_as_files(sql: str, external: Mapping[str, tuple[bytes, str]], directory: str) -> str:
+    """External data for chDB: each table's bytes in a file, its name in ``sql`` replaced by
+    ``file()`` with the same format and structure a server would be told."""
+    for name, (body, structure) in external.items():
+        if not re.fullmatch(r"__tickplant_\w+", name):
+            raise HdbQueryError(f"external table name {name!r} is not one of the gateway's")
+        path = os.path.join(directory, f"{name}.arrows")
+        with open(path, "wb") as f:
+            f.write(body)
+        sql = re.sub(rf"\b{name}\b", f"file({quote(path)}, 'ArrowStream', {quote(structure)})", sql)
+    return sql
 
 
 # chDB's ``Python(name)`` table function finds ``name`` by walking the calling thread's
@@ -162,9 +191,9 @@ _QUERY = compile("answer = client.query_arrow(text, parameters=parameters, setti
 
 
 def _query(client: Any, text: str, parameters: dict[str, Any] | None, settings: dict[str, Any] | None,
-           tables: Mapping[str, pa.Table]) -> pa.Table:
+           tables: Mapping[str, pa.Table], external: Any = None) -> pa.Table:
     if not tables:
-        return client.query_arrow(text, parameters=parameters, settings=settings)
+        return client.query_arrow(text, parameters=parameters, settings=settings, external_data=external)
     bad = [n for n in tables if not n.isidentifier() or n in _QUERY.co_names]
     if bad:
         raise HdbQueryError(f"in-memory table name(s) {', '.join(map(repr, bad))} are not free identifiers")

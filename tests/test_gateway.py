@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -21,7 +20,6 @@ from procs import Worker, plant_env, wait_until
 
 from gateway.app import create_app
 from gateway.auth import Users, hash_key
-from gateway.engine import RAM_DISK, _ram_dir
 from gateway.sql import parse_select
 from ingest.eod import open_first_day, roll_day
 from ingest.feeds.synthetic import SyntheticMarket
@@ -163,10 +161,10 @@ def test_bars_vwap_last_trades_named_queries(world):
     assert lines[0].startswith('"date","time","sym"') and lines[1].split(",")[1].endswith('Z"')
 
 
-def test_todays_rows_reach_clickhouse_as_one_batch_in_memory_or_on_the_ram_disk_and_are_removed(world):
+def test_todays_rows_reach_clickhouse_as_one_batch_in_memory_or_as_a_servers_external_data(world):
     """The ``last`` view answers one batch per sym; embedded chDB reads them in place as
-    one batch (no file written); for a server they go to a file holding them as one, on the
-    RAM disk when there is one (else the data dir), and gone after the query."""
+    one batch (no file written); a server gets them with the statement as external data
+    (an Arrow stream and its structure), which chDB, taking none, reads from a file."""
     _, client, published, worker = world
     engine = client.app.state.gateway.engine
     # the RDB sends a day's rows, stored as many small chunks per sym, as one batch
@@ -177,36 +175,32 @@ def test_todays_rows_reach_clickhouse_as_one_batch_in_memory_or_on_the_ram_disk_
     expected = dict(zip(today.sym, today.price, strict=True))
     statement = "SELECT sym, price FROM trade WHERE date = today() ORDER BY sym, time DESC LIMIT 1 BY sym"
     assert engine.in_memory
-    answer = engine.run(parse_select(statement), rdb_view="last", keep_files=True)
+    answer = engine.run(parse_select(statement), rdb_view="last", keep_rows=True)
     assert dict(zip(*answer.table.to_pydict().values(), strict=True)) == expected
     [(name, rows)] = answer.tables.items()
-    assert f"Python({name})" in answer.sql and answer.files == []
+    assert f"Python({name})" in answer.sql and answer.external == {}
     assert (len(rows.to_batches()), rows.num_rows) == (1, len(expected)) and len(expected) > 1
     assert answer.table.schema.field("sym").type == pa.dictionary(pa.int32(), pa.string())  # as the HDB's
     # the same SQL over the same tables answers the same (the benchmark's direct run)
     assert engine.hdb.pool.run(answer.sql, tables=answer.tables).to_pydict() == answer.table.to_pydict()
     with pytest.raises(HdbQueryError, match="not free identifiers"):
         engine.hdb.pool.run(answer.sql, tables={"client": rows})
-    assert list(engine.tmp.iterdir()) == [] and (engine.ram_tmp is None or list(engine.ram_tmp.iterdir()) == [])
 
-    ram = engine.ram_tmp
-    engine.in_memory = False
+    engine.in_memory = False  # as for a ClickHouse server
     try:
-        for where in (ram, None):  # None: no RAM disk (or no room): the data dir's tmp
-            engine.ram_tmp = where
-            answer = engine.run(parse_select(statement), rdb_view="last", keep_files=True)
-            assert dict(zip(*answer.table.to_pydict().values(), strict=True)) == expected
-            [path] = answer.files
-            assert path.parent == (where or engine.tmp)
-            with pa.ipc.open_file(path) as f:
-                assert (f.num_record_batches, f.read_all().num_rows) == (1, len(expected)) and len(expected) > 1
-            path.unlink()
-            engine.run(parse_select(statement), rdb_view="last")
-            assert list((where or engine.tmp).iterdir()) == []
+        served = engine.run(parse_select(statement), rdb_view="last", keep_rows=True)
     finally:
-        engine.ram_tmp = ram
         engine.in_memory = True
-    assert engine.ram_tmp is None or engine.ram_tmp.parent == Path(RAM_DISK)
+    assert served.table.to_pydict() == answer.table.to_pydict()
+    assert served.tables == {} and "Python(" not in served.sql and "file(" not in served.sql
+    [(name, (body, structure))] = served.external.items()
+    assert f"FROM {name}" in served.sql  # read by name: the server's temporary table
+    sent = pa.ipc.open_stream(body).read_all()
+    assert (len(sent.to_batches()), sent.num_rows) == (1, len(expected))
+    assert set(sent.column_names) == {"time", "sym", "price", "date"} and sent.column_names[-1] == "date"
+    assert structure.endswith("`date` Date") and "`sym` LowCardinality(String)" in structure
+    with pytest.raises(HdbQueryError, match="not one of the gateway's"):
+        engine.hdb.pool.run("SELECT 1", external={"system.tables": (body, structure)})
     # a one-batch answer is sent whole, with its length
     resp = client.get("/v1/last", headers={**ARROW, "X-API-Key": "bob-key"})
     assert int(resp.headers["content-length"]) == len(resp.content)
@@ -237,27 +231,6 @@ def test_a_plan_is_reused_per_statement_user_and_open_day_and_never_across_users
     assert filtered.to_pylist() == [{"n": int((today.exchange == "N").sum())}]
     # a plan is per open day: the day's literal changes with it
     assert gw.engine.plan(parse_select("SELECT count() FROM trade WHERE date = today()"), D1).sql.count("2026-11-22")
-
-
-def test_a_killed_gateways_ram_disk_directory_is_swept_by_the_next(tmp_path):
-    """kill -9 leaves a gateway's RAM-disk directory (memory) behind: the next engine to
-    start removes it, and never one whose owner is alive."""
-    ram_disk = tmp_path / "shm"
-    ram_disk.mkdir()
-    code = ("import sys, time; from gateway.engine import _ram_dir; d = _ram_dir(sys.argv[1]); "
-            "(d / 'rows.arrow').write_bytes(b'x'); print(d, flush=True); time.sleep(120)")
-    owner = subprocess.Popen([sys.executable, "-c", code, str(ram_disk)], stdout=subprocess.PIPE, text=True)
-    try:
-        left = Path(owner.stdout.readline().strip())
-        assert left.parent == ram_disk and (left / "rows.arrow").exists()
-        alive = _ram_dir(str(ram_disk))
-        assert left.exists() and alive != left  # its owner is alive: kept
-    finally:
-        owner.kill()
-        owner.wait()
-    fresh = _ram_dir(str(ram_disk))
-    assert not left.exists() and alive.exists() and fresh.exists()
-    assert _ram_dir(str(tmp_path / "no-such-disk")) is None
 
 
 def test_entitlements_end_to_end(world):
