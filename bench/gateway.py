@@ -94,15 +94,19 @@ def _date(text: str):
     return dt.date.fromisoformat(text)
 
 
-def timed(fn, repeat: int) -> float:
-    """The median seconds of ``repeat`` calls (one warm-up first)."""
-    fn()
-    times = []
+def paired(through, direct, repeat: int) -> tuple[float, float]:
+    """The median seconds of ``repeat`` calls of each, alternated (one warm-up of each first):
+    on a shared 2-core machine the load drifts by more than the gateway adds to a small
+    query, and a run of one then a run of the other would charge the drift to one side."""
+    through()
+    direct()
+    a, b = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, times in ((through, a), (direct, b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
 
 
 def hammer(get, seconds: float) -> float:
@@ -135,7 +139,7 @@ def hammer(get, seconds: float) -> float:
 
 def collect(settings: Settings, args: argparse.Namespace) -> Report:
     events = 200_000 if args.quick else (args.rows or 1_000_000)
-    repeat = 3 if args.quick else 7
+    repeat = 3 if args.quick else 15
     data_dir = Path(tempfile.mkdtemp(prefix="tickplant-bench-gw-"))
     s = fresh(settings).replace(data_dir=data_dir, gateway_port=free_port())
     catalog = SchemaCatalog.load(s.schemas_dir)
@@ -177,12 +181,13 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
             "last, all syms": ("/v1/last", {}, last_query("trade", None, day1)),
         }
         for label, (path, params, named) in queries.items():
-            through = timed(lambda p=path, q=params: _ok(http.get(p, params=q)), repeat)
-            stages = _ok(http.get(path, params=params)).headers.get("server-timing", "")
             answer = engine.run(parse_select(named.sql), settings=named.settings, rdb_view=named.rdb_view,
                                 keep_rows=True)
-            direct = timed(lambda a=answer, n=named: engine.hdb.pool.run(a.sql, n.settings, tables=a.tables,
-                                                                         external=a.external), repeat)
+            through, direct = paired(
+                lambda p=path, q=params: _ok(http.get(p, params=q)),
+                lambda a=answer, n=named: engine.hdb.pool.run(a.sql, n.settings, tables=a.tables, external=a.external),
+                repeat)
+            stages = _ok(http.get(path, params=params)).headers.get("server-timing", "")
             added_ms = (through - direct) * 1e3
             big = direct > 0.1
             ok = (through / direct < 1.3) if big else added_ms < 10
@@ -201,7 +206,8 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
         report.results.append(Result(f"gateway last, 1 sym, {CONCURRENT} clients", rate, raw, "-", None,
                                      "req/s", "baseline: the RDB's own last view"))
         report.notes.append(f"gateway: {events:,} quote events yesterday (HDB) and {events // 5:,} today (RDB), "
-                            f"100 syms; medians of {repeat} runs; baseline = the final SQL on chdb in-process")
+                            f"100 syms; medians of {repeat} runs, each alternated with the baseline = "
+                            "the final SQL on chdb in-process")
     finally:
         if engine is not None:
             engine.close()

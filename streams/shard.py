@@ -382,17 +382,43 @@ class Shard:
             return {sym: self._sym_stats(date, sym) for sym in self.syms(date)}
 
     def read(self, date: str, syms: list[str] | None) -> list[pa.Table]:
-        """The day's chunks for ``syms`` (all syms if None), each sym in log order."""
+        """The day's chunks for ``syms`` (all syms if None), each sym in log order.
+
+        One RocksDB iterator for the whole read, moved from sym to sym (a day's syms are
+        contiguous keys: all of them are one sweep): a fresh iterator per sym cost ~15 us,
+        as much as reading a sym's chunk."""
         with self._lock:
-            out: list[pa.Table] = []
             tail = self._tail_chunks(date) if date in self._tail_syms else {}
-            for sym in syms if syms is not None else self.syms(date):
-                prefix = _chunk_prefix(date, sym)
-                for key, value in self.db.items(from_key=prefix):
-                    if not key.startswith(prefix):
+            by_sym: dict[str, list[pa.Table]] = {}
+            it = self.db.iter()
+            if syms is None:
+                day = b"R" + date.encode()
+                it.seek(day)
+                while it.valid():
+                    key = it.key()
+                    if not key.startswith(day):
                         break
+                    value = it.value()
                     if value:
-                        out.append(self._decode(value))
+                        by_sym.setdefault(key[len(day):-9].decode(), []).append(self._decode(value))
+                    it.next()
+                wanted = sorted(by_sym.keys() | tail.keys()) if tail else list(by_sym)
+            else:
+                wanted = syms
+                for sym in syms:
+                    prefix = _chunk_prefix(date, sym)
+                    it.seek(prefix)
+                    while it.valid():
+                        key = it.key()
+                        if not key.startswith(prefix):
+                            break
+                        value = it.value()
+                        if value:
+                            by_sym.setdefault(sym, []).append(self._decode(value))
+                        it.next()
+            out: list[pa.Table] = []
+            for sym in wanted:
+                out.extend(by_sym.get(sym, ()))
                 if sym in tail:
                     out.append(tail[sym])
             return out

@@ -393,3 +393,40 @@ def test_shard_last_row_is_kept_until_the_sym_is_written_again(catalog, tmp_path
     shard.drop_day(TODAY)
     assert shard.last(TODAY, "AAPL") is None
     shard.close()
+
+
+def test_shard_read_gives_each_sym_its_rows_in_log_order_disk_then_tail(catalog, tmp_path):
+    """One sweep over a day's keys: syms whose names prefix each other stay apart, another
+    day's rows stay out, each sym's chunks come in log order with its tail rows last."""
+    from streams.shard import Resources, Shard
+
+    schema = catalog["trade"]
+
+    def run(prices: list[int], sym: str) -> pa.Table:
+        return schema.to_arrow([{"time": T0 + p, "sym": sym, "price": float(p), "size": 1, "exchange": "N",
+                                 "cond": ""} for p in prices])
+
+    shard = Shard(tmp_path / "p000", Resources(cache_bytes=8 << 20, write_buffer_bytes=8 << 20))
+    other_day = (dt.date.fromisoformat(TODAY) + dt.timedelta(days=1)).isoformat()
+    shard.apply(0, TODAY, run([1, 2], "AAPL"))
+    shard.apply(1, TODAY, run([3], "AA"))
+    shard.apply(2, other_day, run([99], "AAPL"))
+    shard.apply(3, TODAY, run([4, 5], "AAPL"))
+    shard.apply(4, TODAY, run([6], "AAPL"), defer=True)  # the tail
+    shard.apply(5, TODAY, run([7], "IBM"), defer=True)  # a sym only in the tail
+
+    def prices(tables: list[pa.Table]) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for t in tables:
+            for sym, price in zip(t.column("sym").to_pylist(), t.column("price").to_pylist(), strict=True):
+                out.setdefault(sym, []).append(price)
+        return out
+
+    whole = {"AA": [3.0], "AAPL": [1.0, 2.0, 4.0, 5.0, 6.0], "IBM": [7.0]}
+    assert prices(shard.read(TODAY, None)) == whole
+    assert prices(shard.read(TODAY, ["AAPL"])) == {"AAPL": whole["AAPL"]}
+    assert prices(shard.read(TODAY, ["AA", "IBM", "MSFT"])) == {"AA": [3.0], "IBM": [7.0]}
+    assert prices(shard.read(other_day, None)) == {"AAPL": [99.0]}
+    shard.flush()
+    assert prices(shard.read(TODAY, None)) == whole
+    shard.close()
