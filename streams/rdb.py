@@ -625,6 +625,16 @@ class RdbWorker:
             )))
         return pa.concat_tables(parts, promote_options="default") if parts else schema.empty_table()
 
+    async def _local_ipc(self, kind: str, table: str, request: Any) -> bytearray:
+        """This worker's own rows (``local=1``: the gateway routes) as an Arrow stream, read
+        and serialised in one executor call: a thread hand-off each cost ~0.5 ms under load."""
+        query = self._parse(table, request)
+        schema = self.catalog[table].arrow_schema
+        shards = [s for (t, _), s in self.shards.items() if t == table]
+        reader = read_rows if kind == "rows" else read_last
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: to_ipc(reader(shards, query, schema)))
+
     async def _forward(self, url: str, kind: str, table: str, request: Any, syms: list[str] | None) -> pa.Table:
         params = {k: v for k, v in request.query.items() if k not in ("syms", "format")}
         params["local"] = "1"
@@ -660,6 +670,10 @@ class RdbWorker:
                     worker.inflight += 1
                     worker.queries += 1
                     try:
+                        if request.query.get("local") == "1" and request.query.get("format") != "json":
+                            # a gateway's fetch: read and serialise in one hop off the loop
+                            body = await worker._local_ipc(kind, table, request)
+                            return self.bytes(body, content_type="application/vnd.apache.arrow.stream")
                         return await worker._respond(self, request, await worker._gather(kind, table, request))
                     except QueryError as exc:
                         return self.error(400, str(exc))
