@@ -60,6 +60,7 @@ from gateway.plan import (
 from gateway.querylog import TABLE as QUERY_LOG_TABLE
 from gateway.querylog import QueryLog
 from gateway.routing import NoReplica, Routing
+from gateway.sql import render
 from ingest.schemas import SchemaCatalog
 from ingest.topics import partition_for
 from sinks.hdb import HdbQuery, clickhouse_structure, quote
@@ -171,7 +172,7 @@ class Engine:
             if self.query_log is None:
                 raise QueryFailed(400, "this gateway keeps no query log")
             logs.append(_swap(ref, len(keyed) + len(logs)))
-        return Plan(ast.sql("clickhouse"), tuple(keyed), tuple(logs))
+        return Plan(render(ast), tuple(keyed), tuple(logs))
 
     def run(self, ast: exp.Expression, limit: int | None = None, timeout: float | None = None,
             settings: dict[str, Any] | None = None, rdb_view: str = "rows", keep_rows: bool = False) -> Answer:

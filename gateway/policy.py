@@ -37,7 +37,15 @@ import pyarrow as pa
 from sqlglot import exp
 
 from gateway.auth import Grant, User
-from gateway.sql import Forbidden, SqlError, cte_names, parse_select, strip_comments, table_refs
+from gateway.sql import (
+    Forbidden,
+    SqlError,
+    cte_names,
+    parse_select,
+    render,
+    strip_comments,
+    table_refs,
+)
 
 DATE = "date"
 
@@ -272,4 +280,4 @@ def restrict_table(grant: Grant, rows: pa.Table) -> pa.Table:
         copy=False,
     ).where(grant.row_filter.copy(), copy=False)
     batch = rows  # noqa: F841 - read by name by chDB's Python() table function
-    return chdb.query(select.sql(dialect="clickhouse"), "ArrowTable")
+    return chdb.query(render(select), "ArrowTable")

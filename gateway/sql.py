@@ -41,9 +41,26 @@ import re
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.clickhouse import ClickHouse
 from sqlglot.errors import ParseError, TokenError
 
-DIALECT = "clickhouse"
+
+class PlantClickHouse(ClickHouse):
+    """sqlglot's ClickHouse dialect, less the rewrites that change what a statement means
+    when the checked tree is written back out (each found running both texts on chDB):
+    ``a DIV b`` became a float division cast back to an integer (off by one near whole
+    seconds of nanosecond times) and ``rand()`` became ``randCanonical()`` (a float in
+    [0, 1): ``rand() % 10 = 0`` matched nothing)."""
+
+    class Generator(ClickHouse.Generator):
+        TRANSFORMS = {
+            **ClickHouse.Generator.TRANSFORMS,
+            exp.IntDiv: lambda self, e: self.func("intDiv", e.this, e.expression),
+            exp.Rand: lambda self, e: self.func("rand", e.this),
+        }
+
+
+DIALECT = PlantClickHouse
 
 
 class SqlError(ValueError):

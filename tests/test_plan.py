@@ -77,3 +77,17 @@ def test_replace_today_rewrites_the_tree_in_place():
     assert replace_today(ast, OPEN) is ast  # no copy of the tree per query
     assert "'2026-11-23'" in ast.sql("clickhouse") and "'2026-11-22'" in ast.sql("clickhouse")
     assert "today" not in ast.sql("clickhouse").lower()
+
+
+def test_the_sql_written_back_from_the_checked_tree_means_what_the_user_wrote():
+    """ClickHouse runs SQL generated from the parsed tree: it must give what the user's
+    text gives (sqlglot wrote DIV as a float division and rand() as randCanonical())."""
+    import chdb
+
+    from gateway.sql import parse_select, render
+
+    for text in ("SELECT 1763700000999999999 DIV 1000000000 AS s",
+                 "SELECT countIf(rand(n) % 2 = 0) > 0 AS some, countIf(rand(n) % 2 = 1) > 0 AS others "
+                 "FROM (SELECT arrayJoin(range(1000)) AS n)"):
+        written = render(parse_select(text))
+        assert chdb.query(written, "CSV").bytes() == chdb.query(text, "CSV").bytes(), written
