@@ -7,9 +7,11 @@ only the columns the statement names.
 
 A predicate prunes a table only where that is safe: a conjunct (``AND``) of
 the WHERE of the SELECT reading the table, on its ``date`` or ``sym`` column,
-compared with constants. It also looks through pass-through sub-queries (no
-GROUP BY, LIMIT, DISTINCT, window or aggregate, and ``date``/``sym`` selected as
-they are), which is what the entitlement rewrite
+compared with constants, and never on the null-supplying side of an outer join
+(whose missing rows come out as defaults the WHERE may keep). It also looks
+through pass-through sub-queries (one source and no join, no GROUP BY, LIMIT,
+DISTINCT, window or aggregate, and ``date``/``sym`` selected as they are),
+which is what the entitlement rewrite
 ``(SELECT cols FROM trade WHERE rows) AS trade`` is. Anything else (an OR, a
 function of the column, a comparison with another column) prunes nothing:
 the statement still filters, it just reads more.
@@ -122,6 +124,8 @@ def need_of(ref: exp.Table) -> TableNeed:
         select = _reading_select(node)
         if select is None:
             break
+        if _null_supplying(node, select):
+            break  # its unmatched rows come out with default values: filtering them is the WHERE's job
         sole = len(_sources(select)) == 1
         for conjunct in _conjuncts(select.args.get("where")):
             _apply(conjunct, alias, sole, need, visible)
@@ -164,13 +168,28 @@ def _sources(select: exp.Select) -> list[exp.Expression]:
     return out
 
 
+def _null_supplying(node: exp.Expression, select: exp.Select) -> bool:
+    """Whether ``node`` (a source of ``select``) is the side of an outer join whose missing
+    rows ClickHouse fills with defaults (``date`` 1970-01-01, ``sym`` ''): a predicate on
+    it may then hold for a row only because the match is missing, so it must not prune."""
+    joins = select.args.get("joins") or []
+    parent = node.parent
+    if isinstance(parent, exp.Join):
+        return parent.side.upper() in ("LEFT", "FULL")
+    return any(j.side.upper() in ("RIGHT", "FULL") for j in joins)
+
+
 def _passed_through(select: exp.Select) -> set[str]:
-    """Which of ``date``/``sym`` a sub-query hands on unchanged, row for row."""
+    """Which of ``date``/``sym`` a sub-query hands on unchanged, row for row: none through
+    a join or ARRAY JOIN (whose ``date`` the outer query sees is not one table's)."""
     if any(select.args.get(k) for k in ("group", "limit", "distinct", "having", "qualify", "offset")):
         return set()
-    if select.find(exp.Window) or any(select.find_all(exp.AggFunc)):
+    if select.find(exp.Window) or any(select.find_all(exp.AggFunc)) or len(_sources(select)) != 1:
         return set()
-    if any(isinstance(e, exp.Star) for e in select.expressions):
+    stars = [e for e in select.expressions if isinstance(e, exp.Star)]
+    if any(any(v for k, v in star.args.items()) for star in stars):
+        return set()  # * EXCEPT / REPLACE / RENAME (REPLACE can redefine date)
+    if stars:
         return {"date", "sym"}
     return {e.name for e in select.expressions if isinstance(e, exp.Column)} & {"date", "sym"}
 

@@ -91,3 +91,32 @@ def test_the_sql_written_back_from_the_checked_tree_means_what_the_user_wrote():
                  "FROM (SELECT arrayJoin(range(1000)) AS n)"):
         written = render(parse_select(text))
         assert chdb.query(written, "CSV").bytes() == chdb.query(text, "CSV").bytes(), written
+
+
+ALL = DateFilter()
+DAY = DateFilter(days={D("2026-01-01")})
+
+
+@pytest.mark.parametrize("sql, expected", [
+    # a predicate on a join's result: its date is one table's (t's), not both
+    ("SELECT * FROM (SELECT * FROM trade t ASOF LEFT JOIN quote q ON t.sym = q.sym AND t.time >= q.time) "
+     "WHERE date = '2026-01-01'", {"t": (ALL, None), "q": (ALL, None)}),
+    ("SELECT * FROM (SELECT * FROM trade t JOIN quote q ON t.time = q.time) WHERE sym = 'X'",
+     {"t": (ALL, None), "q": (ALL, None)}),
+    # the null-supplying side of an outer join: its missing rows have date 1970-01-01
+    ("SELECT * FROM quote q LEFT JOIN trade t ON q.sym = t.sym WHERE t.date <= '2026-01-01' "
+     "AND q.date = '2026-01-01'", {"q": (DAY, None), "t": (ALL, None)}),
+    ("SELECT * FROM quote q RIGHT JOIN trade t ON q.sym = t.sym WHERE q.date = '2026-01-01' "
+     "AND t.date = '2026-01-01' AND t.sym = 'X'", {"q": (ALL, None), "t": (DAY, {"X"})}),
+    ("SELECT * FROM quote q FULL JOIN trade t ON q.sym = t.sym WHERE q.date = '2026-01-01' "
+     "AND t.date = '2026-01-01'", {"q": (ALL, None), "t": (ALL, None)}),
+    # ... its own sub-query's WHERE still prunes it (the named aj)
+    ("SELECT * FROM trade t ASOF LEFT JOIN (SELECT * FROM quote WHERE date = '2026-01-01') AS q "
+     "ON t.sym = q.sym AND t.time >= q.time WHERE t.date = '2026-01-01'", {"t": (DAY, None), "quote": (DAY, None)}),
+    # ARRAY JOIN ... AS sym and * REPLACE (... AS date) make new columns of those names
+    ("SELECT * FROM (SELECT * FROM trade ARRAY JOIN ['X'] AS sym) WHERE sym = 'X'", {"trade": (ALL, None)}),
+    ("SELECT * FROM (SELECT * REPLACE (toDate('2026-01-01') AS date) FROM trade) WHERE date = '2026-01-01'",
+     {"trade": (ALL, None)}),
+])
+def test_predicates_that_do_not_hold_one_tables_rows_prune_nothing(sql, expected):
+    assert needs(sql) == expected
