@@ -69,6 +69,7 @@ from streams.query import batched, to_ipc
 from tickplant.config import Settings
 
 HDB_LIST_SECONDS = 5.0
+SLOW_NODE_S = 2.0  # a node that does not answer in this long is benched; a shorter wait is the query's
 _ROW_TABLES = itertools.count()  # names of the RDB rows' in-memory tables (unique per process)
 
 
@@ -304,6 +305,7 @@ class Engine:
                 time.sleep(0.25)
                 failed.clear()  # a benched node may be back, a group may have rebalanced
                 continue
+            asked = time.monotonic()
             calls = {url: (self._fetch_node, url, need.table, view, day, columns,
                            [s for s in syms if partition_for(s, count) in parts] if syms else None, deadline)
                      for url, parts in route.nodes.items()}
@@ -316,6 +318,10 @@ class Engine:
                 except RdbClientError as exc:
                     if exc.status is not None and exc.status < 500:
                         raise QueryFailed(400, str(exc)) from None
+                    if exc.status is None and time.monotonic() >= deadline - 0.05 and deadline - asked < SLOW_NODE_S:
+                        # the query's own short time ran out: the node is slow for it, not dead
+                        # (a tiny timeout must not let any user bench every replica in turn)
+                        raise QueryFailed(408, "query exceeded its timeout fetching real-time rows") from None
                     self.routing.bench(url)
                     failed.append(url)
                     bad = exc

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -257,6 +259,22 @@ def test_entitlements_end_to_end(world):
     malformed = client.post("/v1/sql", content=b"{not json", headers={"X-API-Key": "bob-key",
                                                                       "Content-Type": "application/json"})
     assert malformed.status_code == 400 and "malformed" in malformed.json()["error"]
+
+
+def test_a_short_timeout_on_a_stalled_node_is_the_querys_408_and_does_not_bench_the_node(world):
+    """A node that cannot answer within a query's own short timeout is slow for that
+    query, not dead: 408, and the next query is routed to it at once (benching it would
+    let any user take every replica out of service with a tiny timeout)."""
+    _, client, published, worker = world
+    statement = "SELECT count() AS n FROM trade WHERE date = today()"
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    try:
+        stalled = sql(client, statement, timeout=1)
+    finally:
+        os.kill(worker.proc.pid, signal.SIGCONT)
+    assert stalled.status_code == 408 and "timeout" in stalled.json()["error"], stalled.text
+    answered = sql(client, statement, timeout=2)
+    assert arrow(answered).to_pylist() == [{"n": len(published[D2]["trade"])}]
 
 
 def test_row_limit_timeout_and_the_query_log(world):
