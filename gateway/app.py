@@ -27,6 +27,7 @@ import datetime as dt
 import inspect
 import threading
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
@@ -141,6 +142,15 @@ async def current_user(request: Request) -> User:
 UserDep = Annotated[User, Depends(current_user)]
 
 
+def _without_password(url: str) -> str:
+    """``http://user:secret@host:8123`` as ``http://user:***@host:8123``: health needs no login."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def _status(exc: BaseException) -> int:
     if isinstance(exc, QueryFailed):
         return exc.status
@@ -199,7 +209,7 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
             "rdb_nodes": [{"node": n.node, "url": n.url, "replica": n.replica, "serving": n.serving}
                           for n in nodes],
             "cep_nodes": [{"node": n.node, "url": n.url} for n in gw.routing.nodes("cep")],
-            "hdb_root": gw.engine.hdb.store.base, "clickhouse": settings.clickhouse_url,
+            "hdb_root": gw.engine.hdb.store.base, "clickhouse": _without_password(settings.clickhouse_url),
             "uptime_s": round(time.time() - gw.started, 1),
         }
 

@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import logging
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +69,8 @@ from sinks.hdb import HdbQuery, clickhouse_structure, quote
 from streams.client import RdbClient, RdbClientError
 from streams.query import batched, to_ipc
 from tickplant.config import Settings
+
+log = logging.getLogger(__name__)
 
 HDB_LIST_SECONDS = 5.0
 SLOW_NODE_S = 2.0  # a node that does not answer in this long is benched; a shorter wait is the query's
@@ -241,7 +245,7 @@ class Engine:
             message = str(exc).strip().split("\n")[0]
             if "TIMEOUT_EXCEEDED" in message or "Timeout exceeded" in message:
                 raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s") from None
-            raise QueryFailed(400, f"ClickHouse refused the query: {message}") from None
+            raise clickhouse_failure(message) from None
         if table.num_rows > limit:
             raise QueryFailed(413, f"the result has more than {limit} rows (the row limit); "
                                    "narrow the query or add a LIMIT")
@@ -389,6 +393,31 @@ class Engine:
         """Stop the fetch pools."""
         self.pool.shutdown(wait=False)
         self.ref_pool.shutdown(wait=False)
+
+
+# ClickHouse errors about the plant, not the statement: the HDB's files or S3, the network,
+# memory. Retrying may help, and the caller is told no more than that (paths, keys).
+SERVER_SIDE_ERRORS = frozenset("""
+    CANNOT_STAT FILE_DOESNT_EXIST CANNOT_OPEN_FILE CANNOT_READ_FROM_FILE_DESCRIPTOR CANNOT_READ_ALL_DATA
+    S3_ERROR NETWORK_ERROR SOCKET_TIMEOUT ALL_CONNECTION_TRIES_FAILED RECEIVED_ERROR_FROM_REMOTE_IO_SERVER
+    MEMORY_LIMIT_EXCEEDED CANNOT_ALLOCATE_MEMORY TOO_MANY_SIMULTANEOUS_QUERIES INCORRECT_DATA
+    CANNOT_EXTRACT_TABLE_STRUCTURE CORRUPTED_DATA
+""".split())
+_ERROR_NAME = re.compile(r"\(([A-Z][A-Z0-9_]+)\)(?: \(version [^)]*\))?\s*$")
+_IN_SCOPE = re.compile(r"[.:]?\s*In scope .*?(?=\. \([A-Z][A-Z0-9_]+\)(?: \(version [^)]*\))?\s*$)|[.:]?\s*In scope .*$")
+
+
+def clickhouse_failure(message: str) -> QueryFailed:
+    """A ClickHouse error as the caller sees it: a fault in the statement is theirs (400),
+    said without the "In scope <SQL>" part, which is the generated SQL with the HDB's
+    locations, S3 settings and the caller's own row filter; a fault of the plant is 503,
+    its details in the gateway's log only."""
+    name = _ERROR_NAME.search(message)
+    if name and name.group(1) in SERVER_SIDE_ERRORS:
+        log.warning("ClickHouse failed a query: %s", message)
+        return QueryFailed(503, f"the historical data could not be read ({name.group(1)}); retry shortly, "
+                                "and if it persists tell the plant's operators")
+    return QueryFailed(400, f"ClickHouse refused the query: {_IN_SCOPE.sub('', message, count=1)}")
 
 
 def _swap(ref: exp.Table, index: int) -> str:

@@ -256,6 +256,12 @@ def test_entitlements_end_to_end(world):
     assert bad.status_code == 400 and bad.json()["error"]
     unknown_col = sql(client, "SELECT nosuch FROM trade")
     assert unknown_col.status_code in (400, 403) and "nosuch" in unknown_col.json()["error"]
+    # ClickHouse's refusal names the fault, not the SQL the gateway generated (the HDB's
+    # locations, the engine's sources, the caller's own row filter)
+    typo = sql(client, "SELECT price + 'x' FROM trade WHERE date >= yesterday()", key="alice-key")
+    error = typo.json()["error"]
+    assert typo.status_code == 400 and "Illegal types" in error, error
+    assert not any(leak in error for leak in ("In scope", "exchange", "__tickplant", "Python(", "parquet")), error
     malformed = client.post("/v1/sql", content=b"{not json", headers={"X-API-Key": "bob-key",
                                                                       "Content-Type": "application/json"})
     assert malformed.status_code == 400 and "malformed" in malformed.json()["error"]
@@ -379,3 +385,11 @@ def test_a_replica_killed_during_queries_every_query_is_answered(world, tmp_path
         second.stop()
         first.start()  # back for any later test
         first.wait_serving()
+
+
+def test_health_shows_a_clickhouse_servers_url_without_its_password():
+    from gateway.app import _without_password
+
+    assert _without_password("http://tickplant:s3cret@clickhouse:8123/db") == "http://tickplant:***@clickhouse:8123/db"
+    assert _without_password("chdb://") == "chdb://"
+    assert _without_password("https://clickhouse:8443") == "https://clickhouse:8443"
