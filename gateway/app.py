@@ -302,8 +302,9 @@ def _streaming_routes(app: FastAPI, gw: Gateway) -> None:
     app.state.hub = hub
 
     def allowed(request: Any, source: str) -> None:
-        """Only whole-table grants subscribe to a table: a live feed is not filtered by
-        column or row (a restricted user queries instead)."""
-        check_subscription(user_of(request), source, gw.table_columns)
+        """Only whole-table grants subscribe to a table, or to an engine's output computed
+        from the tables: a live feed is not filtered by column or row (a restricted user
+        queries instead)."""
+        check_subscription(user_of(request), source, gw.table_columns, derived_from=gw.catalog.names)
 
     app.include_router(make_router(hub, authorize=allowed))

@@ -33,6 +33,8 @@ the sources behind a table support none of them; PREWHERE is folded into WHERE.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pyarrow as pa
 from sqlglot import exp
 
@@ -242,25 +244,36 @@ def entitled(sql: str, user: User, columns: dict[str, list[str]]) -> exp.Express
     return authorize(parse_select(sql), user, columns)
 
 
-def check_subscription(user: User, source: str, tables: set[str] | dict[str, list[str]]) -> None:
+def check_subscription(user: User, source: str, tables: set[str] | dict[str, list[str]],
+                       derived_from: Iterable[str] = ()) -> None:
     """Refuse a live subscription the user's grant cannot be applied to (Forbidden).
 
     Subscriptions fan one decoded stream out to many clients, unfiltered per
     user, so a plant table needs an unrestricted grant (all columns, all rows);
     a user limited to some columns or rows queries ``/v1/sql`` instead, or the
-    hub filters that user's batches with ``restrict_table``.
+    hub filters that user's batches with ``restrict_table``. Any other source is
+    a real-time engine's output, computed from every row of the plant tables
+    ``derived_from`` (a vwap over exchanges a user may not see tells of them):
+    it needs an unrestricted grant on each of those.
     """
-    if source not in tables:
+    if source in tables:
+        _check_whole(user, source, f"a live subscription to {source!r}")
         return
-    grant = user.grant_for(source)
+    for table in derived_from:
+        _check_whole(user, table, f"{source!r}, computed from every row of {table!r},")
+
+
+def _check_whole(user: User, table: str, what: str) -> None:
+    grant = user.grant_for(table)
     if grant is None:
-        raise Forbidden(f"user {user.name!r} has no grant on table {source!r}")
-    limits = [what for what, on in (("columns", grant.columns is not None),
+        raise Forbidden(f"user {user.name!r} has no grant on table {table!r}"
+                        + ("" if what.startswith("a live") else f" ({what[:-1]} needs one)"))
+    limits = [kind for kind, on in (("columns", grant.columns is not None),
                                     ("rows", grant.row_filter is not None)) if on]
     if limits:
         raise Forbidden(
-            f"a live subscription to {source!r} needs an unrestricted grant; user "
-            f"{user.name!r} is limited to some {' and '.join(limits)} of it"
+            f"{what} needs an unrestricted grant; user "
+            f"{user.name!r} is limited to some {' and '.join(limits)} of {table!r}"
         )
 
 

@@ -813,12 +813,20 @@ def test_subscriptions_need_an_unrestricted_grant(users, columns):
 
     check_subscription(users.authenticate(BOB_KEY), "trade", columns)
     check_subscription(users.authenticate(ROOT_KEY), "quote", columns)
-    check_subscription(users.authenticate(BOB_KEY), "rte.vwap", columns)  # not a plant table
     alice = users.authenticate(ALICE_KEY)
-    with pytest.raises(Forbidden, match="limited to some columns and rows of it"):
+    with pytest.raises(Forbidden, match="limited to some columns and rows of 'trade'"):
         check_subscription(alice, "trade", columns)
-    with pytest.raises(Forbidden, match="'alice' is limited to some rows of it"):
+    with pytest.raises(Forbidden, match="'alice' is limited to some rows of 'quote'"):
         check_subscription(alice, "quote", columns)
+    # an engine's output is computed from every row of the tables it reads: it needs their
+    # whole grants (alice's vwap would tell her of the exchanges she may not see)
+    plant = ["trade", "quote"]
+    check_subscription(users.authenticate(ROOT_KEY), "analytics", columns, derived_from=plant)
+    check_subscription(users.authenticate(BOB_KEY), "bars", columns, derived_from=["trade"])
+    with pytest.raises(Forbidden, match="'analytics', computed from every row of 'trade', needs an unrestricted"):
+        check_subscription(alice, "analytics", columns, derived_from=plant)
+    with pytest.raises(Forbidden, match="user 'bob' has no grant on table 'quote'"):
+        check_subscription(users.authenticate(BOB_KEY), "analytics", columns, derived_from=plant)
     with pytest.raises(Forbidden, match="user 'bob' has no grant on table 'quote'"):
         check_subscription(users.authenticate(BOB_KEY), "quote", columns)
 
