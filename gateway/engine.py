@@ -73,6 +73,7 @@ from tickplant.config import Settings
 log = logging.getLogger(__name__)
 
 HDB_LIST_SECONDS = 5.0
+MISDIRECTED = 421  # an RDB node's answer when it no longer holds a partition routed to it
 SLOW_NODE_S = 2.0  # a node that does not answer in this long is benched; a shorter wait is the query's
 _ROW_TABLES = itertools.count()  # names of the RDB rows' in-memory tables (unique per process)
 
@@ -311,7 +312,8 @@ class Engine:
                 continue
             asked = time.monotonic()
             calls = {url: (self._fetch_node, url, need.table, view, day, columns,
-                           [s for s in syms if partition_for(s, count) in parts] if syms else None, deadline)
+                           [s for s in syms if partition_for(s, count) in parts] if syms else None,
+                           sorted(parts), deadline)
                      for url, parts in route.nodes.items()}
             # one node (a small plant, or syms all in one shard): no hop through the pool
             futures = {url: self.pool.submit(*call) for url, call in list(calls.items())[1:]}
@@ -320,6 +322,10 @@ class Engine:
                 try:
                     tables.append(futures[url].result() if url in futures else call[0](*call[1:]))
                 except RdbClientError as exc:
+                    if exc.status == MISDIRECTED:  # alive, but its partitions moved: route again
+                        failed.append(url)
+                        bad = exc
+                        continue
                     if exc.status is not None and exc.status < 500:
                         raise QueryFailed(400, str(exc)) from None
                     if exc.status is None and time.monotonic() >= deadline - 0.05 and deadline - asked < SLOW_NODE_S:
@@ -335,13 +341,15 @@ class Engine:
                 raise QueryFailed(503, f"real-time rows unavailable: {bad}; retry shortly")
 
     def _fetch_node(self, url: str, table: str, view: str, day: dt.date, columns: list[str] | None,
-                    syms: list[str] | None, deadline: float) -> pa.Table:
+                    syms: list[str] | None, partitions: list[int], deadline: float) -> pa.Table:
+        """The rows of exactly the partitions routed to ``url`` (it refuses if it no longer
+        holds one: its answer would otherwise miss or double rows during a rebalance)."""
         self.routing.begin(url)
         try:
             client = RdbClient(url, timeout=max(0.5, deadline - time.monotonic()))
             reader = client.rows if view == "rows" else client.last
             cols = list(columns) if columns else None
-            return reader(table, syms=syms, columns=cols, date=day.isoformat(), local=True)
+            return reader(table, syms=syms, columns=cols, date=day.isoformat(), local=True, partitions=partitions)
         finally:
             self.routing.end(url)
 

@@ -55,16 +55,17 @@ class RdbClient:
 
     def rows(self, table: str, syms: list[str] | None = None, start: int | None = None,
              end: int | None = None, columns: list[str] | None = None, date: str | None = None,
-             local: bool = False) -> pa.Table:
-        """``local``: only this worker's own partitions, never forwarded (the gateway routes)."""
+             local: bool = False, partitions: list[int] | None = None) -> pa.Table:
+        """``local``: only this worker's own partitions, never forwarded (the gateway routes);
+        with ``partitions``, exactly those, refused (421) if it does not hold one of them."""
         params = self._params(syms, date, start=start, end=end,
-                              columns=",".join(columns) if columns else None, local="1" if local else None)
+                              columns=",".join(columns) if columns else None, **_local(local, partitions))
         return pa.ipc.open_stream(self._get(f"/rdb/v1/{table}/rows", params)).read_all()
 
     def last(self, table: str, syms: list[str] | None = None, columns: list[str] | None = None,
-             date: str | None = None, local: bool = False) -> pa.Table:
+             date: str | None = None, local: bool = False, partitions: list[int] | None = None) -> pa.Table:
         params = self._params(syms, date, columns=",".join(columns) if columns else None,
-                              local="1" if local else None)
+                              **_local(local, partitions))
         return pa.ipc.open_stream(self._get(f"/rdb/v1/{table}/last", params)).read_all()
 
     def count(self, table: str, syms: list[str] | None = None, date: str | None = None) -> dict[str, int]:
@@ -72,3 +73,10 @@ class RdbClient:
 
     def status(self) -> dict[str, Any]:
         return json.loads(self._get("/rdb/v1/status", {}))
+
+
+def _local(local: bool, partitions: list[int] | None) -> dict[str, str | None]:
+    if partitions is not None and not local:
+        raise ValueError("partitions are asked of one worker: pass local=True")
+    return {"local": "1" if local else None,
+            "partitions": ",".join(map(str, sorted(partitions))) if partitions is not None else None}

@@ -98,6 +98,11 @@ DEFAULT_REPLICA = "a"
 _REPLICA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
+class NotHeld(RuntimeError):
+    """Asked for partitions this worker does not hold (any more): 421 Misdirected Request;
+    the gateway routes again once the metadata says who holds them."""
+
+
 def check_replica(name: str, tables: Iterable[str] = ()) -> str:
     """A replica name: lowercase letters, digits, ``-``/``_``; not a table's name nor
     ``workers`` (both are directories beside the replicas' under ``<data_dir>/rdb``)."""
@@ -630,7 +635,21 @@ class RdbWorker:
         and serialised in one executor call: a thread hand-off each cost ~0.5 ms under load."""
         query = self._parse(table, request)
         schema = self.catalog[table].arrow_schema
-        shards = [s for (t, _), s in self.shards.items() if t == table]
+        held = {p: s for (t, p), s in self.shards.items() if t == table}
+        asked = request.query.get("partitions")
+        if asked:
+            # the gateway names the partitions it routed here: answering for more (a partition
+            # moving in) would double rows, for fewer (one moved out) lose them, silently
+            try:
+                wanted = {int(p) for p in asked.split(",")}
+            except ValueError:
+                raise QueryError(f"bad parameter: partitions={asked!r} is not a list of numbers") from None
+            missing = sorted(wanted - held.keys())
+            if missing:
+                raise NotHeld(f"{self.node_id} does not hold {table} partition(s) "
+                              f"{', '.join(map(str, missing))} now (a rebalance moved them); ask its new owner")
+            held = {p: s for p, s in held.items() if p in wanted}
+        shards = list(held.values())
         reader = read_rows if kind == "rows" else read_last
         return await asyncio.get_running_loop().run_in_executor(
             None, lambda: to_ipc(reader(shards, query, schema)))
@@ -675,6 +694,8 @@ class RdbWorker:
                             body = await worker._local_ipc(kind, table, request)
                             return self.bytes(body, content_type="application/vnd.apache.arrow.stream")
                         return await worker._respond(self, request, await worker._gather(kind, table, request))
+                    except NotHeld as exc:
+                        return self.error(421, str(exc))  # Misdirected Request: not here (any more)
                     except QueryError as exc:
                         return self.error(400, str(exc))
                     finally:

@@ -267,6 +267,26 @@ def test_entitlements_end_to_end(world):
     assert malformed.status_code == 400 and "malformed" in malformed.json()["error"]
 
 
+def test_an_rdb_node_answers_for_exactly_the_partitions_routed_to_it(world):
+    """The gateway names the partitions it routed to a node: the node answers for those
+    only, and refuses (421) ones it does not hold, rather than missing or doubling rows
+    while a rebalance moves them."""
+    from ingest.topics import partition_for
+    from streams.client import RdbClientError
+
+    _, _, published, worker = world
+    today = frame(published[D2]["trade"])
+    for parts in ([0], [1, 3]):
+        rows = worker.client.rows("trade", date=D2.isoformat(), columns=["sym"], local=True, partitions=parts)
+        expected = today[[partition_for(s, 4) in parts for s in today.sym]]
+        assert sorted(rows.column("sym").to_pylist()) == sorted(expected.sym) and len(expected)
+    with pytest.raises(RdbClientError, match="does not hold trade partition.s. 9") as refused:
+        worker.client.last("trade", date=D2.isoformat(), local=True, partitions=[0, 9])
+    assert refused.value.status == 421
+    with pytest.raises(ValueError, match="local=True"):
+        worker.client.rows("trade", partitions=[0])
+
+
 def test_a_short_timeout_on_a_stalled_node_is_the_querys_408_and_does_not_bench_the_node(world):
     """A node that cannot answer within a query's own short timeout is slow for that
     query, not dead: 408, and the next query is routed to it at once (benching it would
