@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -127,6 +127,21 @@ class Gateway:
         return StreamingResponse(body, media_type=kind, headers=headers)
 
 
+    def run_named(self, user: User, endpoint: str, request: Request, build: Callable[[], named.NamedQuery], *,
+                  limit: int | None = None, timeout: float | None = None, fmt: str | None = None,
+                  rdb_view: str | None = None) -> Response:
+        """A named query: its SQL written from the parameters by ``build`` (a bad parameter is
+        refused and logged like any other refusal), then ``answer`` as for ``/v1/sql``."""
+        try:
+            q = build()
+        except named.BadParameter as exc:
+            self.query_log.record(user.name, endpoint, f"{request.url.path}?{request.url.query}", 0.0, 0,
+                                  _outcome(400), 400, str(exc))
+            raise
+        return self.answer(user, endpoint, q.sql, request, limit=limit, timeout=timeout, settings=q.settings or None,
+                           rdb_view=rdb_view or q.rdb_view, fmt=fmt)
+
+
 def user_of(request: Any) -> User:
     """The caller, from ``Authorization: Bearer <token>`` or ``X-API-Key``."""
     header = request.headers.get("authorization") or request.headers.get("x-api-key")
@@ -136,7 +151,11 @@ def user_of(request: Any) -> User:
 async def current_user(request: Request) -> User:
     """``user_of`` as a dependency: async, so FastAPI calls it on the event loop (a key
     lookup) instead of a hop to the thread pool and back for every request."""
-    return user_of(request)
+    try:
+        return user_of(request)
+    except Unauthorized as exc:  # logged as every refusal is (who tried, what, why)
+        request.app.state.gateway.query_log.record("-", request.url.path, "", 0.0, 0, _outcome(401), 401, str(exc))
+        raise
 
 
 UserDep = Annotated[User, Depends(current_user)]
@@ -227,6 +246,10 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
                 "rdb_dates": sorted(d.isoformat() for d in gw.routing.realtime_dates(schema.name)),
                 "hdb_dates": [d.isoformat() for d in gw.engine.hdb.dates(schema.name)],
             })
+        log_grant = user.grant_for(querylog.TABLE)
+        if log_grant is not None:  # the gateway's own query log, for those who may read it
+            out.append({"table": querylog.TABLE, "columns": [
+                {"name": c, "type": t} for c, t in querylog.ARROW_TYPES.items() if log_grant.column_allowed(c)]})
         return {"tables": out}
 
     @app.post("/v1/sql")
@@ -244,53 +267,62 @@ def _named_routes(app: FastAPI, gw: Gateway) -> None:
     start_q = Query(None, description="first day, YYYY-MM-DD or 'today' (default: the open day)")
     end_q = Query(None, description="last day (default: start)")
     fmt_q = Query(None, description="json, csv or arrow (else the Accept header)")
+    limit_q = Query(None, gt=0, description="row limit (at most the gateway's gateway_row_limit)")
+    timeout_q = Query(None, gt=0, description="seconds (at most the gateway's gateway_timeout_s)")
 
     def columns(table: str) -> list[str]:
         return gw.catalog[table].columns
 
     @app.get("/v1/trades", summary="Trades of some syms over some days, by date, sym, time")
-    def trades(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
-               columns_: str | None = Query(None, alias="columns"), limit: int | None = None,
-               format: str | None = fmt_q) -> Response:
-        q = named.rows_query("trade", columns("trade"), syms, start, end, columns_, today())
-        return gw.answer(user, "trades", q.sql, request, limit=limit, fmt=format)
+    def trades(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
+               end: str | None = end_q, columns_: str | None = Query(None, alias="columns"),
+               limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
+        return gw.run_named(user, "trades", request, lambda: named.rows_query(
+            "trade", columns("trade"), syms, start, end, columns_, today()), limit=limit, timeout=timeout, fmt=format)
 
     @app.get("/v1/quotes", summary="Quotes of some syms over some days, by date, sym, time")
-    def quotes(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
-               columns_: str | None = Query(None, alias="columns"), limit: int | None = None,
-               format: str | None = fmt_q) -> Response:
-        q = named.rows_query("quote", columns("quote"), syms, start, end, columns_, today())
-        return gw.answer(user, "quotes", q.sql, request, limit=limit, fmt=format)
+    def quotes(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
+               end: str | None = end_q, columns_: str | None = Query(None, alias="columns"),
+               limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
+        return gw.run_named(user, "quotes", request, lambda: named.rows_query(
+            "quote", columns("quote"), syms, start, end, columns_, today()), limit=limit, timeout=timeout, fmt=format)
 
     @app.get("/v1/last", summary="The latest row of each sym today")
-    def last(request: Request, user: UserDep, table: str = "trade", syms: str | None = syms_q, format: str | None = fmt_q) -> Response:
-        if table not in gw.catalog.tables:
-            raise named.BadParameter(f"table={table!r}: tables are {', '.join(gw.catalog.names)}")
-        q = named.last_query(table, syms, today())
+    def last(request: Request, user: UserDep, table: str = "trade", syms: str | None = syms_q,
+             limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
+        def build() -> named.NamedQuery:
+            if table not in gw.catalog.tables:
+                raise named.BadParameter(f"table={table!r}: tables are {', '.join(gw.catalog.names)}")
+            return named.last_query(table, syms, today())
+
         grant = user.grant_for(table)
         # A row filter may hide a sym's latest row but not an earlier one: then every row is needed.
-        view = "rows" if grant is not None and grant.rows else q.rdb_view
-        return gw.answer(user, "last", q.sql, request, rdb_view=view, fmt=format)
+        view = "rows" if grant is not None and grant.rows else None
+        return gw.run_named(user, "last", request, build, limit=limit, timeout=timeout, fmt=format, rdb_view=view)
 
     @app.get("/v1/bars", summary="OHLC, volume, VWAP bars per sym (minutes wide)")
-    def bars(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
-             minutes: int = 1, format: str | None = fmt_q) -> Response:
-        q = named.bars_query(syms, start, end, minutes, today())
-        return gw.answer(user, "bars", q.sql, request, fmt=format)
+    def bars(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
+             end: str | None = end_q, minutes: int = 1, limit: int | None = limit_q,
+             timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
+        return gw.run_named(user, "bars", request, lambda: named.bars_query(syms, start, end, minutes, today()),
+                            limit=limit, timeout=timeout, fmt=format)
 
     @app.get("/v1/vwap", summary="VWAP, volume and trade count per sym per day")
-    def vwap(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
+    def vwap(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
+             end: str | None = end_q, limit: int | None = limit_q, timeout: float | None = timeout_q,
              format: str | None = fmt_q) -> Response:
-        q = named.vwap_query(syms, start, end, today())
-        return gw.answer(user, "vwap", q.sql, request, fmt=format)
+        return gw.run_named(user, "vwap", request, lambda: named.vwap_query(syms, start, end, today()),
+                            limit=limit, timeout=timeout, fmt=format)
 
     @app.get("/v1/aj", summary="Each trade with its sym's prevailing quote (kdb+'s aj)")
-    def aj(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q, end: str | None = end_q,
+    def aj(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
+           end: str | None = end_q,
            columns_: str | None = Query(None, alias="columns", description="trade columns"),
            quote_columns: str | None = Query(None, description="quote columns (default bid,ask)"),
-           limit: int | None = None, format: str | None = fmt_q) -> Response:
-        q = named.aj_query(syms, start, end, columns("trade"), columns("quote"), columns_, quote_columns, today())
-        return gw.answer(user, "aj", q.sql, request, limit=limit, settings=q.settings, fmt=format)
+           limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
+        return gw.run_named(user, "aj", request, lambda: named.aj_query(
+            syms, start, end, columns("trade"), columns("quote"), columns_, quote_columns, today()),
+            limit=limit, timeout=timeout, fmt=format)
 
 
 def _streaming_routes(app: FastAPI, gw: Gateway) -> None:

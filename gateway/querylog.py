@@ -23,6 +23,10 @@ STRUCTURE = (
 )
 TABLE = "query_log"
 COLUMNS = ["ts", "user", "endpoint", "statement", "duration_ms", "rows", "outcome", "status", "error"]
+# as /v1/tables lists the plant's tables' columns (Arrow type names), ``date`` included
+ARROW_TYPES = {"ts": "timestamp[ms, tz=UTC]", "user": "string", "endpoint": "string", "statement": "string",
+               "duration_ms": "double", "rows": "int64", "outcome": "string", "status": "int32", "error": "string",
+               "date": "date32[day]"}
 
 
 class QueryLog:

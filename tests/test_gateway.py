@@ -313,11 +313,23 @@ def test_row_limit_timeout_and_the_query_log(world):
                timeout=1)
     assert slow.status_code == 408 and "timeout" in slow.json()["error"]
     assert time.monotonic() - started < 15
+    # the named queries take the same limit and timeout; their bad parameters are refused and logged
+    bob = {**ARROW, "X-API-Key": "bob-key"}
+    named_over = client.get("/v1/trades", params={"start": D1.isoformat(), "end": D2.isoformat(), "limit": 5},
+                            headers=bob)
+    assert named_over.status_code == 413 and "row limit" in named_over.json()["error"]
+    assert arrow(client.get("/v1/vwap", params={"limit": 1000, "timeout": 5}, headers=bob)).num_rows > 1
+    assert client.get("/v1/vwap", params={"timeout": 0}, headers=bob).status_code == 400
+    bad_bars = client.get("/v1/bars", params={"minutes": 0}, headers=bob)
+    assert bad_bars.status_code == 400 and "minutes=0" in bad_bars.json()["error"]
+    assert client.get("/v1/last", headers={"X-API-Key": "nobody"}).status_code == 401
     log = arrow(sql(client, "SELECT user, endpoint, outcome, status, rows FROM query_log",
                     key="ops-key")).to_pylist()
     outcomes = {(r["user"], r["outcome"]) for r in log}
     assert ("bob", "too many rows") in outcomes and ("bob", "timeout") in outcomes
     assert ("alice", "denied") in outcomes and ("bob", "ok") in outcomes
+    assert {(r["user"], r["endpoint"], r["status"]) for r in log} >= {
+        ("bob", "trades", 413), ("bob", "bars", 400), ("-", "/v1/last", 401)}
     # only admins (or users granted it) read the log
     assert sql(client, "SELECT * FROM query_log", key="bob-key").status_code == 403
 
@@ -326,6 +338,9 @@ def test_tables_health_and_openapi(world):
     _, client, _, _ = world
     tables = {t["table"]: t for t in client.get("/v1/tables", headers={"X-API-Key": "alice-key"}).json()["tables"]}
     assert set(tables) == {"trade"}
+    admin = {t["table"]: t for t in client.get("/v1/tables", headers={"X-API-Key": "ops-key"}).json()["tables"]}
+    assert set(admin) == {"trade", "quote", "query_log"}
+    assert [c["name"] for c in admin["query_log"]["columns"]][:2] == ["ts", "user"]
     assert [c["name"] for c in tables["trade"]["columns"]] == ["time", "sym", "price", "size", "date"]
     assert tables["trade"]["hdb_dates"] == [D1.isoformat()] and D2.isoformat() in tables["trade"]["rdb_dates"]
     health = client.get("/v1/health").json()
