@@ -57,11 +57,11 @@ def print_answer(table: pa.Table, fmt: str, max_rows: int = 50) -> None:
     if fmt == "json":
         import json
 
-        from gateway.output import plain
+        from gateway.output import json_default, plain
 
         for batch in table.to_batches():
             for row in plain(batch).to_pylist():
-                print(json.dumps(row))
+                print(json.dumps(row, default=json_default))
         return
     shown = table.slice(0, max_rows).to_pylist()
     rows = [[_cell(row[c]) for c in table.column_names] for row in shown]
@@ -77,9 +77,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, need_kafka=False)
     url = args.url or f"http://{settings.gateway_host}:{settings.gateway_port}"
     key = args.key or os.environ.get("TICKPLANT_API_KEY")
-    with Client(url, api_key=key) as client:
+    wait = (args.timeout or settings.gateway_timeout_s) + 5.0  # the gateway's 408 comes first
+    with Client(url, api_key=key, timeout=wait) as client:
         try:
-            table = client.sql(args.sql, limit=args.limit or None)
+            table = client.sql(args.sql, limit=args.limit or None, timeout=args.timeout or None)
         except GatewayError as exc:
             hint = " (is the plant up? `tickplant up --detach`)" if exc.status == 503 and "unreachable" in exc.reason else ""
             print(f"tickplant query: {exc.status} {exc.reason}{hint}", file=sys.stderr)
@@ -105,4 +106,5 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.add_argument("--rows", type=int, default=50, help="rows to print in table format")
     q.add_argument("--limit", type=int, default=0, help="row limit for the query (0: the gateway's)")
+    q.add_argument("--timeout", type=float, default=0, help="seconds for the query (0: the gateway's)")
     q.set_defaults(func=cmd_query)

@@ -92,28 +92,37 @@ class Client:
 
         return polars.from_arrow(self.sql(query, **kwargs))
 
+    def _named(self, path: str, limit: int | None, timeout: float | None, **params: Any) -> pa.Table:
+        """A named query: its parameters, plus the row limit and timeout every one takes."""
+        return self._arrow("GET", path, params=self._params(limit=limit, timeout=timeout, **params))
+
     def trades(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
-               columns: Sequence[str] | None = None) -> pa.Table:
-        return self._arrow("GET", "/v1/trades", params=self._params(syms=syms, start=start, end=end, columns=columns))
+               columns: Sequence[str] | None = None, *, limit: int | None = None,
+               timeout: float | None = None) -> pa.Table:
+        return self._named("/v1/trades", limit, timeout, syms=syms, start=start, end=end, columns=columns)
 
     def quotes(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
-               columns: Sequence[str] | None = None) -> pa.Table:
-        return self._arrow("GET", "/v1/quotes", params=self._params(syms=syms, start=start, end=end, columns=columns))
+               columns: Sequence[str] | None = None, *, limit: int | None = None,
+               timeout: float | None = None) -> pa.Table:
+        return self._named("/v1/quotes", limit, timeout, syms=syms, start=start, end=end, columns=columns)
 
-    def last(self, syms: Sequence[str] | None = None, table: str = "trade") -> pa.Table:
-        return self._arrow("GET", "/v1/last", params=self._params(table=table, syms=syms))
+    def last(self, syms: Sequence[str] | None = None, table: str = "trade", *, limit: int | None = None,
+             timeout: float | None = None) -> pa.Table:
+        return self._named("/v1/last", limit, timeout, table=table, syms=syms)
 
     def bars(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
-             minutes: int = 1) -> pa.Table:
-        return self._arrow("GET", "/v1/bars", params=self._params(syms=syms, start=start, end=end, minutes=minutes))
+             minutes: int = 1, *, limit: int | None = None, timeout: float | None = None) -> pa.Table:
+        return self._named("/v1/bars", limit, timeout, syms=syms, start=start, end=end, minutes=minutes)
 
-    def vwap(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None) -> pa.Table:
-        return self._arrow("GET", "/v1/vwap", params=self._params(syms=syms, start=start, end=end))
+    def vwap(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None, *,
+             limit: int | None = None, timeout: float | None = None) -> pa.Table:
+        return self._named("/v1/vwap", limit, timeout, syms=syms, start=start, end=end)
 
     def aj(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
-           quote_columns: Sequence[str] | None = None) -> pa.Table:
-        return self._arrow("GET", "/v1/aj", params=self._params(syms=syms, start=start, end=end,
-                                                               quote_columns=quote_columns))
+           quote_columns: Sequence[str] | None = None, columns: Sequence[str] | None = None, *,
+           limit: int | None = None, timeout: float | None = None) -> pa.Table:
+        return self._named("/v1/aj", limit, timeout, syms=syms, start=start, end=end, columns=columns,
+                           quote_columns=quote_columns)
 
     def tables(self) -> list[dict[str, Any]]:
         return self._send("GET", "/v1/tables").json()["tables"]

@@ -70,7 +70,7 @@ def _iso_times(col: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(text, pa.scalar("Z"), "") if tz else text
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     """What orjson does not write itself (ClickHouse decimals, bytes, times of day)."""
     if isinstance(value, decimal.Decimal):
         return float(value)
@@ -94,7 +94,7 @@ def json_chunks(table: pa.Table, extra: dict[str, Any]) -> Iterator[bytes]:
         rows = plain(batch).to_pylist()
         if not rows:
             continue
-        yield (b"" if first else b", ") + orjson.dumps(rows, default=_json_default)[1:-1]
+        yield (b"" if first else b", ") + orjson.dumps(rows, default=json_default)[1:-1]
         first = False
     tail = {"count": table.num_rows, **extra}
     yield b"], " + json.dumps(tail).encode()[1:]
