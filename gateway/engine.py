@@ -62,7 +62,7 @@ from gateway.plan import (
 from gateway.querylog import TABLE as QUERY_LOG_TABLE
 from gateway.querylog import QueryLog
 from gateway.routing import NoReplica, Routing
-from gateway.sql import render
+from gateway.sql import cte_names, render
 from ingest.schemas import SchemaCatalog
 from ingest.topics import partition_for
 from sinks.hdb import HdbQuery, clickhouse_structure, quote
@@ -437,6 +437,6 @@ def _swap(ref: exp.Table, index: int) -> str:
 
 
 def _query_log_refs(ast: exp.Expression) -> list[exp.Table]:
-    ctes = {c.alias_or_name for c in ast.find_all(exp.CTE)}
+    ctes = cte_names(ast)
     return [t for t in ast.find_all(exp.Table)
             if not t.args.get("db") and t.name == QUERY_LOG_TABLE and t.name not in ctes]

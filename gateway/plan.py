@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
+from gateway.sql import cte_names
+
 
 @dataclass
 class DateFilter:
@@ -79,8 +81,9 @@ def replace_today(ast: exp.Expression, open_date: dt.date) -> exp.Expression:
 
 
 def plant_tables(ast: exp.Expression, tables: set[str]) -> list[exp.Table]:
-    """References to plant tables: undotted names that are tables, not CTE names."""
-    ctes = {c.alias_or_name for c in ast.find_all(exp.CTE)}
+    """References to plant tables: undotted names that are tables, not table CTEs' names
+    (a scalar CTE, ``WITH 1 AS trade``, names a value: ``FROM trade`` is still the table)."""
+    ctes = cte_names(ast)
     return [t for t in ast.find_all(exp.Table)
             if not t.args.get("db") and t.name in tables and t.name not in ctes
             and isinstance(t.this, exp.Identifier)]

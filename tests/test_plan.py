@@ -120,3 +120,11 @@ DAY = DateFilter(days={D("2026-01-01")})
 ])
 def test_predicates_that_do_not_hold_one_tables_rows_prune_nothing(sql, expected):
     assert needs(sql) == expected
+
+
+def test_a_scalar_cte_named_like_a_table_leaves_the_table_a_plant_table():
+    """``WITH 1 AS trade`` names a value: ``FROM trade`` still reads the plant's table (the
+    entitlement check rewrites it as one; the engine must replace it as one too, or the raw
+    name would reach ClickHouse)."""
+    assert needs("WITH 1 AS trade SELECT * FROM trade WHERE date = '2026-01-01'") == {"trade": (DAY, None)}
+    assert needs("WITH trade AS (SELECT 1 AS x) SELECT * FROM trade") == {}
