@@ -95,7 +95,7 @@ class Answer:
     sql: str = ""  # what ClickHouse ran
     timing: dict[str, float] = field(default_factory=dict)  # seconds per stage (Server-Timing)
     tables: dict[str, pa.Table] = field(default_factory=dict)  # the RDB rows ``sql`` reads as Python(name), when kept
-    external: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # ... or as a server's external data
+    external: dict[str, tuple[bytes, str, str]] = field(default_factory=dict)  # ... or as a server's external data
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ class Engine:
         timeout = min(timeout or self.settings.gateway_timeout_s, self.settings.gateway_timeout_s)
         deadline = started - planned + timeout
         tables: dict[str, pa.Table] = {}  # RDB rows read in place by embedded chDB
-        external: dict[str, tuple[bytes, str]] = {}  # ... or sent to a server as external data
+        external: dict[str, tuple[bytes, str, str]] = {}  # ... or sent to a server as external data
         touched: dict[str, Any] = {}
         timing = {"rdb": 0.0, "sources": 0.0}
         sources: dict[str, str] = {}
@@ -216,7 +216,7 @@ class Engine:
         for placeholder in plan.query_log:
             if self.query_log is None:
                 raise QueryFailed(400, "this gateway keeps no query log")
-            sources[placeholder] = self.query_log.source()
+            sources[placeholder] = self.query_log.source(None if self.in_memory else external)
         sql = plan.sql
         for placeholder, source in sources.items():
             sql = sql.replace(placeholder, source)
@@ -233,7 +233,7 @@ class Engine:
 
     def _execute(self, sql: str, limit: int, remaining: float, timeout: float,
                  settings: dict[str, Any] | None, tables: dict[str, pa.Table],
-                 external: dict[str, tuple[bytes, str]]) -> pa.Table:
+                 external: dict[str, tuple[bytes, str, str]]) -> pa.Table:
         run_settings = {
             "max_execution_time": max(1, int(remaining + 0.999)),
             "max_result_rows": limit + 1,
@@ -355,7 +355,7 @@ class Engine:
 
     def _source(self, table: str, columns: Sequence[str] | None, hdb_days: list[dt.date],
                 parts: list[tuple[dt.date, pa.Table]], tables: dict[str, pa.Table],
-                external: dict[str, tuple[bytes, str]]) -> str:
+                external: dict[str, tuple[bytes, str, str]]) -> str:
         """The FROM-able union of the HDB days and the RDB rows: read in place by embedded
         chDB (added to ``tables``), else sent to the server as external data (``external``)."""
         schema = self.catalog[table].arrow_schema
@@ -372,7 +372,7 @@ class Engine:
                                      for d, r in parts])
             name = f"__tickplant_rows_{next(_ROW_TABLES)}"
             structure = clickhouse_structure(pa.schema([schema.field(c) for c in cols])) + ", `date` Date"
-            external[name] = (bytes(to_ipc(rows)), structure)
+            external[name] = (bytes(to_ipc(rows)), "ArrowStream", structure)
             rdb = f"SELECT {select}, date FROM {name}"
         if not hdb_days:
             return f"({rdb})"

@@ -48,10 +48,16 @@ class QueryLog:
             f.write(line)
         return entry
 
-    def source(self) -> str:
+    def source(self, external: dict[str, tuple[bytes, str, str]] | None = None) -> str:
         """A FROM-able subquery over the log (empty before the first query), with a
-        ``date`` column like every table."""
+        ``date`` column like every table. ``external``: the log goes to a ClickHouse server
+        as external data (added there), since it cannot read this host's file."""
         cols = ", ".join(f"`{c}`" for c in COLUMNS) + ", toDate(ts) AS date"
         if not self.path.exists() or self.path.stat().st_size == 0:
             return f"(SELECT {cols} FROM null({quote(STRUCTURE)}))"
+        if external is not None:
+            name = f"__tickplant_query_log_{len(external)}"
+            with self._lock:
+                external[name] = (self.path.read_bytes(), "JSONEachRow", STRUCTURE)
+            return f"(SELECT {cols} FROM {name})"
         return f"(SELECT {cols} FROM file({quote(str(self.path.resolve()))}, 'JSONEachRow', {quote(STRUCTURE)}))"

@@ -143,12 +143,12 @@ class ClientPool:
 
     def run(self, sql: str, settings: dict[str, Any] | None = None, parameters: dict[str, Any] | None = None,
             tables: Mapping[str, pa.Table] | None = None,
-            external: Mapping[str, tuple[bytes, str]] | None = None) -> pa.Table:
+            external: Mapping[str, tuple[bytes, str, str]] | None = None) -> pa.Table:
         """``sql`` with ``CLIENT_SETTINGS`` and ``settings`` as Arrow (inline unless the
         statement has a SETTINGS clause of its own). ``tables``: Arrow tables the statement
         reads as ``Python(<name>)`` (embedded chDB only), see ``_query``. ``external``: tables
         the statement reads by name, sent with it as ClickHouse external data (name ->
-        (Arrow IPC stream, structure)), how a server gets rows it cannot read itself;
+        (data, its ClickHouse format, structure)), how a server gets rows it cannot read itself;
         embedded chDB, which takes no external data, reads the same bytes from a file."""
         if tables and not self.in_process:
             raise HdbQueryError(f"in-memory tables need the embedded chDB, not {self.url}")
@@ -164,22 +164,22 @@ class ClientPool:
                 from clickhouse_connect.driver.external import ExternalData
 
                 data = ExternalData()
-                for name, (body, structure) in external.items():
-                    data.add_file(file_name=f"{name}.arrows", data=body, fmt="ArrowStream", structure=structure)
+                for name, (body, fmt, structure) in external.items():
+                    data.add_file(file_name=f"{name}.data", data=body, fmt=fmt, structure=structure)
             with self.lease() as client:
                 return _query(client, text, parameters, None if inline else merged, tables or {}, data)
 
 
-def _external_as_files(sql: str, external: Mapping[str, tuple[bytes, str]], directory: str) -> str:
+def _external_as_files(sql: str, external: Mapping[str, tuple[bytes, str, str]], directory: str) -> str:
     """External data for chDB: each table's bytes in a file, its name in ``sql`` replaced by
     ``file()`` with the same format and structure a server would be told."""
-    for name, (body, structure) in external.items():
+    for name, (body, fmt, structure) in external.items():
         if not re.fullmatch(r"__tickplant_\w+", name):
             raise HdbQueryError(f"external table name {name!r} is not one of the gateway's")
-        path = os.path.join(directory, f"{name}.arrows")
+        path = os.path.join(directory, f"{name}.data")
         with open(path, "wb") as f:
             f.write(body)
-        sql = re.sub(rf"\b{name}\b", f"file({quote(path)}, 'ArrowStream', {quote(structure)})", sql)
+        sql = re.sub(rf"\b{name}\b", f"file({quote(path)}, {quote(fmt)}, {quote(structure)})", sql)
     return sql
 
 

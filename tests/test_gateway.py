@@ -195,14 +195,27 @@ def test_todays_rows_reach_clickhouse_as_one_batch_in_memory_or_as_a_servers_ext
         engine.in_memory = True
     assert served.table.to_pydict() == answer.table.to_pydict()
     assert served.tables == {} and "Python(" not in served.sql and "file(" not in served.sql
-    [(name, (body, structure))] = served.external.items()
+    [(name, (body, fmt, structure))] = served.external.items()
+    assert fmt == "ArrowStream"
     assert f"FROM {name}" in served.sql  # read by name: the server's temporary table
     sent = pa.ipc.open_stream(body).read_all()
     assert (len(sent.to_batches()), sent.num_rows) == (1, len(expected))
     assert set(sent.column_names) == {"time", "sym", "price", "date"} and sent.column_names[-1] == "date"
     assert structure.endswith("`date` Date") and "`sym` LowCardinality(String)" in structure
     with pytest.raises(HdbQueryError, match="not one of the gateway's"):
-        engine.hdb.pool.run("SELECT 1", external={"system.tables": (body, structure)})
+        engine.hdb.pool.run("SELECT 1", external={"system.tables": (body, fmt, structure)})
+    # the query log, a file on the gateway's host, goes to a server the same way
+    logged = "SELECT count() AS n, max(ts) AS last FROM query_log"
+    here = engine.run(parse_select(logged), keep_rows=True)
+    engine.in_memory = False
+    try:
+        there = engine.run(parse_select(logged), keep_rows=True)
+    finally:
+        engine.in_memory = True
+    assert there.table.to_pydict() == here.table.to_pydict() and here.table.column("n")[0].as_py() > 0
+    assert "file(" in here.sql and "file(" not in there.sql
+    [(log_name, (log_body, log_fmt, _))] = there.external.items()
+    assert log_fmt == "JSONEachRow" and f"FROM {log_name}" in there.sql and log_body.count(b"\n") >= 1
     # a one-batch answer is sent whole, with its length
     resp = client.get("/v1/last", headers={**ARROW, "X-API-Key": "bob-key"})
     assert int(resp.headers["content-length"]) == len(resp.content)
