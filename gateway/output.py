@@ -100,12 +100,27 @@ def json_chunks(table: pa.Table, extra: dict[str, Any]) -> Iterator[bytes]:
     yield b"], " + json.dumps(tail).encode()[1:]
 
 
+def _nested_as_json(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Arrays, maps and tuples (``groupArray``, ``topK``...) as JSON text: CSV has no nesting,
+    and Arrow's CSV writer refuses them (the answer would fail halfway through)."""
+    nested = [i for i, f in enumerate(batch.schema) if pa.types.is_nested(f.type)]
+    if not nested:
+        return batch
+    arrays, fields = list(batch.columns), list(batch.schema)
+    for i in nested:
+        text = [None if v is None else orjson.dumps(v, default=json_default).decode()
+                for v in arrays[i].to_pylist()]
+        arrays[i] = pa.array(text, pa.string())
+        fields[i] = pa.field(fields[i].name, pa.string())
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
 def csv_chunks(table: pa.Table) -> Iterator[bytes]:
     header = True
     batches = table.to_batches(BATCH_ROWS) or [pa.RecordBatch.from_pylist([], schema=table.schema)]
     for batch in batches:
         buf = io.BytesIO()
-        pacsv.write_csv(plain(batch), buf, pacsv.WriteOptions(include_header=header))
+        pacsv.write_csv(_nested_as_json(plain(batch)), buf, pacsv.WriteOptions(include_header=header))
         header = False
         yield buf.getvalue()
 

@@ -51,3 +51,12 @@ def test_json_and_csv_of_no_rows_and_of_many_batches() -> None:
     assert [r["x"] for r in answer(many)["rows"]] == list(range(200_000))
     text = b"".join(csv_chunks(pa.table({"time": pa.array([T], pa.timestamp("ns", "UTC")), "x": [1]}))).decode()
     assert text.splitlines() == ['"time","x"', '"2026-11-22T09:30:00.123456789Z",1']
+
+
+def test_csv_writes_arrays_and_tuples_as_json_text() -> None:
+    """ClickHouse answers groupArray/topK as lists: CSV has no nesting, so they go as JSON."""
+    table = pa.table({"sym": ["A", "B"], "prices": pa.array([[1.5, 2.0], None], pa.list_(pa.float64())),
+                      "pair": pa.array([{"n": 1, "s": "x"}, {"n": 2, "s": "y"}])})
+    text = b"".join(csv_chunks(table)).decode()
+    assert text.splitlines() == ['"sym","prices","pair"', '"A","[1.5,2.0]","{""n"":1,""s"":""x""}"',
+                                 '"B",,"{""n"":2,""s"":""y""}"']
