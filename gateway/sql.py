@@ -118,7 +118,7 @@ DENIED_FUNCTIONS = frozenset(
     inIgnoreSet notInIgnoreSet globalInIgnoreSet globalNotInIgnoreSet
     globalNullInIgnoreSet globalNotNullInIgnoreSet
     """.split()
-) | TABLE_FUNCTIONS
+) | (TABLE_FUNCTIONS - {"format"})  # format() the scalar only formats the values it is given
 
 # Families refused by prefix: dictGet*/dictHas/dictIsIn, joinGet*, addressToLine*/Symbol,
 # filesystemAvailable/Capacity/Unreserved, naiveBayesClassifier* (models from the server

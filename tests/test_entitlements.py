@@ -843,3 +843,13 @@ def test_restrict_table_applies_the_grant_to_a_live_batch(users, data):
     assert sorted(out.column("size").to_pylist()) == [10 + i for i in range(60) if i % 3 != 2]
     bob = users.authenticate(BOB_KEY)
     assert restrict_table(bob.grant_for("trade"), batch).equals(batch)
+
+
+def test_format_the_scalar_is_allowed_and_format_the_table_function_is_not():
+    """``format('{} {}', a, b)`` formats values the statement may read; ``format(CSV, '...')``
+    in FROM makes a table out of text, refused like every table function."""
+    assert "FORMAT('{} {}', sym" in render(parse_select("SELECT format('{} {}', sym, toString(price)) AS s FROM trade"))
+    for attack in ("SELECT * FROM format(JSONEachRow, '{\"a\":1}')",
+                   "SELECT (SELECT count() FROM format(CSV, '1')) AS n FROM trade"):
+        with pytest.raises(Forbidden, match="table function FORMAT"):
+            parse_select(attack)
