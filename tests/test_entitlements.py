@@ -848,7 +848,7 @@ def test_restrict_table_applies_the_grant_to_a_live_batch(users, data):
 def test_format_the_scalar_is_allowed_and_format_the_table_function_is_not():
     """``format('{} {}', a, b)`` formats values the statement may read; ``format(CSV, '...')``
     in FROM makes a table out of text, refused like every table function."""
-    assert "FORMAT('{} {}', sym" in render(parse_select("SELECT format('{} {}', sym, toString(price)) AS s FROM trade"))
+    assert "format('{} {}', sym" in render(parse_select("SELECT format('{} {}', sym, toString(price)) AS s FROM trade"))
     for attack in ("SELECT * FROM format(JSONEachRow, '{\"a\":1}')",
                    "SELECT (SELECT count() FROM format(CSV, '1')) AS n FROM trade"):
         with pytest.raises(Forbidden, match="table function FORMAT"):
