@@ -391,31 +391,24 @@ class Shard:
             tail = self._tail_chunks(date) if date in self._tail_syms else {}
             by_sym: dict[str, list[pa.Table]] = {}
             it = self.db.iter()
-            if syms is None:
-                day = b"R" + date.encode()
-                it.seek(day)
+            # all syms: one sweep of the day, each chunk's sym read off its key
+            prefixes = [(b"R" + date.encode(), None)] if syms is None else \
+                [(_chunk_prefix(date, sym), sym) for sym in syms]
+            for prefix, sym in prefixes:
+                it.seek(prefix)
                 while it.valid():
                     key = it.key()
-                    if not key.startswith(day):
+                    if not key.startswith(prefix):
                         break
                     value = it.value()
                     if value:
-                        by_sym.setdefault(key[len(day):-9].decode(), []).append(self._decode(value))
+                        owner = sym if sym is not None else key[len(prefix):-9].decode()
+                        by_sym.setdefault(owner, []).append(self._decode(value))
                     it.next()
-                wanted = sorted(by_sym.keys() | tail.keys()) if tail else list(by_sym)
-            else:
+            if syms is not None:
                 wanted = syms
-                for sym in syms:
-                    prefix = _chunk_prefix(date, sym)
-                    it.seek(prefix)
-                    while it.valid():
-                        key = it.key()
-                        if not key.startswith(prefix):
-                            break
-                        value = it.value()
-                        if value:
-                            by_sym.setdefault(sym, []).append(self._decode(value))
-                        it.next()
+            else:
+                wanted = sorted(by_sym.keys() | tail.keys()) if tail else list(by_sym)
             out: list[pa.Table] = []
             for sym in wanted:
                 out.extend(by_sym.get(sym, ()))
