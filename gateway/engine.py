@@ -26,7 +26,7 @@ the SQL, its strings cast to low-cardinality as the HDB's files are read, so
 the answer's types do not depend on where a day lives. A ClickHouse server
 cannot see this process's memory (nor, on another host, its files): it gets
 the rows with the statement as external data (``ClientPool.run(external=...)``,
-an Arrow stream per day, a temporary table on the server for that query).
+an Arrow stream per table read, a temporary table on the server for that query).
 Either way they go in as few batches as possible (a block each for ClickHouse).
 
 Fixed costs per query are kept off the path: a statement is planned once per
@@ -66,14 +66,13 @@ from gateway.sql import cte_names, render
 from ingest.schemas import SchemaCatalog
 from ingest.topics import partition_for
 from sinks.hdb import HdbQuery, clickhouse_structure, quote
-from streams.client import RdbClient, RdbClientError
+from streams.client import MISDIRECTED, RdbClient, RdbClientError
 from streams.query import batched, to_ipc
 from tickplant.config import Settings
 
 log = logging.getLogger(__name__)
 
 HDB_LIST_SECONDS = 5.0
-MISDIRECTED = 421  # an RDB node's answer when it no longer holds a partition routed to it
 SLOW_NODE_S = 2.0  # a node that does not answer in this long is benched; a shorter wait is the query's
 _ROW_TABLES = itertools.count()  # names of the RDB rows' in-memory tables (unique per process)
 

@@ -30,7 +30,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -155,19 +155,26 @@ class ClientPool:
         merged = {**CLIENT_SETTINGS, **(settings or {})}
         inline = "settings" not in sql.lower()
         text = f"{sql.rstrip().rstrip(';')}\nSETTINGS {settings_clause(merged)}" if inline else sql
-        data = None
-        with tempfile.TemporaryDirectory(prefix="tickplant-external-") if external and self.in_process \
-                else nullcontext() as spill:
-            if external and spill is not None:
+        settings_arg = None if inline else merged
+        if external and self.in_process:  # chDB takes no external data: the same bytes from files
+            with tempfile.TemporaryDirectory(prefix="tickplant-external-") as spill:
                 text = _external_as_files(text, external, spill)
-            elif external:
-                from clickhouse_connect.driver.external import ExternalData
+                with self.lease() as client:
+                    return _query(client, text, parameters, settings_arg, tables or {})
+        with self.lease() as client:
+            return _query(client, text, parameters, settings_arg, tables or {}, _external_data(external))
 
-                data = ExternalData()
-                for name, (body, fmt, structure) in external.items():
-                    data.add_file(file_name=f"{name}.data", data=body, fmt=fmt, structure=structure)
-            with self.lease() as client:
-                return _query(client, text, parameters, None if inline else merged, tables or {}, data)
+
+def _external_data(external: Mapping[str, tuple[bytes, str, str]] | None) -> Any:
+    """clickhouse-connect's ExternalData for a server, or None."""
+    if not external:
+        return None
+    from clickhouse_connect.driver.external import ExternalData
+
+    data = ExternalData()
+    for name, (body, fmt, structure) in external.items():
+        data.add_file(file_name=f"{name}.data", data=body, fmt=fmt, structure=structure)
+    return data
 
 
 def _external_as_files(sql: str, external: Mapping[str, tuple[bytes, str, str]], directory: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import urllib3
 
+MISDIRECTED = 421  # a worker's answer for partitions it does not hold (any more)
 _HTTP = urllib3.PoolManager(num_pools=64, maxsize=32, retries=False)
 
 

@@ -78,6 +78,7 @@ from ingest.logread import make_tail_consumer
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
+from streams.client import MISDIRECTED
 from streams.group import membership_app
 from streams.metadata import MetadataPublisher, read_metadata
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
@@ -695,7 +696,7 @@ class RdbWorker:
                             return self.bytes(body, content_type="application/vnd.apache.arrow.stream")
                         return await worker._respond(self, request, await worker._gather(kind, table, request))
                     except NotHeld as exc:
-                        return self.error(421, str(exc))  # Misdirected Request: not here (any more)
+                        return self.error(MISDIRECTED, str(exc))
                     except QueryError as exc:
                         return self.error(400, str(exc))
                     finally:
