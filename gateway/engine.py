@@ -42,6 +42,7 @@ import datetime as dt
 import itertools
 import logging
 import re
+import secrets
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,7 @@ log = logging.getLogger(__name__)
 
 HDB_LIST_SECONDS = 5.0
 SLOW_NODE_S = 2.0  # a node that does not answer in this long is benched; a shorter wait is the query's
+_NONCE = secrets.token_hex(8)  # in the placeholder names of a plan's sources
 _ROW_TABLES = itertools.count()  # names of the RDB rows' in-memory tables (unique per process)
 
 
@@ -177,7 +179,11 @@ class Engine:
             if self.query_log is None:
                 raise QueryFailed(400, "this gateway keeps no query log")
             logs.append(_swap(ref, len(keyed) + len(logs)))
-        return Plan(render(ast), tuple(keyed), tuple(logs))
+        sql = render(ast)
+        for placeholder in [r.placeholder for r in keyed] + logs:
+            if sql.count(placeholder) != 1:  # each source goes in exactly where its reference was
+                raise QueryFailed(400, "the statement could not be planned")
+        return Plan(sql, tuple(keyed), tuple(logs))
 
     def run(self, ast: exp.Expression, limit: int | None = None, timeout: float | None = None,
             settings: dict[str, Any] | None = None, rdb_view: str = "rows", keep_rows: bool = False) -> Answer:
@@ -428,8 +434,10 @@ def clickhouse_failure(message: str) -> QueryFailed:
 
 
 def _swap(ref: exp.Table, index: int) -> str:
-    """Replace a table reference by a placeholder name (keeping its alias); returns it."""
-    placeholder = f"__tickplant_source_{index}__"
+    """Replace a table reference by a placeholder name (keeping its alias); returns it. The
+    name holds the reserved prefix no user name or string may (gateway.sql) and this
+    process's random nonce: user text cannot produce it."""
+    placeholder = f"__tickplant_source_{_NONCE}_{index}__"
     ref.replace(exp.Table(this=exp.to_identifier(placeholder),
                           alias=exp.TableAlias(this=exp.to_identifier(ref.alias_or_name))))
     return placeholder

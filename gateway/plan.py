@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
-from gateway.sql import cte_names
+from gateway.sql import cte_names, is_fence
 
 
 @dataclass
@@ -185,8 +185,10 @@ def _null_supplying(node: exp.Expression, select: exp.Select) -> bool:
 def _passed_through(select: exp.Select) -> set[str]:
     """Which of ``date``/``sym`` a sub-query hands on unchanged, row for row: none through
     a join or ARRAY JOIN (whose ``date`` the outer query sees is not one table's)."""
-    if any(select.args.get(k) for k in ("group", "limit", "distinct", "having", "qualify", "offset")):
+    if any(select.args.get(k) for k in ("group", "distinct", "having", "qualify", "offset")):
         return set()
+    if select.args.get("limit") is not None and not is_fence(select):
+        return set()  # a LIMIT keeps some rows; the entitlements' fence keeps them all
     if select.find(exp.Window) or any(select.find_all(exp.AggFunc)) or len(_sources(select)) != 1:
         return set()
     stars = [e for e in select.expressions if isinstance(e, exp.Star)]

@@ -12,13 +12,17 @@
    granted on another must be qualified (``q.exchange``).
 2. The rewrite, which is the guarantee: every plant-table reference
    ``trade [AS t]`` becomes ``(SELECT <granted columns>, date FROM trade
-   WHERE <row filter>) AS t`` (the alias defaults to the table name, so
+   WHERE <row filter> LIMIT <all>) AS t`` (the alias defaults to the table name, so
    ``trade.price`` still resolves). A denied column cannot be read because the
    subquery does not expose it (``SELECT *`` and ``COLUMNS('.*')`` therefore
    expand to the granted columns plus ``date``), and a denied row is filtered
    before any of the user's SQL sees it, however the statement nests, joins
-   or unions. Even if the pre-check missed a construct, the query would then
-   fail with an unknown column rather than return data.
+   or unions. The LIMIT that keeps every row is a fence for ClickHouse's
+   optimiser: it may not push the user's predicates below it (to PREWHERE or
+   into the Parquet reader), where they would run on hidden rows first and
+   tell of them by an error (``toInt64(sym)`` failing on a hidden sym).
+   Even if the pre-check missed a construct, the query would then fail
+   with an unknown column rather than return data.
 
 The inner ``trade`` stays a plain Table node (``gateway.sql.table_refs`` finds
 it): the engine replaces it with the RDB+HDB source. Admins' statements, and
@@ -43,6 +47,7 @@ from gateway.sql import (
     Forbidden,
     SqlError,
     cte_names,
+    fence,
     parse_select,
     render,
     strip_comments,
@@ -99,7 +104,9 @@ def restricted_source(table: exp.Table, grant: Grant, table_columns: list[str]) 
         expressions=[exp.column(c, quoted=True) for c in visible_columns(grant, table_columns)]
     ).from_(inner, copy=False)
     if grant.row_filter is not None:
-        select = select.where(grant.row_filter.copy(), copy=False)
+        # fenced: the user's expressions then never see a row the filter removes (else an
+        # error raised on a hidden row, or its absence, would tell of it)
+        select = fence(select.where(grant.row_filter.copy(), copy=False))
     alias = table.args.get("alias")
     alias = alias.copy() if alias is not None else exp.TableAlias(this=exp.to_identifier(table.name))
     return exp.Subquery(this=select, alias=alias)

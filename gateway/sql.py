@@ -22,13 +22,12 @@ they either become part of the tree (and are checked) or make the parse fail.
 - ``x IN t`` / ``x IN (t)`` with a bare name, which ClickHouse reads as a table;
 - query parameters (``{name:Type}``); any text containing ``__tickplant``
   (reserved for the engine's placeholders);
-- functions that read outside the statement's tables or leak the server
-  (see ``DENIED_FUNCTIONS`` / ``DENIED_PREFIXES``): ``file``, ``dictGet*``,
-  ``joinGet*``, ``hasColumnInTable``, ``getSetting``, ``getMacro``,
-  ``catboostEvaluate``, host/user/version functions, the function forms of
-  ``in``, internal ``__*`` functions, and the error/timing probes
-  ``throwIf``/``sleep`` (which could reveal rows a row filter hides through
-  an error raised before the filter applies).
+- any function that ``gateway/functions.tsv`` does not allow: an allowlist
+  of every function of the engine, matched as ClickHouse resolves names
+  (case, aliases, aggregate combinators; quoting and escapes are decoded by
+  the parser), see ``gateway.functions``;
+- any name or string that decodes to one holding ``__tickplant`` (the
+  engine's placeholders), checked on the parsed tree, where escapes are gone.
 
 Unparseable text gives ``SqlError`` (HTTP 400) with the parser's message and
 line/column. Whether a table exists and who may read it is
@@ -43,6 +42,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.clickhouse import ClickHouse
 from sqlglot.errors import ParseError, TokenError
+
+from gateway import functions
 
 
 class PlantClickHouse(ClickHouse):
@@ -71,69 +72,23 @@ class Forbidden(PermissionError):
     """The statement is refused (HTTP 403); the message names what was refused."""
 
 
-# Every ClickHouse table function (system.table_functions of chDB 26.9), refused in
-# FROM/JOIN and, since several double as scalar functions (file), anywhere.
-TABLE_FUNCTIONS = frozenset(
-    n.lower()
-    for n in """
-    SQLStandardValues arrowstream azureBlobStorage azureBlobStorageCluster bigquery cluster
-    clusterAllReplicas cosn deltaLake deltaLakeAzure deltaLakeAzureCluster deltaLakeCluster
-    deltaLakeLocal deltaLakeS3 deltaLakeS3Cluster dictionary eval executable file fileCluster
-    filesystem format fuzzJSON fuzzQuery gcs generateRandom generateSeries generate_series hdfs
-    hdfsCluster hudi hudiCluster iceberg icebergAzure icebergAzureCluster icebergCluster
-    icebergHDFS icebergHDFSCluster icebergLocal icebergLocalCluster icebergS3 icebergS3Cluster
-    input jdbc loop merge mergeTreeAnalyzeIndexes mergeTreeAnalyzeIndexesUUID
-    mergeTreeCodecBlockCounts mergeTreeIndex mergeTreeProjection mergeTreeTextIndex mongodb
-    mysql null numbers numbers_mt odbc oss paimon paimonAzure paimonAzureCluster paimonCluster
-    paimonHDFS paimonHDFSCluster paimonLocal paimonS3 paimonS3Cluster postgresql primes
-    prometheusQuery prometheusQueryRange python redis remote remoteSecure s3 s3Cluster sqlite
-    timeSeriesData timeSeriesMetricFamilies timeSeriesMetrics timeSeriesSamples
-    timeSeriesSelector timeSeriesTags url urlCluster values view viewExplain viewIfPermitted
-    ytsaurus zeros zeros_mt
-    """.split()
-)
-
-# Scalar functions refused anywhere (compared lower-cased): they read data outside the
-# statement's tables (file, dictionaries, Join tables, models), reveal the server or
-# session (settings, macros, host, users, versions, query ids), write somewhere
-# (logTrace, generateSerialID), or raise/sleep on a row's value, which would let a
-# predicate probe rows that a row filter removes.
-DENIED_FUNCTIONS = frozenset(
-    n.lower()
-    for n in """
-    file hasColumnInTable getSetting getSettingOrDefault getServerSetting getMergeTreeSetting
-    catboostEvaluate modelEvaluate getMacro hostName hostname fullHostName FQDN tcpPort
-    getServerPort currentUser current_user user authUser authenticatedUser session_user
-    currentDatabase current_database DATABASE SCHEMA currentSchemas current_schemas
-    currentProfiles enabledProfiles defaultProfiles currentRoles enabledRoles defaultRoles
-    getClientHTTPHeader currentRequestURL currentHandler getOSKernelVersion uptime version
-    revision buildId serverUUID zookeeperSessionUptime queryID query_id currentQueryID
-    current_query_id initialQueryID initial_query_id initialQueryStartTime
-    initial_query_start_time connectionId connection_id displayName shardNum shardCount
-    globalVariable demangle sleep sleepEachRow throwIf aggThrow timeSeriesThrowDuplicateSeriesIf
-    logTrace generateSerialID showCertificate transactionID transactionLatestSnapshot
-    transactionOldestSnapshot pgGetUserById pg_get_userbyid pgTableIsVisible pg_table_is_visible
-    getMaxTableNameLengthForDatabase regionIn
-    in notIn nullIn notNullIn globalIn globalNotIn globalNullIn globalNotNullIn
-    inIgnoreSet notInIgnoreSet globalInIgnoreSet globalNotInIgnoreSet
-    globalNullInIgnoreSet globalNotNullInIgnoreSet
-    """.split()
-) | (TABLE_FUNCTIONS - {"format"})  # format() the scalar only formats the values it is given
-
-# Families refused by prefix: dictGet*/dictHas/dictIsIn, joinGet*, addressToLine*/Symbol,
-# filesystemAvailable/Capacity/Unreserved, naiveBayesClassifier* (models from the server
-# config), and ClickHouse's internal __* functions.
-DENIED_PREFIXES = ("dict", "joinget", "addressto", "filesystem", "naivebayes", "__")
+# ClickHouse syntax that reads like a call but is parsed by ClickHouse itself into its own
+# functions (TRIM(BOTH ...), EXTRACT(DAY FROM ...), ...): no name of the user's reaches the engine
+SYNTAX_CALLS = frozenset("TRIM EXTRACT SUBSTRING POSITION INTERVAL COLUMNS EXISTS CAST DATE TIMESTAMP".split())
+# functions whose first argument names an aggregate function (a string, resolved by the engine)
+AGGREGATE_BY_NAME = frozenset({"arrayreduce", "arrayreduceinranges", "initializeaggregation"})
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # the engine's placeholder names start with this; a user string or name holding it could
 # be mistaken for one when the engine substitutes its sources into the generated text
 RESERVED = "__tickplant"
+FENCE_LIMIT = str(2**64 - 1)  # ClickHouse's largest LIMIT: every row
 # Func subclasses that are operators (AND, OR, =, NOT, ...), not named calls
 _OPERATORS = (exp.Binary, exp.Connector, exp.Unary)
 _TOO_DEEP = "the query nests too deeply (parentheses or subqueries); simplify it"
-_GENERATOR = sqlglot.Dialect.get_or_raise(DIALECT).generator_class
 _CALL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+_AGGREGATE_IN_TYPE = re.compile(r"(?i)AggregateFunction\s*\(\s*`?([A-Za-z_][A-Za-z0-9_]*)")
+_AGGREGATE_TYPES = {exp.DataType.Type.AGGREGATEFUNCTION, exp.DataType.Type.SIMPLEAGGREGATEFUNCTION}
 # first words of ClickHouse statements that are not queries: refused before parsing,
 # so that a statement sqlglot cannot parse (KILL QUERY ...) is still a clear 403
 _STATEMENT_WORDS = frozenset(
@@ -173,8 +128,6 @@ def parse_select(sql: str) -> exp.Expression:
 def _parse_select(sql: str) -> exp.Expression:
     if not isinstance(sql, str):
         raise SqlError(f"the query must be a string, not {type(sql).__name__}")
-    if RESERVED in sql.lower():
-        raise Forbidden(f"names containing {RESERVED!r} are reserved for the gateway")
     tokens = _tokenize(sql)
     if not tokens:
         raise SqlError("the query is empty")
@@ -234,19 +187,33 @@ def cte_names(ast: exp.Expression) -> set[str]:
     return {cte.alias for cte in ast.find_all(exp.CTE) if not cte.args.get("scalar")}
 
 
-def function_name(node: exp.Func) -> str:
-    """The name ClickHouse will see for a function call node.
+def function_name(node: exp.Func) -> str | None:
+    """The name ClickHouse will see for a function call node, or None for syntax.
 
-    An unknown function (Anonymous) keeps the user's spelling; a typed node is
-    named by the SQL generated for it (``version()`` parses as CurrentVersion
-    and is generated back as ``version()``), so the check sees what runs.
+    A function sqlglot does not model (Anonymous) is named by its identifier as
+    parsed, quotes and escapes decoded (``"file"``, ```\\x66ile``` are ``file``);
+    a typed node is named by the SQL generated for it (``version()`` parses as
+    CurrentVersion and is generated back as ``version()``), so the check sees
+    what runs; a node generated as syntax, not a call (``CASE``), has no name.
     """
-    if isinstance(node, exp.Anonymous) and isinstance(node.this, str):
-        return node.this
-    if type(node) not in _GENERATOR.TRANSFORMS and not hasattr(_GENERATOR, f"{node.key}_sql"):
-        return node.sql_name()  # generated by the generic fallback: NAME(args)
+    if isinstance(node, exp.Anonymous):
+        return node.this if isinstance(node.this, str) else node.this.name
     match = _CALL.match(node.sql(dialect=DIALECT))
-    return match.group(1) if match else node.sql_name()
+    return match.group(1) if match else None
+
+
+def fence(select: exp.Select) -> exp.Select:
+    """``select`` with a LIMIT that keeps every row: no optimiser may move a filter of an
+    outer query below a LIMIT (it would change which rows the LIMIT keeps), so whatever
+    the outer query computes, it computes only on rows ``select`` passed."""
+    return select.limit(exp.Literal.number(FENCE_LIMIT), copy=False)
+
+
+def is_fence(select: exp.Select) -> bool:
+    """True if the LIMIT of ``select`` is ``fence``'s (it keeps every row)."""
+    limit = select.args.get("limit")
+    value = limit.expression if isinstance(limit, exp.Limit) else None
+    return isinstance(value, exp.Literal) and value.this == FENCE_LIMIT and not select.args.get("offset")
 
 
 def strip_comments(ast: exp.Expression) -> exp.Expression:
@@ -311,6 +278,7 @@ def _statement_kind(ast: exp.Expression, tokens: list) -> str:
 
 def check_node(node: exp.Expression) -> None:
     """Refuse one node of the tree if it is a construct users may not run (Forbidden)."""
+    _check_reserved(node)
     if isinstance(node, _STATEMENTS):
         raise Forbidden(f"only SELECT statements run; found {node.key.upper()} inside the query")
     if isinstance(node, exp.Query) and not isinstance(node, _SELECT_ROOTS):
@@ -329,9 +297,20 @@ def check_node(node: exp.Expression) -> None:
     if isinstance(node, exp.In):
         _check_in(node)
     if isinstance(node, exp.Func) and not isinstance(node, _OPERATORS):
-        _check_function(function_name(node))
+        name = function_name(node)
+        if name is not None:
+            _check_function(name)
+            if name.lower() in AGGREGATE_BY_NAME:
+                _check_aggregate_argument(name, node)
     if isinstance(node, exp.Apply) and isinstance(node.expression, (exp.Var, exp.Identifier)):
         _check_function(node.expression.name)
+    if isinstance(node, exp.Literal) and node.is_string and "aggregatefunction" in node.this.lower():
+        for name in _AGGREGATE_IN_TYPE.findall(node.this):  # CAST(x, 'AggregateFunction(f, T)')
+            _check_function(name)
+    if isinstance(node, exp.DataType) and node.this in _AGGREGATE_TYPES:
+        for arg in node.expressions:
+            if isinstance(arg, (exp.Identifier, exp.Var, exp.Anonymous)):
+                _check_function(arg.name)
 
 
 def _check_table(table: exp.Table) -> None:
@@ -351,9 +330,12 @@ def _check_table(table: exp.Table) -> None:
 def _check_in(node: exp.In) -> None:
     field = node.args.get("field")
     values = node.expressions
-    bare = field is not None or (len(values) == 1 and isinstance(values[0], exp.Column))
+    only = values[0] if len(values) == 1 else None
+    while isinstance(only, exp.Paren):  # IN ((system.one)) reads the table like IN (system.one)
+        only = only.this
+    bare = field is not None or isinstance(only, (exp.Column, exp.Dot, exp.Identifier, exp.Var, exp.Table))
     if bare:
-        name = (field or values[0]).sql(dialect=DIALECT)
+        name = (field or only).sql(dialect=DIALECT)
         raise Forbidden(
             f"IN {name}: a bare name after IN reads a table; "
             "use IN (SELECT ...) or a list of values"
@@ -361,7 +343,34 @@ def _check_in(node: exp.In) -> None:
 
 
 def _check_function(name: str) -> None:
-    lower = name.lower()
-    if lower in DENIED_FUNCTIONS or lower.startswith(DENIED_PREFIXES):
-        kind = "table function" if lower in TABLE_FUNCTIONS else "function"
-        raise Forbidden(f"{kind} {name}() is not allowed in gateway queries")
+    found = functions.catalog().resolve(name)
+    if found is None:
+        if name.upper() in SYNTAX_CALLS:
+            return
+        raise SqlError(f"unknown function {_printable(name)}()")
+    if not found.allowed:
+        raise Forbidden(f"function {_printable(name)}() is not allowed in gateway queries ({found.why})")
+
+
+def _check_aggregate_argument(name: str, node: exp.Func) -> None:
+    """``arrayReduce('sum', ...)``: the aggregate named by the string is checked like a call."""
+    args = [a for a in node.iter_expressions()]
+    first = args[0] if args else None
+    if not (isinstance(first, exp.Literal) and first.is_string):
+        raise Forbidden(f"{name}() takes the aggregate function's name as a string literal")
+    _check_function(first.this)
+
+
+def _check_reserved(node: exp.Expression) -> None:
+    """No name or string, as the parser decoded it, may hold the engine's reserved prefix
+    (``\\x5f\\x5ftickplant...`` in backquotes decodes to it; the raw text does not show it)."""
+    for value in node.args.values():
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, str) and RESERVED in item.lower():
+                raise Forbidden(f"names containing {RESERVED!r} are reserved for the gateway")
+
+
+def _printable(name: str) -> str:
+    """A name as an error message may show it: one line, bounded."""
+    text = name.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 64 else text[:61] + "..."
