@@ -192,8 +192,8 @@ class Users:
         scheme, _, rest = value.partition(" ")
         if rest and scheme.lower() == "bearer":
             value = rest.strip()
-        elif rest:
-            raise Unauthorized(f"unsupported authorization scheme {scheme!r}; use Bearer")
+        elif rest:  # the header is not echoed: it may be a key sent the wrong way
+            raise Unauthorized("unsupported authorization scheme; use 'Authorization: Bearer <key>'")
         name = self._by_digest.get(_digest(value))
         if name is None:
             raise Unauthorized("unknown API key")

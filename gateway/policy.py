@@ -49,6 +49,7 @@ from gateway.sql import (
     cte_names,
     fence,
     parse_select,
+    printable,
     render,
     strip_comments,
     table_refs,
@@ -72,8 +73,9 @@ def authorize(
     grants: dict[str, Grant] = {}
     for table in refs:
         name = table.name
-        if name not in columns:
-            raise SqlError(f"unknown table {name!r}; tables: {', '.join(sorted(columns))}")
+        if name not in columns:  # named as the caller may see them: only tables granted
+            yours = sorted(t for t in columns if user.grant_for(t) is not None)
+            raise SqlError(f"unknown table '{printable(name)}'; your tables: {', '.join(yours) or 'none'}")
         grant = user.grant_for(name)
         if grant is None:
             raise Forbidden(f"user {user.name!r} has no grant on table {name!r}")

@@ -347,9 +347,9 @@ def _check_function(name: str) -> None:
     if found is None:
         if name.upper() in SYNTAX_CALLS:
             return
-        raise SqlError(f"unknown function {_printable(name)}()")
+        raise SqlError(f"unknown function {printable(name)}()")
     if not found.allowed:
-        raise Forbidden(f"function {_printable(name)}() is not allowed in gateway queries ({found.why})")
+        raise Forbidden(f"function {printable(name)}() is not allowed in gateway queries ({found.why})")
 
 
 def _check_aggregate_argument(name: str, node: exp.Func) -> None:
@@ -370,7 +370,7 @@ def _check_reserved(node: exp.Expression) -> None:
                 raise Forbidden(f"names containing {RESERVED!r} are reserved for the gateway")
 
 
-def _printable(name: str) -> str:
+def printable(name: str) -> str:
     """A name as an error message may show it: one line, bounded."""
     text = name.encode("unicode_escape").decode("ascii")
     return text if len(text) <= 64 else text[:61] + "..."

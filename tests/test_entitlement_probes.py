@@ -214,3 +214,31 @@ def test_refusals_quote_names_on_one_line():
     assert "\n" not in str(err.value)
     with pytest.raises(SqlError, match=re.escape("unknown function nosuchfunction()")):
         parse_select("SELECT nosuchfunction(1)")
+
+
+# -- errors tell the caller about their statement, nothing of the plant ---------------------------
+
+def test_clickhouse_errors_reach_users_without_internals(carol, columns, hdb):
+    """Real ClickHouse errors of rewritten statements over the HDB: no generated SQL, no file
+    path, no internal name, no hidden sym, one line."""
+    from gateway.engine import clickhouse_failure
+
+    query, _ = hdb
+    for sql in ("SELECT toDate(sym) AS d FROM trade", "SELECT intDiv(size, 0) AS d FROM trade",
+                "SELECT nosuchcolumn FROM trade", "SELECT toInt64(sym) FROM trade WHERE date = '2026-11-20'",
+                "SELECT toUUID(t.sym) AS u FROM trade AS t JOIN trade AS v ON t.time = v.time"):
+        with pytest.raises(Exception) as err:
+            as_carol(sql, carol, columns, hdb)
+        failed = clickhouse_failure(str(err.value).strip())
+        text = str(failed)
+        assert failed.status == 400 and "\n" not in text and len(text) < 400, text
+        for leak in ("SELECT", "file(", "parquet", str(query.store.base), "__table", "__set", "__tickplant",
+                     "In scope", "sym IN", *HIDDEN):
+            assert leak not in text, (sql, text)
+
+
+def test_an_unknown_table_lists_only_the_callers_tables(carol, columns):
+    wider = {**columns, "secret_positions": ["sym", "qty", "date"]}
+    with pytest.raises(SqlError) as err:
+        authorize(parse_select("SELECT * FROM nosuch"), carol, wider)
+    assert "trade" in str(err.value) and "secret_positions" not in str(err.value) and "quote" not in str(err.value)
