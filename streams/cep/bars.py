@@ -23,6 +23,14 @@ interleaved differently on every run.) The idle timer is the one wall-clock
 input: it can only differ from a replay if a trade older than wall clock
 minus grace arrives after a quiet spell.
 
+One bad clock must not close the partition's bars for the day: a trade more
+than ``lead`` (an hour, or two bar widths if more) past the watermark moves
+it only once a trade of another sym is that far ahead too (a market reopening
+after a halt); until then it waits in ``held``, out of the bars (it is in the
+day's analytics at once). Held trades are folded in when confirmed, or at
+the end of day, when the fence closes every bar and the watermark starts
+again from nothing for the next day.
+
 A trade whose bar is already closed (its bucket's end + grace is at or
 below the watermark, or the sym has moved on to a later bucket) is *late*:
 it still counts in the day's analytics, but no closed bar is reopened; it
@@ -36,6 +44,8 @@ from typing import Any
 
 # an open bar: [bucket, open, high, low, close, volume, trades, notional]
 Bar = list[Any]
+NO_WATERMARK = -(1 << 62)
+LEAD_NS = 3600 * 10**9  # a trade further ahead of the watermark waits for another sym to confirm it
 
 
 class BarBook:
@@ -47,13 +57,26 @@ class BarBook:
         self.width = width_ns
         self.grace = grace_ns
         state = state or {}
-        self.wm: int = state.get("wm", -(1 << 62))
+        self.wm: int = state.get("wm", NO_WATERMARK)
         self.open: dict[str, Bar] = state.get("open", {})
         self.late: dict[str, int] = state.get("late", {})
+        self.held: list[dict[str, Any]] = state.get("held", [])  # trades far ahead, not confirmed yet
+        self.lead = max(LEAD_NS, 2 * width_ns)
         self._next_close = self._earliest_close()
 
     def state(self) -> dict[str, Any]:
-        return {"wm": self.wm, "open": self.open, "late": self.late}
+        return {"wm": self.wm, "open": self.open, "late": self.late, "held": self.held}
+
+    def _hold(self, r: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """None if trade ``r`` is not far ahead of the watermark; else the held trades to fold
+        in now (all of them, in log order, once two syms are that far ahead), or []."""
+        if self.wm == NO_WATERMARK or r["time"] <= self.wm + self.lead:
+            return None
+        self.held.append({"time": r["time"], "sym": r["sym"], "price": r["price"], "size": r["size"]})
+        if len({h["sym"] for h in self.held}) < 2:
+            return []
+        held, self.held = self.held, []
+        return held
 
     def _earliest_close(self) -> int:
         if not self.open:
@@ -76,11 +99,16 @@ class BarBook:
             self._close(sym, self.open.pop(sym), reason, date, out)
         self._next_close = self._earliest_close()
 
-    def add(self, rows: list[dict[str, Any]], date: str) -> list[dict[str, Any]]:
-        """Fold trades (log order) into the bars; return the bars they closed, in closing order."""
+    def add(self, rows: list[dict[str, Any]], date: str, hold: bool = True) -> list[dict[str, Any]]:
+        """Fold trades (log order) into the bars; return the bars they closed, in closing order.
+        ``hold``: trades far ahead of the watermark wait for confirmation (see the module)."""
         out: list[dict[str, Any]] = []
         width, grace, open_bars = self.width, self.grace, self.open
         for r in rows:
+            confirmed = self._hold(r) if hold else None
+            if confirmed is not None:
+                out.extend(self.add(confirmed, date, hold=False))
+                continue
             t = r["time"]
             bucket = t // width
             if (bucket + 1) * width + grace <= self.wm:
@@ -128,11 +156,17 @@ class BarBook:
         return now_ns >= self._next_close
 
     def close_all(self, reason: str, date: str) -> list[dict[str, Any]]:
-        """End of day: close every open bar, oldest first, and start the next day clean."""
+        """End of day: close every open bar, oldest first, then those of the trades still held
+        (folded in now), and start the next day clean (no watermark: a bad clock of one day
+        does not reach into the next)."""
         out: list[dict[str, Any]] = []
-        for _, sym in sorted((bar[0], sym) for sym, bar in self.open.items()):
-            self._close(sym, self.open.pop(sym), reason, date, out)
+        held, self.held = self.held, []
+        for rows in ([], held):
+            out.extend(self.add(rows, date, hold=False))
+            for _, sym in sorted((bar[0], sym) for sym, bar in self.open.items()):
+                self._close(sym, self.open.pop(sym), reason, date, out)
         self.late = {}
+        self.wm = NO_WATERMARK
         self._next_close = self._earliest_close()
         return out
 
