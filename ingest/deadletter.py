@@ -3,19 +3,33 @@
 A record is JSON: ``{"source", "table", "where", "reason", "payload", "time"}``;
 ``payload`` is the rejected row (as JSON) or text (a CSV line, or hex of
 undecodable bytes). Nothing rejected is dropped: it is here.
+
+A message of the log that readers refuse (``ingest.validate``, or bytes that
+do not decode) is met by every consumer, and again after each restart or
+replay; it is dead-lettered once, keyed ``<topic>[<partition>]@<offset>``
+(its ``where``). ``DeadLetters.report`` takes the source partition's
+transactional id as a lock (``init_transactions`` fences any other reporter
+and completes its transaction), reads the dead-letter topic up to what is
+committed, and writes only the keys not there yet: two consumers meeting the
+same message at the same moment write it once between them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
-from ingest.logread import make_consumer, read_ranges, watermarks
+from ingest.logread import LogReadError, make_consumer, read_ranges, watermarks
 from ingest.topics import TopicNames
 from tickplant.config import Settings
+
+log = logging.getLogger("tickplant.deadletter")
+REPORT_ATTEMPTS = 5
 
 
 def _jsonable(payload: Any) -> Any:
@@ -37,6 +51,8 @@ class DeadLetters:
         self._producer: Producer | None = None
         self._settings = settings
         self.sent = 0
+        self._producers: dict[tuple[str, int], Producer] = {}
+        self._index = _Index()
 
     def send(self, table: str, reason: str, payload: Any, where: str = "") -> None:
         if self._producer is None:
@@ -51,9 +67,88 @@ class DeadLetters:
         self._producer.poll(0)
         self.sent += 1
 
+    def report(self, topic: str, partition: int, letters: list[tuple[int, str, str, Any]]) -> int:
+        """Dead-letter refused messages of ``topic[partition]``, (offset, table, reason, payload)
+        each, unless already there; how many were written. Retried with backoff while the broker
+        is away: a consumer must not skip a message it has not reported."""
+        wanted = {f"{topic}[{partition}]@{offset}": (table, reason, payload)
+                  for offset, table, reason, payload in letters}
+        delay = 0.5
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._report_once(topic, partition, wanted)
+            except (KafkaException, LogReadError) as exc:
+                self._producers.pop((topic, partition), None)  # fenced, or in doubt: a new one next time
+                error = exc.args[0] if exc.args else None
+                fatal = isinstance(error, KafkaError) and error.fatal() and error.code() != KafkaError._FENCED
+                if attempt >= REPORT_ATTEMPTS and fatal:
+                    raise
+                log.warning("dead letters of %s[%d] not written yet (%s); again in %.1f s",
+                            topic, partition, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _report_once(self, topic: str, partition: int, wanted: dict[str, tuple[str, str, Any]]) -> int:
+        if not set(wanted) - self._index.seen:
+            return 0
+        producer = self._producers.get((topic, partition))
+        if producer is None:
+            producer = Producer(self._settings.kafka_config(**{
+                "transactional.id": f"{self._settings.topic_prefix}tickplant-deadletter-{topic}-{partition}",
+                "enable.idempotence": True, "acks": "all", "transaction.timeout.ms": 60_000,
+            }))
+            producer.init_transactions(30)  # the lock: fences other reporters, completes their transaction
+            self._producers[(topic, partition)] = producer
+        self._index.catch_up(self._settings, self.topic)
+        todo = [key for key in wanted if key not in self._index.seen]
+        if not todo:
+            return 0
+        producer.begin_transaction()
+        for key in todo:
+            table, reason, payload = wanted[key]
+            record = {"source": self.source, "table": table, "where": key, "reason": reason,
+                      "payload": _jsonable(payload), "time": time.time_ns()}
+            producer.produce(self.topic, key=key.encode(), value=json.dumps(record).encode())
+        try:
+            producer.commit_transaction(30)
+        except KafkaException:
+            try:
+                producer.abort_transaction(10)
+            except KafkaException:
+                pass
+            raise
+        self._index.seen.update(todo)
+        self.sent += len(todo)
+        return len(todo)
+
     def flush(self, timeout: float = 30.0) -> None:
         if self._producer is not None and self._producer.flush(timeout):
             raise RuntimeError(f"dead letters not acknowledged by {self.topic} after {timeout:.0f}s")
+
+
+class _Index:
+    """The ``where`` of every dead letter on the topic, read as it grows (committed records only)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.position = 0
+        self._lock = threading.Lock()
+
+    def catch_up(self, settings: Settings, topic: str) -> None:
+        with self._lock:
+            consumer = make_consumer(settings)
+            try:
+                _, high = watermarks(consumer, topic, 0)
+                for msg in read_ranges(consumer, topic, {0: (self.position, high)}):
+                    try:
+                        self.seen.add(json.loads(msg.value())["where"])
+                    except (ValueError, KeyError, TypeError):
+                        pass  # not a record of ours: nothing to deduplicate against
+                self.position = max(self.position, high)
+            finally:
+                consumer.close()
 
 
 def read_deadletters(settings: Settings, since_offset: int = 0) -> list[dict[str, Any]]:

@@ -25,20 +25,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 import time
 import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from ingest.framing import CONTROL_HEADER
-from ingest.logread import make_consumer, read_ranges, watermarks
+from ingest.logread import LogReadError, make_consumer, read_ranges, watermarks
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, ensure_topics, partition_counts
 from tickplant.clock import Clock, SystemClock
 from tickplant.config import Settings
+
+log = logging.getLogger("tickplant.eod")
 
 CONTROL_KEY = b"day"
 
@@ -145,21 +148,50 @@ def read_day_state(settings: Settings) -> DayState:
     return state
 
 
+def control_in_flight(settings: Settings) -> bool:
+    """Whether a transaction is open on the control topic: its committed end (the last stable
+    offset, what a read_committed reader is told) is short of its end."""
+    topic = TopicNames(settings.topic_prefix).control
+    committed = make_consumer(settings)
+    uncommitted = make_consumer(settings, **{"isolation.level": "read_uncommitted"})
+    try:
+        return watermarks(committed, topic, 0)[1] < watermarks(uncommitted, topic, 0)[1]
+    finally:
+        committed.close()
+        uncommitted.close()
+
+
 def confirmed_fence_date(settings: Settings, state: DayState, table: str, partition: int, offset: int,
                          wait: float) -> tuple[dt.date | None, DayState]:
     """The day a fence at ``offset`` closes, once the committed marker confirms it.
 
-    A reader can see the fence before it has read the marker (another topic), so it
-    re-reads the control topic for up to ``wait`` seconds; None means no marker ever
-    committed (an aborted roll: the fence is ignored). Returns the newer state too.
+    A roll commits its fences and its marker in one transaction, but a reader can
+    see the fence before the marker's commit reaches the control topic; it
+    re-reads the control topic while a transaction is open there, for up to
+    ``wait`` seconds. None means no committed marker names this fence: an
+    aborted roll, or a fence header on a message no roll wrote, answered at
+    once rather than after ``wait`` (a stream of such messages would stall the
+    reader that long each). Returns the newer state too.
     """
     deadline = time.monotonic() + wait
     date = state.fence_date(table, partition, offset)
-    while date is None and time.monotonic() < deadline:
-        state = read_day_state(settings)
+    delay = 0.5
+    while date is None:
+        try:
+            in_flight = control_in_flight(settings)  # first: a marker committed before this is read below
+            state = read_day_state(settings)
+        except (KafkaException, LogReadError) as exc:
+            # the broker is away: the day a fence closes cannot be known without it
+            log.warning("fence at %s[%d]@%d: control topic unreadable (%s); again in %.1f s",
+                        table, partition, offset, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            deadline = time.monotonic() + wait
+            continue
         date = state.fence_date(table, partition, offset)
-        if date is None:
-            time.sleep(0.2)
+        if date is not None or not in_flight or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
     return date, state
 
 

@@ -443,24 +443,34 @@ class Decoder:
 
     def decode_many(self, values: list[bytes]) -> tuple[list[dict[str, Any]], list[tuple[int, DecodeError]]]:
         """The rows of many messages in order, as one list, and (index, error) of each message
-        that ``decode`` rejects (its rows are left out).
+        that ``decode`` rejects (its rows are left out): ``decode_each``, flattened."""
+        rows: list[dict[str, Any]] = []
+        errors: list[tuple[int, DecodeError]] = []
+        for i, got in enumerate(self.decode_each(values)):
+            if isinstance(got, DecodeError):
+                errors.append((i, got))
+            else:
+                rows.extend(got[1])
+        return rows, errors
+
+    def decode_each(self, values: list[bytes]) -> list[tuple[str, list[dict[str, Any]]] | DecodeError]:
+        """``decode`` of each message: (writer's table, rows), or the DecodeError it raises.
 
         For the live tail in zero-latency mode (a message per row, thousands a second):
         one-row messages of the reader's own schemas are read with the lookups done once
         per run instead of once per message (about 20% of the decoding time); any other
-        message, and any that fails, goes through ``decode``, so the rows and the errors
-        are exactly ``decode``'s.
+        message, and any that fails, goes through ``decode``, so the answers are exactly
+        ``decode``'s.
         """
-        rows: list[dict[str, Any]] = []
-        errors: list[tuple[int, DecodeError]] = []
-        keep, schemaless_reader, BytesIO = rows.append, fastavro.schemaless_reader, io.BytesIO  # noqa: N806
-        fp, parsed = b"", None
-        for i, value in enumerate(values):
+        out: list[tuple[str, list[dict[str, Any]]] | DecodeError] = []
+        keep, schemaless_reader, BytesIO = out.append, fastavro.schemaless_reader, io.BytesIO  # noqa: N806
+        fp, parsed, name = b"", None, ""
+        for value in values:
             if value is not None and value[:2] == ROW_MAGIC and len(value) > HEADER_LEN:
                 if value[2:HEADER_LEN] != fp:
                     fp = value[2:HEADER_LEN]
                     own = self.catalog.by_fingerprint.get(fp)
-                    parsed = codec_for(own).parsed if own is not None else None
+                    parsed, name = (codec_for(own).parsed, own.name) if own is not None else (None, "")
                 if parsed is not None:
                     body = BytesIO(value)
                     body.seek(HEADER_LEN)
@@ -470,13 +480,13 @@ class Decoder:
                         pass
                     else:
                         if body.tell() == len(value):
-                            keep(row)
+                            keep((name, [row]))
                             continue
             try:
-                rows.extend(self.decode(value)[1])
+                keep(self.decode(value))
             except DecodeError as exc:
-                errors.append((i, exc))
-        return rows, errors
+                keep(exc)
+        return out
 
     def decode(self, value: bytes) -> tuple[str, list[dict[str, Any]]]:
         """(table name, rows) of one message value."""

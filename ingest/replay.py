@@ -14,8 +14,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from ingest.deadletter import DeadLetters
 from ingest.eod import DayState, read_day_state
-from ingest.framing import DecodeError, control_of
+from ingest.framing import control_of
+from ingest.intake import Intake
 from ingest.logread import make_consumer, read_ranges, watermarks
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
@@ -62,10 +64,13 @@ def replay_messages(
     table: str,
     ranges: dict[int, tuple[int, int]],
     catalog: SchemaCatalog | None = None,
+    source: str = "replay",
 ) -> Iterator[tuple[LogPosition, list[dict[str, Any]]]]:
-    """Each data message in the ranges, decoded: (position, rows). Fences are skipped."""
+    """Each data message in the ranges, decoded: (position, rows). Fences are skipped; so are
+    the rows every consumer refuses (``ingest.intake``: dead-lettered once, if not already)."""
     catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
-    decoder = make_decoder(settings, catalog)
+    state = read_day_state(settings)
+    intake = Intake(settings, catalog, make_decoder(settings, catalog), DeadLetters(settings, source))
     topic = TopicNames(settings.topic_prefix).table(table)
     consumer = make_consumer(settings)
     try:
@@ -75,11 +80,13 @@ def replay_messages(
             for msg in read_ranges(consumer, topic, {part: (start, end)}):
                 if control_of(msg.headers()):
                     continue
-                try:
-                    _, rows = decoder.decode(msg.value())
-                except DecodeError as exc:
-                    raise DecodeError(f"{topic}[{part}]@{msg.offset()}: {exc}") from exc
-                yield LogPosition(part, msg.offset()), rows
+                offset = msg.offset()
+                refused = intake.refused_messages
+                rows = intake.rows(table, part, offset, msg.value(), state.date_of(table, part, offset))
+                if intake.pending:
+                    intake.flush()
+                if intake.refused_messages == refused or rows:
+                    yield LogPosition(part, offset), rows
     finally:
         consumer.close()
 

@@ -26,6 +26,8 @@ class SchemaTopic:
         self.topic = TopicNames(settings.topic_prefix).schemas
         self._known: dict[bytes, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._position = 0  # the topic is read up to here
+        self._consumer: Any = None
 
     def register(self, catalog: SchemaCatalog) -> None:
         """Publish each table's writer schema (idempotent: compaction keeps one per key)."""
@@ -38,14 +40,21 @@ class SchemaTopic:
             raise RuntimeError(f"could not register {remaining} schemas on {self.topic}")
 
     def reload(self) -> None:
-        consumer = make_consumer(self.settings)
-        try:
-            _, high = watermarks(consumer, self.topic, 0)
-            for msg in read_ranges(consumer, self.topic, {0: (0, high)}):
-                if msg.value():
-                    self._known[bytes.fromhex(msg.key().decode())] = json.loads(msg.value())
-        finally:
-            consumer.close()
+        """Read what was added to the topic since the last read (all of it the first time).
+
+        An unknown fingerprint (a corrupt or foreign message) costs one look at the
+        topic's end, and a read only if schemas were added meanwhile: a burst of such
+        messages must not re-read the whole topic each.
+        """
+        if self._consumer is None:
+            self._consumer = make_consumer(self.settings)
+        _, high = watermarks(self._consumer, self.topic, 0)
+        if high <= self._position:
+            return
+        for msg in read_ranges(self._consumer, self.topic, {0: (self._position, high)}):
+            if msg.value():
+                self._known[bytes.fromhex(msg.key().decode())] = json.loads(msg.value())
+        self._position = high
 
     def lookup(self, fingerprint: bytes) -> dict[str, Any] | None:
         with self._lock:

@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from ingest.eod import read_day_state
 from ingest.framing import control_of
+from ingest.intake import Intake
 from ingest.logread import make_tail_consumer, watermarks
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
@@ -60,8 +61,13 @@ class Subscription:
             raise ValueError(f"source {self.table!r}: topic {self.topic!r} does not exist")
         parts = sorted({partition_for(s, count) for s in self.syms}) if self.syms else list(range(count))
         self.consumer = make_tail_consumer(settings)
+        # a plant table's rows pass the checks every consumer makes (refused ones are the
+        # consumers' to dead-letter); a derived source's are the engine's own output
+        self.settings = settings
+        self.intake = Intake(settings, self.catalog, self.decoder, None) if topic is None else None
+        self.days = read_day_state(settings) if topic is None else None
         if since == "sod":
-            state = read_day_state(settings)
+            state = self.days or read_day_state(settings)
             starts = {p: state.start_of_open_day(self.table, p) for p in parts}
         else:
             starts = {p: watermarks(self.consumer, self.topic, p)[1] for p in parts}
@@ -89,12 +95,21 @@ class Subscription:
                     self.errors.append(f"{self.topic}: {err}")
                 continue
             if control_of(msg.headers()):
+                if self.intake is not None:
+                    self.days = read_day_state(self.settings)  # the day the rows after it belong to
                 continue
-            try:
-                _, rows = self.decoder.decode(msg.value())
-            except ValueError as exc:
-                self.errors.append(f"{self.topic}[{msg.partition()}]@{msg.offset()}: {exc}")
-                continue
+            if self.intake is not None and self.days is not None:
+                part, offset = msg.partition(), msg.offset()
+                rows = self.intake.rows(self.table, part, offset, msg.value(), self.days.date_of(self.table, part, offset))
+                if self.intake.pending:
+                    self.errors.append(f"{self.topic}[{part}]@{offset}: {self.intake.pending.popitem()[1][0][2]}")
+                    self.intake.pending.clear()
+            else:
+                try:
+                    _, rows = self.decoder.decode(msg.value())
+                except ValueError as exc:
+                    self.errors.append(f"{self.topic}[{msg.partition()}]@{msg.offset()}: {exc}")
+                    continue
             if self.syms is None:
                 out.extend(rows)
             else:

@@ -48,8 +48,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from ingest.deadletter import DeadLetters
-from ingest.eod import CONTROL_KEY, DayState
-from ingest.framing import DecodeError, control_of
+from ingest.eod import CONTROL_KEY, DayState, confirmed_fence_date
+from ingest.framing import control_of
+from ingest.intake import Intake
 from ingest.logread import make_consumer, watermarks
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
@@ -67,6 +68,7 @@ COMMIT_SECONDS = 0.5      # capture is made durable (and the group's offsets com
 COMMIT_ROWS = 200_000     # ... or sooner, when this many rows are buffered
 SCHEDULE_SECONDS = 0.25   # how often the control topic is read and closed days are looked at
 RETRY_SECONDS = 10.0      # after a failed write-down
+FENCE_WAIT_SECONDS = 30.0  # a fence's marker not yet read, while the roll's transaction completes
 
 
 def group_id(settings: Settings) -> str:
@@ -137,7 +139,7 @@ class Pdb:
         self.store = HdbStore.from_settings(settings)
         self.memory_bytes = settings.pdb_memory_mb << 20
         self.decoder = make_decoder(settings, self.catalog)
-        self.deadletters = DeadLetters(settings, f"pdb:{node_id}")
+        self.intake = Intake(settings, self.catalog, self.decoder, DeadLetters(settings, f"pdb:{node_id}"))
         self.markers = MarkerPublisher(settings)
         self.control: ControlFollower | None = None
         self.consumer: Consumer | None = None
@@ -259,13 +261,18 @@ class Pdb:
         if position is None or offset < position:
             return  # already captured (redelivered after a rebalance)
         self.messages += 1
+        assert self.control is not None
         if control_of(msg.headers()):
             self.cache.fence(table, part, offset)
+            # the day the rows after it belong to (the intake's checks): the marker committed with it
+            _, state = confirmed_fence_date(self.settings, self.control.state, table, part, offset, FENCE_WAIT_SECONDS)
+            if len(state.markers) > len(self.control.state.markers):
+                self.control.state = state  # the follower applies the later markers to it (each idempotent)
             return
-        try:
-            _, rows = self.decoder.decode(msg.value())
-        except DecodeError as exc:
-            self.deadletters.send(table, str(exc), msg.value() or b"", where=f"{msg.topic()}[{part}]@{offset}")
+        rows = self.intake.rows(table, part, offset, msg.value(), self.control.state.date_of(table, part, offset))
+        if self.intake.pending:
+            self.intake.flush()  # before the cache's next commit moves past the message
+        if not rows:
             self.cache.skip(table, part, offset)
             return
         self.cache.append(table, part, offset, rows)

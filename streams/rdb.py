@@ -73,7 +73,8 @@ from faust.web import View
 
 from ingest.deadletter import DeadLetters
 from ingest.eod import confirmed_fence_date, read_day_state
-from ingest.framing import DecodeError, control_of
+from ingest.framing import control_of
+from ingest.intake import Intake
 from ingest.logread import make_tail_consumer
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
@@ -244,7 +245,7 @@ class RdbWorker:
         self.queries = 0
         self.names = TopicNames(settings.topic_prefix)
         self.decoder = make_decoder(settings, self.catalog)
-        self.deadletters = DeadLetters(settings, f"rdb:{node_id}")
+        self.intake = Intake(settings, self.catalog, self.decoder, DeadLetters(settings, f"rdb:{node_id}"))
         # RocksDB gets a quarter of the budget; Python, Arrow and Kafka buffers the rest
         self.resources = Resources(cache_bytes=memory_budget // 8, write_buffer_bytes=memory_budget // 8)
         self.shards: dict[tuple[str, int], Shard] = {}
@@ -459,11 +460,7 @@ class RdbWorker:
                 if date is None or date in self.days.published.get(table, ()):
                     continue  # an old day the HDB already holds: only the offset advances
                 began = time.perf_counter_ns()
-                try:
-                    rows.extend(self.decoder.decode(value)[1])
-                except DecodeError as exc:
-                    where = f"{self.names.table(table)}[{partition}]@{offset}"
-                    self.deadletters.send(table, str(exc), value or b"", where=where)
+                rows.extend(self.intake.rows(table, partition, offset, value, date))
                 self._decode_ns += time.perf_counter_ns() - began
             if run_end >= 0:
                 runs.append((shard, run_end, run_date, len(rows)))
@@ -471,7 +468,9 @@ class RdbWorker:
 
     def _apply_runs(self, table: str, runs: list[tuple[Shard, int, dt.date | None, int]],
                     rows: list[dict[str, Any]]) -> None:
-        """Convert the runs' rows to Arrow at once, then hand each run's slice to its shard."""
+        """Convert the runs' rows to Arrow at once, then hand each run's slice to its shard
+        (what the intake refused is dead-lettered first: the offsets move past it here)."""
+        self.intake.flush()
         if not runs:
             return
         began = time.perf_counter_ns()

@@ -340,7 +340,9 @@ def test_late_rows_stay_in_the_day_whose_log_range_holds_them(settings, catalog)
     row = {"sym": "AAPL", "price": 1.0, "size": 100, "exchange": "N", "cond": ""}
     with Tickerplant(settings, catalog, mode="zero") as tp, running_pdb(settings):
         tp.publish_rows("trade", [{**row, "time": day1_noon + i} for i in range(10)])
-        tp.publish_rows("trade", [{**row, "time": day2_noon + 1, "price": 9.0}])  # early: tomorrow's time, today's log
+        # early: tomorrow's time (within max_future_seconds of the close), today's log
+        early = int(dt.datetime(2026, 11, 23, 0, 0, 30, tzinfo=dt.UTC).timestamp()) * 10**9
+        tp.publish_rows("trade", [{**row, "time": early, "price": 9.0}])
         tp.flush()
         clock.advance(24 * 3600)
         roll_day(settings, catalog, clock)

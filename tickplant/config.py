@@ -90,6 +90,10 @@ class Settings:
     clickhouse_url: str = "chdb://"
     # the PDB's memory budget for sorting a day at end of day (larger days sort externally)
     pdb_memory_mb: int = 2048
+    # what a reader of the log accepts (ingest/validate.py): a sym's length in UTF-8 bytes, and
+    # how far past the close of its log day a row's time stamp may be
+    sym_max_bytes: int = 64
+    max_future_seconds: float = 3600.0
 
     @property
     def embedded(self) -> bool:

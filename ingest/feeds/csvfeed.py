@@ -115,6 +115,9 @@ def _converter(column: str, base: str, nullable: bool, has_default: bool, defaul
     return convert
 
 
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
+
+
 def _lines(path: Path, max_bytes: int) -> Iterator[tuple[int, str | None, str]]:
     """(line number, text or None, reason) of each physical line, bounded in size."""
     with open(path, "rb") as f:
@@ -131,6 +134,8 @@ def _lines(path: Path, max_bytes: int) -> Iterator[tuple[int, str | None, str]]:
                     size += len(raw)
                 yield number, None, f"line is {size} bytes, over the {max_bytes}-byte limit"
                 continue
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]  # what Excel and many exports put first: not part of the header
             try:
                 yield number, raw.decode("utf-8").rstrip("\r\n"), ""
             except UnicodeDecodeError as exc:

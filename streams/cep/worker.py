@@ -73,6 +73,7 @@ from faust.web import View
 from ingest.deadletter import DeadLetters
 from ingest.eod import TradingCalendar, confirmed_fence_date, read_day_state
 from ingest.framing import control_of
+from ingest.intake import Intake
 from ingest.logread import make_tail_consumer
 from ingest.schema_topic import SchemaTopic, make_decoder
 from ingest.schemas import SchemaCatalog
@@ -140,7 +141,7 @@ class CepWorker:
         SchemaTopic(settings).register(self.rte)
         self.names = TopicNames(settings.topic_prefix)
         self.decoder = make_decoder(settings, self.catalog)
-        self.deadletters = DeadLetters(settings, f"cep:{node_id}")
+        self.intake = Intake(settings, self.catalog, self.decoder, DeadLetters(settings, f"cep:{node_id}"))
         self.calendar = TradingCalendar.from_settings(settings)
         self.days = read_day_state(settings)
         self.engines: dict[int, PartitionEngine] = {}
@@ -314,6 +315,7 @@ class CepWorker:
                 if engine is None:
                     continue  # revoked meanwhile: the next owner reads it from the stored offset
                 batches = {t: self._messages(t, p, msgs, engine.store.offset(t)) for t, msgs in tables.items()}
+                self.intake.flush()
                 if "trade" in tables:
                     self.last_seen[p] = time.monotonic()
                 publisher = self.publishers[p]
@@ -410,11 +412,10 @@ class CepWorker:
         return out
 
     def _run(self, table: str, p: int, msgs: list[Any], date: str) -> Message:
-        """One run of data messages as one engine message; undecodable ones go to the dead letters."""
-        rows, errors = self.decoder.decode_many([msg.value() for msg in msgs])
-        for i, exc in errors:
-            where = f"{self.names.table(table)}[{p}]@{msgs[i].offset()}"
-            self.deadletters.send(table, str(exc), msgs[i].value() or b"", where=where)
+        """One run of data messages as one engine message; what the intake refuses goes to the
+        dead letters (``_apply`` flushes them before the engine's state write)."""
+        rows = self.intake.run(table, p, [(msg.offset(), msg.value()) for msg in msgs],
+                               dt.date.fromisoformat(date) if date else None)
         return Message(msgs[-1].offset(), rows, date, count=len(msgs))
 
     def _committed(self, newest: int | None) -> None:

@@ -1,0 +1,79 @@
+"""A data message of the log, taken in by a consumer: decoded, checked, and its refusals noted.
+
+Every reader (RDB, CEP, PDB, replay, backfill) takes rows from the log
+through ``Intake``, so they keep exactly the same rows: ``Decoder`` gives the
+writer's table and rows, ``RowRules`` (``ingest.validate``) keeps the good
+ones. What is refused waits in ``pending`` until the consumer's next state
+write, and ``flush`` (called before it) dead-letters it once per message
+(``DeadLetters.report``): a crash between the two reports it again at the
+restart, and the report finds it already there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from ingest.deadletter import DeadLetters
+from ingest.framing import DecodeError, Decoder
+from ingest.schemas import SchemaCatalog
+from ingest.topics import TopicNames
+from ingest.validate import RowRules
+from tickplant.config import Settings
+
+
+class Intake:
+    def __init__(self, settings: Settings, catalog: SchemaCatalog, decoder: Decoder,
+                 deadletters: DeadLetters | None):
+        self.rules = RowRules(settings, catalog)
+        self.decoder = decoder
+        self.deadletters = deadletters
+        self.names = TopicNames(settings.topic_prefix)
+        self.pending: dict[tuple[str, int], list[tuple[int, str, str, Any]]] = {}
+        self.refused_messages = 0
+        self.refused_rows = 0
+
+    def rows(self, table: str, partition: int, offset: int, value: bytes | None,
+             date: dt.date | None) -> list[dict[str, Any]]:
+        """The rows of one message that the rules keep."""
+        try:
+            got: tuple[str, list[dict[str, Any]]] | DecodeError = self.decoder.decode(value)  # type: ignore[arg-type]
+        except DecodeError as exc:
+            got = exc
+        return self._take(table, partition, offset, value, date, got)
+
+    def run(self, table: str, partition: int, items: list[tuple[int, bytes | None]],
+            date: dt.date | None) -> list[dict[str, Any]]:
+        """The kept rows of (offset, value) messages of one partition and day, in order
+        (decoded at once: ``Decoder.decode_each``)."""
+        out: list[dict[str, Any]] = []
+        decoded = self.decoder.decode_each([value for _, value in items])  # type: ignore[misc]
+        for (offset, value), got in zip(items, decoded, strict=True):
+            out.extend(self._take(table, partition, offset, value, date, got))
+        return out
+
+    def _take(self, table: str, partition: int, offset: int, value: bytes | None, date: dt.date | None,
+              got: tuple[str, list[dict[str, Any]]] | DecodeError) -> list[dict[str, Any]]:
+        if isinstance(got, DecodeError):
+            self._refuse(table, partition, offset, str(got), value or b"", 0)
+            return []
+        writer, rows = got
+        kept, refused = self.rules.check(table, writer, rows, date, partition)
+        if refused is not None:
+            self._refuse(table, partition, offset, refused.reason(), refused.payload(), len(refused.rows))
+        return kept
+
+    def _refuse(self, table: str, partition: int, offset: int, reason: str, payload: Any, rows: int) -> None:
+        self.refused_messages += 1
+        self.refused_rows += rows
+        self.pending.setdefault((self.names.table(table), partition), []).append((offset, table, reason, payload))
+
+    def flush(self) -> int:
+        """Dead-letter what was refused since the last flush (each message once, plant-wide)."""
+        written = 0
+        while self.pending:
+            (topic, partition), letters = next(iter(self.pending.items()))
+            if self.deadletters is not None:
+                written += self.deadletters.report(topic, partition, letters)
+            del self.pending[(topic, partition)]
+        return written
