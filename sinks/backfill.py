@@ -1,7 +1,9 @@
 """Backfill: write a past day's partition straight from the retained log (replay, ``-11!``).
 
 For a day the PDB could not write (it started after the day began, or its
-cache was lost) or to rewrite a partition (``force``). The rows come from
+cache was lost) or to rewrite a partition (``force``: the new one is written
+beside the old and swapped in only once complete; a message of the day that
+every reader refuses is dead-lettered and left out, as the PDB leaves it out). The rows come from
 ``ingest.replay`` in log order, partition by partition, exactly the EOD
 marker's ranges, and go through the same write-down as the PDB's, so the
 partition is the same, checksum for checksum, as the PDB would have written.
@@ -82,14 +84,22 @@ def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,
                 )
     finally:
         consumer.close()
-    if existing is not None:
-        store.unpublish(table, date)
     work = Path(settings.data_dir).resolve() / "pdb"
     work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="backfill-", dir=work) as tmp:
-        manifest = write_partition(
-            store, schema, date, _batches(settings, schema, ranges, catalog), ranges,
-            memory_bytes=settings.pdb_memory_mb << 20, tmp_dir=Path(tmp), written_by="backfill", options=options,
-        )
+    # a published partition is rewritten beside itself and swapped in only once complete:
+    # whatever fails meanwhile, the old one is still there
+    staging = store.staging_dir(table, date) if existing is not None else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="backfill-", dir=work) as tmp:
+            manifest = write_partition(
+                store, schema, date, _batches(settings, schema, ranges, catalog), ranges,
+                memory_bytes=settings.pdb_memory_mb << 20, tmp_dir=Path(tmp), written_by="backfill",
+                options=options, staging=staging,
+            )
+        if staging is not None:
+            store.swap_in(manifest, staging)
+    finally:
+        if staging is not None:
+            store.remove_dir(staging)
     markers.publish(manifest, store.display_root)
     return manifest, True

@@ -207,6 +207,33 @@ class HdbStore:
             removed.append(name)
         return removed
 
+    def staging_dir(self, table: str, date: dt.date) -> str:
+        """A fresh directory beside the table's partitions (no query's ``date=`` glob, nor
+        ``dates``, sees it) where a rewrite of a partition is written before ``swap_in``."""
+        return f"{self.table_dir(table)}/.rewrite-date={date.isoformat()}-{uuid.uuid4().hex[:8]}"
+
+    def remove_dir(self, path: str) -> None:
+        """Delete a directory and everything in it (a staging directory)."""
+        try:
+            self.fs.delete_dir(path)
+        except (FileNotFoundError, OSError):
+            pass
+
+    def swap_in(self, manifest: Manifest, staging: str) -> None:
+        """Replace a published partition with the files written in ``staging``: the old
+        manifest goes first (the day is unlisted), then its files; the new files move in
+        and the new manifest makes the day visible again. A crash in between leaves a
+        partition without a manifest, invisible and redone from the log, never a mix."""
+        table, date = manifest.table, manifest.date
+        self.unpublish(table, date)
+        target = self.partition_dir(table, date)
+        if not self.is_s3:
+            os.makedirs(target, exist_ok=True)
+        for f in manifest.files:
+            self.fs.move(f"{staging}/{f.name}", f"{target}/{f.name}")
+        self.put_atomic(self.manifest_path(table, date), manifest.to_json())
+        self.remove_dir(staging)
+
     def unpublish(self, table: str, date: dt.date) -> None:
         """Make a partition invisible (manifest first), then remove its files."""
         self.delete(self.manifest_path(table, date))

@@ -80,10 +80,11 @@ class PartitionWriter:
     """Sorted tables in, Parquet files of whole row groups out, with their checksums."""
 
     def __init__(self, store: HdbStore, table: str, date: dt.date, schema: pa.Schema,
-                 options: WriteOptions = DEFAULT_OPTIONS):
+                 options: WriteOptions = DEFAULT_OPTIONS, directory: str | None = None):
         self.store = store
         self.table = table
         self.date = date
+        self.directory = directory or store.partition_dir(table, date)
         self.schema = schema
         self.options = options
         self.files: list[FileEntry] = []
@@ -184,7 +185,7 @@ class PartitionWriter:
         data = self._buffer.getvalue()
         index = len(self.files)
         name = f"part-{index:05d}.parquet"
-        path = f"{self.store.partition_dir(self.table, self.date)}/{name}"
+        path = f"{self.directory}/{name}"
         with self.store.open_output(path) as out:
             if _failpoint(f"pdb-mid-file:{self.table}", index):
                 out.write(data[: len(data) // 2])
@@ -237,21 +238,25 @@ def write_partition(
     tmp_dir: Path | None = None,
     written_by: str = "pdb",
     options: WriteOptions = DEFAULT_OPTIONS,
+    staging: str | None = None,
 ) -> Manifest:
     """Sort and write one day of ``schema``'s table; publish its manifest last.
 
     ``batches``: the day's rows in log order (partition by partition, offsets
-    ascending). The caller has checked the day has no manifest yet.
+    ascending). The caller has checked the day has no manifest yet, or gives
+    ``staging``: a directory outside every partition the files go to instead,
+    with no manifest written (``HdbStore.swap_in`` publishes them, so a
+    partition being rewritten is served whole until the new one is complete).
     """
     table = schema.name
-    leftovers = store.clear_partition(table, date)
+    leftovers = store.clear_partition(table, date) if staging is None else []
     if leftovers:
         log.info("%s %s: removed %d file(s) of an unfinished write-down", table, date, len(leftovers))
     with tempfile.TemporaryDirectory(prefix=f"sort-{table}-{date}-", dir=tmp_dir) as tmp:
         sorter = DaySorter(run_bytes=max(1 << 20, memory_bytes // 3), tmp_dir=Path(tmp))
         for batch in batches:
             sorter.add(conform(batch, schema))
-        writer = PartitionWriter(store, table, date, output_schema(schema.arrow_schema), options)
+        writer = PartitionWriter(store, table, date, output_schema(schema.arrow_schema), options, staging)
         for part in sorter.sorted():
             writer.write(part)
         files = writer.close()
@@ -261,6 +266,8 @@ def write_partition(
         columns=[[f.name, str(f.type)] for f in schema.arrow_schema],
         written_by=written_by, written_at=time.time_ns(),
     )
+    if staging is not None:
+        return manifest
     if _failpoint("pdb-before-manifest", 0):
         _hang_forever()
     store.put_atomic(store.manifest_path(table, date), manifest.to_json())
