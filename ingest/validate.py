@@ -48,6 +48,7 @@ from tickplant.config import Settings
 # far enough inside int64 that a bar's end or a window's sum never overflows
 TIME_CEILING = 7_258_118_400 * 10**9
 SYM_MAX_BYTES_LIMIT = 200  # the engine's RocksDB keys hold a sym's length in one byte
+HOMES_KEPT = 1 << 16  # syms whose check is remembered (a universe of tickers, not a flood of junk)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,16 @@ class RowRules:
         self.doubles = {t.name: tuple(c for c in t.columns if t.column_type(c)[0] in ("double", "float"))
                         for t in catalog}
         self._ceilings: dict[dt.date | None, int] = {None: TIME_CEILING}
+        self._homes: dict[str, int] = {}  # sym -> its partition, or -1 if the sym is refused
+
+    def _home(self, sym: str, limit: int) -> int:
+        """The partition of a well-formed sym, -1 for a bad one; remembered (bounded)."""
+        good = 0 < len(sym) <= limit and sym.isprintable() and (sym.isascii() or len(sym.encode()) <= limit)
+        where = partition_for(sym, self.partitions) if good else -1
+        if len(self._homes) >= HOMES_KEPT:
+            self._homes.clear()
+        self._homes[sym] = where
+        return where
 
     def ceiling(self, date: dt.date | None) -> int:
         """The latest time stamp a row of log day ``date`` may carry."""
@@ -98,14 +109,20 @@ class RowRules:
         limit = self.sym_max_bytes
         doubles = self.doubles.get(table, ())
         bad: list[tuple[int, Any, str]] | None = None
+        home = self._homes
+        c0, c1, rest = (doubles + ("", ""))[0], (doubles + ("", ""))[1], doubles[2:]
         for i, row in enumerate(rows):
             sym, t = row.get("sym"), row.get("time")
-            # the common case in one expression: a short ASCII sym of letters, a time in range
-            if (type(sym) is str and 0 < len(sym) <= limit and sym.isprintable()
-                    and (sym.isascii() or len(sym.encode()) <= limit)
+            # the common case in one expression: a sym seen before, a time in range, finite doubles
+            # (x - x is 0 for a finite float, NaN for NaN and the infinities)
+            where = home.get(sym) if type(sym) is str else -1
+            if where is None:
+                where = self._home(sym, limit)
+            if (where >= 0 and (partition is None or where == partition)
                     and type(t) is int and 0 <= t <= top
-                    and all(math.isfinite(row[c]) for c in doubles if row.get(c) is not None)
-                    and (partition is None or partition_for(sym, self.partitions) == partition)):
+                    and (not c0 or (v := row.get(c0)) is None or v - v == 0)
+                    and (not c1 or (v := row.get(c1)) is None or v - v == 0)
+                    and (not rest or all((v := row.get(c)) is None or v - v == 0 for c in rest))):
                 continue
             if bad is None:
                 bad = []
