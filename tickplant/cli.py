@@ -121,8 +121,11 @@ def _status_loop(plant: Any) -> None:
 
 def cmd_down(args: argparse.Namespace) -> int:
     from tickplant.plant import stop_plant
+    from tickplant.supervisor import stop_leftovers
 
-    stopped = stop_plant(settings_from_args(args, need_kafka=False))
+    settings = settings_from_args(args, need_kafka=False)
+    stopped = stop_plant(settings)
+    stopped += stop_leftovers(settings)  # what no pid file names: found by the directory it holds
     print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
     return 0
 

@@ -3,10 +3,18 @@
 Each child is ``python -m tickplant ...`` with the plant's settings passed as
 TICKPLANT_* variables, its output in ``<data_dir>/logs/<name>.log``. One that
 dies is restarted (a crash must not end the plant), at most every few seconds.
+
+A child dies with the plant: the kernel sends it SIGTERM when the supervising
+process ends, kill -9 included (PR_SET_PDEATHSIG, as the embedded broker has).
+Whatever survives anyway (a plant of an older version, a child started by
+hand) is found by what it holds, not by a pid file: ``plant_processes`` lists
+the tickplant processes whose environment names the data directory, and
+brokers whose command line reads their configuration from it.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tickplant.config import Settings
-from tickplant.kafka.broker import stop_pid
+from tickplant.kafka.broker import _die_with_parent, stop_pid
 
 RESTART_DELAY = 3.0
 
@@ -33,14 +41,13 @@ class Child:
         self.log_path = Path(self.settings.data_dir) / "logs" / f"{self.name}.log"
 
     def start(self) -> None:
-        import os
-
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.settings.child_env()}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tickplant", *self.argv], env=env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
         self.started_at = time.monotonic()
 
@@ -108,3 +115,49 @@ def pdb_child(settings: Settings) -> Child:
 
 def gateway_child(settings: Settings) -> Child:
     return Child("gateway-1", ["gateway", "run", "--id", "gateway-1"], settings)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # gone meanwhile, or not ours to read
+        return b""
+
+
+def plant_processes(settings: Settings) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process of the plant in ``settings.data_dir``:
+    ``python -m tickplant`` processes whose TICKPLANT_DATA_DIR is that directory, and
+    Kafka brokers started with a configuration file under it. This process is left out."""
+    data_dir = Path(settings.data_dir).resolve()
+    kafka_home = str(data_dir / "kafka") + "/"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        argv = [a.decode(errors="replace") for a in _read(entry / "cmdline").split(b"\0") if a]
+        if not argv:
+            continue
+        ours = False
+        if "-m" in argv and "tickplant" in argv[argv.index("-m") + 1:argv.index("-m") + 2]:
+            env = dict(kv.split(b"=", 1) for kv in _read(entry / "environ").split(b"\0") if b"=" in kv)
+            held = env.get(b"TICKPLANT_DATA_DIR")
+            if held is not None:
+                held_dir = Path(held.decode(errors="replace"))
+                if not held_dir.is_absolute():
+                    held_dir = Path(os.readlink(entry / "cwd")) / held_dir if (entry / "cwd").exists() else held_dir
+                ours = held_dir.resolve() == data_dir
+        elif any(a.startswith(kafka_home) for a in argv) and any(a == "kafka.Kafka" for a in argv):
+            ours = True
+        if ours:
+            found.append((int(entry.name), " ".join(argv)))
+    return found
+
+
+def stop_leftovers(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Stop what ``plant_processes`` finds (children first, brokers last); what was stopped."""
+    stopped = []
+    found = sorted(plant_processes(settings), key=lambda p: "kafka.Kafka" in p[1])
+    for pid, cmdline in found:
+        stop_pid(pid, timeout)
+        stopped.append(f"leftover pid {pid} ({cmdline[:80]})")
+    return stopped
