@@ -51,6 +51,7 @@ from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames
 from streams.cep.topics import CepTopics
+from tickplant import internal
 from tickplant.clock import ManualClock
 from tickplant.config import Settings
 from tickplant.kafka.broker import free_port
@@ -82,7 +83,8 @@ class BenchCep:
 
     def status(self) -> dict[str, Any] | None:
         try:
-            with urllib.request.urlopen(f"{self.url}/cep/v1/status", timeout=30) as resp:
+            request = urllib.request.Request(f"{self.url}/cep/v1/status", headers=internal.headers(self.settings))
+            with urllib.request.urlopen(request, timeout=30) as resp:
                 return json.loads(resp.read())
         except OSError:
             return None

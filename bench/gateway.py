@@ -40,6 +40,7 @@ from ingest.publisher import Tickerplant
 from ingest.schemas import SchemaCatalog
 from sinks.backfill import backfill
 from streams.client import RdbClient, RdbClientError
+from tickplant import internal
 from tickplant.clock import ManualClock
 from tickplant.config import Settings
 from tickplant.kafka.broker import free_port
@@ -155,7 +156,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
         children += [rdb, gw]
         rdb.start()
         gw.start()
-        rdb_client = RdbClient(f"http://127.0.0.1:{rdb_port}", timeout=60)
+        rdb_client = RdbClient(f"http://127.0.0.1:{rdb_port}", timeout=60, settings=s)
         _wait("the RDB", lambda: rdb_client.status()["serving"], rdb)
         published_today = _published(s, catalog, today)
         _wait("today's rows", lambda: sum(rdb_client.count("trade", date=today).values()) == published_today, rdb)
@@ -201,8 +202,9 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
                       .table.column("sym").to_pylist()) or syms
         seconds = 3 if args.quick else 8
         rate = hammer(lambda c, i: c.get(f"{url}/v1/last", params={"syms": syms[i % len(syms)]}), seconds)
+        plant_only = internal.headers(s)
         raw = hammer(lambda c, i: c.get(f"http://127.0.0.1:{rdb_port}/rdb/v1/trade/last",
-                                        params={"syms": syms[i % len(syms)]}), seconds)
+                                        params={"syms": syms[i % len(syms)]}, headers=plant_only), seconds)
         report.results.append(Result(f"gateway last, 1 sym, {CONCURRENT} clients", rate, raw, "-", None,
                                      "req/s", "baseline: the RDB's own last view"))
         report.notes.append(f"gateway: {events:,} quote events yesterday (HDB) and {events // 5:,} today (RDB), "

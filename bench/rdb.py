@@ -31,6 +31,7 @@ from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_counts, partition_for
 from streams.client import RdbClient, RdbClientError
 from streams.shard import Resources, Shard
+from tickplant import internal
 from tickplant.config import Settings
 from tickplant.kafka.broker import free_port
 from tickplant.supervisor import Child
@@ -69,7 +70,7 @@ class BenchWorker:
     def __init__(self, settings: Settings, node: str):
         self.port = free_port()
         self.child = Child(node, ["rdb", "worker", "--id", node, "--port", str(self.port)], settings)
-        self.client = RdbClient(f"http://127.0.0.1:{self.port}", timeout=60)
+        self.client = RdbClient(f"http://127.0.0.1:{self.port}", timeout=60, settings=settings)
         self.rows_timed = 0
 
     def start(self) -> float:
@@ -216,8 +217,9 @@ class QueryProbe(threading.Thread):
 WARM_UP_SECONDS = 2.0
 
 
-def reset_stages(url: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(f"{url}/rdb/v1/stages/reset", method="POST"), timeout=10).read()
+def reset_stages(url: str, settings: Settings) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"{url}/rdb/v1/stages/reset", method="POST",
+                                                  headers=internal.headers(settings)), timeout=10).read()
 
 
 def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, seconds: float = 10, rate: int = 10_000,
@@ -235,7 +237,7 @@ def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, seconds: fl
     worker = BenchWorker(settings, "lat")
     worker.start()
     market = SyntheticMarket(syms=50, seed=2)
-    query = QueryProbe(RdbClient(worker.client.url, timeout=5), market.syms[:3])
+    query = QueryProbe(RdbClient(worker.client.url, timeout=5, settings=settings), market.syms[:3])
     try:
         with Tickerplant(settings, catalog, mode="zero") as tp:
             warmed = 0
@@ -245,7 +247,7 @@ def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, seconds: fl
                 if phase == "measured":
                     tp.flush()
                     worker.wait_rows("quote", warmed, timeout=120)  # the warm-up's backlog applied
-                    reset_stages(worker.client.url)
+                    reset_stages(worker.client.url, settings)
                     before = worker.client.status()["sched_ns"]
                     if probe:
                         query.start()

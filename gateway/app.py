@@ -48,6 +48,7 @@ from gateway.routing import Routing
 from gateway.sql import Forbidden, SqlError, parse_select
 from ingest.schemas import SchemaCatalog
 from sinks.hdb import HdbQuery, HdbQueryError
+from tickplant import internal
 from tickplant.config import Settings
 
 PLAN_CACHE = 1024  # plans kept (statements x users)
@@ -219,8 +220,17 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": f"malformed request: {problems}"}, status_code=400)
 
+    internal_secret = internal.secret(settings)
+
     @app.get("/v1/health")
-    def health() -> dict[str, Any]:
+    def health(request: Request) -> dict[str, Any]:
+        """Up or down for anyone (a load balancer's probe); the plant's nodes and where its
+        history lives for a caller with a key, and for the plant's own processes."""
+        if not internal.is_internal(request.headers.get(internal.HEADER), internal_secret):
+            try:
+                user_of(request)
+            except Unauthorized:
+                return {"status": "ok"}
         nodes = gw.routing.nodes("rdb")
         open_date = gw.routing.open_date()
         return {
@@ -339,4 +349,10 @@ def _streaming_routes(app: FastAPI, gw: Gateway) -> None:
         queries instead)."""
         check_subscription(user_of(request), source, gw.table_columns, derived_from=gw.catalog.names)
 
-    app.include_router(make_router(hub, authorize=allowed))
+    def admin_only(request: Any) -> None:
+        """Who subscribes to what is the operators' to see, not other users'."""
+        user = user_of(request)
+        if not user.admin:
+            raise Forbidden(f"user {user.name!r} is not an admin: the hub's subscriptions are for operators")
+
+    app.include_router(make_router(hub, authorize=allowed, inspect=admin_only))

@@ -351,7 +351,7 @@ class Engine:
         holds one: its answer would otherwise miss or double rows during a rebalance)."""
         self.routing.begin(url)
         try:
-            client = RdbClient(url, timeout=max(0.5, deadline - time.monotonic()))
+            client = RdbClient(url, timeout=max(0.5, deadline - time.monotonic()), settings=self.settings)
             reader = client.rows if view == "rows" else client.last
             cols = list(columns) if columns else None
             return reader(table, syms=syms, columns=cols, date=day.isoformat(), local=True, partitions=partitions)

@@ -44,6 +44,7 @@ from typing import Any
 import orjson
 
 from streams.metadata import read_metadata
+from tickplant import internal
 from tickplant.config import Settings
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class EngineFeed:
                  deliver: Callable[[list[dict[str, Any]]], bool], warn: Callable[[list[str]], Any],
                  stop: threading.Event):
         self.settings = settings
+        self.headers = internal.headers(settings)  # the CEP views answer only the plant
         self.topic = topic
         self.output = output
         self.syms = syms
@@ -140,7 +142,7 @@ class EngineFeed:
                 since = dict(self.last_bar)
             if since:
                 query["start"] = str(min(since.values()))
-        with _get(url, f"/cep/v1/{self.output}", query, CONNECT_SECONDS) as resp:
+        with _get(url, f"/cep/v1/{self.output}", query, CONNECT_SECONDS, self.headers) as resp:
             payload = json.loads(resp.read())
         if self.output == "bars":
             return [{k: v for k, v in bar.items() if k != "is_open"} for bar in payload.get("bars", [])
@@ -165,7 +167,7 @@ class NodeStream(threading.Thread):
         feed = self.feed
         query = {"output": feed.output, **({"syms": ",".join(feed.syms)} if feed.syms else {})}
         try:
-            with _get(self.url, "/cep/v1/live", query, READ_TIMEOUT_SECONDS) as response:
+            with _get(self.url, "/cep/v1/live", query, READ_TIMEOUT_SECONDS, feed.headers) as response:
                 self._response = response
                 for raw in response:
                     if self.closed or feed.stop.is_set():
@@ -207,13 +209,14 @@ class NodeStream(threading.Thread):
 class _get:
     """GET ``url + path?query`` as a context manager giving the response (an error if not 200)."""
 
-    def __init__(self, url: str, path: str, query: dict[str, str], timeout: float):
+    def __init__(self, url: str, path: str, query: dict[str, str], timeout: float, headers: dict[str, str]):
         parts = urllib.parse.urlsplit(url)
+        self.headers = headers
         self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         self.target = f"{parts.path.rstrip('/')}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
 
     def __enter__(self) -> http.client.HTTPResponse:
-        self.conn.request("GET", self.target)
+        self.conn.request("GET", self.target, headers=self.headers)
         response = self.conn.getresponse()
         if response.status != 200:
             body = response.read()[:300].decode(errors="replace")

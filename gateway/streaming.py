@@ -38,6 +38,8 @@ from fastapi import APIRouter, HTTPException, Request, WebSocket
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from gateway.auth import Unauthorized
+from gateway.sql import Forbidden
 from gateway.subscriptions import Hub, Outbox, SourceError, UpstreamError, dumps
 
 log = logging.getLogger(__name__)
@@ -193,8 +195,10 @@ class _EventStream(StreamingResponse):
             self.hub.disconnect(self.outbox)
 
 
-def make_router(hub: Hub, authorize: Authorize | None = None) -> APIRouter:
-    """The streaming routes over ``hub``; ``authorize(request_or_ws, source)`` raises to refuse."""
+def make_router(hub: Hub, authorize: Authorize | None = None,
+                inspect: Callable[[Request], None] | None = None) -> APIRouter:
+    """The streaming routes over ``hub``; ``authorize(request_or_ws, source)`` raises to refuse
+    a subscription, ``inspect(request)`` to refuse a look at every client's (401 or 403)."""
     router = APIRouter(tags=["streaming"])
 
     @router.websocket("/v1/ws")
@@ -230,8 +234,13 @@ def make_router(hub: Hub, authorize: Authorize | None = None) -> APIRouter:
         return _EventStream(hub, outbox)
 
     @router.get("/v1/subscriptions")
-    async def subscriptions() -> dict[str, Any]:
+    async def subscriptions(request: Request) -> Any:
         """What the hub holds: clients, upstreams and their subscribers, clients dropped."""
+        if inspect is not None:
+            try:
+                inspect(request)
+            except (Unauthorized, Forbidden) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=401 if isinstance(exc, Unauthorized) else 403)
         return hub.stats()
 
     return router

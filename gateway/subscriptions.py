@@ -67,6 +67,7 @@ from ingest.schemas import SchemaCatalog
 from ingest.subscribe import Subscription
 from ingest.topics import TopicNames, admin_client
 from streams.cep.topics import output_of
+from tickplant import internal
 from tickplant.config import Settings
 
 log = logging.getLogger(__name__)
@@ -582,14 +583,16 @@ def default_snapshot(settings: Settings, catalog: SchemaCatalog, timeout: float 
             urls = [n["url"] for n in nodes.values() if n.get("kind") == "rdb" and n.get("url")]
             if not urls:
                 return []
-            return _arrow_rows(RdbClient(urls[0], timeout=timeout).last(source, syms or None))
+            return _arrow_rows(RdbClient(urls[0], timeout=timeout, settings=settings).last(source, syms or None))
         urls = [n["url"] for n in nodes.values() if n.get("kind") == "cep" and n.get("url")]
         if source not in ("analytics", "bars") or not urls:
             return []
         query = f"?{urllib.parse.urlencode({'syms': ','.join(syms)})}" if syms else ""
         rows: list[dict[str, Any]] = []
         for url in urls:
-            with urllib.request.urlopen(f"{url.rstrip('/')}/cep/v1/{source}{query}", timeout=timeout) as resp:
+            request = urllib.request.Request(f"{url.rstrip('/')}/cep/v1/{source}{query}",
+                                             headers=internal.headers(settings))
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 rows.extend(_cep_rows(json.loads(resp.read())))
         return rows
 

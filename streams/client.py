@@ -13,6 +13,9 @@ from typing import Any
 import pyarrow as pa
 import urllib3
 
+from tickplant import internal
+from tickplant.config import Settings
+
 MISDIRECTED = 421  # a worker's answer for partitions it does not hold (any more)
 _HTTP = urllib3.PoolManager(num_pools=64, maxsize=32, retries=False)
 
@@ -29,16 +32,20 @@ class RdbClientError(RuntimeError):
 
 
 class RdbClient:
-    def __init__(self, url: str, timeout: float = 30.0):
+    """One worker's views. ``settings`` gives the plant's secret, which the views require
+    (tickplant/internal.py): the client of any plant process or tool passes its own."""
+
+    def __init__(self, url: str, timeout: float = 30.0, settings: Settings | None = None):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.headers = internal.headers(settings) if settings is not None else {}
 
     def _get(self, path: str, params: dict[str, Any]) -> bytes:
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v not in (None, "", [])})
         url = f"{self.url}{path}" + (f"?{query}" if query else "")
         try:
-            resp = _HTTP.request("GET", url, timeout=urllib3.Timeout(connect=min(5.0, self.timeout),
-                                                                    read=self.timeout))
+            resp = _HTTP.request("GET", url, headers=self.headers,
+                                 timeout=urllib3.Timeout(connect=min(5.0, self.timeout), read=self.timeout))
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise RdbClientError(f"RDB worker at {self.url} unreachable: {exc}") from None
         body = resp.data

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import faust
 
+from tickplant import internal
 from tickplant.config import Settings
 from tickplant.kafka.security import faust_credentials
 
@@ -38,6 +39,9 @@ def membership_app(settings: Settings, group: str, membership_topic: str, datadi
         broker_session_timeout=6.0,  # the broker's minimum: a dead worker's partitions move soon
         broker_heartbeat_interval=1.0,
         stream_wait_empty=False, web_access_log=None,
+        # the views serve every row held: only the plant's own calls (tickplant/internal.py),
+        # Faust's own pages (its tables, router, stats) included
+        web_application_options={"middlewares": [internal.aiohttp_middleware(settings)]},
     )
     membership = app.topic(membership_topic, key_serializer="raw", value_serializer="raw")
 

@@ -84,6 +84,7 @@ from streams.group import membership_app
 from streams.metadata import MetadataPublisher, read_metadata
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
 from streams.shard import Resources, Shard, ShardError
+from tickplant import internal
 from tickplant.config import Settings
 
 log = logging.getLogger("tickplant.rdb")
@@ -659,7 +660,7 @@ class RdbWorker:
         params["local"] = "1"
         if syms is not None:
             params["syms"] = ",".join(syms)
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=internal.headers(self.settings)) as session:
             async with session.get(f"{url}/rdb/v1/{table}/{kind}", params=params) as resp:
                 body = await resp.read()
                 if resp.status != 200:
@@ -719,7 +720,8 @@ class RdbWorker:
                 if request.query.get("local") != "1":
                     for record in worker.peers.values():
                         if record["node"] != worker.node_id and table in record.get("tables", {}):
-                            async with aiohttp.ClientSession() as session:
+                            async with aiohttp.ClientSession(
+                                    headers=internal.headers(worker.settings)) as session:
                                 params = {k: v for k, v in request.query.items()}
                                 params["local"] = "1"
                                 async with session.get(f"{record['url']}/rdb/v1/{table}/count",

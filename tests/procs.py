@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.client import RdbClient, RdbClientError
+from tickplant import internal
 from tickplant.config import Settings
 from tickplant.kafka.broker import free_port
 
@@ -87,7 +88,7 @@ class Worker(PlantChild):
 
     @property
     def client(self) -> RdbClient:
-        return RdbClient(self.url, timeout=30)
+        return RdbClient(self.url, timeout=30, settings=self.settings)
 
     def wait_serving(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -112,7 +113,8 @@ class Cep(PlantChild):
         return ["cep", "run", "--id", self.node_id, "--port", str(self.port), *self.extra]
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
+        request = urllib.request.Request(self.url + path, headers=internal.headers(self.settings))
+        with urllib.request.urlopen(request, timeout=30) as resp:
             return json.loads(resp.read())
 
     def status(self) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from procs import wait_until
 from gateway.client import Client, GatewayError
 from ingest.eod import read_day_state
 from ingest.replay import replay_arrow
+from tickplant import internal
 from tickplant.config import Settings
 from tickplant.kafka.broker import free_port, free_port_pair
 
@@ -195,7 +196,8 @@ def test_every_part_killed_in_turn_loses_and_duplicates_nothing(tmp_path, catalo
             "FROM trade WHERE date = today() GROUP BY sym").to_pylist()}
 
         def analytics() -> dict:
-            with urllib.request.urlopen(f"{cep}/cep/v1/analytics", timeout=30) as resp:
+            request = urllib.request.Request(f"{cep}/cep/v1/analytics", headers=internal.headers(plant.settings))
+            with urllib.request.urlopen(request, timeout=30) as resp:
                 return json.loads(resp.read())["analytics"]
 
         def agrees() -> bool:
@@ -286,7 +288,8 @@ def test_bad_input_everywhere_is_refused_with_a_reason_and_disturbs_nothing(tmp_
         cep = f"http://127.0.0.1:{plant.settings.cep_port}"
 
         def engine_trades() -> int:
-            with urllib.request.urlopen(f"{cep}/cep/v1/analytics", timeout=30) as resp:
+            request = urllib.request.Request(f"{cep}/cep/v1/analytics", headers=internal.headers(plant.settings))
+            with urllib.request.urlopen(request, timeout=30) as resp:
                 return sum(a["trades"] or 0 for a in json.loads(resp.read())["analytics"].values())
 
         wait_until(lambda: engine_trades() == n_trades, 120, "the engine to count every good trade",

@@ -75,10 +75,13 @@ def world(broker, catalog, tmp_path_factory):
         users = Users.from_dict(USERS)
         app = create_app(settings, users=users)
         with TestClient(app) as client:
-            wait_until(lambda: client.get("/v1/health").json()["rdb_nodes"], 30, "the gateway to see the RDB")
+            wait_until(lambda: client.get("/v1/health", headers=OPS).json()["rdb_nodes"], 30, "the gateway to see the RDB")
             yield settings, client, published, worker
     finally:
         worker.stop()
+
+
+OPS = {"X-API-Key": "ops-key"}
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
@@ -356,8 +359,10 @@ def test_tables_health_and_openapi(world):
     assert [c["name"] for c in admin["query_log"]["columns"]][:2] == ["ts", "user"]
     assert [c["name"] for c in tables["trade"]["columns"]] == ["time", "sym", "price", "size", "date"]
     assert tables["trade"]["hdb_dates"] == [D1.isoformat()] and D2.isoformat() in tables["trade"]["rdb_dates"]
-    health = client.get("/v1/health").json()
+    health = client.get("/v1/health", headers=OPS).json()
     assert health["status"] == "ok" and health["open_date"] == D2.isoformat()
+    assert client.get("/v1/health").json() == {"status": "ok"}  # anonymous: up or down, nothing more
+    assert client.get("/v1/health", headers={"X-API-Key": "bob-key"}).json()["rdb_nodes"]
     spec = client.get("/openapi.json").json()
     assert {"/v1/sql", "/v1/trades", "/v1/quotes", "/v1/last", "/v1/bars", "/v1/vwap", "/v1/aj"} <= set(spec["paths"])
 
@@ -400,7 +405,7 @@ def test_a_replica_killed_during_queries_every_query_is_answered(world, tmp_path
         second.wait_serving()
         wait_until(lambda: sum(second.client.count("trade", date=D2.isoformat()).values())
                    == len(published[D2]["trade"]), 60, "replica b to hold today", second.log_tail)
-        wait_until(lambda: {n["replica"] for n in client.get("/v1/health").json()["rdb_nodes"]} == {"a", "b"},
+        wait_until(lambda: {n["replica"] for n in client.get("/v1/health", headers=OPS).json()["rdb_nodes"]} == {"a", "b"},
                    30, "the gateway to see both replicas")
         expected = len(published[D2]["trade"])
         answers: list[int] = []
@@ -428,7 +433,7 @@ def test_a_replica_killed_during_queries_every_query_is_answered(world, tmp_path
             t.join(30)
         assert not errors, errors[:3]
         assert answers and all(n == expected for n in answers)
-        assert {n["replica"] for n in client.get("/v1/health").json()["rdb_nodes"]} == {"b"}
+        assert {n["replica"] for n in client.get("/v1/health", headers=OPS).json()["rdb_nodes"]} == {"b"}
     finally:
         second.stop()
         first.start()  # back for any later test
@@ -441,3 +446,10 @@ def test_health_shows_a_clickhouse_servers_url_without_its_password():
     assert _without_password("http://tickplant:s3cret@clickhouse:8123/db") == "http://tickplant:***@clickhouse:8123/db"
     assert _without_password("chdb://") == "chdb://"
     assert _without_password("https://clickhouse:8443") == "https://clickhouse:8443"
+
+
+def test_the_hubs_subscriptions_are_for_admins_only(world):
+    _, client, _, _ = world
+    assert client.get("/v1/subscriptions").status_code == 401
+    assert client.get("/v1/subscriptions", headers={"X-API-Key": "bob-key"}).status_code == 403
+    assert "upstreams" in client.get("/v1/subscriptions", headers=OPS).json()

@@ -78,6 +78,9 @@ class Settings:
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8700
     gateway_users_file: str = ""
+    # the secret every plant process sends to the RDB and CEP views (tickplant/internal.py);
+    # empty: one made per data directory (fine on one host; set it on many)
+    internal_secret: str = ""
     gateway_row_limit: int = 1_000_000
     gateway_timeout_s: float = 30.0
     # history (sinks/): where the HDB's Parquet partitions live, a local directory

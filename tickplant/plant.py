@@ -23,6 +23,7 @@ from ingest.feeds.synthetic import SyntheticMarket, run_feed
 from ingest.publisher import Tickerplant
 from ingest.schemas import SchemaCatalog
 from ingest.topics import ensure_topics
+from tickplant import internal
 from tickplant.clock import Clock, SystemClock
 from tickplant.config import Settings
 from tickplant.kafka.broker import EmbeddedKafka, pid_alive, stop_pid
@@ -118,7 +119,10 @@ class Plant:
         seen = "no answer"
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
+                # the plant's own call: the gateway tells it the nodes it sees (an anonymous
+                # caller gets only up or down)
+                request = urllib.request.Request(url, headers=internal.headers(self.settings))
+                with urllib.request.urlopen(request, timeout=2) as resp:
                     health = json.loads(resp.read())
                 serving = sum(1 for n in health.get("rdb_nodes", []) if n.get("serving"))
                 engines = len(health.get("cep_nodes", []))
