@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from tickplant import internal
 from tickplant.config import ConfigError, Settings, load_settings
 from tickplant.textable import format_ns, format_table
 
@@ -183,7 +184,8 @@ def _gateway_line(settings: Settings) -> str:
 
     url = f"http://{settings.gateway_host}:{settings.gateway_port}"
     try:
-        with urllib.request.urlopen(f"{url}/v1/health", timeout=3) as resp:
+        request = urllib.request.Request(f"{url}/v1/health", headers=internal.headers(settings))
+        with urllib.request.urlopen(request, timeout=3) as resp:  # the plant's own tool: the details
             health = json.loads(resp.read())
     except OSError as exc:
         return f"gateway: not answering at {url} ({exc})"
