@@ -10,6 +10,8 @@ the HTTP views and the timers.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from tickplant.config import Settings
 from tickplant.kafka.security import faust_credentials
 
 Handler = Callable[..., Awaitable[None]]
+log = logging.getLogger("tickplant.group")
+REFRESH_BACKOFF_MAX_SECONDS = 30.0
 
 
 def membership_app(settings: Settings, group: str, membership_topic: str, datadir: Path, port: int,
@@ -53,8 +57,23 @@ def membership_app(settings: Settings, group: str, membership_topic: str, datadi
     app.on_partitions_revoked.connect(on_revoked)
     app.on_partitions_assigned.connect(on_assigned)
 
+    backoff = {"failures": 0, "next": 0.0}
+
     async def refresh() -> None:
-        await on_refresh()
+        """The worker's housekeeping: a failure (the broker away) is logged and tried again
+        later, doubling the wait; a timer of the plant never ends a process."""
+        now = time.monotonic()
+        if now < backoff["next"]:
+            return
+        try:
+            await on_refresh()
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            backoff["failures"] += 1
+            wait = min(refresh_seconds * 2 ** backoff["failures"], REFRESH_BACKOFF_MAX_SECONDS)
+            backoff["next"] = now + wait
+            log.warning("%s: housekeeping failed (%s: %s); again in %.0f s", group, type(exc).__name__, exc, wait)
+        else:
+            backoff["failures"] = 0
 
     app.timer(refresh_seconds)(refresh)
     app.on_before_shutdown.connect(on_shutdown)

@@ -52,6 +52,8 @@ from tickplant.config import Settings
 log = logging.getLogger("tickplant.cep")
 SEQ_HEADER = "cep-seq"
 TAIL_WINDOW = 64
+RETRY_FIRST_SECONDS = 0.5  # a transaction that failed while the broker was away: tried again after
+RETRY_MAX_SECONDS = 10.0   # ... doubling up to this
 
 
 class OutboxError(RuntimeError):
@@ -126,10 +128,26 @@ class PartitionPublisher:
         return len(todo)
 
     def publish(self, outputs: list[Output], store: PartitionStore) -> None:
-        """Commit the outputs in one transaction, then tell the store they are out."""
-        if outputs:
-            self.send(outputs)
-            self.commit(outputs, store)
+        """Commit the outputs in one transaction, then tell the store they are out.
+
+        While the broker is away the transaction is aborted and tried again with
+        backoff (an aborted transaction's outputs are never read, so sending them
+        again keeps them exactly once); only a fatal error (fenced by a new owner of
+        the partition) ends it.
+        """
+        delay = RETRY_FIRST_SECONDS
+        while outputs:
+            try:
+                self.send(outputs)
+                self.commit(outputs, store)
+                return
+            except OutboxError as exc:
+                cause = exc.__cause__.args[0] if isinstance(exc.__cause__, KafkaException) else None
+                if cause is None or cause.fatal() or self._stop:
+                    raise
+                log.warning("partition %d: %s; again in %.1f s", self.partition, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     def send(self, outputs: list[Output]) -> None:
         """Open a transaction and hand it the outputs (``commit`` ends it)."""
@@ -145,10 +163,20 @@ class PartitionPublisher:
         """Commit the open transaction (blocks for the broker; other partitions' commits may run
         meanwhile in other threads) and tell the store its outputs are out."""
         started = time.perf_counter()
-        try:
-            self.producer.commit_transaction(60)
-        except KafkaException as exc:
-            self._abort(outputs, exc)
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                self.producer.commit_transaction(60)
+                break
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not error.retriable() or error.txn_requires_abort() or self._stop:
+                    self._abort(outputs, exc)
+                # the commit may be under way: it is asked again, never aborted (librdkafka's rule)
+                log.warning("partition %d: commit not confirmed (%s); asked again in %.1f s",
+                            self.partition, error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
         self.commit_seconds += time.perf_counter() - started
         self.commits += 1
         store.mark_published(outputs[-1].seq)
