@@ -95,6 +95,8 @@ READ_MESSAGES = 10_000
 READ_BYTES = 4 << 20
 GIL_SWITCH_SECONDS = 0.0005
 OFF_LOOP_ROWS = 20_000  # answers bigger than this are serialised on the executor
+LOCK_TRY_SECONDS = 1.0  # an assigned shard's lock held by another process: waited for this long at the rebalance,
+LOCK_RETRY_SECONDS = 0.5  # then tried again this often by the reader
 
 
 DEFAULT_REPLICA = "a"
@@ -253,6 +255,8 @@ class RdbWorker:
         self._opening = threading.Lock()
         self._assign_lock = threading.RLock()  # the reader applies, rebalances (re)assign: one at a time
         self._reassign = False
+        self._locked: dict[tuple[str, int], float] = {}  # assigned, but another process held the shard
+        self._next_lock_try = 0.0
         self._halt = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name="rdb-reader", daemon=True)
         self.assigned: set[tuple[str, int]] = set()
@@ -304,12 +308,42 @@ class RdbWorker:
             self.assigned = self._tps(assigned)
             for key in [k for k in self.shards if k not in self.assigned]:
                 self.shards.pop(key).close()  # held from disk at start, but now another worker's
+            self._locked.clear()
             for table, partition in sorted(self.assigned):
-                await loop.run_in_executor(None, self.shard, table, partition)
+                await loop.run_in_executor(None, self._try_open, table, partition)
             self._reassign = True
         self._last_assignment.write_text(json.dumps(sorted(self.assigned)))
         if not self._reader.is_alive():
             self._reader.start()
+
+    def _try_open(self, table: str, partition: int) -> bool:
+        """Open an assigned shard unless another process still holds its lock (a worker that
+        served it from disk at its start and has not yet heard of the rebalance): waiting for
+        that here would hold up the rebalance that tells it. Such a shard is opened later by
+        the reader (``_open_locked``), not read nor served until then."""
+        try:
+            self.shard(table, partition, open_timeout=LOCK_TRY_SECONDS)
+        except ShardError as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            self._locked[(table, partition)] = time.monotonic()
+            log.warning("%s[%d]: its shard is still held by another process; opened when released", table, partition)
+            return False
+        self._locked.pop((table, partition), None)
+        return True
+
+    def _open_locked(self) -> None:
+        """Try again the assigned shards another process held (the reader's thread, between reads)."""
+        now = time.monotonic()
+        if not self._locked or now < self._next_lock_try:
+            return
+        with self._assign_lock:
+            opened = [key for key in sorted(self._locked) if key in self.assigned and self._try_open(*key)]
+            for key in [k for k in self._locked if k not in self.assigned]:
+                del self._locked[key]
+        if opened:
+            self._reassign = True
+        self._next_lock_try = now + LOCK_RETRY_SECONDS
 
     def _read_loop(self) -> None:
         """The data path: the assigned table partitions, read in bulk from each shard's offset.
@@ -332,9 +366,10 @@ class RdbWorker:
                     with self._assign_lock:
                         self._reassign = False
                         consumer.assign([
-                            TopicPartition(self.names.table(t), p, self.shard(t, p).applied + 1)
-                            for t, p in sorted(self.assigned)
+                            TopicPartition(self.names.table(t), p, self.shards[(t, p)].applied + 1)
+                            for t, p in sorted(self.assigned) if (t, p) in self.shards
                         ])
+                self._open_locked()
                 if not self.assigned:
                     self._halt.wait(0.05)
                     continue
@@ -362,7 +397,8 @@ class RdbWorker:
                         log.warning("reading %s[%s]: %s", msg.topic(), msg.partition(), msg.error())
                 with self._assign_lock:
                     for table, batch in by_table.items():
-                        self.apply(table, [m for m in batch if (table, m[0]) in self.assigned])
+                        self.apply(table, [m for m in batch
+                                           if (table, m[0]) in self.assigned and (table, m[0]) in self.shards])
                 samples = self.stages.samples
                 samples["read_total"].add(time.time_ns() - started)
                 self._flush_tails()
@@ -413,7 +449,7 @@ class RdbWorker:
 
     # -- ingest ---------------------------------------------------------------
 
-    def shard(self, table: str, partition: int) -> Shard:
+    def shard(self, table: str, partition: int, open_timeout: float = 60.0) -> Shard:
         """The open shard of (table, partition), opening it once even when the rebalance
         handler (in a thread) and the agent (on the loop) ask at the same time."""
         key = (table, partition)
@@ -422,7 +458,8 @@ class RdbWorker:
             with self._opening:
                 shard = self.shards.get(key)
                 if shard is None:
-                    shard = self.shards[key] = Shard(shard_path(self.settings, table, partition, self.replica), self.resources)
+                    shard = self.shards[key] = Shard(shard_path(self.settings, table, partition, self.replica),
+                                                     self.resources, open_timeout=open_timeout)
         return shard
 
     def apply(self, table: str, messages: list[tuple[int, int, bytes | None, Any]]) -> None:
