@@ -377,6 +377,7 @@ class Pdb:
             "node": self.node_id,
             "rows_captured": self.rows_captured,
             "messages": self.messages,
+            "refused": {"messages": self.intake.refused_messages, "rows": self.intake.refused_rows},
             "partitions": {f"{t}[{p}]": {"since": s.since, "next": s.next, "segments": len(s.segments)}
                            for (t, p), s in sorted(self.cache.parts.items())},
             "writing": f"{self.job.table} {self.job.date}" if self.job else None,

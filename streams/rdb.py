@@ -597,6 +597,7 @@ class RdbWorker:
             "open_date": self.days.open_date.isoformat() if self.days.open_date else None,
             "serving": bool(self.assigned) and all(key in self.shards for key in self.assigned),
             "rows_applied": self.rows_applied, "messages": self.messages, "batches": self.batches,
+            "refused": {"messages": self.intake.refused_messages, "rows": self.intake.refused_rows},
             "tables": tables,
             "visible_latency_ms": self.latency.percentiles(None if detail else 4096),
             **({"stages_ms": self.stages.report(),

@@ -170,6 +170,10 @@ def test_poison_messages_are_dead_lettered_once_and_stop_nothing(settings, catal
         wait_until(lambda: set(letters()) == set(sent), 60, "every poison message dead-lettered",
                    lambda: f"{len(letters())} of {len(sent)}")
 
+        # each reader counts what it refused (its status), each message once
+        assert rdb.client.status()["refused"]["messages"] == len(sent)
+        assert cep.get("/cep/v1/status")["refused"]["messages"] == len(sent)
+
         # read again by a whole second replica and by a replay: not one more dead letter
         replica = Worker(settings, "rdb-b1", tmp_path, replica="b").start()
         procs.append(replica)

@@ -497,6 +497,7 @@ class CepWorker:
                 }
         return {"node": self.node_id, **self.holdings(), "reads": self.reads, "commits": self.commits,
                 "messages_read": self.messages_read,
+                "refused": {"messages": self.intake.refused_messages, "rows": self.intake.refused_rows},
                 "apply_ms_avg": round(1000 * self.apply_seconds / max(1, self.reads), 2),
                 "apply_cpu_ms_avg": round(1000 * self.apply_cpu_seconds / max(1, self.reads), 3),
                 "apply_cpu_us_per_message": round(1e6 * self.apply_cpu_seconds / max(1, self.messages_read), 2),
