@@ -30,7 +30,7 @@ import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,6 +80,7 @@ class Gateway:
         # SQL costs 1-4 ms, the same again for every request
         self._plans: OrderedDict[tuple[str, str, dt.date], Plan] = OrderedDict()
         self._plans_lock = threading.Lock()
+        self.running = RunningQueries(settings.gateway_user_queries)
 
     def plan(self, statement: str, user: User) -> Plan:
         """The statement parsed, authorised for ``user`` and planned, once per open day:
@@ -105,10 +106,15 @@ class Gateway:
         started = time.monotonic()
         try:
             kind = output.media_type(request.headers.get("accept"), fmt)
-            plan = self.plan(statement, user)
-            checked = time.monotonic()
-            result: Answer = self.engine.execute(plan, limit=limit, timeout=timeout, settings=settings,
-                                                 rdb_view=rdb_view)
+            size = len(statement.encode())
+            if size > self.settings.gateway_max_statement_bytes:
+                raise QueryFailed(413, f"the statement has {size:,} bytes; at most "
+                                       f"{self.settings.gateway_max_statement_bytes:,} (gateway_max_statement_bytes)")
+            with self.running.admit(user.name):
+                plan = self.plan(statement, user)
+                checked = time.monotonic()
+                result: Answer = self.engine.execute(plan, limit=limit, timeout=timeout, settings=settings,
+                                                     rdb_view=rdb_view, planned=checked - started)
         except Exception as exc:
             status = _status(exc)
             self.query_log.record(user.name, endpoint, statement, (time.monotonic() - started) * 1e3, 0,
@@ -141,6 +147,62 @@ class Gateway:
             raise
         return self.answer(user, endpoint, q.sql, request, limit=limit, timeout=timeout, settings=q.settings or None,
                            rdb_view=rdb_view or q.rdb_view, fmt=fmt)
+
+
+class RunningQueries:
+    """Queries each user has running: past ``per_user`` at once, the next is refused (429)
+    at once rather than queued, so one user's flood never delays another's query."""
+
+    def __init__(self, per_user: int):
+        self.per_user = per_user
+        self._running: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def admit(self, user: str) -> Iterator[None]:
+        with self._lock:
+            running = self._running.get(user, 0)
+            if running >= self.per_user:
+                raise QueryFailed(429, f"user {user!r} has {running} queries running, the most one user may "
+                                       f"(gateway_user_queries); retry when one has finished")
+            self._running[user] = running + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[user] -= 1
+                if not self._running[user]:
+                    del self._running[user]
+
+
+def limit_body(app: Any, max_bytes: int) -> Any:
+    """ASGI middleware: a request body past ``max_bytes`` is refused (413), by its
+    Content-Length before it is read, or as it streams in (read no further); a body within
+    it is handed on whole."""
+    async def limited(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = JSONResponse({"error": f"the request body is larger than {max_bytes:,} bytes"}, status_code=413)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            return await too_big(scope, receive, send)
+        body, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            body.append(message.get("body", b""))
+            more = message.get("more_body", False)
+            if sum(map(len, body)) > max_bytes:
+                return await too_big(scope, receive, send)
+        whole: list[dict] = [{"type": "http.request", "body": b"".join(body), "more_body": False}]
+
+        async def replay() -> dict:
+            return whole.pop() if whole else await receive()
+
+        return await app(scope, replay, send)
+
+    return limited
 
 
 def user_of(request: Any) -> User:
@@ -184,8 +246,8 @@ def _status(exc: BaseException) -> int:
 
 
 def _outcome(status: int) -> str:
-    return {400: "bad request", 401: "unauthorized", 403: "denied", 408: "timeout", 413: "too many rows",
-            503: "unavailable"}.get(status, "error")
+    return {400: "bad request", 401: "unauthorized", 403: "denied", 408: "timeout", 413: "too large",
+            429: "too many queries", 503: "unavailable"}.get(status, "error")
 
 
 def create_app(settings: Settings, routing: Routing | None = None, users: Users | None = None) -> FastAPI:
@@ -214,6 +276,7 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
 
     for known in (QueryFailed, Forbidden, Unauthorized, SqlError, named.BadParameter, HdbQueryError, ValueError):
         app.add_exception_handler(known, failed)
+    app.add_middleware(limit_body, max_bytes=settings.gateway_max_statement_bytes + 4096)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

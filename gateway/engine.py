@@ -66,7 +66,7 @@ from gateway.routing import NoReplica, Routing
 from gateway.sql import cte_names, render
 from ingest.schemas import SchemaCatalog
 from ingest.topics import partition_for
-from sinks.hdb import HdbQuery, clickhouse_structure, quote
+from sinks.hdb import HdbQuery, PoolBusy, clickhouse_structure, quote
 from streams.client import MISDIRECTED, RdbClient, RdbClientError
 from streams.query import batched, to_ipc
 from tickplant.config import Settings
@@ -225,33 +225,45 @@ class Engine:
         sql = plan.sql
         for placeholder, source in sources.items():
             sql = sql.replace(placeholder, source)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if deadline <= time.monotonic():
             raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s fetching real-time rows")
         t0 = time.monotonic()
-        table = self._execute(sql, limit, remaining, timeout, settings, tables, external)
+        table = self._execute(sql, limit, deadline, timeout, settings, tables, external)
         timing["clickhouse"] = time.monotonic() - t0
         timing["plan"] = planned + t0 - started - timing["rdb"] - timing["sources"]
         return Answer(table, time.monotonic() - started + planned, touched, sql=sql,
                       tables=tables if keep_rows else {}, external=external if keep_rows else {},
                       timing=timing)
 
-    def _execute(self, sql: str, limit: int, remaining: float, timeout: float,
+    def _execute(self, sql: str, limit: int, deadline: float, timeout: float,
                  settings: dict[str, Any] | None, tables: dict[str, pa.Table],
                  external: dict[str, tuple[bytes, str, str]]) -> pa.Table:
+        """Run on ClickHouse within the deadline (the wait for a free client counts), the
+        memory and result-size limits of one query."""
+        max_bytes = self.settings.gateway_max_result_mb << 20
         run_settings = {
-            "max_execution_time": max(1, int(remaining + 0.999)),
             "max_result_rows": limit + 1,
+            "max_result_bytes": max_bytes + 1,
             "result_overflow_mode": "break",
+            "max_memory_usage": self.settings.gateway_max_memory_mb << 20,
             **(settings or {}),
         }
         try:
-            table = self.hdb.pool.run(sql, run_settings, tables=tables, external=external)
+            table = self.hdb.pool.run(sql, run_settings, tables=tables, external=external, deadline=deadline)
+        except PoolBusy:
+            raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s waiting for the "
+                                   "query engine (the gateway is busy)") from None
         except Exception as exc:  # the driver's DatabaseError: one line, mapped to a status
             message = str(exc).strip().split("\n")[0]
             if "TIMEOUT_EXCEEDED" in message or "Timeout exceeded" in message:
                 raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s") from None
+            if "MEMORY_LIMIT_EXCEEDED" in message and ("(for query)" in message or "Query memory limit" in message):
+                raise QueryFailed(413, f"the query needs more than {self.settings.gateway_max_memory_mb} MiB "
+                                       "of memory (gateway_max_memory_mb); narrow it") from None
             raise clickhouse_failure(message) from None
+        if table.nbytes > max_bytes:
+            raise QueryFailed(413, f"the result is larger than {self.settings.gateway_max_result_mb} MiB "
+                                   "(gateway_max_result_mb); narrow the query or add a LIMIT")
         if table.num_rows > limit:
             raise QueryFailed(413, f"the result has more than {limit} rows (the row limit); "
                                    "narrow the query or add a LIMIT")

@@ -24,11 +24,13 @@ its sym at or before its time, same date; never a later one), ``bars``
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import queue
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -48,6 +50,10 @@ _CH_TYPES = {
 
 class HdbQueryError(ValueError):
     """A query could not be built or run; the message says why."""
+
+
+class PoolBusy(TimeoutError):
+    """No ClickHouse client was free before the caller's deadline."""
 
 
 def quote(value: str) -> str:
@@ -118,8 +124,12 @@ class ClientPool:
         return clickhouse_connect.get_client(dsn=self.url, **extra)
 
     @contextmanager
-    def lease(self) -> Iterator[Any]:
-        with self._slots:
+    def lease(self, wait: float | None = None) -> Iterator[Any]:
+        """A client for one query; ``wait``: at most this long for one to be free (else
+        ``PoolBusy``), so that a caller's deadline counts the wait for the engine."""
+        if not self._slots.acquire(timeout=wait):
+            raise PoolBusy(f"every ClickHouse client of {self.url} stayed busy for {wait:g} s")
+        try:
             try:
                 client = self._idle.get_nowait()
             except queue.Empty:
@@ -135,6 +145,8 @@ class ClientPool:
                     pass
                 raise
             self._idle.put(client)
+        finally:
+            self._slots.release()
 
     @property
     def in_process(self) -> bool:
@@ -143,25 +155,30 @@ class ClientPool:
 
     def run(self, sql: str, settings: dict[str, Any] | None = None, parameters: dict[str, Any] | None = None,
             tables: Mapping[str, pa.Table] | None = None,
-            external: Mapping[str, tuple[bytes, str, str]] | None = None) -> pa.Table:
+            external: Mapping[str, tuple[bytes, str, str]] | None = None,
+            deadline: float | None = None) -> pa.Table:
         """``sql`` with ``CLIENT_SETTINGS`` and ``settings`` as Arrow (inline unless the
         statement has a SETTINGS clause of its own). ``tables``: Arrow tables the statement
         reads as ``Python(<name>)`` (embedded chDB only), see ``_query``. ``external``: tables
         the statement reads by name, sent with it as ClickHouse external data (name ->
         (data, its ClickHouse format, structure)), how a server gets rows it cannot read itself;
-        embedded chDB, which takes no external data, reads the same bytes from a file."""
+        embedded chDB, which takes no external data, reads the same bytes from a file.
+        ``deadline`` (``time.monotonic()``): the wait for a free client counts, and the query
+        gets what is left as its ``max_execution_time``."""
         if tables and not self.in_process:
             raise HdbQueryError(f"in-memory tables need the embedded chDB, not {self.url}")
-        merged = {**CLIENT_SETTINGS, **(settings or {})}
-        inline = "settings" not in sql.lower()
-        text = f"{sql.rstrip().rstrip(';')}\nSETTINGS {settings_clause(merged)}" if inline else sql
-        settings_arg = None if inline else merged
-        if external and self.in_process:  # chDB takes no external data: the same bytes from files
-            with tempfile.TemporaryDirectory(prefix="tickplant-external-") as spill:
-                text = _external_as_files(text, external, spill)
-                with self.lease() as client:
-                    return _query(client, text, parameters, settings_arg, tables or {})
-        with self.lease() as client:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        with self.lease(wait) as client:
+            merged = {**CLIENT_SETTINGS, **(settings or {})}
+            if deadline is not None:
+                merged["max_execution_time"] = max(1, math.ceil(deadline - time.monotonic()))
+            inline = "settings" not in sql.lower()
+            text = f"{sql.rstrip().rstrip(';')}\nSETTINGS {settings_clause(merged)}" if inline else sql
+            settings_arg = None if inline else merged
+            if external and self.in_process:  # chDB takes no external data: the same bytes from files
+                with tempfile.TemporaryDirectory(prefix="tickplant-external-") as spill:
+                    return _query(client, _external_as_files(text, external, spill), parameters, settings_arg,
+                                  tables or {})
             return _query(client, text, parameters, settings_arg, tables or {}, _external_data(external))
 
 

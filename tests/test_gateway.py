@@ -342,7 +342,7 @@ def test_row_limit_timeout_and_the_query_log(world):
     log = arrow(sql(client, "SELECT user, endpoint, outcome, status, rows FROM query_log",
                     key="ops-key")).to_pylist()
     outcomes = {(r["user"], r["outcome"]) for r in log}
-    assert ("bob", "too many rows") in outcomes and ("bob", "timeout") in outcomes
+    assert ("bob", "too large") in outcomes and ("bob", "timeout") in outcomes
     assert ("alice", "denied") in outcomes and ("bob", "ok") in outcomes
     assert {(r["user"], r["endpoint"], r["status"]) for r in log} >= {
         ("bob", "trades", 413), ("bob", "bars", 400), ("-", "/v1/last", 401)}

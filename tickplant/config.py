@@ -78,11 +78,18 @@ class Settings:
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8700
     gateway_users_file: str = ""
+    gateway_row_limit: int = 1_000_000
+    gateway_timeout_s: float = 30.0
+    # per user and per query, so that one caller cannot take the gateway from the others:
+    # queries one user runs at once (429 past it), a statement's size (413), one query's
+    # memory in ClickHouse and its answer's size (413)
+    gateway_user_queries: int = 4
+    gateway_max_statement_bytes: int = 65536
+    gateway_max_memory_mb: int = 4096
+    gateway_max_result_mb: int = 1024
     # the secret every plant process sends to the RDB and CEP views (tickplant/internal.py);
     # empty: one made per data directory (fine on one host; set it on many)
     internal_secret: str = ""
-    gateway_row_limit: int = 1_000_000
-    gateway_timeout_s: float = 30.0
     # history (sinks/): where the HDB's Parquet partitions live, a local directory
     # (empty -> <data_dir>/hdb) or "s3://bucket/prefix"; s3_endpoint for a non-AWS
     # S3 (SeaweedFS, MinIO: "http://host:port"), credentials from the AWS_* variables
