@@ -453,3 +453,53 @@ def test_the_hubs_subscriptions_are_for_admins_only(world):
     assert client.get("/v1/subscriptions").status_code == 401
     assert client.get("/v1/subscriptions", headers={"X-API-Key": "bob-key"}).status_code == 403
     assert "upstreams" in client.get("/v1/subscriptions", headers=OPS).json()
+
+
+ATTACKS = [  # the issue's attempts, each as a user with a restricted key would send it
+    "SELECT \"file\"('{users}') AS f",
+    "SELECT `file`('{users}') AS f",
+    "SELECT `\\x66ile`('{users}') AS f",
+    "SELECT \"getSetting\"('readonly') AS s",
+    "SELECT \"hostName\"() AS h",
+    "SELECT sym FROM trade WHERE sym IN ((system.one))",
+    "SELECT `\\x5f\\x5ftickplant_source_0__`.price FROM trade",
+    "SELECT * FROM \"file\"('{users}', 'TSV')",
+]
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_attacks_from_the_issue_are_refused_over_http_and_tell_nothing(world, tmp_path, attack):
+    """As alice (one table, four columns, some rows): refused, and the answer holds no key."""
+    users_file = tmp_path / "users.toml"
+    users_file.write_text("[users.x]\nkeys = ['a-secret-key-0123456789']\n")
+    resp = sql(world[1], attack.format(users=users_file), key="alice-key")
+    assert resp.status_code in (400, 403), resp.text
+    assert "secret-key" not in resp.text and str(tmp_path) not in resp.text
+
+
+def test_hidden_rows_do_not_leak_through_errors_over_http(world):
+    """alice sees exchange 'N' only: a probe that raises on any other exchange's row, through
+    both today (the RDB) and history (the HDB), answers as if only her rows existed."""
+    _, client, published, _ = world
+    n_visible = sum(1 for d in (D1, D2) for r in published[d]["trade"] if r["exchange"] == "N")
+    assert n_visible and n_visible < sum(len(published[d]["trade"]) for d in (D1, D2))
+    hidden = sorted({r["time"] for d in (D1, D2) for r in published[d]["trade"] if r["exchange"] != "N"})
+    times = ", ".join(map(str, hidden[:: max(1, len(hidden) // 50)]))  # a hidden row of each stretch
+    probe = (f"SELECT count() AS n FROM trade WHERE intDiv(1, if(toUnixTimestamp64Nano(time) IN ({times}), 0, 1)) = 1 "
+             f"AND toInt64(if(toUnixTimestamp64Nano(time) IN ({times}), sym, '0')) = 0")
+    resp = client.post("/v1/sql", json={"query": probe}, headers={"X-API-Key": "alice-key"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["rows"] == [{"n": n_visible}]
+
+
+@pytest.mark.parametrize("params", [
+    {"columns": "price, file('/etc/passwd')"},
+    {"columns": "cond"},
+    {"syms": "AAPL') OR 1=1 OR sym IN ('x"},
+    {"syms": "AAPL", "start": "today') OR (1=1"},
+])
+def test_named_queries_take_no_sql_from_their_parameters(world, params):
+    """The other door: a parameter is a value or refused, never SQL."""
+    _, client, _, _ = world
+    resp = client.get("/v1/trades", params=params, headers={"X-API-Key": "alice-key"})
+    assert resp.status_code in (400, 403) or (resp.status_code == 200 and resp.json()["rows"] == []), resp.text
