@@ -14,21 +14,19 @@ import time
 import pytest
 from confluent_kafka import Producer
 from procs import Cep, PlantChild, Worker, wait_until
+from test_cep import derived
 
 from ingest.deadletter import read_deadletters
 from ingest.eod import open_first_day, roll_day
 from ingest.feeds.synthetic import SyntheticMarket
 from ingest.framing import CONTROL_HEADER, ROW_MAGIC, encode_block, encode_row
-from ingest.logread import make_consumer, read_ranges, watermarks
 from ingest.publisher import Tickerplant
 from ingest.replay import replay_rows
-from ingest.schema_topic import SchemaTopic, make_decoder
+from ingest.schema_topic import SchemaTopic
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, ensure_topics, partition_for
 from sinks.store import HdbStore
-from streams.cep.topics import DEFAULT_ENGINE, CepTopics
 from tickplant.clock import ManualClock
-from tickplant.config import REPO_ROOT
 
 T0 = int(dt.datetime(2026, 11, 22, 9, 30, tzinfo=dt.UTC).timestamp() * 1e9)
 DAY = dt.date(2026, 11, 22)
@@ -61,21 +59,6 @@ def poison(catalog) -> list[tuple[str, bytes, str]]:
         ("AAPL", ROW_MAGIC + os.urandom(8) + b"\x02", "unknown writer schema"),
         ("AAPL", b"\xc3\xb1" + b"\x01" * 3, "too short"),
     ]
-
-
-def bars(settings) -> list[dict]:
-    """Every committed bar of the engine's bars topic."""
-    topic = CepTopics(settings, DEFAULT_ENGINE).outputs["bars"]
-    decoder = make_decoder(settings, SchemaCatalog.load(REPO_ROOT / "schemas" / "rte"))
-    consumer = make_consumer(settings)
-    out = []
-    try:
-        for p in range(settings.partitions):
-            _, high = watermarks(consumer, topic, p)
-            out.extend(decoder.decode(m.value())[1][0] for m in read_ranges(consumer, topic, {p: (0, high)}))
-    finally:
-        consumer.close()
-    return out
 
 
 @pytest.mark.timeout(240)
@@ -188,8 +171,10 @@ def test_poison_messages_are_dead_lettered_once_and_stop_nothing(settings, catal
         wait_until(lambda: store.manifest("trade", DAY) is not None, 90, "the HDB partition", pdb.log_tail)
         assert store.manifest("trade", DAY).rows == n
         # the fence closed every open bar: each good trade is in exactly one published bar, none late
-        wait_until(lambda: sum(b["trades"] for b in bars(settings)) == n, 60, "every good trade in a bar",
-                   lambda: f"{sum(b['trades'] for b in bars(settings))} != {n}")
+        def in_bars() -> int:
+            return sum(b["trades"] for b in derived(settings, "bars"))
+
+        wait_until(lambda: in_bars() == n, 60, "every good trade in a bar", lambda: f"{in_bars()} != {n}")
         late = {p: s["late_trades"] for p, s in cep.get("/cep/v1/status")["partition_state"].items()}
         assert not any(v for s in late.values() for v in s.values()), late
 
