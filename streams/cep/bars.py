@@ -42,6 +42,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from streams.cep.encode import saturated
+
 # an open bar: [bucket, open, high, low, close, volume, trades, notional]
 Bar = list[Any]
 NO_WATERMARK = -(1 << 62)
@@ -87,7 +89,7 @@ class BarBook:
         bucket, o, h, lo, c, v, n, notional = bar
         out.append({
             "time": bucket * self.width, "sym": sym, "date": date, "end": (bucket + 1) * self.width,
-            "open": o, "high": h, "low": lo, "close": c, "volume": v, "trades": n,
+            "open": o, "high": h, "low": lo, "close": c, "volume": saturated(v), "trades": n,
             "vwap": notional / v if v else None, "closed_by": reason,
         })
 

@@ -27,6 +27,13 @@ from ingest.schemas import TableSchema
 
 _DOUBLE = struct.Struct("<d").pack
 _ONE_BYTE = [bytes([i]) for i in range(128)]
+LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def saturated(value: int) -> int:
+    """A sum (a day's volume, a bar's) within Avro's long: at its bound if beyond (a feed's absurd
+    sizes must not make an output record the encoder refuses, which would stop the engine)."""
+    return LONG_MIN if value < LONG_MIN else LONG_MAX if value > LONG_MAX else value
 
 
 class _Fallback(Exception):

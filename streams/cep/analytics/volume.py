@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from streams.cep.analytics import Analytic, register
+from streams.cep.encode import saturated
 
 
 @register
@@ -26,7 +27,7 @@ class Volume(Analytic):
             size = r["size"]
             volume += size
             notional += r["price"] * size
-        state["volume"], state["notional"] = volume, notional
+        state["volume"], state["notional"] = saturated(volume), notional
         state["trades"] += len(rows)
 
     def snapshot(self, state: dict[str, Any]) -> dict[str, Any]:
