@@ -94,10 +94,11 @@ CLIENT_SETTINGS = {
     "output_format_arrow_compression_method": "none",
     "use_hive_partitioning": 1,  # `date` from the path (the default on recent servers; older ones need it)
 }
-# Clients (so queries at once) per URL: more than the cores, so that a small query (``last``)
-# does not queue behind two long ones (an aj over 30 days) holding every client, and a
-# client's own Python work around its query (under a busy GIL) overlaps other queries.
-POOL_SIZE = max(4, 2 * (os.cpu_count() or 2))
+# Clients (so queries at once) per URL: well more than the cores and than one user may hold
+# (gateway_user_queries), so that a small query (``last``) shares the CPU with long ones (an
+# aj over 30 days, one user's cross joins) instead of queueing behind them, and a client's
+# own Python work around its query (under a busy GIL) overlaps other queries.
+POOL_SIZE = max(8, 4 * (os.cpu_count() or 2))
 
 
 class ClientPool:

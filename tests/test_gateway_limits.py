@@ -113,3 +113,29 @@ def test_concurrent_users_each_get_their_answers(gateway):
     for t in threads:
         t.join(60)
     assert answers == {"amy": [200] * 5, "ben": [200] * 5}
+
+
+def test_one_users_heavy_queries_do_not_hold_up_another_users_small_one(gateway):
+    """The issue's case: cross joins from one user, a trivial query from another."""
+    gw, client = gateway
+    heavy = ("SELECT count() AS n FROM (SELECT arrayJoin(range(100000)) AS a) AS x "
+             "CROSS JOIN (SELECT arrayJoin(range(100000)) AS b) AS y WHERE (a * b) % 7 = 3")
+    statuses: list[int] = []
+
+    def run_heavy() -> None:
+        statuses.append(client.post("/v1/sql", json={"query": heavy, "timeout": 8}, headers=AMY).status_code)
+
+    threads = [threading.Thread(target=run_heavy) for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while gw.running._running.get("amy", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gw.running._running.get("amy") == 2
+    assert client.post("/v1/sql", json={"query": heavy}, headers=AMY).status_code == 429
+    small = client.post("/v1/sql", json={"query": "SELECT 42 AS x"}, headers=BEN)
+    assert small.status_code == 200 and small.json()["rows"] == [{"x": 42}]
+    assert gw.running._running.get("amy") == 2, "ben's answer came only after amy's queries ended"
+    for t in threads:
+        t.join(30)
+    assert statuses == [408, 408]

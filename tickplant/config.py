@@ -83,7 +83,7 @@ class Settings:
     # per user and per query, so that one caller cannot take the gateway from the others:
     # queries one user runs at once (429 past it), a statement's size (413), one query's
     # memory in ClickHouse and its answer's size (413)
-    gateway_user_queries: int = 4
+    gateway_user_queries: int = 2
     gateway_max_statement_bytes: int = 65536
     gateway_max_memory_mb: int = 4096
     gateway_max_result_mb: int = 1024
