@@ -32,6 +32,16 @@ log = logging.getLogger("tickplant.deadletter")
 REPORT_ATTEMPTS = 5
 
 
+_PASSING = {KafkaError._FENCED, KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+            KafkaError._MSG_TIMED_OUT, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+            KafkaError.CONCURRENT_TRANSACTIONS}
+
+
+def _passing(error: KafkaError) -> bool:
+    """An error that goes away by itself: the broker away or busy, or another reporter's turn."""
+    return error.retriable() or error.code() in _PASSING
+
+
 def _jsonable(payload: Any) -> Any:
     if isinstance(payload, bytes):
         return {"hex": payload[:65536].hex(), "bytes": len(payload)}
@@ -82,9 +92,8 @@ class DeadLetters:
             except (KafkaException, LogReadError) as exc:
                 self._producers.pop((topic, partition), None)  # fenced, or in doubt: a new one next time
                 error = exc.args[0] if exc.args else None
-                fatal = isinstance(error, KafkaError) and error.fatal() and error.code() != KafkaError._FENCED
-                if attempt >= REPORT_ATTEMPTS and fatal:
-                    raise
+                if attempt >= REPORT_ATTEMPTS and isinstance(error, KafkaError) and not _passing(error):
+                    raise  # not the broker away nor another reporter (no right to write, say): say so
                 log.warning("dead letters of %s[%d] not written yet (%s); again in %.1f s",
                             topic, partition, exc, delay)
                 time.sleep(delay)
