@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from gateway import named, output, querylog
-from gateway.auth import Unauthorized, User, Users
+from gateway.auth import Unauthorized, User, Users, UsersFile
 from gateway.engine import Answer, Engine, Plan, QueryFailed
 from gateway.policy import authorize, check_subscription
 from gateway.querylog import QueryLog
@@ -70,23 +70,36 @@ class Gateway:
         self.query_log = QueryLog(Path(settings.data_dir) / "gateway" / "query_log.jsonl")
         self.engine = Engine(settings, self.routing, HdbQuery(settings, catalog=self.catalog),
                              self.catalog, self.query_log)
-        self.users = users or (Users.load(Path(settings.gateway_users_file)) if settings.gateway_users_file
-                               else Users.open())
         # what entitlements check against: the plant's tables and the query log, each with `date`
         self.table_columns = {**self.engine.tables, querylog.TABLE: [*querylog.COLUMNS, "date"]}
-        self.users.validate(self.table_columns)
+        if users is None and not settings.gateway_users_file:
+            users = Users.open()  # no users file: one anonymous admin (local use only)
+        self._fixed_users = users
+        self.users_file = (UsersFile(Path(settings.gateway_users_file), self.table_columns)
+                           if self._fixed_users is None else None)
+        if self._fixed_users is not None:
+            self._fixed_users.validate(self.table_columns)
         self.started = time.time()
         # statement, user, open day -> its plan: parsing and authorising a named query's
         # SQL costs 1-4 ms, the same again for every request
-        self._plans: OrderedDict[tuple[str, str, dt.date], Plan] = OrderedDict()
+        self._plans: OrderedDict[tuple[str, str, dt.date, int], Plan] = OrderedDict()
         self._plans_lock = threading.Lock()
         self.running = RunningQueries(settings.gateway_user_queries)
 
+    @property
+    def users(self) -> Users:
+        """The users in force: the users file as last read (it is watched), or those given."""
+        return self._fixed_users if self.users_file is None else self.users_file.current()
+
+    @property
+    def users_version(self) -> int:
+        return 0 if self.users_file is None else self.users_file.version
+
     def plan(self, statement: str, user: User) -> Plan:
-        """The statement parsed, authorised for ``user`` and planned, once per open day:
-        users' grants are fixed for the gateway's life, and a plan holds no data."""
+        """The statement parsed, authorised for ``user`` and planned, once per open day and
+        version of the users file (a plan holds no data, but it holds the user's grants)."""
         open_date = self.engine.open_date()
-        key = (statement, user.name, open_date)
+        key = (statement, user.name, open_date, self.users_version)
         with self._plans_lock:
             plan = self._plans.get(key)
             if plan is not None:

@@ -38,6 +38,9 @@ Errors name the file and the key (``users.alice.tables.trade.rows``).
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +52,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from gateway.sql import DIALECT, Forbidden, check_node, parse_message, strip_comments
 
+log = logging.getLogger(__name__)
 ALL_TABLES = "*"
 QUERY_LOG = "query_log"
 MIN_PLAIN_KEY = 16
@@ -198,6 +202,60 @@ class Users:
         if name is None:
             raise Unauthorized("unknown API key")
         return self.users[name]
+
+
+class UsersFile:
+    """The users file, read again when it changes: grants take effect without a restart.
+
+    ``current()`` looks at the file at most every ``check_seconds`` (a stat); a changed
+    file is loaded and validated whole, and only then replaces the users in force, so a
+    file caught half-written, or wrong, leaves the last good one in force (and is
+    logged, naming the file and key). ``version`` counts the loads: what was decided
+    for a user (a query's plan) is keyed by it.
+    """
+
+    def __init__(self, path: Path, columns: dict[str, list[str]], check_seconds: float = 0.5):
+        self.path = Path(path)
+        self.columns = columns
+        self.check_seconds = check_seconds
+        self.version = 0
+        self._users = self._load()
+        self._seen = self._stamp()
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _load(self) -> Users:
+        users = Users.load(self.path)
+        users.validate(self.columns)
+        return users
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def current(self) -> Users:
+        now = time.monotonic()
+        if now - self._checked < self.check_seconds:
+            return self._users
+        with self._lock:
+            if now - self._checked < self.check_seconds:
+                return self._users
+            self._checked = now
+            stamp = self._stamp()
+            if stamp is not None and stamp != self._seen:
+                try:
+                    users = self._load()
+                except UsersError as err:
+                    log.error("users file not reloaded, the last good one stays in force: %s", err)
+                else:
+                    self._users = users
+                    self.version += 1
+                    log.info("users file reloaded: %s (%d users)", self.path, len(users.users))
+                self._seen = stamp
+        return self._users
 
 
 def hash_key(key: str) -> str:

@@ -75,7 +75,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     from gateway.client import Client, GatewayError
 
     settings = settings_from_args(args, need_kafka=False)
-    url = args.url or f"http://{settings.gateway_host}:{settings.gateway_port}"
+    url = (args.url or os.environ.get("TICKPLANT_GATEWAY_URL")
+           or f"http://{settings.gateway_host}:{settings.gateway_port}")
     key = args.key or os.environ.get("TICKPLANT_API_KEY")
     wait = (args.timeout or settings.gateway_timeout_s) + 5.0  # the gateway's 408 comes first
     with Client(url, api_key=key, timeout=wait) as client:
@@ -101,7 +102,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     q = sub.add_parser("query", parents=[common], help="run a SQL SELECT through the gateway, print a table")
     q.add_argument("sql", help="ClickHouse SELECT; `trade` means today and history, with a date column")
-    q.add_argument("--url", help="the gateway (default: http://<gateway_host>:<gateway_port>)")
+    q.add_argument("--url", help="the gateway, or several comma-separated (failed over in turn); "
+                                 "default: $TICKPLANT_GATEWAY_URL, else http://<gateway_host>:<gateway_port>")
     q.add_argument("--key", help="API key or token (default: $TICKPLANT_API_KEY)")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.add_argument("--rows", type=int, default=50, help="rows to print in table format")

@@ -8,6 +8,12 @@
 Answers travel as Arrow IPC streams (no JSON round trip). A refused request
 raises ``GatewayError`` with the gateway's status and reason; ``retryable``
 says whether asking again may help (timeouts, data momentarily unavailable).
+
+Gateways hold no state the others need, so a plant runs several: give the
+client all of them (``Client(["http://gw1:8700", "http://gw2:8700"])`` or one
+comma-separated string). A request goes to the gateway that answered last; one
+that cannot be reached or answers 502/503/504 is left for the next, in turn,
+before the client gives up (every request is a read: asking again is safe).
 """
 
 from __future__ import annotations
@@ -33,11 +39,25 @@ class GatewayError(RuntimeError):
         return self.status in (408, 429, 502, 503, 504)
 
 
+FAIL_OVER = (502, 503, 504)  # this gateway cannot answer now; another may
+
+
+def gateway_urls(url: str | Sequence[str]) -> list[str]:
+    """One URL, several comma-separated, or a list: each without its trailing slash."""
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    urls = [u.strip().rstrip("/") for u in parts if u.strip()]
+    if not urls:
+        raise ValueError("no gateway URL given")
+    return urls
+
+
 class Client:
-    def __init__(self, url: str = "http://127.0.0.1:8700", api_key: str | None = None, timeout: float = 120.0):
-        self.url = url.rstrip("/")
+    def __init__(self, url: str | Sequence[str] = "http://127.0.0.1:8700", api_key: str | None = None,
+                 timeout: float = 120.0):
+        self.urls = gateway_urls(url)
+        self.url = self.urls[0]
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(headers=headers, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -51,17 +71,28 @@ class Client:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            resp = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise GatewayError(503, f"gateway at {self.url} unreachable: {exc}") from None
-        if resp.status_code != 200:
+        """The request to the last gateway that answered, then to each other in turn while
+        one is unreachable or answers 502/503/504; the last failure if none answers."""
+        start = self.urls.index(self.url)
+        failure: GatewayError | None = None
+        for url in self.urls[start:] + self.urls[:start]:
+            try:
+                resp = self._http.request(method, url + path, **kwargs)
+            except httpx.TransportError as exc:
+                failure = GatewayError(503, f"gateway at {url} unreachable: {exc}")
+                continue
+            if resp.status_code == 200:
+                self.url = url
+                return resp
             try:
                 reason = resp.json().get("error", resp.text)
             except (ValueError, json.JSONDecodeError):
                 reason = resp.text
-            raise GatewayError(resp.status_code, reason)
-        return resp
+            failure = GatewayError(resp.status_code, reason)
+            if resp.status_code not in FAIL_OVER:
+                raise failure
+        assert failure is not None
+        raise failure
 
     def _arrow(self, method: str, path: str, **kwargs: Any) -> pa.Table:
         resp = self._send(method, path, headers={"Accept": ARROW}, **kwargs)

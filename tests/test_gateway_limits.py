@@ -139,3 +139,33 @@ def test_one_users_heavy_queries_do_not_hold_up_another_users_small_one(gateway)
     for t in threads:
         t.join(30)
     assert statuses == [408, 408]
+
+
+def test_grants_changed_in_the_users_file_take_effect_within_two_seconds(broker, catalog, tmp_path):
+    path = tmp_path / "users.toml"
+    path.write_text('[users.cy]\nkeys = ["cy-key-0123456789abcdef"]\n[users.cy.tables.quote]\n')
+    settings = broker.settings.replace(topic_prefix=f"usr{uuid.uuid4().hex[:8]}.", data_dir=tmp_path / "plant",
+                                       gateway_users_file=str(path))
+    open_first_day(settings, catalog)
+    cy = {"X-API-Key": "cy-key-0123456789abcdef"}
+
+    def tables() -> set[str] | int:
+        resp = client.get("/v1/tables", headers=cy)
+        return {t["table"] for t in resp.json()["tables"]} if resp.status_code == 200 else resp.status_code
+
+    def within_2s(want: object, what: str) -> None:
+        changed = time.monotonic()
+        while tables() != want:
+            assert time.monotonic() - changed < 2.0, f"{what} not in force within 2 s"
+            time.sleep(0.05)
+
+    with TestClient(create_app(settings)) as client:
+        assert tables() == {"quote"}
+        assert client.post("/v1/sql", json={"query": "SELECT count() FROM trade"}, headers=cy).status_code == 403
+        path.write_text('[users.cy]\nkeys = ["cy-key-0123456789abcdef"]\n[users.cy.tables.trade]\n')
+        within_2s({"trade"}, "the new grant")
+        path.write_text('[users.cy]\nkeys = ["cy-key-0123456789abcdef"]\n[users.cy.tables.nosuchtable]\n')
+        time.sleep(1.0)  # a wrong file is refused when read: the last good one stays in force
+        assert tables() == {"trade"}
+        path.write_text('[users.dee]\nkeys = ["dee-key-0123456789abcdef"]\nadmin = true\n')
+        within_2s(401, "the removal of the user")
