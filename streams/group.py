@@ -29,14 +29,15 @@ REFRESH_BACKOFF_MAX_SECONDS = 30.0
 def membership_app(settings: Settings, group: str, membership_topic: str, datadir: Path, port: int,
                    partitions: int, on_revoked: Handler, on_assigned: Handler, on_refresh: Callable[[], Awaitable[None]],
                    on_shutdown: Handler, refresh_seconds: float = 2.0) -> faust.App:
-    """The group ``group`` formed on ``membership_topic``; views on 127.0.0.1:``port``."""
+    """The group ``group`` formed on ``membership_topic``; views on ``node_host``:``port``,
+    announced at ``advertise_host``."""
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         group,
         broker=[f"kafka://{b}" for b in settings.bootstrap.split(",")],
         broker_credentials=faust_credentials(settings),  # the cluster's security, as every client has it
         datadir=str(datadir),
-        web_enabled=True, web_port=port, web_bind="127.0.0.1", web_host="127.0.0.1",
+        web_enabled=True, web_port=port, web_bind=settings.node_host or "0.0.0.0", web_host=settings.advertised_host,
         topic_partitions=partitions, topic_allow_declare=False, topic_disable_leader=True,
         consumer_auto_offset_reset="earliest", key_serializer="raw", value_serializer="raw",
         broker_commit_interval=1.0,

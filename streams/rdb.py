@@ -38,7 +38,7 @@ the committed marker on the control topic); rows after it go to the new day.
 The closed day stays queryable until the control topic says the HDB has
 published it, then it is dropped.
 
-Views (each worker, ``http://127.0.0.1:<port>``):
+Views (each worker, ``http://<node_host>:<port>``, announced at ``advertise_host``):
   GET /rdb/v1/{table}/rows?syms=A,B&start=NS&end=NS&columns=c1,c2&date=YYYY-MM-DD
       -> Arrow IPC stream (``format=json`` for JSON rows)
   GET /rdb/v1/{table}/last?syms=...   -> the latest row per sym (Arrow IPC or JSON)
@@ -241,7 +241,7 @@ class RdbWorker:
         self.settings = settings
         self.node_id = node_id
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = settings.node_url(port)  # what the metadata announces: reachable from other hosts
         self.catalog = SchemaCatalog.load(settings.schemas_dir)
         self.replica = check_replica(replica, self.catalog.names)
         self.inflight = 0  # queries being answered now: the load figure the gateway balances on

@@ -28,19 +28,23 @@ def plant_env(settings: Settings) -> dict[str, str]:
         "TICKPLANT_DATA_DIR": str(settings.data_dir),
         "TICKPLANT_PARTITIONS": str(settings.partitions),
     })
+    if settings.internal_secret:  # hosts of one plant, each with its own data directory
+        env["TICKPLANT_INTERNAL_SECRET"] = settings.internal_secret
     if settings.kafka_client_config:  # a secured cluster: the child connects as this process does
         env["TICKPLANT_KAFKA_CLIENT_CONFIG"] = settings.child_env()["TICKPLANT_KAFKA_CLIENT_CONFIG"]
     return env
 
 
 class PlantChild:
-    """One plant process (``python -m tickplant <argv>``) on a free port: kill -9 able."""
+    """One plant process (``python -m tickplant <argv>``) on a free port: kill -9 able.
+    ``host``: a simulated host of its own, a loopback address its views listen on."""
 
-    def __init__(self, settings: Settings, node_id: str, log_dir: Path):
+    def __init__(self, settings: Settings, node_id: str, log_dir: Path, host: str = "127.0.0.1"):
         self.settings = settings
         self.node_id = node_id
+        self.host = host
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.log_path = log_dir / f"{node_id}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -79,12 +83,13 @@ class PlantChild:
 class Worker(PlantChild):
     """One ``tickplant rdb worker`` subprocess."""
 
-    def __init__(self, settings: Settings, node_id: str, log_dir: Path, replica: str = "a"):
-        super().__init__(settings, node_id, log_dir)
+    def __init__(self, settings: Settings, node_id: str, log_dir: Path, replica: str = "a", host: str = "127.0.0.1"):
+        super().__init__(settings, node_id, log_dir, host)
         self.replica = replica
 
     def argv(self) -> list[str]:
-        return ["rdb", "worker", "--id", self.node_id, "--port", str(self.port), "--replica", self.replica]
+        return ["rdb", "worker", "--id", self.node_id, "--port", str(self.port), "--replica", self.replica,
+                "--host", self.host]
 
     @property
     def client(self) -> RdbClient:
@@ -105,12 +110,12 @@ class Worker(PlantChild):
 class Cep(PlantChild):
     """One ``cep run`` worker subprocess (kill -9 able)."""
 
-    def __init__(self, settings, node_id: str, log_dir: Path, *extra: str):
-        super().__init__(settings, node_id, log_dir)
+    def __init__(self, settings, node_id: str, log_dir: Path, *extra: str, host: str = "127.0.0.1"):
+        super().__init__(settings, node_id, log_dir, host)
         self.extra = extra
 
     def argv(self) -> list[str]:
-        return ["cep", "run", "--id", self.node_id, "--port", str(self.port), *self.extra]
+        return ["cep", "run", "--id", self.node_id, "--port", str(self.port), "--host", self.host, *self.extra]
 
     def get(self, path: str) -> Any:
         request = urllib.request.Request(self.url + path, headers=internal.headers(self.settings))

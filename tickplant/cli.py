@@ -23,11 +23,20 @@ from tickplant.textable import format_ns, format_table
 EXIT_REJECTS = 3
 
 
+def add_host_flags(parser: argparse.ArgumentParser) -> None:
+    """``--host``/``--advertise`` of a worker whose views other hosts reach."""
+    parser.add_argument("--host", dest="node_host",
+                        help="address the views listen on (default: setting node_host, 127.0.0.1; 0.0.0.0: all)")
+    parser.add_argument("--advertise", dest="advertise_host",
+                        help="address announced to the gateway and peers (default: setting advertise_host, "
+                             "else the --host address, else this host's name)")
+
+
 def settings_from_args(args: argparse.Namespace, need_kafka: bool = True) -> Settings:
     """The settings a command runs with; by default also checks that Kafka answers."""
     overrides = {"data_dir": args.data_dir}
     for name in ("kafka_port", "feed_rate", "feed_syms", "publish_mode", "rdb_workers", "rdb_replicas", "hdb_root",
-                 "gateway_port"):
+                 "gateway_port", "node_host", "advertise_host"):
         if hasattr(args, name):
             overrides[name] = getattr(args, name)
     settings = load_settings(args.config, **overrides)
@@ -83,7 +92,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _where(settings: Settings) -> str:
     """Where a user reaches the plant's parts."""
     workers = settings.rdb_workers * settings.rdb_replicas
-    rdb = ", ".join(f"http://127.0.0.1:{settings.rdb_port + i}" for i in range(workers)) or "none"
+    rdb = ", ".join(settings.node_url(settings.rdb_port + i) for i in range(workers)) or "none"
     hdb = settings.hdb_root or f"{settings.data_dir}/hdb"
     gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
     return (f"gateway: {gateway} (docs at {gateway}/docs; `tickplant query \"SELECT ...\"`)\n"
@@ -528,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     rworker.add_argument("--memory-mb", type=int, default=1024, help="memory budget")
     rworker.add_argument("--replica", default="a",
                          help="replica group (hot-hot: each group holds every partition; default a)")
+    add_host_flags(rworker)
     rworker.set_defaults(func=cmd_rdb_worker)
 
     from sinks.cli import add_commands as add_sink_commands

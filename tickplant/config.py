@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,12 @@ class Settings:
     feed_rate: float = 1000.0
     feed_seed: int = 1
     # the RDB: worker processes, their first HTTP port, each one's memory budget
+    # where the RDB and CEP workers' views listen (node_host; 0.0.0.0 for every interface)
+    # and the address they announce on the metadata topic for the gateway and their peers
+    # to reach them (advertise_host; empty: node_host, or this host's name when that is a
+    # wildcard): on many hosts, each its own
+    node_host: str = "127.0.0.1"
+    advertise_host: str = ""
     rdb_workers: int = 1
     # hot-hot: this many independent copies of the RDB (replica groups a, b, ...), each of
     # rdb_workers workers; the gateway prefers the least busy and fails over between them
@@ -112,6 +119,20 @@ class Settings:
     @property
     def bootstrap(self) -> str:
         return self.bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def advertised_host(self) -> str:
+        """The address this process's views are announced at (see ``advertise_host``)."""
+        if self.advertise_host:
+            return self.advertise_host
+        if self.node_host in ("", "0.0.0.0", "::"):
+            return socket.getfqdn()
+        return self.node_host
+
+    def node_url(self, port: int) -> str:
+        """``http://<advertised host>:<port>``, an IPv6 address in brackets."""
+        host = self.advertised_host
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @property
     def controller_port(self) -> int:

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from tickplant.cli import settings_from_args
+from tickplant.cli import add_host_flags, settings_from_args
 
 
 def cmd_cep_run(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def cmd_cep_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
-    print(f"CEP {args.id} (engine {args.engine}): http://127.0.0.1:{args.port}/cep/v1/status; "
+    print(f"CEP {args.id} (engine {args.engine}): {settings.node_url(args.port)}/cep/v1/status; "
           f"{args.bar_seconds:g}s bars; Ctrl-C stops it", flush=True)
     run_worker(settings, args.id, args.port, engine=args.engine, bar_seconds=args.bar_seconds,
                grace_seconds=args.grace_seconds, idle_seconds=args.idle_seconds)
@@ -53,6 +53,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                      help="a bar closes when the watermark passes its end + this (default 1)")
     run.add_argument("--idle-seconds", type=_positive, default=None,
                      help="a partition quiet this long closes its due bars on the wall clock (default: grace)")
+    add_host_flags(run)
     run.set_defaults(func=cmd_cep_run)
 
 

@@ -41,7 +41,7 @@ End of day: the fence of a table in a partition (confirmed by the committed
 marker) closes that table's day there: open bars close (``eod``) and the
 table's analytics restart; the closed day's bars stay queryable one more day.
 
-Views (``http://127.0.0.1:<port>``; the syms this worker holds):
+Views (``http://<node_host>:<port>``, announced at ``advertise_host``; the syms this worker holds):
   GET /cep/v1/analytics?syms=A,B  -> {"analytics": {sym: record}, "elsewhere": {sym: owner url|null},
                                       "unknown": [syms of this worker's partitions with no ticks yet]}
   GET /cep/v1/bars?syms=A&start=NS&end=NS&date=D
@@ -123,7 +123,7 @@ class CepWorker:
         self.settings = settings
         self.node_id = node_id
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = settings.node_url(port)  # what the metadata announces: reachable from other hosts
         self.engine_name = engine
         self.width_ns = int(bar_seconds * 1e9)
         self.grace_ns = int(grace_seconds * 1e9)

@@ -1,0 +1,81 @@
+"""The plant's roles on hosts of their own: each a loopback address (127.0.0.2, ...) and a
+data directory, nothing shared but the broker. Workers listen where ``--host`` says and
+announce where ``--advertise`` says; the gateway reaches them only through what they announce."""
+
+from __future__ import annotations
+
+import datetime as dt
+import urllib.error
+import urllib.request
+
+from fastapi.testclient import TestClient
+from procs import Cep, Worker, wait_until
+
+from gateway.app import create_app
+from ingest.eod import open_first_day
+from ingest.feeds.synthetic import SyntheticMarket
+from ingest.publisher import Tickerplant
+from streams.metadata import read_metadata
+from tickplant import internal
+from tickplant.clock import ManualClock
+
+T0 = int(dt.datetime(2026, 11, 24, 14, 30, tzinfo=dt.UTC).timestamp() * 1e9)
+
+
+def _listening(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url + "/rdb/v1/status", timeout=5)
+    except urllib.error.HTTPError:
+        return True  # it answered (401: no secret), so something listens there
+    except OSError:
+        return False
+    return True
+
+
+def test_workers_on_their_own_addresses_are_reached_through_what_they_announce(settings, catalog, tmp_path):
+    secret = "the-plant-secret-for-every-host"
+    shared = settings.replace(internal_secret=secret)
+    clock = ManualClock(T0)
+    open_first_day(shared, catalog, clock)
+    trades, _ = SyntheticMarket(syms=12, seed=3, clock=clock).events(2000)
+    with Tickerplant(shared, catalog, mode="batch") as tp:
+        tp.publish_rows("trade", trades)
+    rdb = Worker(shared.replace(data_dir=tmp_path / "host2"), "rdb-h2", tmp_path, host="127.0.0.2")
+    cep = Cep(shared.replace(data_dir=tmp_path / "host3"), "cep-h3", tmp_path, host="127.0.0.3")
+    for child in (rdb, cep):
+        child.start()
+    try:
+        rdb.wait_serving()
+        wait_until(lambda: cep.status() is not None, 90, "the CEP on 127.0.0.3", cep.log_tail)
+        assert not _listening(f"http://127.0.0.1:{rdb.port}")  # only on its own address
+        wait_until(lambda: {"rdb-h2", "cep-h3"} <= set(read_metadata(shared)), 30, "both nodes announced",
+                   lambda: str(read_metadata(shared, include_stale=True)))
+        urls = {node: record["url"] for node, record in read_metadata(shared).items()}
+        assert urls["rdb-h2"] == rdb.url == f"http://127.0.0.2:{rdb.port}"
+        assert urls["cep-h3"] == f"http://127.0.0.3:{cep.port}"
+        wait_until(lambda: sum(rdb.client.count("trade").values()) == len(trades), 60, "today in the RDB")
+        gateway = shared.replace(data_dir=tmp_path / "host4")
+        with TestClient(create_app(gateway)) as client:
+            wait_until(lambda: client.get("/v1/health").json().get("rdb_nodes"), 30, "the gateway to see the RDB")
+            got = client.post("/v1/sql", json={"query": "SELECT count() AS n FROM trade WHERE date = today()"})
+            assert got.status_code == 200 and got.json()["rows"] == [{"n": len(trades)}], got.text
+            # the data directories differ: only the shared setting lets the hosts talk
+            assert internal.secret(gateway) == secret
+    finally:
+        cep.stop()
+        rdb.stop()
+
+
+def test_a_wildcard_listener_announces_its_advertised_address(settings, catalog, tmp_path):
+    open_first_day(settings, catalog)
+    rdb = Worker(settings, "rdb-adv", tmp_path, host="0.0.0.0")
+    rdb.url = f"http://127.0.0.5:{rdb.port}"  # reachable on any local address; announced as .5
+    rdb.argv = lambda: ["rdb", "worker", "--id", "rdb-adv", "--port", str(rdb.port), "--host", "0.0.0.0",
+                        "--advertise", "127.0.0.5"]
+    rdb.start()
+    try:
+        rdb.wait_serving()
+        wait_until(lambda: (read_metadata(settings).get("rdb-adv") or {}).get("url") == rdb.url, 30,
+                   "the advertised address on the metadata topic", lambda: str(read_metadata(settings)))
+    finally:
+        rdb.stop()
