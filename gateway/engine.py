@@ -50,8 +50,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+from clickhouse_connect.driver.exceptions import OperationalError
 from sqlglot import exp
 
+from gateway.endpoints import Endpoints, NoEndpoint
 from gateway.plan import (
     TableNeed,
     column_names,
@@ -66,7 +68,7 @@ from gateway.routing import NoReplica, Routing
 from gateway.sql import cte_names, render
 from ingest.schemas import SchemaCatalog
 from ingest.topics import partition_for
-from sinks.hdb import HdbQuery, PoolBusy, clickhouse_structure, quote
+from sinks.hdb import ClientPool, HdbQuery, PoolBusy, clickhouse_structure, quote
 from streams.client import MISDIRECTED, RdbClient, RdbClientError
 from streams.query import batched, to_ipc
 from tickplant.config import Settings
@@ -77,6 +79,10 @@ HDB_LIST_SECONDS = 5.0
 SLOW_NODE_S = 2.0  # a node that does not answer in this long is benched; a shorter wait is the query's
 _NONCE = secrets.token_hex(8)  # in the placeholder names of a plan's sources
 _ROW_TABLES = itertools.count()  # names of the RDB rows' in-memory tables (unique per process)
+
+
+class EndpointDown(RuntimeError):
+    """A ClickHouse endpoint of the pool did not answer (the query may run on another)."""
 
 
 class QueryFailed(RuntimeError):
@@ -127,8 +133,10 @@ class Engine:
         self.catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
         self.hdb = hdb or HdbQuery(settings, catalog=self.catalog)
         self.query_log = query_log
-        # embedded chDB reads the RDB rows in place; a server gets them as external data
-        self.in_memory = self.hdb.pool.in_process
+        self.endpoints = Endpoints(self.hdb.pools)
+        # embedded chDB reads the RDB rows in place, a server gets them as external data;
+        # None: as the endpoint chosen is (tests force the server's way on chDB)
+        self.in_memory: bool | None = None
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gateway-rdb")
         # one task per extra table reference of a statement; separate from ``pool``, whose
         # node fetches those tasks wait on (one pool would deadlock when full of waiters)
@@ -204,42 +212,67 @@ class Engine:
         limit = min(limit or self.settings.gateway_row_limit, self.settings.gateway_row_limit)
         timeout = min(timeout or self.settings.gateway_timeout_s, self.settings.gateway_timeout_s)
         deadline = started - planned + timeout
-        tables: dict[str, pa.Table] = {}  # RDB rows read in place by embedded chDB
-        external: dict[str, tuple[bytes, str, str]] = {}  # ... or sent to a server as external data
         touched: dict[str, Any] = {}
-        timing = {"rdb": 0.0, "sources": 0.0}
-        sources: dict[str, str] = {}
+        timing = {"rdb": 0.0, "sources": 0.0, "clickhouse": 0.0}
         t0 = time.monotonic()
         fetched = self._realtime_all({r.key: (r.need, r.columns) for r in plan.refs}, rdb_view, deadline)
         timing["rdb"] = time.monotonic() - t0
         for ref in plan.refs:
-            rows, hdb_days, info = fetched[ref.key]
-            t0 = time.monotonic()
-            sources[ref.placeholder] = self._source(ref.need.table, ref.columns, hdb_days, rows, tables, external)
-            timing["sources"] += time.monotonic() - t0
-            touched.setdefault(ref.need.table, []).append(info)
-        for placeholder in plan.query_log:
-            if self.query_log is None:
-                raise QueryFailed(400, "this gateway keeps no query log")
-            sources[placeholder] = self.query_log.source(None if self.in_memory else external)
-        sql = plan.sql
-        for placeholder, source in sources.items():
-            sql = sql.replace(placeholder, source)
-        if deadline <= time.monotonic():
-            raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s fetching real-time rows")
-        t0 = time.monotonic()
-        table = self._execute(sql, limit, deadline, timeout, settings, tables, external)
-        timing["clickhouse"] = time.monotonic() - t0
-        timing["plan"] = planned + t0 - started - timing["rdb"] - timing["sources"]
+            touched.setdefault(ref.need.table, []).append(fetched[ref.key][2])
+        tried: list[ClientPool] = []
+        while True:  # the least busy ClickHouse endpoint, the next one if it does not answer
+            try:
+                endpoint = self.endpoints.choose(tried)
+            except NoEndpoint as exc:
+                raise QueryFailed(503, f"{exc}; retry shortly") from None
+            tried.append(endpoint)
+            try:
+                t0 = time.monotonic()
+                in_memory = endpoint.in_process if self.in_memory is None else self.in_memory
+                sql, tables, external = self._sources(plan, fetched, in_memory)
+                timing["sources"] += time.monotonic() - t0
+                if deadline <= time.monotonic():
+                    raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s fetching real-time rows")
+                t0 = time.monotonic()
+                table = self._execute(endpoint, sql, limit, deadline, timeout, settings, tables, external)
+                timing["clickhouse"] += time.monotonic() - t0
+                break
+            except EndpointDown as exc:
+                log.warning("ClickHouse endpoint %s did not answer (%s); benched", endpoint.url, exc)
+                self.endpoints.bench(endpoint)
+            finally:
+                self.endpoints.done(endpoint)
+        timing["plan"] = planned + time.monotonic() - started - sum(timing.values())
         return Answer(table, time.monotonic() - started + planned, touched, sql=sql,
                       tables=tables if keep_rows else {}, external=external if keep_rows else {},
                       timing=timing)
 
-    def _execute(self, sql: str, limit: int, deadline: float, timeout: float,
+    def _sources(self, plan: Plan, fetched: dict[tuple, Any], in_memory: bool
+                 ) -> tuple[str, dict[str, pa.Table], dict[str, tuple[bytes, str, str]]]:
+        """The plan's SQL with each placeholder replaced by its source, for an endpoint that
+        reads the RDB rows in place (``in_memory``) or gets them as external data."""
+        tables: dict[str, pa.Table] = {}  # RDB rows read in place by embedded chDB
+        external: dict[str, tuple[bytes, str, str]] = {}  # ... or sent to a server as external data
+        sources: dict[str, str] = {}
+        for ref in plan.refs:
+            rows, hdb_days, _ = fetched[ref.key]
+            sources[ref.placeholder] = self._source(ref.need.table, ref.columns, hdb_days, rows, tables,
+                                                    external, in_memory)
+        for placeholder in plan.query_log:
+            if self.query_log is None:
+                raise QueryFailed(400, "this gateway keeps no query log")
+            sources[placeholder] = self.query_log.source(None if in_memory else external)
+        sql = plan.sql
+        for placeholder, source in sources.items():
+            sql = sql.replace(placeholder, source)
+        return sql, tables, external
+
+    def _execute(self, endpoint: ClientPool, sql: str, limit: int, deadline: float, timeout: float,
                  settings: dict[str, Any] | None, tables: dict[str, pa.Table],
                  external: dict[str, tuple[bytes, str, str]]) -> pa.Table:
-        """Run on ClickHouse within the deadline (the wait for a free client counts), the
-        memory and result-size limits of one query."""
+        """Run on one ClickHouse endpoint within the deadline (the wait for a free client
+        counts), the memory and result-size limits of one query. ``EndpointDown`` if it
+        cannot be reached."""
         max_bytes = self.settings.gateway_max_result_mb << 20
         run_settings = {
             "max_result_rows": limit + 1,
@@ -249,7 +282,9 @@ class Engine:
             **(settings or {}),
         }
         try:
-            table = self.hdb.pool.run(sql, run_settings, tables=tables, external=external, deadline=deadline)
+            table = endpoint.run(sql, run_settings, tables=tables, external=external, deadline=deadline)
+        except OperationalError as exc:  # no answer at all: the network or the server is down
+            raise EndpointDown(str(exc).split("\n")[0][:300]) from None
         except PoolBusy:
             raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s waiting for the "
                                    "query engine (the gateway is busy)") from None
@@ -372,7 +407,7 @@ class Engine:
 
     def _source(self, table: str, columns: Sequence[str] | None, hdb_days: list[dt.date],
                 parts: list[tuple[dt.date, pa.Table]], tables: dict[str, pa.Table],
-                external: dict[str, tuple[bytes, str, str]]) -> str:
+                external: dict[str, tuple[bytes, str, str]], in_memory: bool) -> str:
         """The FROM-able union of the HDB days and the RDB rows: read in place by embedded
         chDB (added to ``tables``), else sent to the server as external data (``external``)."""
         schema = self.catalog[table].arrow_schema
@@ -381,7 +416,7 @@ class Engine:
         if not parts:
             return hdb
         select = ", ".join(f"`{c}`" for c in cols)
-        if self.in_memory:
+        if in_memory:
             rdb = " UNION ALL ".join(self._python_source(schema, cols, day, batched(rows.select(cols)), tables)
                                      for day, rows in parts)
         else:

@@ -252,7 +252,8 @@ class HdbQuery:
         self.settings = settings
         self.store = store or HdbStore.from_settings(settings)
         self.catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
-        self.pool = pool(settings.clickhouse_url)
+        self.pools = [pool(url) for url in settings.clickhouse_endpoints]  # the gateway's HDB query pool
+        self.pool = self.pools[0]  # where queries of the plant's own tools run
 
     # -- sources ------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ def world(broker, catalog, tmp_path_factory):
     """Yesterday (D1) in the HDB, today (D2) in an RDB worker; the rows published each day."""
     tmp = tmp_path_factory.mktemp("gateway")
     settings = broker.settings.replace(topic_prefix=f"g{uuid.uuid4().hex[:8]}.", data_dir=tmp / "plant",
-                                       batch_interval_ms=20)
+                                       batch_interval_ms=20, gateway_user_queries=16)  # bob queries from threads
     clock = ManualClock(T0)
     open_first_day(settings, catalog, clock)
     market = SyntheticMarket(syms=8, seed=5, clock=clock)
@@ -179,7 +179,7 @@ def test_todays_rows_reach_clickhouse_as_one_batch_in_memory_or_as_a_servers_ext
     today = frame(published[D2]["trade"]).sort_values("time", kind="stable").groupby("sym").tail(1)
     expected = dict(zip(today.sym, today.price, strict=True))
     statement = "SELECT sym, price FROM trade WHERE date = today() ORDER BY sym, time DESC LIMIT 1 BY sym"
-    assert engine.in_memory
+    assert engine.hdb.pool.in_process and engine.in_memory is None  # as the endpoint is
     answer = engine.run(parse_select(statement), rdb_view="last", keep_rows=True)
     assert dict(zip(*answer.table.to_pydict().values(), strict=True)) == expected
     [(name, rows)] = answer.tables.items()
@@ -195,7 +195,7 @@ def test_todays_rows_reach_clickhouse_as_one_batch_in_memory_or_as_a_servers_ext
     try:
         served = engine.run(parse_select(statement), rdb_view="last", keep_rows=True)
     finally:
-        engine.in_memory = True
+        engine.in_memory = None
     assert served.table.to_pydict() == answer.table.to_pydict()
     assert served.tables == {} and "Python(" not in served.sql and "file(" not in served.sql
     [(name, (body, fmt, structure))] = served.external.items()
@@ -214,7 +214,7 @@ def test_todays_rows_reach_clickhouse_as_one_batch_in_memory_or_as_a_servers_ext
     try:
         there = engine.run(parse_select(logged), keep_rows=True)
     finally:
-        engine.in_memory = True
+        engine.in_memory = None
     assert there.table.to_pydict() == here.table.to_pydict() and here.table.column("n")[0].as_py() > 0
     assert "file(" in here.sql and "file(" not in there.sql
     [(log_name, (log_body, log_fmt, _))] = there.external.items()
@@ -503,3 +503,30 @@ def test_named_queries_take_no_sql_from_their_parameters(world, params):
     _, client, _, _ = world
     resp = client.get("/v1/trades", params=params, headers={"X-API-Key": "alice-key"})
     assert resp.status_code in (400, 403) or (resp.status_code == 200 and resp.json()["rows"] == []), resp.text
+
+
+def test_hdb_queries_go_on_when_an_endpoint_of_the_pool_is_down(world):
+    """``clickhouse_urls``: an endpoint that does not answer (nothing listens there: a killed
+    server) is benched and the query runs on the next; today's and yesterday's rows exact."""
+    from gateway.engine import Engine, QueryFailed
+
+    settings, client, published, _ = world
+    routing = client.app.state.gateway.routing
+    dead = f"http://127.0.0.9:{free_port()}"
+    engine = Engine(settings.replace(clickhouse_urls=f"{dead},chdb://"), routing)
+    try:
+        statement = "SELECT date, count() AS n FROM trade GROUP BY date ORDER BY date"
+        want = [{"date": d, "n": len(published[d]["trade"])} for d in (D1, D2)]
+        for _ in range(3):
+            assert engine.run(parse_select(statement)).table.to_pylist() == want
+        status = {e["url"]: e for e in engine.endpoints.status()}
+        assert status[dead]["benched"] and not status["chdb://"]["benched"]
+    finally:
+        engine.close()
+    alone = Engine(settings.replace(clickhouse_urls=dead), routing)
+    try:
+        with pytest.raises(QueryFailed, match="no ClickHouse endpoint answered") as err:
+            alone.run(parse_select("SELECT count() FROM trade"))
+        assert err.value.status == 503
+    finally:
+        alone.close()

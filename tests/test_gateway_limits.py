@@ -169,3 +169,12 @@ def test_grants_changed_in_the_users_file_take_effect_within_two_seconds(broker,
         assert tables() == {"trade"}
         path.write_text('[users.dee]\nkeys = ["dee-key-0123456789abcdef"]\nadmin = true\n')
         within_2s(401, "the removal of the user")
+
+
+def test_the_anonymous_user_of_a_local_plant_is_not_limited():
+    from gateway.app import RunningQueries
+
+    running = RunningQueries(1)
+    with running.admit("anonymous", limited=False), running.admit("anonymous", limited=False):
+        with pytest.raises(Exception, match="gateway_user_queries"), running.admit("anonymous"):
+            pass

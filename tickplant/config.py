@@ -103,8 +103,11 @@ class Settings:
     hdb_root: str = ""
     s3_endpoint: str = ""
     s3_region: str = "us-east-1"
-    # HDB queries: "chdb://" (embedded ClickHouse) or "http(s)://host:8123" (a server)
+    # HDB queries: "chdb://" (embedded ClickHouse) or "http(s)://host:8123" (a server); or
+    # a pool of them, comma-separated in clickhouse_urls (each query on the least busy one
+    # that answers; chdb:// counts as one)
     clickhouse_url: str = "chdb://"
+    clickhouse_urls: str = ""
     # the PDB's memory budget for sorting a day at end of day (larger days sort externally)
     pdb_memory_mb: int = 2048
     # what a reader of the log accepts (ingest/validate.py): a sym's length in UTF-8 bytes, and
@@ -128,6 +131,11 @@ class Settings:
         if self.node_host in ("", "0.0.0.0", "::"):
             return socket.getfqdn()
         return self.node_host
+
+    @property
+    def clickhouse_endpoints(self) -> list[str]:
+        """The HDB query pool's endpoints: ``clickhouse_urls``, else ``clickhouse_url``."""
+        return [u.strip() for u in self.clickhouse_urls.split(",") if u.strip()] or [self.clickhouse_url]
 
     def node_url(self, port: int) -> str:
         """``http://<advertised host>:<port>``, an IPv6 address in brackets."""
