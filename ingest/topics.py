@@ -134,6 +134,9 @@ def ensure_topics(settings: Settings, catalog: SchemaCatalog, timeout: float = 3
     return create_topics(settings, wanted, timeout)
 
 
+CREATE_ATTEMPTS = 3
+
+
 def create_topics(settings: Settings, wanted: dict[str, NewTopic], timeout: float = 30.0) -> dict[str, int]:
     """Create those of ``wanted`` that are missing (racing creators are fine) and wait until
     every one has leaders; return each one's partition count."""
@@ -143,13 +146,21 @@ def create_topics(settings: Settings, wanted: dict[str, NewTopic], timeout: floa
     except Exception as exc:
         raise TopicError(f"Kafka at {settings.bootstrap} is unreachable: {exc}") from exc
     missing = [nt for name, nt in wanted.items() if name not in existing]
-    if missing:
-        for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
+    for attempt in range(CREATE_ATTEMPTS):  # a cluster just formed may move its controller meanwhile
+        failed: dict[str, Exception] = {}
+        for name, future in (admin.create_topics(missing, operation_timeout=timeout).items() if missing else ()):
             try:
                 future.result()
             except Exception as exc:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise TopicError(f"could not create topic {name}: {exc}") from exc
+                    failed[name] = exc
+        if not failed:
+            break
+        if attempt == CREATE_ATTEMPTS - 1:
+            name, exc = next(iter(failed.items()))
+            raise TopicError(f"could not create topic {name}: {exc}") from exc
+        time.sleep(1.0)
+        missing = [nt for nt in missing if nt.topic in failed]
     return _wait_for_leaders(admin, list(wanted), timeout)
 
 

@@ -28,6 +28,9 @@ def plant_env(settings: Settings) -> dict[str, str]:
         "TICKPLANT_DATA_DIR": str(settings.data_dir),
         "TICKPLANT_PARTITIONS": str(settings.partitions),
     })
+    if settings.kafka_brokers > 1:  # the embedded cluster: every broker, topics replicated
+        env["TICKPLANT_KAFKA_BROKERS"] = str(settings.kafka_brokers)
+        env["TICKPLANT_REPLICATION_FACTOR"] = str(settings.replication_factor)
     if settings.internal_secret:  # hosts of one plant, each with its own data directory
         env["TICKPLANT_INTERNAL_SECRET"] = settings.internal_secret
     if settings.kafka_client_config:  # a secured cluster: the child connects as this process does

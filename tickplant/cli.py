@@ -36,7 +36,7 @@ def settings_from_args(args: argparse.Namespace, need_kafka: bool = True) -> Set
     """The settings a command runs with; by default also checks that Kafka answers."""
     overrides = {"data_dir": args.data_dir}
     for name in ("kafka_port", "feed_rate", "feed_syms", "publish_mode", "rdb_workers", "rdb_replicas", "hdb_root",
-                 "gateway_port", "node_host", "advertise_host"):
+                 "gateway_port", "node_host", "advertise_host", "kafka_brokers"):
         if hasattr(args, name):
             overrides[name] = getattr(args, name)
     settings = load_settings(args.config, **overrides)
@@ -467,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--syms", dest="feed_syms", type=int, help="number of synthetic syms")
     up.add_argument("--mode", dest="publish_mode", choices=["batch", "zero"], help="publish mode")
     up.add_argument("--rdb-workers", type=int, help="RDB worker processes (default 1; 0: none)")
+    up.add_argument("--brokers", dest="kafka_brokers", type=int,
+                    help="embedded Kafka brokers: 1, or a KRaft cluster of 3 as MSK gives (topics replicated "
+                         "3 ways, 2 in sync); ports kafka_port, +2, +4")
     up.add_argument("--rdb-replicas", type=int, help="hot-hot copies of the RDB, each of --rdb-workers (default 1)")
     up.add_argument("--gateway-port", type=int, help="the gateway's port (default 8700)")
     up.set_defaults(func=cmd_up)

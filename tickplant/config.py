@@ -36,6 +36,9 @@ class Settings:
     kafka_port: int = 9092
     kafka_controller_port: int = 0  # 0 -> kafka_port + 1
     kafka_heap: str = "1g"
+    # embedded brokers: 1, or a KRaft cluster of several on kafka_port, +2, +4, ... (each
+    # with its controller port +1), as MSK gives: topics replicated 3 ways, 2 in sync
+    kafka_brokers: int = 1
     # extra librdkafka settings for every client (security.protocol, sasl.*, ...)
     kafka_client_config: dict[str, str] = field(default_factory=dict)
     topic_prefix: str = ""
@@ -121,7 +124,13 @@ class Settings:
 
     @property
     def bootstrap(self) -> str:
-        return self.bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        return ",".join(f"127.0.0.1:{self.broker_port(n)}" for n in range(1, self.kafka_brokers + 1))
+
+    def broker_port(self, node: int) -> int:
+        """The client port of embedded broker ``node`` (1, 2, ...); its controller's is +1."""
+        return self.kafka_port + 2 * (node - 1)
 
     @property
     def advertised_host(self) -> str:
@@ -216,7 +225,11 @@ def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Se
     for name, raw in overrides.items():
         if raw is not None:
             values[name] = _coerce(name, raw, fields[name], "command line")
+    if values.get("kafka_brokers", 1) > 1 and "replication_factor" not in values:
+        values["replication_factor"] = min(3, values["kafka_brokers"])  # a cluster's topics are replicated
     settings = Settings(**values)
+    if settings.kafka_brokers < 1:
+        raise ConfigError(f"kafka_brokers must be at least 1, not {settings.kafka_brokers}")
     if settings.publish_mode not in ("batch", "zero"):
         raise ConfigError(f"publish_mode must be 'batch' or 'zero', not {settings.publish_mode!r}")
     if not 0 <= settings.zero_linger_ms <= 1000:

@@ -26,7 +26,13 @@ from ingest.topics import ensure_topics
 from tickplant import internal
 from tickplant.clock import Clock, SystemClock
 from tickplant.config import Settings
-from tickplant.kafka.broker import EmbeddedKafka, pid_alive, stop_pid
+from tickplant.kafka.broker import (
+    EmbeddedCluster,
+    EmbeddedKafka,
+    embedded_broker,
+    pid_alive,
+    stop_pid,
+)
 from tickplant.supervisor import Supervisor, cep_child, gateway_child, pdb_child, rdb_worker_child
 
 
@@ -68,7 +74,7 @@ class Plant:
         self.supervisor = Supervisor()
         self.clock = clock or SystemClock()
         self.catalog = SchemaCatalog.load(settings.schemas_dir)
-        self.broker: EmbeddedKafka | None = EmbeddedKafka(settings) if settings.embedded else None
+        self.broker: EmbeddedKafka | EmbeddedCluster | None = embedded_broker(settings) if settings.embedded else None
         self.tp: Tickerplant | None = None
         self.scheduler: EodScheduler | None = None
         self._stop = threading.Event()
@@ -212,12 +218,13 @@ def stop_plant(settings: Settings, timeout: float = 60.0) -> list[str]:
     if pid and pid_alive(pid):
         stop_pid(pid, timeout)
         stopped.append(f"plant (pid {pid})")
-    broker = EmbeddedKafka(settings)
-    leftover = broker.running_pid()
-    if leftover:
-        stop_pid(leftover, timeout)
-        stopped.append(f"Kafka broker (pid {leftover})")
-    broker.pid_file.unlink(missing_ok=True)
+    broker = embedded_broker(settings)
+    for node in broker.nodes if isinstance(broker, EmbeddedCluster) else [broker]:
+        leftover = node.running_pid()
+        if leftover:
+            stop_pid(leftover, timeout)
+            stopped.append(f"Kafka broker (pid {leftover})")
+        node.pid_file.unlink(missing_ok=True)
     pid_path(settings).unlink(missing_ok=True)
     state_path(settings).unlink(missing_ok=True)
     return stopped

@@ -1,8 +1,13 @@
-"""The embedded broker: one real Apache Kafka node in KRaft mode, owned by the plant.
+"""The embedded broker: real Apache Kafka in KRaft mode, owned by the plant.
 
-Its storage lives under ``<data_dir>/kafka`` and is formatted on first start.
-The broker is started as a child that dies with its parent (PR_SET_PDEATHSIG),
-and its pid is recorded so ``tickplant down`` can stop one left by a crash.
+One node by default, its storage under ``<data_dir>/kafka``, formatted on first
+start; or, with ``kafka_brokers = 3`` (``tickplant up --brokers 3``), a cluster
+as Amazon MSK gives: three nodes, each broker and controller, on ports
+``kafka_port``, +2, +4 (controllers +1), storage under ``<data_dir>/kafka/node-N``,
+every topic replicated three ways with two replicas in sync for a write to be
+acknowledged, so a broker can die without losing an acknowledged row. Each
+broker is started as a child that dies with its parent (PR_SET_PDEATHSIG), and
+its pid is recorded so ``tickplant down`` can stop one left by a crash.
 """
 
 from __future__ import annotations
@@ -96,36 +101,51 @@ def pid_alive(pid: int) -> bool:
 
 
 class EmbeddedKafka:
-    """Start, wait for, and stop a single-node KRaft broker on loopback."""
+    """Start, wait for, and stop one KRaft node on loopback: the whole broker, or node
+    ``node`` of a cluster of ``settings.kafka_brokers``."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, node: int = 1):
         self.settings = settings
-        self.home = Path(settings.data_dir).resolve() / "kafka"
+        self.node = node
+        self.nodes = settings.kafka_brokers
+        root = Path(settings.data_dir).resolve() / "kafka"
+        self.home = root if self.nodes == 1 else root / f"node-{node}"
+        self.cluster_id_file = root / "cluster.id"
         self.log_dirs = self.home / "data"
         self.log_file = self.home / "broker.log"
         self.pid_file = self.home / "broker.pid"
+        self.port = settings.broker_port(node)
+        self.controller_port = settings.controller_port if self.nodes == 1 else self.port + 1
         self.process: subprocess.Popen | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.settings.kafka_port}"
+        return f"127.0.0.1:{self.port}"
 
     def _properties(self) -> str:
         s = self.settings
+        if self.nodes == 1:
+            voters = f"1@127.0.0.1:{self.controller_port}"
+        else:
+            voters = ",".join(f"{n}@127.0.0.1:{s.broker_port(n) + 1}" for n in range(1, self.nodes + 1))
+        copies = min(3, self.nodes)
+        in_sync = 2 if self.nodes >= 3 else 1
         return "\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{s.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
+            f"node.id={self.node}",
+            f"controller.quorum.voters={voters}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names=CONTROLLER",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"log.dirs={self.log_dirs}",
             f"num.partitions={s.partitions}",
-            "offsets.topic.replication.factor=1",
+            f"default.replication.factor={copies}",
+            f"min.insync.replicas={in_sync}",
+            f"offsets.topic.replication.factor={copies}",
             "offsets.topic.num.partitions=4",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
+            f"transaction.state.log.replication.factor={copies}",
+            f"transaction.state.log.min.isr={in_sync}",
             "transaction.state.log.num.partitions=4",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=false",
@@ -144,12 +164,22 @@ class EmbeddedKafka:
             f"-Dlog4j.configuration=file:{LOG4J}", "-cp", f"{libs}/*", main, *args,
         ]
 
-    def _format(self, libs: Path, props: Path) -> None:
-        if (self.log_dirs / "meta.properties").exists():
-            return
+    def _cluster_id(self) -> str:
+        """A new id for a single node; the one id every node of a cluster is formatted with."""
+        if self.nodes > 1 and self.cluster_id_file.exists():
+            return self.cluster_id_file.read_text().strip()
         cid = "-"
         while cid.startswith("-"):  # as Kafka's Uuid.randomUuid: a leading dash reads as an option
             cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if self.nodes > 1:
+            self.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
+            self.cluster_id_file.write_text(cid)
+        return cid
+
+    def _format(self, libs: Path, props: Path) -> None:
+        if (self.log_dirs / "meta.properties").exists():
+            return
+        cid = self._cluster_id()
         result = subprocess.run(
             self._java(libs, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(props), *self.format_args()),
             capture_output=True, text=True,
@@ -166,6 +196,15 @@ class EmbeddedKafka:
         return pid if pid_alive(pid) else None
 
     def start(self, timeout: float = 90.0) -> None:
+        self.launch()
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def launch(self) -> None:
+        """Start the node's process (formatting its storage the first time), not waiting."""
         s = self.settings
         leftover = self.running_pid()
         if leftover:
@@ -173,7 +212,7 @@ class EmbeddedKafka:
                 f"a broker started from {s.data_dir} is still running (pid {leftover}); "
                 "run 'tickplant down' first"
             )
-        for port in (s.kafka_port, s.controller_port):
+        for port in (self.port, self.controller_port):
             if not port_is_free(port):
                 raise BrokerError(
                     f"port {port} on 127.0.0.1 is taken (another Kafka or program?); "
@@ -192,11 +231,6 @@ class EmbeddedKafka:
         )
         log.close()
         self.pid_file.write_text(str(self.process.pid))
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
 
     @property
     def died(self) -> bool:
@@ -211,7 +245,7 @@ class EmbeddedKafka:
         self.process = None
         self.pid_file.unlink(missing_ok=True)
         deadline = time.monotonic() + 30
-        while not all(port_is_free(p) for p in (self.settings.kafka_port, self.settings.controller_port)):
+        while not all(port_is_free(p) for p in (self.port, self.controller_port)):
             if time.monotonic() > deadline:
                 break  # start() says which port is taken
             time.sleep(0.2)
@@ -268,6 +302,73 @@ class EmbeddedKafka:
         self.stop()
 
 
+class EmbeddedCluster:
+    """``kafka_brokers`` KRaft nodes on loopback, each broker and controller: started
+    together (a node is ready only once a majority of controllers vote), stopped together,
+    and any one killed and restarted alone (what a broker dying on MSK looks like)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.nodes = [EmbeddedKafka(settings, n) for n in range(1, settings.kafka_brokers + 1)]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def start(self, timeout: float = 120.0) -> None:
+        try:
+            for node in self.nodes:
+                node.launch()
+            for node in self.nodes:
+                node._wait_ready(timeout)
+            self._wait_all_registered(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_all_registered(self, timeout: float) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self.settings.kafka_config(**{"bootstrap.servers": self.bootstrap}))
+        deadline = time.monotonic() + timeout
+        while len(admin.list_topics(timeout=5).brokers) < len(self.nodes):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"not every broker of the cluster registered within {timeout:.0f}s:\n"
+                                  f"{self.log_tail()}")
+            time.sleep(0.2)
+
+    @property
+    def died(self) -> bool:
+        return any(node.died for node in self.nodes)
+
+    def restart(self, timeout: float = 120.0) -> int | None:
+        """Start the nodes that died again; the exit code of the first of them."""
+        codes = [node.restart(timeout) for node in self.nodes if node.died]
+        return codes[0] if codes else None
+
+    def running_pid(self) -> int | None:
+        return next((pid for pid in (node.running_pid() for node in self.nodes) if pid), None)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(f"-- node {n.node}:\n{n.log_tail(lines // len(self.nodes) + 1)}" for n in self.nodes)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.stop(timeout)
+
+    def __enter__(self) -> EmbeddedCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def embedded_broker(settings: Settings) -> EmbeddedKafka | EmbeddedCluster:
+    """The plant's own broker: one node, or a cluster of ``kafka_brokers``."""
+    return EmbeddedCluster(settings) if settings.kafka_brokers > 1 else EmbeddedKafka(settings)
+
+
 def stop_pid(pid: int, timeout: float = 30.0) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
@@ -289,5 +390,5 @@ def stop_pid(pid: int, timeout: float = 30.0) -> None:
         pass
 
 
-__all__ = ["BrokerError", "EmbeddedKafka", "KafkaSetupError", "free_port", "free_port_pair", "port_is_free",
+__all__ = ["BrokerError", "EmbeddedCluster", "EmbeddedKafka", "embedded_broker", "KafkaSetupError", "free_port", "free_port_pair", "port_is_free",
            "stop_pid"]
