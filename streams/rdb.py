@@ -67,7 +67,7 @@ import aiohttp
 import faust
 import numpy as np
 import pyarrow as pa
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from faust.types import TP
 from faust.web import View
 
@@ -97,6 +97,7 @@ GIL_SWITCH_SECONDS = 0.0005
 OFF_LOOP_ROWS = 20_000  # answers bigger than this are serialised on the executor
 LOCK_TRY_SECONDS = 1.0  # an assigned shard's lock held by another process: waited for this long at the rebalance,
 LOCK_RETRY_SECONDS = 0.5  # then tried again this often by the reader
+CATCH_UP_CHECK_SECONDS = 0.2  # how often the reader looks whether newly assigned shards have caught up
 
 
 DEFAULT_REPLICA = "a"
@@ -256,6 +257,9 @@ class RdbWorker:
         self._assign_lock = threading.RLock()  # the reader applies, rebalances (re)assign: one at a time
         self._reassign = False
         self._locked: dict[tuple[str, int], float] = {}  # assigned, but another process held the shard
+        # shards read up to the log's end since they were assigned here: routed to only then
+        self.caught_up: set[tuple[str, int]] = set()
+        self._next_catch_check = 0.0
         self._next_lock_try = 0.0
         self._halt = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name="rdb-reader", daemon=True)
@@ -296,6 +300,7 @@ class RdbWorker:
         with self._assign_lock:
             for key in self._tps(revoked):
                 self.assigned.discard(key)
+                self.caught_up.discard(key)  # if it comes back, it is behind until read up again
                 shard = self.shards.pop(key, None)
                 if shard is not None:
                     shard.close()  # releases the RocksDB lock for the next owner
@@ -345,6 +350,39 @@ class RdbWorker:
             self._reassign = True
         self._next_lock_try = now + LOCK_RETRY_SECONDS
 
+    def _check_caught_up(self, consumer: Any) -> None:
+        """Note the assigned shards whose reader has reached the end of the log (the reader's
+        thread, between reads, from what the consumer knows: no broker round trip). Until all
+        have, the worker's metadata says it is not serving, so the gateway routes elsewhere or
+        answers 503 rather than read a copy still catching up (answers would go backwards)."""
+        now = time.monotonic()
+        if now < self._next_catch_check:
+            return
+        self._next_catch_check = now + CATCH_UP_CHECK_SECONDS
+        with self._assign_lock:
+            self.caught_up &= self.assigned
+            behind = sorted(k for k in self.assigned if k not in self.caught_up and k in self.shards)
+            if not behind:
+                return
+            tps = consumer.position([TopicPartition(self.names.table(t), p) for t, p in behind])
+            for key, tp in zip(behind, tps, strict=True):
+                try:
+                    _, end = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), cached=True)
+                except KafkaException:
+                    continue
+                if end < 0:
+                    continue  # no fetch answered yet
+                position = tp.offset if tp.offset >= 0 else self.shards[key].applied + 1
+                if position >= end:
+                    self.caught_up.add(key)
+
+    def _start_offset(self, table: str, partition: int) -> int:
+        """Where the reader starts a shard: past what it applied, and never before the earliest
+        day the HDB has not published. A partition with no local copy (a worker on a host of
+        its own) is so rebuilt from the log from the real-time days' fences, not from the
+        retained log's first offset."""
+        return max(self.shards[(table, partition)].applied + 1, self.days.first_unpublished_offset(table, partition))
+
     def _read_loop(self) -> None:
         """The data path: the assigned table partitions, read in bulk from each shard's offset.
 
@@ -366,10 +404,11 @@ class RdbWorker:
                     with self._assign_lock:
                         self._reassign = False
                         consumer.assign([
-                            TopicPartition(self.names.table(t), p, self.shards[(t, p)].applied + 1)
+                            TopicPartition(self.names.table(t), p, self._start_offset(t, p))
                             for t, p in sorted(self.assigned) if (t, p) in self.shards
                         ])
                 self._open_locked()
+                self._check_caught_up(consumer)
                 if not self.assigned:
                     self._halt.wait(0.05)
                     continue
@@ -595,7 +634,9 @@ class RdbWorker:
             "kind": "rdb", "replica": self.replica, "url": self.url, "pid": os.getpid(), "rss": rss_bytes(),
             "load": {"inflight_queries": self.inflight, "queries": self.queries},
             "open_date": self.days.open_date.isoformat() if self.days.open_date else None,
-            "serving": bool(self.assigned) and all(key in self.shards for key in self.assigned),
+            "serving": bool(self.assigned) and all(key in self.shards and key in self.caught_up
+                                                   for key in self.assigned),
+            "catching_up": [f"{t}[{p}]" for t, p in sorted(self.assigned - self.caught_up)],
             "rows_applied": self.rows_applied, "messages": self.messages, "batches": self.batches,
             "refused": {"messages": self.intake.refused_messages, "rows": self.intake.refused_rows},
             "tables": tables,
