@@ -130,6 +130,17 @@ class DayState:
     def start_of_open_day(self, table: str, partition: int) -> int:
         return self.open_starts.get(table, {}).get(partition, 0)
 
+    def first_unpublished_offset(self, table: str, partition: int) -> int:
+        """Where the real-time days of a partition begin in the log: the start of the earliest
+        closed day the HDB has not published, else the open day's. What came before is
+        history, in the HDB: a copy of the RDB built from the log starts here, not at the
+        retained log's first offset."""
+        published = self.published.get(table, set())
+        for date in sorted(d for d in self.closed if d not in published):
+            if partition in self.closed[date].get(table, {}):
+                return self.closed[date][table][partition][0]
+        return self.start_of_open_day(table, partition)
+
 
 def read_day_state(settings: Settings) -> DayState:
     """The control topic's story so far (empty if the plant was never started)."""

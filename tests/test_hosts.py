@@ -79,3 +79,33 @@ def test_a_wildcard_listener_announces_its_advertised_address(settings, catalog,
                    "the advertised address on the metadata topic", lambda: str(read_metadata(settings)))
     finally:
         rdb.stop()
+
+
+def test_a_worker_with_no_local_copy_rebuilds_from_the_real_time_days_fences(settings, catalog, tmp_path):
+    """Yesterday is in the HDB (published): a worker on a new host reads the log from the open
+    day's fences, not from the retained log's first offset."""
+    from ingest.eod import roll_day
+    from sinks.backfill import backfill
+
+    clock = ManualClock(T0)
+    open_first_day(settings, catalog, clock)
+    market = SyntheticMarket(syms=8, seed=4, clock=clock)
+    yesterday, _ = market.events(3000)
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        tp.publish_rows("trade", yesterday)
+    clock.advance(12 * 3600)
+    roll_day(settings, catalog, clock)
+    day1 = dt.datetime.fromtimestamp(T0 / 1e9, dt.UTC).date()
+    backfill(settings, "trade", day1, catalog=catalog)  # yesterday published: history now
+    today, _ = market.events(1500)
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        tp.publish_rows("trade", today)
+    fresh = Worker(settings.replace(data_dir=tmp_path / "new-host"), "rdb-new", tmp_path, host="127.0.0.6").start()
+    try:
+        fresh.wait_serving()
+        wait_until(lambda: sum(fresh.client.count("trade").values()) == len(today), 60, "today on the new host")
+        status = fresh.client.status()
+        assert status["rows_applied"] == len(today), status["rows_applied"]  # not one of yesterday's rows read
+        assert [d for d in status["tables"]["trade"]["dates"]] == [(day1 + dt.timedelta(days=1)).isoformat()]
+    finally:
+        fresh.stop()
