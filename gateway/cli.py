@@ -29,9 +29,17 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
     port = args.port or settings.gateway_port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    from gateway.announce import Announcer
+
     app = create_app(settings)
-    print(f"gateway {args.id}: http://{host}:{port} (docs at /docs); Ctrl-C stops it", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    url = settings.replace(node_host=host).node_url(port)  # announced: advertise_host, else where it listens
+    announcer = Announcer(settings, args.id, url)
+    announcer.start()
+    print(f"gateway {args.id}: {url} (docs at /docs); Ctrl-C stops it", flush=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        announcer.stop()
     return 0
 
 

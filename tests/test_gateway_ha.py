@@ -18,6 +18,7 @@ from procs import plant_env, wait_until
 
 from gateway.client import Client, GatewayError
 from ingest.eod import open_first_day
+from streams.metadata import read_metadata
 from tickplant.kafka.broker import free_port
 
 
@@ -38,6 +39,11 @@ def test_a_gateway_killed_while_a_client_queries_through_two(broker, catalog, tm
     try:
         for url in urls:
             wait_until(lambda u=url: _answers(u), 90, f"the gateway at {url}")
+        wait_until(lambda: sorted(r["url"] for r in read_metadata(settings).values() if r.get("kind") == "gateway")
+                   == urls, 30, "both gateways announced on the metadata topic")
+        status = subprocess.run([sys.executable, "-m", "tickplant", "status"], env=plant_env(settings),
+                                capture_output=True, text=True, timeout=60)
+        assert all(url in status.stdout for url in urls), status.stdout + status.stderr
         answers: list[object] = []
         done = threading.Event()
 

@@ -167,13 +167,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     workers = _rdb_rows(settings, ends)
     if workers:
         print()
-        print(format_table(["RDB worker", "state", "url", "table", "partitions", "rows today", "lag", "RSS MiB"],
-                           workers))
+        print(format_table(["RDB worker", "state", "url", "table", "partitions", "rows today", "lag", "caught up",
+                            "RSS MiB"], workers))
     engines = _cep_rows(settings)
     if engines:
         print()
         print(format_table(["CEP worker", "state", "url", "engine", "partitions", "serving", "live listeners",
                             "RSS MiB"], engines))
+    gateways = _gateway_rows(settings)
+    if gateways:
+        print()
+        print(format_table(["gateway", "state", "url", "pid"], gateways))
     print()
     print(_gateway_line(settings))
     return 0
@@ -215,9 +219,19 @@ def _rdb_rows(settings: Settings, ends: dict[tuple[str, int], int]) -> list[list
             applied = held.get("applied", {})
             lag = sum(max(0, ends.get((table, p), 0) - 1 - applied.get(str(p), -1)) for p in held["partitions"])
             rows = held.get("dates", {}).get(open_date, {}).get("rows", 0)
+            behind = {c.split("[")[1].rstrip("]") for c in record.get("catching_up", []) if c.startswith(f"{table}[")}
+            caught_up = "no: " + ",".join(sorted(behind)) if behind else "yes"
             out.append([node, state, record.get("url"), table, ",".join(map(str, held["partitions"])), rows, lag,
-                        round(record.get("rss", 0) / 2**20)])
+                        caught_up, round(record.get("rss", 0) / 2**20)])
     return out
+
+
+def _gateway_rows(settings: Settings) -> list[list[Any]]:
+    """A line per gateway that announced itself (``tickplant gateway run``)."""
+    from streams.metadata import read_metadata
+
+    return [[node, "STALE" if r["stale"] else "live", r.get("url"), r.get("pid")]
+            for node, r in sorted(read_metadata(settings, include_stale=True).items()) if r.get("kind") == "gateway"]
 
 
 def _topic_rows(settings: Settings) -> tuple[list[list[Any]], dict[tuple[str, int], int]]:
