@@ -33,9 +33,10 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
 
     app = create_app(settings)
     url = settings.replace(node_host=host).node_url(port)  # announced: advertise_host, else where it listens
-    announcer = Announcer(settings, args.id, url)
+    node = args.id or f"gateway-{url.split('://', 1)[1]}"
+    announcer = Announcer(settings, node, url)
     announcer.start()
-    print(f"gateway {args.id}: {url} (docs at /docs); Ctrl-C stops it", flush=True)
+    print(f"gateway {node}: {url} (docs at /docs); Ctrl-C stops it", flush=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
@@ -103,7 +104,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     gw = sub.add_parser("gateway", parents=[common], help="the SQL/REST gateway")
     gws = gw.add_subparsers(dest="gateway", required=True, metavar="ACTION")
     run = gws.add_parser("run", parents=[common], help="run the gateway in the foreground")
-    run.add_argument("--id", default="gateway-1", help="node id")
+    run.add_argument("--id", help="node id (default gateway-<announced address>:<port>)")
     run.add_argument("--host", help="listen address (default: setting gateway_host)")
     run.add_argument("--port", type=int, help="listen port (default: setting gateway_port)")
     run.set_defaults(func=cmd_gateway_run)

@@ -134,11 +134,11 @@ def _unknown_service_key(doc: Doc) -> None:
 
 
 def _bad_condition(doc: Doc) -> None:
-    doc["services"]["plant"]["depends_on"] = {KAFKA: {"condition": "service_ready"}}
+    doc["services"]["gateway"]["depends_on"] = {KAFKA: {"condition": "service_ready"}}
 
 
 def _ports_not_a_list(doc: Doc) -> None:
-    doc["services"]["plant"]["ports"] = "8700:8700"
+    doc["services"]["gateway"]["ports"] = "8700:8700"
 
 
 def _unknown_top_level_key(doc: Doc) -> None:

@@ -325,14 +325,22 @@ def cmd_feed_csv(args: argparse.Namespace) -> int:
 def cmd_feed_synthetic(args: argparse.Namespace) -> int:
     from ingest.feeds.synthetic import SyntheticMarket, run_feed
     from ingest.publisher import Tickerplant
+    from tickplant.plant import install_signal_handlers
 
     settings = settings_from_args(args)
     market = SyntheticMarket(args.syms, args.seed)
+    install_signal_handlers()  # SIGTERM (a container stopped) ends the feed like Ctrl-C: flushed, counted
+    started = time.monotonic()
+    stop = threading.Event()
     with Tickerplant(settings, mode=args.mode, source="synthetic-feed") as tp:
-        events = run_feed(market, tp.publish_rows, args.rate, threading.Event(), duration=args.seconds)
+        try:
+            events = run_feed(market, tp.publish_rows, args.rate, stop, duration=args.seconds or None)
+        except KeyboardInterrupt:
+            events = -1
         tp.flush()
     print(format_table(["table", "rows published"], sorted(tp.stats.delivered.items())))
-    print(f"{events:,} quote events in {args.seconds:g}s")
+    if events >= 0:
+        print(f"{events:,} quote events in {time.monotonic() - started:.1f}s")
     return 0
 
 
@@ -341,6 +349,8 @@ def cmd_eod(args: argparse.Namespace) -> int:
     from ingest.schemas import SchemaCatalog
 
     settings = settings_from_args(args)
+    if args.schedule:
+        return _eod_schedule(settings, SchemaCatalog.load(settings.schemas_dir))
     marker = roll_day(settings, SchemaCatalog.load(settings.schemas_dir))
     assert marker is not None
     print(f"closed {marker['date']}; open day is now {marker['next']}")
@@ -351,6 +361,28 @@ def cmd_eod(args: argparse.Namespace) -> int:
     ]
     print(format_table(["table", "partition", "first offset", "fence offset", "offsets in day"], rows))
     return 0
+
+
+def _eod_schedule(settings: Settings, catalog: Any) -> int:
+    """The tickerplant's end-of-day timer as a role of its own (a host, a container): the
+    topics, the first day, then each day rolled at eod_time, until stopped."""
+    from ingest.eod import EodScheduler
+    from ingest.topics import ensure_topics
+    from tickplant.plant import install_signal_handlers
+
+    install_signal_handlers()
+    ensure_topics(settings, catalog)
+    scheduler = EodScheduler(settings, catalog, on_roll=lambda m: print(f"closed {m['date']}; open day is now "
+                                                                          f"{m['next']}", flush=True))
+    scheduler.start()
+    print(f"end of day at {settings.eod_time} {settings.eod_timezone}; Ctrl-C stops the timer", flush=True)
+    try:
+        while scheduler.is_alive():
+            scheduler.join(1.0)
+    except KeyboardInterrupt:
+        scheduler.stop()
+        return 0
+    raise SystemExit(f"the end-of-day timer stopped: {scheduler.error}")
 
 
 def _write_rows(rows: list[dict[str, Any]], fmt: str, out: Any, columns: list[str]) -> None:
@@ -428,7 +460,8 @@ def cmd_rdb_worker(args: argparse.Namespace) -> int:
     from streams.rdb import run_worker
 
     settings = settings_from_args(args)
-    run_worker(settings, args.id, args.port, memory_budget=int(args.memory_mb) << 20, replica=args.replica)
+    node = args.id or settings.node_id("rdb", args.port)
+    run_worker(settings, node, args.port, memory_budget=int(args.memory_mb) << 20, replica=args.replica)
     return 0
 
 
@@ -510,7 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("topics", parents=[common], help="the log's topics and offsets").set_defaults(func=cmd_topics)
     sub.add_parser("install", parents=[common], help="fetch the Kafka broker jars (Maven)").set_defaults(
         func=cmd_install)
-    sub.add_parser("eod", parents=[common], help="roll the open day over now").set_defaults(func=cmd_eod)
+    eod = sub.add_parser("eod", parents=[common], help="roll the open day over now")
+    eod.add_argument("--schedule", action="store_true",
+                     help="instead, run the end-of-day timer in the foreground (topics, first day, a roll at eod_time)")
+    eod.set_defaults(func=cmd_eod)
 
     feed = sub.add_parser("feed", parents=[common], help="publish rows into the log")
     feeds = feed.add_subparsers(dest="feed", required=True, metavar="FEED")
@@ -524,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     fsyn.add_argument("--rate", type=float, default=10_000, help="quote events per second")
     fsyn.add_argument("--syms", type=int, default=50)
     fsyn.add_argument("--seed", type=int, default=1)
-    fsyn.add_argument("--seconds", type=float, default=10)
+    fsyn.add_argument("--seconds", type=float, default=10, help="how long (0: until stopped)")
     fsyn.add_argument("--mode", choices=["batch", "zero"], default="batch")
     fsyn.set_defaults(func=cmd_feed_synthetic)
 
@@ -549,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     rdb = sub.add_parser("rdb", parents=[common], help="the real-time database")
     rdbs = rdb.add_subparsers(dest="rdb", required=True, metavar="ACTION")
     rworker = rdbs.add_parser("worker", parents=[common], help="run one RDB worker (Faust) in the foreground")
-    rworker.add_argument("--id", default="rdb-1", help="node id, unique in the plant")
+    rworker.add_argument("--id", help="node id, unique in the plant (default rdb-<announced address>:<port>)")
     rworker.add_argument("--port", type=int, default=8711, help="HTTP query port")
     rworker.add_argument("--memory-mb", type=int, default=1024, help="memory budget")
     rworker.add_argument("--replica", default="a",

@@ -137,14 +137,22 @@ class Settings:
         """The address this process's views are announced at (see ``advertise_host``)."""
         if self.advertise_host:
             return self.advertise_host
-        if self.node_host in ("", "0.0.0.0", "::"):
-            return socket.getfqdn()
+        if self.node_host in ("", "0.0.0.0", "::"):  # every interface: this host's own address
+            try:
+                return socket.gethostbyname(socket.gethostname())
+            except OSError:
+                return socket.getfqdn()
         return self.node_host
 
     @property
     def clickhouse_endpoints(self) -> list[str]:
         """The HDB query pool's endpoints: ``clickhouse_urls``, else ``clickhouse_url``."""
         return [u.strip() for u in self.clickhouse_urls.split(",") if u.strip()] or [self.clickhouse_url]
+
+    def node_id(self, role: str, port: int) -> str:
+        """A node's default id, unique wherever it runs: its role, announced address and port
+        (``rdb-10.0.1.12:8711``), so replicas of a scaled service never share one."""
+        return f"{role}-{self.advertised_host}:{port}"
 
     def node_url(self, port: int) -> str:
         """``http://<advertised host>:<port>``, an IPv6 address in brackets."""

@@ -22,6 +22,7 @@ def cmd_cep_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    args.id = args.id or settings.node_id("cep", args.port)
     print(f"CEP {args.id} (engine {args.engine}): {settings.node_url(args.port)}/cep/v1/status; "
           f"{args.bar_seconds:g}s bars; Ctrl-C stops it", flush=True)
     run_worker(settings, args.id, args.port, engine=args.engine, bar_seconds=args.bar_seconds,
@@ -44,7 +45,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     cep = sub.add_parser("cep", parents=[common], help="the real-time engines (analytics, bars)")
     ceps = cep.add_subparsers(dest="cep", required=True, metavar="ACTION")
     run = ceps.add_parser("run", parents=[common], help="run one CEP worker (Faust) in the foreground")
-    run.add_argument("--id", default="cep-1", help="node id, unique in the plant")
+    run.add_argument("--id", help="node id, unique in the plant (default cep-<announced address>:<port>)")
     run.add_argument("--port", type=int, default=8721, help="HTTP port of the views (default 8721)")
     run.add_argument("--engine", default="main",
                      help="engine name: its consumer group, state and topics (default main: rte.bars, rte.analytics)")
