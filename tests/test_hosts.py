@@ -5,8 +5,10 @@ announce where ``--advertise`` says; the gateway reaches them only through what 
 from __future__ import annotations
 
 import datetime as dt
+import time
 import urllib.error
 import urllib.request
+from collections import Counter
 
 from fastapi.testclient import TestClient
 from procs import Cep, Worker, wait_until
@@ -109,3 +111,64 @@ def test_a_worker_with_no_local_copy_rebuilds_from_the_real_time_days_fences(set
         assert [d for d in status["tables"]["trade"]["dates"]] == [(day1 + dt.timedelta(days=1)).isoformat()]
     finally:
         fresh.stop()
+
+
+def test_a_killed_rdb_host_moves_its_partitions_and_no_answer_is_partial(settings, catalog, tmp_path):
+    """Two RDB hosts (own addresses, own disks); kill -9 one mid-feed. The other takes its
+    partitions and rebuilds them from the log; meanwhile every answer through the gateway
+    is whole (no sym's count ever goes back or vanishes) or a 503; afterwards, exact."""
+    import threading
+
+    from procs import BackgroundFeed
+
+    shared = settings.replace(internal_secret="one-plant-secret-for-both-hosts", gateway_timeout_s=10)
+    clock = ManualClock(T0)
+    open_first_day(shared, catalog, clock)
+    a = Worker(shared.replace(data_dir=tmp_path / "host-a"), "rdb-a", tmp_path, host="127.0.0.2").start()
+    b = Worker(shared.replace(data_dir=tmp_path / "host-b"), "rdb-b", tmp_path, host="127.0.0.3").start()
+    answers: list[dict[str, int]] = []
+    refused: list[str] = []
+    wrong: list[str] = []
+    halt = threading.Event()
+    try:
+        a.wait_serving()
+        b.wait_serving()
+        wait_until(lambda: all(w.client.status()["serving"] and w.client.status()["tables"].get("trade")
+                               for w in (a, b)), 60, "both hosts holding partitions")
+        with TestClient(create_app(shared.replace(data_dir=tmp_path / "host-gw"))) as http:
+            def ask() -> None:
+                while not halt.is_set():
+                    resp = http.post("/v1/sql", json={"query": "SELECT sym, count() AS n FROM trade "
+                                                               "WHERE date = today() GROUP BY sym"})
+                    if resp.status_code == 200:
+                        answers.append({r["sym"]: r["n"] for r in resp.json()["rows"]})
+                    elif resp.status_code == 503:
+                        refused.append(resp.json()["error"])
+                    else:
+                        wrong.append(f"{resp.status_code} {resp.text[:200]}")
+                    halt.wait(0.1)
+
+            asking = threading.Thread(target=ask)
+            market = SyntheticMarket(syms=16, seed=8, clock=clock)
+            with Tickerplant(shared, catalog, mode="batch") as tp, BackgroundFeed(tp, market, events=100) as feed:
+                wait_until(lambda: sum(a.client.count("trade").values()) > 1000, 60, "rows on host a")
+                asking.start()
+                time.sleep(1)
+                a.kill9()  # every process of host a, mid-feed
+                time.sleep(8)
+            tp_rows = feed.published["trade"]
+            want = dict(Counter(r["sym"] for r in tp_rows))
+            wait_until(lambda: bool(answers) and answers[-1] == want, 120, "the survivor exact",
+                       lambda: f"{answers[-1:]} != {want}; refused {refused[-2:]}")
+            halt.set()
+            asking.join(30)
+            assert not wrong, wrong[:3]
+            for before, after in zip(answers, answers[1:], strict=False):
+                for sym, n in before.items():
+                    assert after.get(sym, 0) >= n, f"{sym}: {n} then {after.get(sym)}: a partial answer"
+            status = b.client.status()
+            assert sorted(status["tables"]["trade"]["partitions"]) == list(range(shared.partitions))
+    finally:
+        halt.set()
+        a.stop()
+        b.stop()
