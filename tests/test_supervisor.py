@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from procs import wait_until
 
+from ingest.eod import open_first_day
 from tickplant.kafka.broker import pid_alive
 
 SUPERVISE = """
@@ -46,8 +48,10 @@ def test_children_die_with_a_killed_supervisor(settings):
             os.kill(child, signal.SIGKILL)
 
 
-def test_down_stops_leftovers_found_by_their_data_dir(settings, tmp_path):
+def test_down_stops_leftovers_found_by_their_data_dir(settings, catalog, tmp_path):
     other = settings.replace(data_dir=tmp_path / "other-plant", topic_prefix=settings.topic_prefix + "o.")
+    for s in (settings, other):
+        open_first_day(s, catalog)  # a plant's topics and day: the PDBs start at once
     procs = [subprocess.Popen([sys.executable, "-m", "tickplant", "pdb", "run", "--id", "pdb-orphan"],
                               env=_env(s), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)  # not a child of any plant: no pid file names it
@@ -55,6 +59,9 @@ def test_down_stops_leftovers_found_by_their_data_dir(settings, tmp_path):
     try:
         time.sleep(2)
         assert all(p.poll() is None for p in procs)
+        # reap the orphan as init would (here it is this process's child): a zombie still answers kill 0
+        reaper = threading.Thread(target=procs[0].wait, daemon=True)
+        reaper.start()
         down = subprocess.run([sys.executable, "-m", "tickplant", "down"], env=_env(settings),
                               capture_output=True, text=True, timeout=90)
         assert down.returncode == 0, down.stderr
