@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 
-from streams.metadata import MetadataPublisher
+from ingest.metadata import MetadataPublisher
 from tickplant.config import Settings
 
 EVERY_SECONDS = 2.0

@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from streams.metadata import read_metadata
+from ingest.metadata import read_metadata
 from tickplant import internal
 from tickplant.config import Settings
 

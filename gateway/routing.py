@@ -1,7 +1,7 @@
 """Which data node answers for which partitions: the gateway's view of the metadata topic.
 
 Every RDB worker publishes, every few seconds, a record on the compacted
-``_tp.metadata`` topic (streams/metadata.py): its URL, replica group, the
+``_tp.metadata`` topic (ingest/metadata.py): its URL, replica group, the
 table partitions it holds and the days in them. A thread here tails that
 topic, so routing costs nothing per query and a node that stops refreshing
 (killed) or says goodbye (a tombstone) leaves the view on its own.
@@ -29,8 +29,8 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from ingest.eod import CONTROL_KEY, DayState
 from ingest.logread import make_consumer
+from ingest.metadata import STALE_SECONDS
 from ingest.topics import TopicNames, partition_counts
-from streams.metadata import STALE_SECONDS
 from tickplant.config import Settings
 
 BENCH_SECONDS = 5.0

@@ -574,8 +574,8 @@ def default_snapshot(settings: Settings, catalog: SchemaCatalog, timeout: float 
     """Latest row per sym: an RDB worker's ``last`` view for a table (forwarded to the syms'
     owners by the worker); for the ``analytics`` and ``bars`` sources, every CEP node's view
     (each answers for the syms it holds); for other derived sources none (updates only)."""
+    from ingest.metadata import read_metadata
     from streams.client import RdbClient
-    from streams.metadata import read_metadata
 
     def snapshot(source: str, syms: list[str]) -> list[dict[str, Any]]:
         nodes = read_metadata(settings)

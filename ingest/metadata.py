@@ -1,10 +1,13 @@
-"""Data-node metadata on a compacted topic: who holds what, and where it answers.
+"""Node metadata on a compacted topic: who holds what, and where it answers.
 
-Each RDB worker publishes, every few seconds, one record keyed by its node id:
-its query URL, the tables and partitions it holds, per date the rows and time
-range, its pid and memory. The gateway reads the topic to route a request to
-the owner of a sym and to notice a node that stopped refreshing (dead) or said
-goodbye (a tombstone on clean shutdown).
+Each node of the plant publishes, every few seconds, one record keyed by its
+node id, with its ``kind``: an RDB worker its query URL, the tables and
+partitions it holds (and whether it has caught up), per date the rows and time
+range, its pid and memory; a CEP worker, a gateway and the PDB likewise what
+they are and where. The gateway reads the topic to route a request to the
+owner of a sym and to notice a node that stopped refreshing (dead) or said
+goodbye (a tombstone on clean shutdown); ``tickplant status`` lists them all.
+It is part of the log's protocol, below every role: any of them announces itself.
 """
 
 from __future__ import annotations

@@ -76,12 +76,12 @@ from ingest.eod import confirmed_fence_date, read_day_state
 from ingest.framing import control_of
 from ingest.intake import Intake
 from ingest.logread import make_tail_consumer
+from ingest.metadata import MetadataPublisher, read_metadata
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
 from streams.client import MISDIRECTED
 from streams.group import membership_app
-from streams.metadata import MetadataPublisher, read_metadata
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
 from streams.shard import Resources, Shard, ShardError
 from tickplant import internal

@@ -171,7 +171,7 @@ def test_every_part_killed_in_turn_loses_and_duplicates_nothing(tmp_path, catalo
 
         def holdings() -> str:
             """Each RDB worker's partitions, offsets and rows per day (to say where a row went)."""
-            from streams.metadata import read_metadata
+            from ingest.metadata import read_metadata
 
             lines = []
             for node, record in sorted(read_metadata(plant.settings, include_stale=True).items()):

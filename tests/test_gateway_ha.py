@@ -18,7 +18,7 @@ from procs import plant_env, wait_until
 
 from gateway.client import Client, GatewayError
 from ingest.eod import open_first_day
-from streams.metadata import read_metadata
+from ingest.metadata import read_metadata
 from tickplant.kafka.broker import free_port
 
 

@@ -16,8 +16,8 @@ from procs import Cep, Worker, wait_until
 from gateway.app import create_app
 from ingest.eod import open_first_day
 from ingest.feeds.synthetic import SyntheticMarket
+from ingest.metadata import read_metadata
 from ingest.publisher import Tickerplant
-from streams.metadata import read_metadata
 from tickplant import internal
 from tickplant.clock import ManualClock
 

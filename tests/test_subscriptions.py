@@ -25,11 +25,11 @@ from gateway.streaming import standalone_app
 from gateway.subscriptions import Hub
 from ingest.eod import open_first_day
 from ingest.framing import encode_row
+from ingest.metadata import read_metadata
 from ingest.publisher import Tickerplant
 from ingest.schema_topic import SchemaTopic
 from ingest.schemas import SchemaCatalog, TableSchema
 from ingest.topics import TopicNames, admin_client, ensure_topics, partition_counts, partition_for
-from streams.metadata import read_metadata
 from tickplant.clock import ManualClock
 from tickplant.config import Settings
 from tickplant.kafka.broker import free_port

@@ -184,7 +184,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cep_rows(settings: Settings) -> list[list[Any]]:
-    from streams.metadata import read_metadata
+    from ingest.metadata import read_metadata
 
     return [[node, "STALE" if r["stale"] else "live", r.get("url"), r.get("engine"),
              ",".join(map(str, r.get("partitions", []))), r.get("serving"), r.get("live_listeners", 0),
@@ -209,7 +209,7 @@ def _gateway_line(settings: Settings) -> str:
 
 def _rdb_rows(settings: Settings, ends: dict[tuple[str, int], int]) -> list[list[Any]]:
     """A line per RDB worker and table: partitions, rows of the open day, lag in messages."""
-    from streams.metadata import read_metadata
+    from ingest.metadata import read_metadata
 
     out = []
     for node, record in sorted(read_metadata(settings, include_stale=True).items()):
@@ -228,7 +228,7 @@ def _rdb_rows(settings: Settings, ends: dict[tuple[str, int], int]) -> list[list
 
 def _gateway_rows(settings: Settings) -> list[list[Any]]:
     """A line per gateway that announced itself (``tickplant gateway run``)."""
-    from streams.metadata import read_metadata
+    from ingest.metadata import read_metadata
 
     return [[node, "STALE" if r["stale"] else "live", r.get("url"), r.get("pid")]
             for node, r in sorted(read_metadata(settings, include_stale=True).items()) if r.get("kind") == "gateway"]

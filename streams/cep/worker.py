@@ -75,6 +75,7 @@ from ingest.eod import TradingCalendar, confirmed_fence_date, read_day_state
 from ingest.framing import control_of
 from ingest.intake import Intake
 from ingest.logread import make_tail_consumer
+from ingest.metadata import MetadataPublisher, read_metadata
 from ingest.schema_topic import SchemaTopic, make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
@@ -85,7 +86,6 @@ from streams.cep.outbox import PartitionPublisher
 from streams.cep.store import PartitionStore
 from streams.cep.topics import DEFAULT_ENGINE, CepTopics
 from streams.group import membership_app
-from streams.metadata import MetadataPublisher, read_metadata
 from streams.rdb import LatencySample, rss_bytes
 from tickplant.config import Settings
 
