@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from ingest.eod import CONTROL_KEY, DayState, confirmed_fence_date
 from ingest.framing import control_of
 from ingest.intake import Intake
 from ingest.logread import make_consumer, watermarks
+from ingest.metadata import MetadataPublisher
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, ensure_topics
@@ -67,6 +69,7 @@ log = logging.getLogger("tickplant.pdb")
 COMMIT_SECONDS = 0.5      # capture is made durable (and the group's offsets committed) this often
 COMMIT_ROWS = 200_000     # ... or sooner, when this many rows are buffered
 SCHEDULE_SECONDS = 0.25   # how often the control topic is read and closed days are looked at
+ANNOUNCE_SECONDS = 2.0    # how often it tells the metadata topic where it runs and what it does
 RETRY_SECONDS = 10.0      # after a failed write-down
 FENCE_WAIT_SECONDS = 30.0  # a fence's marker not yet read, while the roll's transaction completes
 
@@ -174,7 +177,8 @@ class Pdb:
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
         }))
         self.consumer.subscribe(sorted(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
-        last_commit = last_schedule = time.monotonic()
+        announcer = MetadataPublisher(self.settings, self.node_id)
+        last_commit = last_schedule = last_announce = time.monotonic()
         try:
             while not stop.is_set():
                 for msg in self.consumer.consume(5000, timeout=0.05):
@@ -188,8 +192,26 @@ class Pdb:
                     self._reap()
                     self._schedule()
                     last_schedule = now
+                if now - last_announce >= ANNOUNCE_SECONDS:
+                    self._announce(announcer)
+                    last_announce = now
         finally:
             self._shutdown(stop_timeout)
+            try:
+                announcer.goodbye()
+            except Exception:  # noqa: BLE001 - the broker away: the record goes stale by itself
+                pass
+
+    def _announce(self, announcer: MetadataPublisher) -> None:
+        """Where this PDB runs and what it does, for ``tickplant status`` (never stops the PDB)."""
+        try:
+            announcer.publish({"kind": "pdb", "host": self.settings.advertised_host, "pid": os.getpid(),
+                               "partitions": sorted(f"{t}[{p}]" for t, p in self.cache.parts),
+                               "rows_captured": self.rows_captured,
+                               "writing": f"{self.job.table} {self.job.date}" if self.job else None,
+                               "queued": len(self.queue)})
+        except Exception as exc:  # noqa: BLE001 - the broker away: announce again next time
+            log.warning("could not announce the PDB: %s", exc)
 
     def _shutdown(self, stop_timeout: float) -> None:
         try:

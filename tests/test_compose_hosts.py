@@ -130,6 +130,13 @@ def test_the_compose_topology_runs_as_hosts(broker, catalog, s3, tmp_path):  # n
         assert [n["url"] for n in nodes["cep_nodes"]] == [f"http://{by_role['cep'].address}:8721"]
         for host in hosts:
             assert host.proc.poll() is None or host is feed, f"{host.name} exited:\n{host.tail()}"
+        status = subprocess.run([sys.executable, "-m", "tickplant", "status"], env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        for host in hosts:  # every node of every role, at its own address
+            if host is not feed and not host.name.startswith("eod@"):
+                assert host.address in status.stdout, f"{host.name} not in:\n{status.stdout}"
+        assert "caught up" in status.stdout and "PDB" in status.stdout, status.stdout
     finally:
         for host in reversed(hosts):
             host.stop()

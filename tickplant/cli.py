@@ -174,6 +174,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
         print(format_table(["CEP worker", "state", "url", "engine", "partitions", "serving", "live listeners",
                             "RSS MiB"], engines))
+    pdbs = _pdb_rows(settings)
+    if pdbs:
+        print()
+        print(format_table(["PDB", "state", "host", "partitions", "rows captured", "writing", "queued"], pdbs))
     gateways = _gateway_rows(settings)
     if gateways:
         print()
@@ -224,6 +228,15 @@ def _rdb_rows(settings: Settings, ends: dict[tuple[str, int], int]) -> list[list
             out.append([node, state, record.get("url"), table, ",".join(map(str, held["partitions"])), rows, lag,
                         caught_up, round(record.get("rss", 0) / 2**20)])
     return out
+
+
+def _pdb_rows(settings: Settings) -> list[list[Any]]:
+    """A line per PDB: where it runs, what it captures, what it writes."""
+    from ingest.metadata import read_metadata
+
+    return [[node, "STALE" if r["stale"] else "live", r.get("host"), ",".join(r.get("partitions", [])),
+             r.get("rows_captured", 0), r.get("writing") or "-", r.get("queued", 0)]
+            for node, r in sorted(read_metadata(settings, include_stale=True).items()) if r.get("kind") == "pdb"]
 
 
 def _gateway_rows(settings: Settings) -> list[list[Any]]:
