@@ -259,6 +259,7 @@ class RdbWorker:
         self._locked: dict[tuple[str, int], float] = {}  # assigned, but another process held the shard
         # shards read up to the log's end since they were assigned here: routed to only then
         self.caught_up: set[tuple[str, int]] = set()
+        self._catch_targets: dict[tuple[str, int], int] = {}  # the log end each is reading up to
         self._next_catch_check = 0.0
         self._next_lock_try = 0.0
         self._halt = threading.Event()
@@ -301,6 +302,7 @@ class RdbWorker:
             for key in self._tps(revoked):
                 self.assigned.discard(key)
                 self.caught_up.discard(key)  # if it comes back, it is behind until read up again
+                self._catch_targets.pop(key, None)
                 shard = self.shards.pop(key, None)
                 if shard is not None:
                     shard.close()  # releases the RocksDB lock for the next owner
@@ -351,10 +353,10 @@ class RdbWorker:
         self._next_lock_try = now + LOCK_RETRY_SECONDS
 
     def _check_caught_up(self, consumer: Any) -> None:
-        """Note the assigned shards whose reader has reached the end of the log (the reader's
-        thread, between reads, from what the consumer knows: no broker round trip). Until all
-        have, the worker's metadata says it is not serving, so the gateway routes elsewhere or
-        answers 503 rather than read a copy still catching up (answers would go backwards)."""
+        """Note the assigned shards whose reader has reached the end the log had when they were
+        assigned here (the reader's thread, between reads). Until all have, the worker's
+        metadata says it is not serving, so the gateway routes elsewhere or answers 503 rather
+        than read a copy still catching up (answers would go backwards)."""
         now = time.monotonic()
         if now < self._next_catch_check:
             return
@@ -362,19 +364,27 @@ class RdbWorker:
         with self._assign_lock:
             self.caught_up &= self.assigned
             behind = sorted(k for k in self.assigned if k not in self.caught_up and k in self.shards)
-            if not behind:
-                return
+            for key in [k for k in self._catch_targets if k not in behind]:
+                del self._catch_targets[key]
+        if not behind:
+            return
+        for key in [k for k in behind if k not in self._catch_targets]:
+            # the end of the log when catching up began (asked of the broker once a shard, outside
+            # the lock the rebalance takes): a fixed mark, so a busy partition is caught up too
+            try:
+                _, end = consumer.get_watermark_offsets(TopicPartition(self.names.table(key[0]), key[1]),
+                                                        timeout=1.0, cached=False)
+            except KafkaException:
+                return  # the broker away: asked again at the next look
+            self._catch_targets[key] = end
+        with self._assign_lock:
+            behind = [k for k in behind if k in self.assigned and k in self.shards and k in self._catch_targets]
             tps = consumer.position([TopicPartition(self.names.table(t), p) for t, p in behind])
             for key, tp in zip(behind, tps, strict=True):
-                try:
-                    _, end = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), cached=True)
-                except KafkaException:
-                    continue
-                if end < 0:
-                    continue  # no fetch answered yet
                 position = tp.offset if tp.offset >= 0 else self.shards[key].applied + 1
-                if position >= end:
+                if position >= self._catch_targets[key]:
                     self.caught_up.add(key)
+                    del self._catch_targets[key]
 
     def _start_offset(self, table: str, partition: int) -> int:
         """Where the reader starts a shard: past what it applied, and never before the earliest

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from procs import Worker, wait_until
+from procs import BackgroundFeed, Worker, wait_until
 
 from ingest.eod import open_first_day
 from ingest.feeds.synthetic import SyntheticMarket
@@ -56,5 +56,15 @@ def test_a_restarted_worker_says_serving_only_once_caught_up(settings, catalog, 
         behind = [n for serving, n in seen if serving and n != published]
         assert not behind, f"said serving while holding {behind[:5]} of {published} rows"
         assert any(not serving for serving, _ in seen)  # it was seen catching up, not serving
+
+        # restarted under a steady feed (the log's end moving on all the time): it still gets there
+        with Tickerplant(settings, catalog, mode="zero") as tp:
+            with BackgroundFeed(tp, market, events=50, pause=0.01):
+                time.sleep(1)
+                worker.kill9()
+                time.sleep(2)
+                worker.start()
+                wait_until(lambda: worker.client.status()["serving"], 60, "serving again under load",
+                           worker.log_tail)
     finally:
         worker.stop()
