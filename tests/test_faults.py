@@ -21,6 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 from procs import wait_until
 
@@ -267,7 +268,7 @@ def test_bad_input_everywhere_is_refused_with_a_reason_and_disturbs_nothing(tmp_
         assert csv.returncode == 3 and "bad.csv:2" in csv.stdout + csv.stderr, csv.stdout + csv.stderr
 
         client = Client(f"http://127.0.0.1:{plant.settings.gateway_port}", timeout=60)
-        http = client._http
+        http = httpx.Client(base_url=client.url, timeout=60)  # raw requests, malformed on purpose
         assert http.post("/v1/sql", content=b"{oops", headers={"Content-Type": "application/json"}).status_code == 400
         assert http.post("/v1/sql", json={"query": "SELEC 1 FROM"}).status_code in (400, 403)
         assert http.get("/v1/bars", params={"minutes": "x"}).status_code == 400
