@@ -207,6 +207,8 @@ class Pdb:
         try:
             announcer.publish({"kind": "pdb", "host": self.settings.advertised_host, "pid": os.getpid(),
                                "partitions": sorted(f"{t}[{p}]" for t, p in self.cache.parts),
+                               # the next offset it captures, per table partition: its lag in status
+                               "next": {f"{t}[{p}]": s.next for (t, p), s in list(self.cache.parts.items())},
                                "rows_captured": self.rows_captured,
                                "writing": f"{self.job.table} {self.job.date}" if self.job else None,
                                "queued": len(self.queue)})

@@ -169,15 +169,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
         print(format_table(["RDB worker", "state", "url", "table", "partitions", "rows today", "lag", "caught up",
                             "RSS MiB"], workers))
-    engines = _cep_rows(settings)
+    engines = _cep_rows(settings, ends)
     if engines:
         print()
-        print(format_table(["CEP worker", "state", "url", "engine", "partitions", "serving", "live listeners",
-                            "RSS MiB"], engines))
-    pdbs = _pdb_rows(settings)
+        print(format_table(["CEP worker", "state", "url", "engine", "partitions", "lag", "serving",
+                            "live listeners", "RSS MiB"], engines))
+    pdbs = _pdb_rows(settings, ends)
     if pdbs:
         print()
-        print(format_table(["PDB", "state", "host", "partitions", "rows captured", "writing", "queued"], pdbs))
+        print(format_table(["PDB", "state", "host", "partitions", "lag", "rows captured", "writing", "queued"], pdbs))
     gateways = _gateway_rows(settings)
     if gateways:
         print()
@@ -187,13 +187,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cep_rows(settings: Settings) -> list[list[Any]]:
+def _cep_rows(settings: Settings, ends: dict[tuple[str, int], int]) -> list[list[Any]]:
+    """A line per CEP worker: where, what it computes, its lag in messages over its inputs."""
     from ingest.metadata import read_metadata
 
-    return [[node, "STALE" if r["stale"] else "live", r.get("url"), r.get("engine"),
-             ",".join(map(str, r.get("partitions", []))), r.get("serving"), r.get("live_listeners", 0),
-             round(r.get("rss", 0) / 2**20)]
-            for node, r in sorted(read_metadata(settings, include_stale=True).items()) if r.get("kind") == "cep"]
+    out = []
+    for node, r in sorted(read_metadata(settings, include_stale=True).items()):
+        if r.get("kind") != "cep":
+            continue
+        lag = sum(max(0, ends.get((t, int(p)), 0) - 1 - offset)
+                  for t, parts in r.get("applied", {}).items() for p, offset in parts.items())
+        out.append([node, "STALE" if r["stale"] else "live", r.get("url"), r.get("engine"),
+                    ",".join(map(str, r.get("partitions", []))), lag, r.get("serving"), r.get("live_listeners", 0),
+                    round(r.get("rss", 0) / 2**20)])
+    return out
 
 
 def _gateway_line(settings: Settings) -> str:
@@ -230,13 +237,21 @@ def _rdb_rows(settings: Settings, ends: dict[tuple[str, int], int]) -> list[list
     return out
 
 
-def _pdb_rows(settings: Settings) -> list[list[Any]]:
-    """A line per PDB: where it runs, what it captures, what it writes."""
+def _pdb_rows(settings: Settings, ends: dict[tuple[str, int], int]) -> list[list[Any]]:
+    """A line per PDB: where it runs, what it captures, its lag in messages, what it writes."""
     from ingest.metadata import read_metadata
 
-    return [[node, "STALE" if r["stale"] else "live", r.get("host"), ",".join(r.get("partitions", [])),
-             r.get("rows_captured", 0), r.get("writing") or "-", r.get("queued", 0)]
-            for node, r in sorted(read_metadata(settings, include_stale=True).items()) if r.get("kind") == "pdb"]
+    out = []
+    for node, r in sorted(read_metadata(settings, include_stale=True).items()):
+        if r.get("kind") != "pdb":
+            continue
+        lag = 0
+        for key, nxt in r.get("next", {}).items():
+            table, _, part = key.rstrip("]").partition("[")
+            lag += max(0, ends.get((table, int(part)), 0) - (nxt or 0))
+        out.append([node, "STALE" if r["stale"] else "live", r.get("host"), ",".join(r.get("partitions", [])), lag,
+                    r.get("rows_captured", 0), r.get("writing") or "-", r.get("queued", 0)])
+    return out
 
 
 def _gateway_rows(settings: Settings) -> list[list[Any]]:

@@ -476,6 +476,9 @@ class CepWorker:
             "bar_seconds": self.width_ns / 1e9, "analytics": [a.name for a in self.analytics],
             "open_date": self.days.open_date.isoformat() if self.days.open_date else None,
             "live_listeners": self.live.listener_count(),
+            # the last input offset in each partition's state, per table: its lag in tickplant status
+            "applied": {t: {str(p): engine.store.offset(t) for p, engine in list(self.engines.items())}
+                        for t in self.tables},
         }
 
     def status(self) -> dict[str, Any]:
