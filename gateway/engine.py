@@ -76,6 +76,7 @@ from tickplant.config import Settings
 log = logging.getLogger(__name__)
 
 HDB_LIST_SECONDS = 5.0
+NO_REPLICA_WAIT_S = 3.0  # no node serves a partition (restarting, catching up): wait this long, then 503
 SLOW_NODE_S = 2.0  # a node that does not answer in this long is benched; a shorter wait is the query's
 _NONCE = secrets.token_hex(8)  # in the placeholder names of a plan's sources
 _ROW_TABLES = itertools.count()  # names of the RDB rows' in-memory tables (unique per process)
@@ -353,12 +354,15 @@ class Engine:
         if not wanted:
             return self.catalog[need.table].arrow_schema.empty_table(), ""
         failed: list[str] = []
+        unserved = 0.0  # when no node first served what is needed (a restart, a move): 503 soon after
         while True:
             try:
                 route = self.routing.route(need.table, wanted, exclude=failed)
             except NoReplica as exc:
-                if time.monotonic() + 0.25 > deadline:
-                    raise QueryFailed(503, str(exc)) from None
+                now = time.monotonic()
+                unserved = unserved or now
+                if now + 0.25 > min(deadline, unserved + NO_REPLICA_WAIT_S):
+                    raise QueryFailed(503, f"{exc}; retry shortly") from None
                 time.sleep(0.25)
                 failed.clear()  # a benched node may be back, a group may have rebalanced
                 continue

@@ -172,3 +172,23 @@ def test_a_killed_rdb_host_moves_its_partitions_and_no_answer_is_partial(setting
         halt.set()
         a.stop()
         b.stop()
+
+
+def test_with_no_copy_serving_a_query_is_a_quick_503_not_a_hang(settings, catalog, tmp_path):
+    """The only RDB worker killed: a query for today is refused with 503 in a few seconds,
+    well within its own timeout, rather than waiting it out."""
+    open_first_day(settings, catalog)
+    only = Worker(settings, "rdb-only", tmp_path, host="127.0.0.2").start()
+    try:
+        only.wait_serving()
+        with TestClient(create_app(settings.replace(gateway_timeout_s=30))) as http:
+            query = {"query": "SELECT count() AS n FROM trade WHERE date = today()", "timeout": 30}
+            wait_until(lambda: http.post("/v1/sql", json=query).status_code == 200, 30, "an answer")
+            only.kill9()
+            wait_until(lambda: not http.get("/v1/health").json().get("rdb_nodes"), 30, "the node gone stale")
+            started = time.monotonic()
+            resp = http.post("/v1/sql", json=query)
+            assert resp.status_code == 503 and "retry" in resp.json()["error"], resp.text
+            assert time.monotonic() - started < 15, "the query waited out its timeout instead of a quick 503"
+    finally:
+        only.stop()
