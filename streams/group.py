@@ -26,22 +26,6 @@ log = logging.getLogger("tickplant.group")
 REFRESH_BACKOFF_MAX_SECONDS = 30.0
 
 
-IDLE_REJOIN_SECONDS = 15.0  # a member given nothing this long while peers hold several asks again
-
-
-def request_rebalance(app: faust.App) -> bool:
-    """Ask the group to rebalance (this member rejoins), from the app's own loop: a member
-    the assignment left idle while others hold several partitions gets its share. False if
-    the consumer is not running yet."""
-    thread = getattr(app.consumer, "_thread", None)
-    consumer = getattr(thread, "_consumer", None)
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is None:
-        return False
-    thread.thread_loop.call_soon_threadsafe(coordinator.request_rejoin)
-    return True
-
-
 def membership_app(settings: Settings, group: str, membership_topic: str, datadir: Path, port: int,
                    partitions: int, on_revoked: Handler, on_assigned: Handler, on_refresh: Callable[[], Awaitable[None]],
                    on_shutdown: Handler, refresh_seconds: float = 2.0) -> faust.App:

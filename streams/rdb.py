@@ -81,7 +81,7 @@ from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
 from streams.client import MISDIRECTED
-from streams.group import IDLE_REJOIN_SECONDS, membership_app, request_rebalance
+from streams.group import membership_app
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
 from streams.shard import Resources, Shard, ShardError
 from tickplant import internal
@@ -259,7 +259,6 @@ class RdbWorker:
         self._locked: dict[tuple[str, int], float] = {}  # assigned, but another process held the shard
         # shards read up to the log's end since they were assigned here: routed to only then
         self.caught_up: set[tuple[str, int]] = set()
-        self._idle_since: float | None = None  # since when this worker was assigned nothing
         self._catch_targets: dict[tuple[str, int], int] = {}  # the log end each is reading up to
         self._next_catch_check = 0.0
         self._next_lock_try = 0.0
@@ -612,26 +611,6 @@ class RdbWorker:
             self.peers = self.replica_peers(nodes)
         except Exception as exc:  # noqa: BLE001 - routing keeps the last view
             log.warning("could not read metadata: %s", exc)
-        self._rejoin_if_idle()
-
-    def _rejoin_if_idle(self) -> None:
-        """Faust's assignment now and then leaves a joining member with no partition while a
-        peer holds several (seen scaling 1 -> 3 workers); such a member asks the group to
-        rebalance, at most every ``IDLE_REJOIN_SECONDS``, rather than idle until the next one."""
-        now = time.monotonic()
-        if self.assigned:
-            self._idle_since = None
-            return
-        if self._idle_since is None:
-            self._idle_since = now
-            return
-        crowded = any(len(held.get("partitions", [])) > 1 for node, record in self.peers.items()
-                      if node != self.node_id and not record.get("stale")
-                      for held in record.get("tables", {}).values())
-        if crowded and now - self._idle_since >= IDLE_REJOIN_SECONDS and request_rebalance(self.app):
-            log.warning("%s: assigned nothing for %.0f s while peers hold several partitions; asking the group "
-                        "to rebalance", self.node_id, now - self._idle_since)
-            self._idle_since = now
 
     def replica_peers(self, nodes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """The RDB nodes of this worker's replica: the only ones it forwards to."""
