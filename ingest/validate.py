@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from ingest.eod import TradingCalendar
 from ingest.schemas import SchemaCatalog
 from ingest.topics import partition_for
+from tickplant.clock import Clock, SystemClock
 from tickplant.config import Settings
 
 # no market-data time stamp is later than this (2200-01-01): the bound when a row's day is unknown,
@@ -70,7 +72,9 @@ class Refused:
 class RowRules:
     """The checks of ``ingest.validate``, for one plant's tables and settings."""
 
-    def __init__(self, settings: Settings, catalog: SchemaCatalog):
+    def __init__(self, settings: Settings, catalog: SchemaCatalog, clock: Clock | None = None):
+        self.clock = clock or SystemClock()
+        self._today: tuple[float, dt.date] | None = None  # (when looked at, the trading day then)
         self.sym_max_bytes = min(settings.sym_max_bytes, SYM_MAX_BYTES_LIMIT)
         self.future_ns = int(settings.max_future_seconds * 1e9)
         self.calendar = TradingCalendar.from_settings(settings)
@@ -90,12 +94,24 @@ class RowRules:
         return where
 
     def ceiling(self, date: dt.date | None) -> int:
-        """The latest time stamp a row of log day ``date`` may carry."""
+        """The latest time stamp a row of log day ``date`` may carry: the close of that day or of
+        today's trading day, whichever is later, plus ``max_future_seconds``. Today counts because
+        a reader's view of the days can lag the log (the marker of a roll it has not read yet
+        leaves the new day's rows looking like the old day's): a good row is never refused for it."""
+        if date is None:
+            return TIME_CEILING
+        date = max(date, self.today())
         top = self._ceilings.get(date)
         if top is None:
-            assert date is not None
             top = self._ceilings[date] = min(self.calendar.close_ns(date) + self.future_ns, TIME_CEILING)
         return top
+
+    def today(self) -> dt.date:
+        """The trading day on this process's clock, looked at once a second at most."""
+        now = time.monotonic()
+        if self._today is None or now - self._today[0] >= 1.0:
+            self._today = (now, self.calendar.trading_date(self.clock.now_ns()))
+        return self._today[1]
 
     def check(self, table: str, writer: str, rows: list[dict[str, Any]], date: dt.date | None,
               partition: int | None = None) -> tuple[list[dict[str, Any]], Refused | None]:

@@ -9,6 +9,7 @@ import pytest
 
 from ingest.topics import partition_for
 from ingest.validate import TIME_CEILING, RowRules
+from tickplant.clock import ManualClock
 from tickplant.config import Settings
 
 DAY = dt.date(2026, 11, 22)
@@ -22,7 +23,7 @@ def quote(**changes) -> dict:
 
 @pytest.fixture
 def rules(catalog) -> RowRules:
-    return RowRules(Settings(), catalog)
+    return RowRules(Settings(), catalog, clock=ManualClock(NOON))  # today is DAY
 
 
 @pytest.mark.parametrize(("changes", "reason"), [
@@ -56,3 +57,14 @@ def test_another_tables_rows_and_the_wrong_partition(rules):
     assert rules.check("quote", "quote", [quote()], DAY, home)[1] is None
     _, refused = rules.check("quote", "quote", [quote()], DAY, (home + 1) % 4)
     assert f"belongs in partition {home}" in refused.reason()
+
+
+def test_a_readers_stale_view_of_the_days_never_refuses_a_good_row(catalog):
+    """A reader that has not yet read the marker of a roll takes the new day's rows for the old
+    day's: as long as they are within today's trading day they are kept; beyond it, refused."""
+    day = 86_400 * 10**9
+    rules = RowRules(Settings(), catalog, clock=ManualClock(NOON + day))  # today is the day after DAY
+    row = quote(time=NOON + day)
+    assert rules.check("quote", "quote", [row], DAY) == ([row], None)
+    far = quote(time=CLOSE + day + 3600 * 10**9 + 1)  # past today's close and the hour after it
+    assert rules.check("quote", "quote", [far], DAY)[1] is not None
