@@ -250,8 +250,10 @@ class RdbWorker:
         self.names = TopicNames(settings.topic_prefix)
         self.decoder = make_decoder(settings, self.catalog)
         self.intake = Intake(settings, self.catalog, self.decoder, DeadLetters(settings, f"rdb:{node_id}"))
-        # RocksDB gets a quarter of the budget; Python, Arrow and Kafka buffers the rest
-        self.resources = Resources(cache_bytes=memory_budget // 8, write_buffer_bytes=memory_budget // 8)
+        # RocksDB gets a quarter of the budget, the resident rows (the day decoded, as kdb+
+        # holds it) three eighths; Python, Arrow and Kafka buffers the rest
+        self.resources = Resources(cache_bytes=memory_budget // 8, write_buffer_bytes=memory_budget // 8,
+                                   resident_bytes=memory_budget * 3 // 8)
         self.shards: dict[tuple[str, int], Shard] = {}
         self._opening = threading.Lock()
         self._assign_lock = threading.RLock()  # the reader applies, rebalances (re)assign: one at a time

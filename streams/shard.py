@@ -49,6 +49,8 @@ from rocksdict import (
     WriteBufferManager,
 )
 
+from streams.resident import Budget, Resident
+
 APPLIED = b"Mapplied"
 ARROW = b"Marrow"
 DAY = b"Mday"
@@ -92,10 +94,13 @@ class Resources:
 
     cache_bytes: int = 128 << 20
     write_buffer_bytes: int = 64 << 20
+    resident_bytes: int = 256 << 20  # decoded rows held beside RocksDB (streams/resident.py)
     cache: Any = field(init=False)
     buffers: Any = field(init=False)
+    resident: Budget = field(init=False)
 
     def __post_init__(self) -> None:
+        self.resident = Budget(self.resident_bytes)
         self.cache = Cache(self.cache_bytes)
         self.buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
             self.write_buffer_bytes, False, self.cache
@@ -153,6 +158,7 @@ class Shard:
         # (date, sym) -> its latest row on disk, a one-row copy: kdb+'s ``latest`` table, filled
         # by ``last`` and dropped when the sym's next rows are written (one row per sym held)
         self._latest: dict[tuple[str, str], pa.Table] = {}
+        self.resident = Resident(resources.resident)
         self.days: dict[str, str] = {}
         for key, value in self.db.items(from_key=b"M"):
             if not key.startswith(b"M"):
@@ -177,6 +183,7 @@ class Shard:
 
     def close(self) -> None:
         with self._lock:
+            self.resident.clear()
             self.flush()
             self.db.flush()
             self.db.close()
@@ -278,6 +285,7 @@ class Shard:
                 if "\x00" in sym:
                     raise ShardError(f"sym {sym!r} contains a NUL byte")
                 batch.put(_chunk_prefix(date, sym) + suffix, fp + chunk.serialize().to_pybytes())
+                self.resident.append(date, sym, pa.Table.from_batches([chunk]))
                 self._latest.pop((date, sym), None)
                 stats = self._sym_stats(date, sym)
                 if not counted:
@@ -338,6 +346,7 @@ class Shard:
             self.db.delete_range(b"S" + day, b"S" + _next_prefix(day))
             self.db.delete(DAY + day)
             self.days.pop(date, None)
+            self.resident.drop_day(date)
             self.stats = {k: v for k, v in self.stats.items() if k[0] != date}
             self._latest = {k: v for k, v in self._latest.items() if k[0] != date}
 
@@ -382,39 +391,60 @@ class Shard:
             return {sym: self._sym_stats(date, sym) for sym in self.syms(date)}
 
     def read(self, date: str, syms: list[str] | None) -> list[pa.Table]:
-        """The day's chunks for ``syms`` (all syms if None), each sym in log order.
-
-        One RocksDB iterator for the whole read, moved from sym to sym (a day's syms are
-        contiguous keys: all of them are one sweep): a fresh iterator per sym cost ~15 us,
-        as much as reading a sym's chunk."""
+        """The day's chunks for ``syms`` (all syms if None), each sym in log order: what is
+        resident (streams/resident.py), the rest from disk, then kept resident."""
         with self._lock:
             tail = self._tail_chunks(date) if date in self._tail_syms else {}
-            by_sym: dict[str, list[pa.Table]] = {}
-            it = self.db.iter()
-            # all syms: one sweep of the day, each chunk's sym read off its key
-            prefixes = [(b"R" + date.encode(), None)] if syms is None else \
-                [(_chunk_prefix(date, sym), sym) for sym in syms]
-            for prefix, sym in prefixes:
-                it.seek(prefix)
-                while it.valid():
-                    key = it.key()
-                    if not key.startswith(prefix):
-                        break
-                    value = it.value()
-                    if value:
-                        owner = sym if sym is not None else key[len(prefix):-9].decode()
-                        by_sym.setdefault(owner, []).append(self._decode(value))
-                    it.next()
+            if syms is None:
+                by_sym = self.resident.day(date)
+                if by_sym is None:
+                    by_sym = self._disk_chunks(date, None)
+                    self.resident.put_day(date, by_sym)
+            else:
+                by_sym, missing = {}, []
+                for sym in syms:
+                    chunks = self.resident.get(date, sym)
+                    if chunks is None:
+                        missing.append(sym)
+                    else:
+                        by_sym[sym] = chunks
+                if missing:
+                    read = self._disk_chunks(date, missing)
+                    for sym in missing:
+                        by_sym[sym] = read.get(sym, [])
+                        self.resident.put(date, sym, by_sym[sym])
             if syms is not None:
                 wanted = syms
             else:
-                wanted = sorted(by_sym.keys() | tail.keys()) if tail else list(by_sym)
+                wanted = sorted(by_sym.keys() | tail.keys())
             out: list[pa.Table] = []
             for sym in wanted:
                 out.extend(by_sym.get(sym, ()))
                 if sym in tail:
                     out.append(tail[sym])
             return out
+
+    def _disk_chunks(self, date: str, syms: list[str] | None) -> dict[str, list[pa.Table]]:
+        """The day's chunks on disk by sym. One RocksDB iterator for the whole read, moved
+        from sym to sym (a day's syms are contiguous keys: all of them are one sweep): a
+        fresh iterator per sym cost ~15 us, as much as reading a sym's chunk."""
+        by_sym: dict[str, list[pa.Table]] = {}
+        it = self.db.iter()
+        # all syms: one sweep of the day, each chunk's sym read off its key
+        prefixes = [(b"R" + date.encode(), None)] if syms is None else \
+            [(_chunk_prefix(date, sym), sym) for sym in syms]
+        for prefix, sym in prefixes:
+            it.seek(prefix)
+            while it.valid():
+                key = it.key()
+                if not key.startswith(prefix):
+                    break
+                value = it.value()
+                if value:
+                    owner = sym if sym is not None else key[len(prefix):-9].decode()
+                    by_sym.setdefault(owner, []).append(self._decode(value))
+                it.next()
+        return by_sym
 
     def last(self, date: str, sym: str) -> pa.Table | None:
         """The sym's latest row of the day: from the tail, else the last row of its last
