@@ -53,6 +53,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.exceptions import OperationalError
 from sqlglot import exp
 
+from gateway import pushdown
 from gateway.endpoints import Endpoints, NoEndpoint
 from gateway.plan import (
     TableNeed,
@@ -62,20 +63,23 @@ from gateway.plan import (
     plant_tables,
     replace_today,
 )
+from gateway.pushdown import Split
 from gateway.querylog import TABLE as QUERY_LOG_TABLE
 from gateway.querylog import QueryLog
 from gateway.routing import NoReplica, Routing
 from gateway.sql import cte_names, render
 from ingest.schemas import SchemaCatalog
 from ingest.topics import partition_for
-from sinks.hdb import ClientPool, HdbQuery, PoolBusy, clickhouse_structure, quote
+from sinks.hdb import ClientPool, HdbQuery, PoolBusy, clickhouse_structure
 from streams.client import MISDIRECTED, RdbClient, RdbClientError
+from streams.partial import typed_source
 from streams.query import batched, to_ipc
 from tickplant.config import Settings
 
 log = logging.getLogger(__name__)
 
 HDB_LIST_SECONDS = 5.0
+PARTIAL_REFUSED = 422  # an RDB node's answer when its engine refuses a partial
 NO_REPLICA_WAIT_S = 3.0  # no node serves a partition (restarting, catching up): wait this long, then 503
 SLOW_NODE_S = 2.0  # a node that does not answer in this long is benched; a shorter wait is the query's
 _NONCE = secrets.token_hex(8)  # in the placeholder names of a plan's sources
@@ -84,6 +88,10 @@ _ROW_TABLES = itertools.count()  # names of the RDB rows' in-memory tables (uniq
 
 class EndpointDown(RuntimeError):
     """A ClickHouse endpoint of the pool did not answer (the query may run on another)."""
+
+
+class PartialRefused(RuntimeError):
+    """An RDB node's engine refused a split statement's partial: run it unsplit."""
 
 
 class QueryFailed(RuntimeError):
@@ -104,6 +112,7 @@ class Answer:
     timing: dict[str, float] = field(default_factory=dict)  # seconds per stage (Server-Timing)
     tables: dict[str, pa.Table] = field(default_factory=dict)  # the RDB rows ``sql`` reads as Python(name), when kept
     external: dict[str, tuple[bytes, str, str]] = field(default_factory=dict)  # ... or as a server's external data
+    split: bool = False  # aggregated where the rows are, the gateway merging (gateway/pushdown.py)
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ class Plan:
     sql: str
     refs: tuple[PlannedRef, ...]
     query_log: tuple[str, ...] = ()  # placeholders of the query log's references
+    split: Split | None = None  # the aggregate run where the rows are (gateway/pushdown.py)
 
 
 class Engine:
@@ -138,6 +148,9 @@ class Engine:
         # embedded chDB reads the RDB rows in place, a server gets them as external data;
         # None: as the endpoint chosen is (tests force the server's way on chDB)
         self.in_memory: bool | None = None
+        self.pushdown = settings.gateway_pushdown
+        # a split's final SQL, its merges typed, and its keys' types (probed once)
+        self._merges: dict[Split, tuple[str, list[str]]] = {}
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gateway-rdb")
         # one task per extra table reference of a statement; separate from ``pool``, whose
         # node fetches those tasks wait on (one pool would deadlock when full of waiters)
@@ -192,7 +205,12 @@ class Engine:
         for placeholder in [r.placeholder for r in keyed] + logs:
             if sql.count(placeholder) != 1:  # each source goes in exactly where its reference was
                 raise QueryFailed(400, "the statement could not be planned")
-        return Plan(sql, tuple(keyed), tuple(logs))
+        split = None
+        if len(keyed) == 1 and not logs and self.pushdown:
+            table = keyed[0].need.table
+            split = pushdown.split(ast, keyed[0].placeholder, f"__tickplant_partials_{_NONCE}__",
+                                   {*self.catalog[table].columns, "date"})
+        return Plan(sql, tuple(keyed), tuple(logs), split)
 
     def run(self, ast: exp.Expression, limit: int | None = None, timeout: float | None = None,
             settings: dict[str, Any] | None = None, rdb_view: str = "rows", keep_rows: bool = False) -> Answer:
@@ -216,8 +234,19 @@ class Engine:
         touched: dict[str, Any] = {}
         timing = {"rdb": 0.0, "sources": 0.0, "clickhouse": 0.0}
         t0 = time.monotonic()
-        fetched = self._realtime_all({r.key: (r.need, r.columns) for r in plan.refs}, rdb_view, deadline)
+        split = self._usable_split(plan, rdb_view)
+        fetched = None
+        if split is not None:
+            try:
+                fetched = self._realtime_all({r.key: (r.need, r.columns) for r in plan.refs}, split, deadline)
+            except PartialRefused as exc:  # the split did not run where the rows are: unsplit
+                log.info("a node refused a statement's partial, running it unsplit: %s", exc)
+                split = None
+        if fetched is None:
+            fetched = self._realtime_all({r.key: (r.need, r.columns) for r in plan.refs}, rdb_view, deadline)
         timing["rdb"] = time.monotonic() - t0
+        if split is not None and not any(fetched[r.key][0] for r in plan.refs):
+            split = None  # no rows today: the statement as written, over the HDB alone
         for ref in plan.refs:
             touched.setdefault(ref.need.table, []).append(fetched[ref.key][2])
         tried: list[ClientPool] = []
@@ -230,7 +259,10 @@ class Engine:
             try:
                 t0 = time.monotonic()
                 in_memory = endpoint.in_process if self.in_memory is None else self.in_memory
-                sql, tables, external = self._sources(plan, fetched, in_memory)
+                if split is not None:
+                    sql, tables, external = self._merged_sources(plan, split, fetched)
+                else:
+                    sql, tables, external = self._sources(plan, fetched, in_memory)
                 timing["sources"] += time.monotonic() - t0
                 if deadline <= time.monotonic():
                     raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s fetching real-time rows")
@@ -246,7 +278,56 @@ class Engine:
         timing["plan"] = planned + time.monotonic() - started - sum(timing.values())
         return Answer(table, time.monotonic() - started + planned, touched, sql=sql,
                       tables=tables if keep_rows else {}, external=external if keep_rows else {},
-                      timing=timing)
+                      timing=timing, split=split is not None)
+
+    def _usable_split(self, plan: Plan, rdb_view: str) -> Split | None:
+        """The plan's split, if it can run here: in-process engines read the nodes' partials
+        in place (a server would need them as external data: not yet)."""
+        split = plan.split
+        if split is None or rdb_view != "rows" or not self.pushdown:
+            return None
+        if not (self.in_memory or (self.in_memory is None and all(p.in_process for p in self.endpoints.pools))):
+            return None
+        if split not in self._merges:
+            try:
+                self._merges[split] = self._probe(plan, split)
+            except Exception as exc:  # noqa: BLE001 - the statement then runs unsplit, as written
+                log.info("a statement's split could not be typed, running it unsplit: %s", exc)
+                return None
+        return split
+
+    def _probe(self, plan: Plan, split: Split) -> tuple[str, list[str]]:
+        """The split's final SQL with its merges typed: the state types and the output names
+        of the unsplit SELECT, read off the engine over no rows."""
+        ref = plan.refs[0]
+        schema = self.catalog[ref.need.table].arrow_schema
+        cols = list(ref.columns) if ref.columns else schema.names
+        probe_pool = self.endpoints.pools[0]
+        answers = []
+        for sql in (split.probe, split.names):
+            tables: dict[str, pa.Table] = {}
+            empty = schema.empty_table().select(cols)
+            source = typed_source(schema, cols, self.open_date(), empty, tables)
+            answers.append(probe_pool.run(sql.replace(split.source, f"({source})"), tables=tables))
+        types = [answers[0].column(j)[0].as_py() for j in range(split.aggregates + split.keys)]
+        final = pushdown.merge_sql(split.final, types[:split.aggregates], answers[1].schema.names, split.unnamed)
+        return final, types[split.aggregates:]
+
+    def _merged_sources(self, plan: Plan, split: Split, fetched: dict[tuple, Any]
+                        ) -> tuple[str, dict[str, pa.Table], dict[str, tuple[bytes, str, str]]]:
+        """The split's final SQL over the nodes' partials and the HDB days' partial."""
+        ref = plan.refs[0]
+        parts, hdb_days, _ = fetched[ref.key]
+        name = f"__tickplant_rows_{next(_ROW_TABLES)}"
+        tables = {name: pa.concat_tables([p for _, p in parts], promote_options="default")}
+        sources = [f"Python({name})"]
+        if hdb_days:
+            cols = list(ref.columns) if ref.columns else self.catalog[ref.need.table].arrow_schema.names
+            hdb = self.hdb.source_days(ref.need.table, hdb_days, cols)
+            sources.insert(0, f"({split.partial.replace(split.source, hdb)})")
+        final, key_types = self._merges[split]
+        union = pushdown.union_sql(sources, key_types, split.aggregates)
+        return final.replace(split.partials, f"({union})"), tables, {}
 
     def _sources(self, plan: Plan, fetched: dict[tuple, Any], in_memory: bool
                  ) -> tuple[str, dict[str, pa.Table], dict[str, tuple[bytes, str, str]]]:
@@ -307,7 +388,7 @@ class Engine:
 
     # -- sources ----------------------------------------------------------------------------------
 
-    def _realtime_all(self, needs: dict[tuple, tuple[TableNeed, list[str] | None]], view: str,
+    def _realtime_all(self, needs: dict[tuple, tuple[TableNeed, list[str] | None]], view: str | Split,
                       deadline: float) -> dict[tuple, tuple[list[tuple[dt.date, pa.Table]], list[dt.date], dict[str, Any]]]:
         """``_realtime`` for each distinct reference, at the same time (an aj's trades and
         quotes): the first in this thread, the others on the reference pool. Each one lists
@@ -321,7 +402,7 @@ class Engine:
             out[k] = future.result()
         return out
 
-    def _realtime(self, need: TableNeed, columns: list[str] | None, view: str,
+    def _realtime(self, need: TableNeed, columns: list[str] | None, view: str | Split,
                   deadline: float) -> tuple[list[tuple[dt.date, pa.Table]], list[dt.date], dict[str, Any]]:
         """Rows of each real-time day in range (day, rows), and the HDB days in range,
         listed after the RDB answered (see the module docstring)."""
@@ -343,7 +424,7 @@ class Engine:
                 "replicas": sorted(r for r in replicas if r)}
         return parts, hdb_days, info
 
-    def _fetch(self, need: TableNeed, columns: list[str] | None, day: dt.date, view: str,
+    def _fetch(self, need: TableNeed, columns: list[str] | None, day: dt.date, view: str | Split,
                deadline: float) -> tuple[pa.Table, str]:
         """One day's rows from one replica group, in parallel across its nodes; a node that
         fails is benched and the day is fetched again from another replica (or the same
@@ -382,6 +463,8 @@ class Engine:
                         failed.append(url)
                         bad = exc
                         continue
+                    if exc.status == PARTIAL_REFUSED:
+                        raise PartialRefused(str(exc)) from None
                     if exc.status is not None and exc.status < 500:
                         raise QueryFailed(400, str(exc)) from None
                     if exc.status is None and time.monotonic() >= deadline - 0.05 and deadline - asked < SLOW_NODE_S:
@@ -396,15 +479,18 @@ class Engine:
             if time.monotonic() > deadline:
                 raise QueryFailed(503, f"real-time rows unavailable: {bad}; retry shortly")
 
-    def _fetch_node(self, url: str, table: str, view: str, day: dt.date, columns: list[str] | None,
+    def _fetch_node(self, url: str, table: str, view: str | Split, day: dt.date, columns: list[str] | None,
                     syms: list[str] | None, partitions: list[int], deadline: float) -> pa.Table:
         """The rows of exactly the partitions routed to ``url`` (it refuses if it no longer
         holds one: its answer would otherwise miss or double rows during a rebalance)."""
         self.routing.begin(url)
         try:
             client = RdbClient(url, timeout=max(0.5, deadline - time.monotonic()), settings=self.settings)
-            reader = client.rows if view == "rows" else client.last
             cols = list(columns) if columns else None
+            if isinstance(view, Split):
+                return client.partial(table, view.partial, view.source, syms=syms, columns=cols,
+                                      date=day.isoformat(), partitions=partitions)
+            reader = client.rows if view == "rows" else client.last
             return reader(table, syms=syms, columns=cols, date=day.isoformat(), local=True, partitions=partitions)
         finally:
             self.routing.end(url)
@@ -421,7 +507,7 @@ class Engine:
             return hdb
         select = ", ".join(f"`{c}`" for c in cols)
         if in_memory:
-            rdb = " UNION ALL ".join(self._python_source(schema, cols, day, batched(rows.select(cols)), tables)
+            rdb = " UNION ALL ".join(typed_source(schema, cols, day, batched(rows.select(cols)), tables)
                                      for day, rows in parts)
         else:
             rows = pa.concat_tables([r.select(cols).append_column("date", pa.repeat(pa.scalar(d, pa.date32()), r.num_rows))
@@ -433,25 +519,6 @@ class Engine:
         if not hdb_days:
             return f"({rdb})"
         return f"(SELECT {select}, date FROM {hdb} UNION ALL {rdb})"
-
-    @staticmethod
-    def _python_source(schema: pa.Schema, cols: list[str], day: dt.date, rows: pa.Table,
-                       tables: dict[str, pa.Table]) -> str:
-        """One day's RDB rows as chDB reads them in place (``Python(name)``), typed as the
-        HDB's files are (strings low-cardinality, as a file's structure would say), with
-        ``date`` a constant: no column to build or copy."""
-        name = f"__tickplant_rows_{next(_ROW_TABLES)}"
-        tables[name] = rows
-        typed = []
-        for c in cols:
-            want = schema.field(c)
-            got = rows.schema.field(c)
-            ch_type = clickhouse_structure(pa.schema([want])).split(" ", 1)[1]
-            if pa.types.is_string(want.type) or got.type != want.type or got.nullable != want.nullable:
-                typed.append(f"CAST(`{c}`, {quote(ch_type)}) AS `{c}`")
-            else:
-                typed.append(f"`{c}`")
-        return f"SELECT {', '.join(typed)}, toDate({quote(day.isoformat())}) AS date FROM Python({name})"
 
     def close(self) -> None:
         """Stop the fetch pools."""

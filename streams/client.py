@@ -40,11 +40,14 @@ class RdbClient:
         self.timeout = timeout
         self.headers = internal.headers(settings) if settings is not None else {}
 
-    def _get(self, path: str, params: dict[str, Any]) -> bytes:
+    def _get(self, path: str, params: dict[str, Any], body: bytes | None = None) -> bytes:
+        """GET ``path`` (POST when there is a ``body``)."""
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v not in (None, "", [])})
         url = f"{self.url}{path}" + (f"?{query}" if query else "")
         try:
-            resp = _HTTP.request("GET", url, headers=self.headers,
+            resp = _HTTP.request("GET" if body is None else "POST", url, body=body,
+                                 headers=self.headers if body is None else
+                                 {**self.headers, "Content-Type": "application/json"},
                                  timeout=urllib3.Timeout(connect=min(5.0, self.timeout), read=self.timeout))
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise RdbClientError(f"RDB worker at {self.url} unreachable: {exc}") from None
@@ -75,6 +78,16 @@ class RdbClient:
         params = self._params(syms, date, columns=",".join(columns) if columns else None,
                               **_local(local, partitions))
         return pa.ipc.open_stream(self._get(f"/rdb/v1/{table}/last", params)).read_all()
+
+    def partial(self, table: str, sql: str, source: str, syms: list[str] | None = None,
+                columns: list[str] | None = None, date: str | None = None,
+                partitions: list[int] | None = None) -> pa.Table:
+        """A split statement's partial (gateway/pushdown.py) over this worker's rows of
+        exactly ``partitions``; ``sql`` reads ``source``. 422: the engine refused it."""
+        params = self._params(syms, date, columns=",".join(columns) if columns else None,
+                              timeout=f"{self.timeout:.3f}", **_local(True, partitions))
+        body = json.dumps({"sql": sql, "source": source}).encode()
+        return pa.ipc.open_stream(self._get(f"/rdb/v1/{table}/partial", params, body)).read_all()
 
     def count(self, table: str, syms: list[str] | None = None, date: str | None = None) -> dict[str, int]:
         return json.loads(self._get(f"/rdb/v1/{table}/count", self._params(syms, date)))["counts"]

@@ -82,6 +82,7 @@ from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
 from streams.client import MISDIRECTED
 from streams.group import membership_app
+from streams.partial import run_partial
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
 from streams.shard import Resources, Shard, ShardError
 from tickplant import internal
@@ -722,9 +723,12 @@ class RdbWorker:
             )))
         return pa.concat_tables(parts, promote_options="default") if parts else schema.empty_table()
 
-    async def _local_ipc(self, kind: str, table: str, request: Any) -> bytearray:
+    async def _local_ipc(self, kind: str, table: str, request: Any,
+                         partial: tuple[str, str] | None = None) -> bytearray:
         """This worker's own rows (``local=1``: the gateway routes) as an Arrow stream, read
-        and serialised in one executor call: a thread hand-off each cost ~0.5 ms under load."""
+        and serialised in one executor call: a thread hand-off each cost ~0.5 ms under load.
+        ``partial`` (its SQL, the placeholder of its source): the statement's partial run
+        over those rows instead (streams/partial.py), its answer sent."""
         query = self._parse(table, request)
         schema = self.catalog[table].arrow_schema
         held = {p: s for (t, p), s in self.shards.items() if t == table}
@@ -743,8 +747,23 @@ class RdbWorker:
             held = {p: s for p, s in held.items() if p in wanted}
         shards = list(held.values())
         reader = read_rows if kind == "rows" else read_last
-        return await asyncio.get_running_loop().run_in_executor(
-            None, lambda: to_ipc(reader(shards, query, schema)))
+        if partial is None:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, lambda: to_ipc(reader(shards, query, schema)))
+        try:
+            timeout = float(request.query.get("timeout") or self.settings.gateway_timeout_s)
+        except ValueError:
+            raise QueryError(f"bad parameter: timeout={request.query.get('timeout')!r}") from None
+        deadline = time.monotonic() + timeout
+        day = dt.date.fromisoformat(query.date)
+        sql, placeholder = partial
+
+        def run() -> bytearray:
+            rows = read_rows(shards, query, schema)
+            return to_ipc(run_partial(sql, placeholder, rows, schema, day, deadline,
+                                      self.settings.gateway_max_memory_mb))
+
+        return await asyncio.get_running_loop().run_in_executor(None, run)
 
     async def _forward(self, url: str, kind: str, table: str, request: Any, syms: list[str] | None) -> pa.Table:
         params = {k: v for k, v in request.query.items() if k not in ("syms", "format")}
@@ -798,6 +817,28 @@ class RdbWorker:
 
         for kind in ("rows", "last"):
             app.page(f"/rdb/v1/{{table}}/{kind}")(rows_view(kind))
+
+        @app.page("/rdb/v1/{table}/partial")
+        class Partial(View):
+            async def post(self, request: Any, table: str) -> Any:
+                """A gateway's split statement: its partial over exactly the routed partitions."""
+                worker.inflight += 1
+                worker.queries += 1
+                try:
+                    body = await request.json()
+                    if not isinstance(body, dict) or not isinstance(body.get("sql"), str) \
+                            or not isinstance(body.get("source"), str):
+                        raise QueryError("the body must be JSON with 'sql' and 'source' strings")
+                    data = await worker._local_ipc("rows", table, request, (body["sql"], body["source"]))
+                    return self.bytes(data, content_type="application/vnd.apache.arrow.stream")
+                except NotHeld as exc:
+                    return self.error(MISDIRECTED, str(exc))
+                except (QueryError, ValueError) as exc:
+                    return self.error(400, str(exc).split("\n")[0][:500])
+                except Exception as exc:  # noqa: BLE001 - the engine's refusal, told to the gateway
+                    return self.error(422, str(exc).split("\n")[0][:2000])
+                finally:
+                    worker.inflight -= 1
 
         @app.page("/rdb/v1/{table}/count")
         class Count(View):

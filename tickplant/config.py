@@ -97,6 +97,9 @@ class Settings:
     gateway_max_statement_bytes: int = 65536
     gateway_max_memory_mb: int = 4096
     gateway_max_result_mb: int = 1024
+    # aggregates over today's rows run on the RDB nodes, the gateway merging their states
+    # (gateway/pushdown.py); off: every matching row comes to the gateway
+    gateway_pushdown: bool = True
     # the secret every plant process sends to the RDB and CEP views (tickplant/internal.py);
     # empty: one made per data directory (fine on one host; set it on many)
     internal_secret: str = ""

@@ -1,0 +1,54 @@
+"""The RDB's rows as ClickHouse reads them in place, and a statement's partial run over them.
+
+The gateway splits an aggregate over today's rows (gateway/pushdown.py): each
+RDB node runs the partial (the statement's FROM, WHERE and GROUP BY, with
+aggregate states for results) over the rows of the partitions the gateway
+routed to it, in its own embedded chDB, and answers with the states, a few
+rows per group, instead of every row. The rows are typed exactly as the
+gateway types them for its own engine and as the HDB's files are read, so a
+state made here merges with one made over the HDB.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+import pyarrow as pa
+
+from sinks.hdb import clickhouse_structure, pool, quote
+
+_ROW_TABLES = itertools.count()  # names of in-memory row tables (unique per process)
+# states are bytes: as Arrow binary, never read as (maybe invalid) UTF-8 text
+PARTIAL_SETTINGS = {"output_format_arrow_string_as_string": 0}
+
+
+def typed_source(schema: pa.Schema, cols: list[str], day: dt.date, rows: pa.Table,
+                 tables: dict[str, pa.Table]) -> str:
+    """One day's rows as chDB reads them in place (``Python(name)``, the table added to
+    ``tables``), typed as the HDB's files are (strings low-cardinality, as a file's
+    structure would say), with ``date`` a constant: no column to build or copy."""
+    name = f"__tickplant_rows_{next(_ROW_TABLES)}"
+    tables[name] = rows
+    typed = []
+    for c in cols:
+        want = schema.field(c)
+        got = rows.schema.field(c)
+        ch_type = clickhouse_structure(pa.schema([want])).split(" ", 1)[1]
+        if pa.types.is_string(want.type) or got.type != want.type or got.nullable != want.nullable:
+            typed.append(f"CAST(`{c}`, {quote(ch_type)}) AS `{c}`")
+        else:
+            typed.append(f"`{c}`")
+    return f"SELECT {', '.join(typed)}, toDate({quote(day.isoformat())}) AS date FROM Python({name})"
+
+
+def run_partial(sql: str, placeholder: str, rows: pa.Table, schema: pa.Schema, day: dt.date,
+                deadline: float | None, max_memory_mb: int) -> pa.Table:
+    """``sql`` (a partial, reading ``placeholder`` once) over ``rows`` of ``day``."""
+    if sql.count(placeholder) != 1:
+        raise ValueError("the partial statement must read its source exactly once")
+    tables: dict[str, pa.Table] = {}
+    source = typed_source(schema, rows.schema.names, day, rows, tables)
+    text = sql.replace(placeholder, f"({source})")
+    settings = {**PARTIAL_SETTINGS, "max_memory_usage": max_memory_mb << 20}
+    return pool("chdb://").run(text, settings, tables=tables, deadline=deadline)

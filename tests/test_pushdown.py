@@ -1,0 +1,120 @@
+"""The split of an aggregate (gateway/pushdown.py) against the statement run whole.
+
+Rows are cut into parts as RDB nodes and the HDB hold them; each part's partial
+runs in chDB over that part, the final merges them, and the answer must be the
+unsplit statement's over all the rows (floating sums to rounding: the parts add
+in another order). Statements the split cannot keep the meaning of do not split.
+"""
+
+from __future__ import annotations
+
+import chdb
+import numpy as np
+import pyarrow as pa
+import pytest
+import sqlglot
+
+from gateway.pushdown import merge_sql, split, union_sql
+from gateway.sql import DIALECT
+
+SOURCE = "__tickplant_source_test_0__"
+PARTIALS = "__tickplant_partials_test__"
+COLUMNS = {"time", "sym", "price", "size", "date"}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return chdb.connect(":memory:")
+
+
+@pytest.fixture(scope="module")
+def rows():
+    rng = np.random.default_rng(7)
+    n = 20_000
+    times = np.sort(rng.integers(0, 6 * 3600, n)) * 1_000_000_000 + 1_796_000_000_000_000_000
+    times[100:140] = times[100]  # ties
+    return pa.table({"time": pa.array(times, pa.timestamp("ns", "UTC")),
+                     "sym": rng.choice(["A", "AB", "B", "C"], n),
+                     "price": rng.random(n) * 100, "size": rng.integers(1, 500, n)})
+
+
+def _source(name: str, day: str = "2026-12-07") -> str:
+    return f"(SELECT time, CAST(sym, 'LowCardinality(String)') AS sym, price, size, toDate('{day}') AS date FROM Python({name}))"
+
+
+def _run(engine, sql: str, **tables: pa.Table) -> pa.Table:
+    scope = dict(tables)
+    scope["engine"], scope["sql"] = engine, sql
+    exec("answer = engine.query(sql, 'ArrowTable')", {}, scope)  # Python(name) finds the caller's names
+    return scope["answer"]
+
+
+SPLIT = [
+    "SELECT sym, count() AS n, sum(price * size) / sum(size) AS vwap FROM T WHERE size > 10 GROUP BY sym ORDER BY sym",
+    ("SELECT date, sym, toDateTime64(toStartOfInterval(time, INTERVAL 5 MINUTE), 9, 'UTC') AS bar, "
+     "argMin(price, time) AS open, max(price) AS high, argMax(price, time) AS close, count() AS trades "
+     "FROM T GROUP BY date, sym, bar ORDER BY date, sym, bar"),
+    "SELECT count(), uniqExact(size), quantileExact(0.5)(price), min(time) FROM T",  # quantile() samples
+    "SELECT sym, count(*) FROM T GROUP BY 1 HAVING count() > 4000 ORDER BY 2 DESC",
+    "SELECT sym, sum(size) AS size FROM T GROUP BY sym ORDER BY size",
+    "SELECT sym, argMax(price, time) AS p FROM T GROUP BY sym ORDER BY sym LIMIT 1 BY sym",
+    "SELECT sym, max(time) - min(time) AS span, lower(sym) AS l FROM T WHERE sym IN ('A', 'B') GROUP BY sym ORDER BY sym",
+    ("SELECT * FROM (SELECT sym, count() AS c FROM (SELECT time, sym, price, size, date FROM T WHERE sym != 'C' "
+     "LIMIT 18446744073709551615) AS trade GROUP BY sym) ORDER BY c"),
+    "SELECT sym, countIf(size > 250) AS big, sum(size) / count() AS mean FROM T GROUP BY sym ORDER BY sym",
+    "SELECT sym FROM T GROUP BY sym ORDER BY sym",
+    "SELECT count() FROM T WHERE sym = 'nobody'",
+]
+
+UNSPLIT = [
+    "SELECT sym, price FROM T GROUP BY sym",  # a bare column that is no key
+    "SELECT sym, count(DISTINCT size) FROM T GROUP BY sym",
+    "SELECT price * 2 AS p2, count() FROM T WHERE p2 > 10 GROUP BY p2",  # an alias the WHERE uses
+    "SELECT sym, count() OVER (PARTITION BY sym) FROM T",
+    "SELECT DISTINCT sym, count() FROM T GROUP BY sym",
+    "SELECT sym, count() FROM T GROUP BY sym WITH TOTALS",
+    "SELECT sym, sumMerge(s) FROM T GROUP BY sym",
+    "SELECT sym, count() FROM T WHERE size IN (SELECT size FROM T2) GROUP BY sym",
+    "SELECT time, price FROM T ORDER BY time LIMIT 3",
+]
+
+
+def _parse(statement: str) -> sqlglot.exp.Expression:
+    return sqlglot.parse_one(statement.replace("FROM T", f"FROM {SOURCE} AS trade", 1), read=DIALECT)
+
+
+@pytest.mark.parametrize("statement", SPLIT)
+def test_the_split_answers_as_the_statement_run_whole(engine, rows, statement):
+    plan = split(_parse(statement), SOURCE, PARTIALS, COLUMNS)
+    assert plan is not None
+    empty = rows.slice(0, 0)
+    probed = _run(engine, plan.probe.replace(SOURCE, _source("empty")), empty=empty).to_pylist()[0]
+    types = list(probed.values())
+    names = _run(engine, plan.names.replace(SOURCE, _source("empty")), empty=empty).schema.names
+    final = merge_sql(plan.final, types[:plan.aggregates], names, plan.unnamed)
+    # three RDB nodes' parts of today, and yesterday as the HDB part (another day)
+    parts = {"p0": rows.slice(0, 5000), "p1": rows.slice(5000, 9000), "p2": rows.slice(14_000)}
+    partials = pa.concat_tables([_run(engine, plan.partial.replace(SOURCE, _source(n)) +
+                                      " SETTINGS output_format_arrow_string_as_string = 0", **{n: t})
+                                 for n, t in parts.items()])
+    hdb = plan.partial.replace(SOURCE, _source("yesterday", "2026-12-06"))
+    union = union_sql([f"({hdb})", "Python(partials)"], types[plan.aggregates:], plan.aggregates)
+    got = _run(engine, final.replace(PARTIALS, f"({union})"), partials=partials,
+               yesterday=rows.slice(9000, 5000))
+    everything = pa.concat_tables([
+        _run(engine, f"SELECT * FROM {_source('y', '2026-12-06')}", y=rows.slice(9000, 5000)),
+        _run(engine, f"SELECT * FROM {_source('t')}", t=pa.concat_tables(parts.values()))])
+    whole_sql = _parse(statement).sql(dialect=DIALECT).replace(SOURCE, "Python(everything)")
+    want = _run(engine, whole_sql, everything=everything)
+    assert got.column_names == want.column_names
+    g, w = got.to_pylist(), want.to_pylist()
+    assert len(g) == len(w)
+    for a, b in zip(g, w, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == (pytest.approx(b[k], rel=1e-9) if isinstance(b[k], float) else b[k]), (k, a, b)
+
+
+@pytest.mark.parametrize("statement", UNSPLIT)
+def test_what_cannot_keep_its_meaning_does_not_split(statement):
+    assert split(_parse(statement), SOURCE, PARTIALS, COLUMNS) is None
