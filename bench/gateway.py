@@ -197,6 +197,24 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
                 "< 1.3x chdb" if big else "< +10 ms", ok, "ms",
                 f"+{added_ms:.1f} ms over chdb; in the gateway: {stages.replace(';dur=', ' ')}"))
 
+        # the same engine, aggregates split (the RDB node aggregates) or every row brought over
+        splits = {
+            "count, vwap by sym, today": "SELECT sym, count() AS n, sum(price * size) / sum(size) AS vwap "
+                                         "FROM trade WHERE date = today() GROUP BY sym ORDER BY sym",
+            "1-min bars, all syms, today": bars_query(None, today, None, 1, day1).sql,
+            "bars 5m, 2 days, all syms": bars_query(None, yesterday, today, 5, day1).sql,
+        }
+        for label, statement in splits.items():
+            def run(on: bool, sql: str = statement) -> object:
+                engine.pushdown = on
+                return engine.run(parse_select(sql))
+            assert run(True).split and not run(False).split, label
+            split_s, whole_s = paired(lambda: run(True), lambda: run(False), repeat)
+            engine.pushdown = True
+            report.results.append(Result(
+                f"engine {label}, aggregated on the RDB node", split_s * 1e3, whole_s * 1e3, "< 1.0x",
+                split_s < whole_s, "ms", "baseline: every row brought to the gateway (gateway_pushdown = false)"))
+
         syms = [f"S{i}" for i in range(100)]
         syms = sorted(engine.run(parse_select(last_query("trade", None, day1).sql), rdb_view="last")
                       .table.column("sym").to_pylist()) or syms

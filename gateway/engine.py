@@ -55,6 +55,7 @@ from sqlglot import exp
 
 from gateway import pushdown
 from gateway.endpoints import Endpoints, NoEndpoint
+from gateway.latest import latest_only
 from gateway.plan import (
     TableNeed,
     column_names,
@@ -134,6 +135,7 @@ class Plan:
     refs: tuple[PlannedRef, ...]
     query_log: tuple[str, ...] = ()  # placeholders of the query log's references
     split: Split | None = None  # the aggregate run where the rows are (gateway/pushdown.py)
+    latest: bool = False  # only each sym's latest real-time row is needed (gateway/latest.py)
 
 
 class Engine:
@@ -205,12 +207,13 @@ class Engine:
         for placeholder in [r.placeholder for r in keyed] + logs:
             if sql.count(placeholder) != 1:  # each source goes in exactly where its reference was
                 raise QueryFailed(400, "the statement could not be planned")
-        split = None
-        if len(keyed) == 1 and not logs and self.pushdown:
+        split, latest = None, False
+        if len(keyed) == 1 and not logs:
             table = keyed[0].need.table
-            split = pushdown.split(ast, keyed[0].placeholder, f"__tickplant_partials_{_NONCE}__",
-                                   {*self.catalog[table].columns, "date"})
-        return Plan(sql, tuple(keyed), tuple(logs), split)
+            latest = latest_only(ast, keyed[0].placeholder)
+            split = None if latest else pushdown.split(ast, keyed[0].placeholder, f"__tickplant_partials_{_NONCE}__",
+                                                       {*self.catalog[table].columns, "date"})
+        return Plan(sql, tuple(keyed), tuple(logs), split, latest)
 
     def run(self, ast: exp.Expression, limit: int | None = None, timeout: float | None = None,
             settings: dict[str, Any] | None = None, rdb_view: str = "rows", keep_rows: bool = False) -> Answer:
@@ -234,6 +237,8 @@ class Engine:
         touched: dict[str, Any] = {}
         timing = {"rdb": 0.0, "sources": 0.0, "clickhouse": 0.0}
         t0 = time.monotonic()
+        if plan.latest and rdb_view == "rows":
+            rdb_view = "last"
         split = self._usable_split(plan, rdb_view)
         fetched = None
         if split is not None:
@@ -281,10 +286,13 @@ class Engine:
                       timing=timing, split=split is not None)
 
     def _usable_split(self, plan: Plan, rdb_view: str) -> Split | None:
-        """The plan's split, if it can run here: in-process engines read the nodes' partials
-        in place (a server would need them as external data: not yet)."""
+        """The plan's split, if it can run here and pays: the RDB holds enough of the table's
+        rows (``gateway_pushdown_rows``), and the engines are in-process, reading the nodes'
+        partials in place (a server would need them as external data: not yet)."""
         split = plan.split
         if split is None or rdb_view != "rows" or not self.pushdown:
+            return None
+        if self.routing.realtime_rows(plan.refs[0].need.table) < self.settings.gateway_pushdown_rows:
             return None
         if not (self.in_memory or (self.in_memory is None and all(p.in_process for p in self.endpoints.pools))):
             return None

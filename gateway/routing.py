@@ -161,6 +161,16 @@ class Routing:
                 out.add(day.open_date)
         return out
 
+    def realtime_rows(self, table: str) -> int:
+        """Rows of ``table`` the RDB holds (its real-time days), as its nodes last said: the
+        largest replica group's sum."""
+        by_replica: dict[str, int] = {}
+        for node in self.nodes():
+            days = node.record.get("tables", {}).get(table, {}).get("dates", {})
+            held = sum(int(d.get("rows", 0)) for d in days.values() if isinstance(d, dict))
+            by_replica[node.replica] = by_replica.get(node.replica, 0) + held
+        return max(by_replica.values(), default=0)
+
     def published_version(self) -> int:
         """Changes whenever the control topic says something (a day closed or published)."""
         return self._control_messages

@@ -50,7 +50,8 @@ def world(broker, catalog, tmp_path_factory):
     """Yesterday (D1) in the HDB, today (D2) in an RDB worker; the rows published each day."""
     tmp = tmp_path_factory.mktemp("gateway")
     settings = broker.settings.replace(topic_prefix=f"g{uuid.uuid4().hex[:8]}.", data_dir=tmp / "plant",
-                                       batch_interval_ms=20, gateway_user_queries=16)  # bob queries from threads
+                                       batch_interval_ms=20, gateway_user_queries=16,  # bob queries from threads
+                                       gateway_pushdown_rows=100)  # a small day splits too
     clock = ManualClock(T0)
     open_first_day(settings, catalog, clock)
     market = SyntheticMarket(syms=8, seed=5, clock=clock)
@@ -589,6 +590,35 @@ def test_a_users_row_filter_runs_on_the_rdb_node_with_the_partial(world):
     # a column alice may not see stays unseen inside an aggregate, split or not
     resp = sql(client, "SELECT sym, max(exchange) FROM trade GROUP BY sym", key="alice-key")
     assert resp.status_code == 403 and "exchange" in resp.json()["error"], resp.text
+
+
+def test_below_gateway_pushdown_rows_the_rows_come_over(world):
+    """A small RDB: moving its rows costs less than a second engine query; no split."""
+    _, client, _, _ = world
+    engine = client.app.state.gateway.engine
+    statement = "SELECT sym, count() FROM trade GROUP BY sym"
+    assert engine.run(parse_select(statement)).split
+    held = engine.settings
+    engine.settings = held.replace(gateway_pushdown_rows=engine.routing.realtime_rows("trade") + 1)
+    try:
+        assert not engine.run(parse_select(statement)).split
+    finally:
+        engine.settings = held
+
+
+def test_sql_asking_for_each_syms_latest_row_reads_only_the_rdbs_latest_rows(world):
+    """``argMax(x, time) ... GROUP BY sym`` and ``ORDER BY time DESC LIMIT 1 BY sym``: the
+    RDB's last row per sym (kdb+'s latest table), the answer that of every row."""
+    _, client, published, _ = world
+    engine = client.app.state.gateway.engine
+    today = frame(published[D2]["quote"]).sort_values("time", kind="stable").groupby("sym").tail(1)
+    for statement in [
+        "SELECT sym, argMax(bid, time) AS bid FROM quote WHERE date = today() GROUP BY sym ORDER BY sym",
+        "SELECT sym, bid FROM quote WHERE date = today() ORDER BY sym, time DESC LIMIT 1 BY sym",
+    ]:
+        answer = engine.run(parse_select(statement))
+        assert dict(zip(*answer.table.to_pydict().values(), strict=True)) == dict(zip(today.sym, today.bid, strict=True))
+        assert sum(info["rdb_rows"] for info in answer.touched["quote"]) == len(today) > 1
 
 
 def test_statements_that_do_not_split_run_as_written(world):

@@ -98,8 +98,10 @@ class Settings:
     gateway_max_memory_mb: int = 4096
     gateway_max_result_mb: int = 1024
     # aggregates over today's rows run on the RDB nodes, the gateway merging their states
-    # (gateway/pushdown.py); off: every matching row comes to the gateway
+    # (gateway/pushdown.py), once the RDB holds this many rows of the table (below it, the
+    # rows cost less to move than a second engine query); off: every row comes over
     gateway_pushdown: bool = True
+    gateway_pushdown_rows: int = 100_000
     # the secret every plant process sends to the RDB and CEP views (tickplant/internal.py);
     # empty: one made per data directory (fine on one host; set it on many)
     internal_secret: str = ""

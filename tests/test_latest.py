@@ -1,0 +1,47 @@
+"""Which SQL needs only each sym's latest row of today (gateway/latest.py)."""
+
+from __future__ import annotations
+
+import pytest
+import sqlglot
+
+from gateway.latest import latest_only
+from gateway.sql import DIALECT
+
+SOURCE = "__tickplant_source_test_0__"
+
+LATEST = [
+    "SELECT * FROM T WHERE date = today() ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT sym, price FROM T WHERE sym IN ('A', 'B') ORDER BY time DESC LIMIT 1 BY sym",
+    "SELECT sym, argMax(price, time) AS p, max(time) FROM T WHERE date = today() GROUP BY sym",
+    "SELECT date, sym, argMax(bid, time), argMax(ask, time) FROM T GROUP BY date, sym ORDER BY sym",
+    ("SELECT sym, argMax(price, time) FROM (SELECT time, sym, price, date FROM T WHERE sym != 'X' "
+     "LIMIT 18446744073709551615) AS trade GROUP BY sym"),
+]
+NOT_LATEST = [
+    "SELECT * FROM T WHERE size > 100 ORDER BY sym, time DESC LIMIT 1 BY sym",  # may drop the latest row
+    "SELECT * FROM T ORDER BY sym, time LIMIT 1 BY sym",  # the first row, not the last
+    "SELECT * FROM T ORDER BY sym, time DESC LIMIT 2 BY sym",
+    "SELECT * FROM T ORDER BY sym, price DESC LIMIT 1 BY sym",
+    "SELECT sym, argMax(price, size) FROM T GROUP BY sym",
+    "SELECT sym, argMax(price, time), count() FROM T GROUP BY sym",
+    "SELECT exchange, argMax(price, time) FROM T GROUP BY exchange",
+    "SELECT sym, argMax(price, time) FROM T GROUP BY sym HAVING max(price) > 1",
+    ("SELECT sym, argMax(price, time) FROM (SELECT time, sym, price, date FROM T WHERE exchange = 'N' "
+     "LIMIT 18446744073709551615) AS trade GROUP BY sym"),  # a row filter on another column
+    "SELECT sym, max(time + 1) FROM T GROUP BY sym",
+]
+
+
+def _ast(statement: str) -> sqlglot.exp.Expression:
+    return sqlglot.parse_one(statement.replace("FROM T", f"FROM {SOURCE} AS trade", 1), read=DIALECT)
+
+
+@pytest.mark.parametrize("statement", LATEST)
+def test_latest_rows_answer(statement):
+    assert latest_only(_ast(statement), SOURCE)
+
+
+@pytest.mark.parametrize("statement", NOT_LATEST)
+def test_every_row_is_needed(statement):
+    assert not latest_only(_ast(statement), SOURCE)
