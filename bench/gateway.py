@@ -204,6 +204,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
             "1-min bars, all syms, today": bars_query(None, today, None, 1, day1).sql,
             "bars 5m, 2 days, all syms": bars_query(None, yesterday, today, 5, day1).sql,
         }
+        engine.settings = s.replace(gateway_pushdown_rows=0)  # split whatever the day's size
         for label, statement in splits.items():
             def run(on: bool, sql: str = statement) -> object:
                 engine.pushdown = on
