@@ -265,7 +265,7 @@ class Engine:
                 t0 = time.monotonic()
                 in_memory = endpoint.in_process if self.in_memory is None else self.in_memory
                 if split is not None:
-                    sql, tables, external = self._merged_sources(plan, split, fetched)
+                    sql, tables, external = self._merged_sources(plan, split, fetched, in_memory)
                 else:
                     sql, tables, external = self._sources(plan, fetched, in_memory)
                 timing["sources"] += time.monotonic() - t0
@@ -286,15 +286,12 @@ class Engine:
                       timing=timing, split=split is not None)
 
     def _usable_split(self, plan: Plan, rdb_view: str) -> Split | None:
-        """The plan's split, if it can run here and pays: the RDB holds enough of the table's
-        rows (``gateway_pushdown_rows``), and the engines are in-process, reading the nodes'
-        partials in place (a server would need them as external data: not yet)."""
+        """The plan's split, if it pays: the RDB holds enough of the table's rows
+        (``gateway_pushdown_rows``)."""
         split = plan.split
         if split is None or rdb_view != "rows" or not self.pushdown:
             return None
         if self.routing.realtime_rows(plan.refs[0].need.table) < self.settings.gateway_pushdown_rows:
-            return None
-        if not (self.in_memory or (self.in_memory is None and all(p.in_process for p in self.endpoints.pools))):
             return None
         if split not in self._merges:
             try:
@@ -321,21 +318,31 @@ class Engine:
         final = pushdown.merge_sql(split.final, types[:split.aggregates], answers[1].schema.names, split.unnamed)
         return final, types[split.aggregates:]
 
-    def _merged_sources(self, plan: Plan, split: Split, fetched: dict[tuple, Any]
+    def _merged_sources(self, plan: Plan, split: Split, fetched: dict[tuple, Any], in_memory: bool
                         ) -> tuple[str, dict[str, pa.Table], dict[str, tuple[bytes, str, str]]]:
-        """The split's final SQL over the nodes' partials and the HDB days' partial."""
+        """The split's final SQL over the nodes' partials (read in place by embedded chDB,
+        else sent to the server as external data) and the HDB days' partial."""
         ref = plan.refs[0]
         parts, hdb_days, _ = fetched[ref.key]
+        final, key_types = self._merges[split]
         name = f"__tickplant_rows_{next(_ROW_TABLES)}"
-        tables = {name: pa.concat_tables([p for _, p in parts], promote_options="default")}
-        sources = [f"Python({name})"]
+        partials = pa.concat_tables([p for _, p in parts], promote_options="default")
+        tables: dict[str, pa.Table] = {}
+        external: dict[str, tuple[bytes, str, str]] = {}
+        if in_memory:
+            tables[name] = partials
+            sources = [f"Python({name})"]
+        else:
+            structure = ", ".join([f"`{pushdown.KEY.format(i)}` {t}" for i, t in enumerate(key_types)] +
+                                  [f"`{pushdown.STATE.format(j)}` String" for j in range(split.aggregates)])
+            external[name] = (bytes(to_ipc(partials)), "ArrowStream", structure)
+            sources = [name]
         if hdb_days:
             cols = list(ref.columns) if ref.columns else self.catalog[ref.need.table].arrow_schema.names
             hdb = self.hdb.source_days(ref.need.table, hdb_days, cols)
             sources.insert(0, f"({split.partial.replace(split.source, hdb)})")
-        final, key_types = self._merges[split]
         union = pushdown.union_sql(sources, key_types, split.aggregates)
-        return final.replace(split.partials, f"({union})"), tables, {}
+        return final.replace(split.partials, f"({union})"), tables, external
 
     def _sources(self, plan: Plan, fetched: dict[tuple, Any], in_memory: bool
                  ) -> tuple[str, dict[str, pa.Table], dict[str, tuple[bytes, str, str]]]:

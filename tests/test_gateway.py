@@ -77,6 +77,9 @@ def world(broker, catalog, tmp_path_factory):
         app = create_app(settings, users=users)
         with TestClient(app) as client:
             wait_until(lambda: client.get("/v1/health", headers=OPS).json()["rdb_nodes"], 30, "the gateway to see the RDB")
+            routing = client.app.state.gateway.engine.routing  # the RDB's rows as announced: splits pay
+            wait_until(lambda: min(routing.realtime_rows(t) for t in ("trade", "quote")) >= settings.gateway_pushdown_rows,
+                       30, "the RDB's announced rows")
             yield settings, client, published, worker
     finally:
         worker.stop()
@@ -558,14 +561,21 @@ def _close(got: pa.Table, want: pa.Table) -> None:
                 assert a[k] == b[k], k
 
 
+@pytest.mark.parametrize("in_memory", [None, False])
 @pytest.mark.parametrize("statement", PUSHED)
-def test_aggregates_run_on_the_rdb_node_and_answer_as_unsplit(world, statement):
+def test_aggregates_run_on_the_rdb_node_and_answer_as_unsplit(world, statement, in_memory):
     """Split (the RDB node aggregates its rows into states, the gateway merges them with
     the HDB's): the same answer as with every row brought to the gateway, and only the
-    partials cross (a few rows per group, not the day's rows)."""
+    partials cross (a few rows per group, not the day's rows); to a ClickHouse server
+    (``in_memory=False``) the partials go as external data."""
     _, client, published, _ = world
     engine = client.app.state.gateway.engine
-    split = engine.run(parse_select(statement))
+    engine.in_memory = in_memory
+    try:
+        split = engine.run(parse_select(statement), keep_rows=True)
+    finally:
+        engine.in_memory = None
+    assert (split.tables == {}) == (in_memory is False) and (split.external == {}) == (in_memory is None)
     engine.pushdown = False
     try:
         whole = engine.run(parse_select(statement))
