@@ -353,13 +353,15 @@ class HdbQuery:
 
     def table(self, table: str, start: dt.date | str | None = None, end: dt.date | str | None = None,
               syms: Sequence[str] | str | None = None, columns: Sequence[str] | None = None) -> pa.Table:
-        """Rows of ``table`` for ``syms`` on the days [start, end] (one day if only start), by date, sym, time."""
+        """Rows of ``table`` for ``syms`` on the days [start, end] (one day if only start), by date, sym,
+        time and publish order."""
         lo, hi = self._range(start, end)
         cols = ["date", *(columns or self.catalog[table].columns)]
         select = ", ".join(f"`{c}`" for c in dict.fromkeys(cols))
+        read = list(dict.fromkeys([*cols[1:], "sym", "time", SEQ]))
         return self.sql(
-            f"SELECT {select} FROM {self.source(table, lo, hi)} WHERE {self._syms(syms)} "
-            f"ORDER BY date, sym, time"
+            f"SELECT {select} FROM {self.source(table, lo, hi, read)} WHERE {self._syms(syms)} "
+            f"ORDER BY date, sym, time, `{SEQ}`"
         )
 
     def aj(self, start: dt.date | str, end: dt.date | str | None = None, syms: Sequence[str] | str | None = None,
@@ -447,13 +449,16 @@ def aj_sql(trade_source: str, quote_source: str, trade_columns: Sequence[str], q
 
 def bars_sql(source: str, where: str, minutes: int) -> str:
     """OHLC bars of ``minutes`` per sym: open/close are the first/last trade by time, of
-    trades at the same time the first/last published (``seq``), as kdb+'s first/last."""
+    trades at the same time the first/last published (``seq``), as kdb+'s first/last. By the
+    packed key of ``asof_key``: ``argMin(price, (time, seq))`` means the same, but a tuple
+    costs ClickHouse about 4x the time of the plain bars, the Int128 about 1.3x."""
     if int(minutes) <= 0:
         raise HdbQueryError("minutes must be positive")
+    key = asof_key("time", SEQ)
     return f"""
         SELECT date, sym, toDateTime64(toStartOfInterval(time, INTERVAL {int(minutes)} MINUTE), 9, 'UTC') AS bar,
-               argMin(price, (time, {SEQ})) AS open, max(price) AS high, min(price) AS low,
-               argMax(price, (time, {SEQ})) AS close,
+               argMin(price, {key}) AS open, max(price) AS high, min(price) AS low,
+               argMax(price, {key}) AS close,
                sum(size) AS volume, sum(price * size) / sum(size) AS vwap, count() AS trades
         FROM {source}
         WHERE {where}
