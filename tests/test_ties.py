@@ -323,6 +323,8 @@ def test_last_is_the_last_published_of_the_latest_time(plant):
     assert SEQ not in got.columns
     assert got.sym.astype(str).tolist() == want.sym.tolist()
     assert got.bid.tolist() == want.bid.tolist()
+    mine = arrow(client.get("/v1/last", params={"table": "quote"}, headers=ALICE))  # granted some columns
+    assert list(mine.columns) == ["time", "sym", "bid", "date"] and mine.bid.tolist() == want.bid.tolist()
 
 
 def test_seq_is_the_same_in_the_rdb_the_hdb_and_a_replay_and_select_star_leaves_it_out(plant):
@@ -383,3 +385,40 @@ def test_the_readme_s_sql_gives_kdb_s_answers(plant):
     ref = reference_aj(trades, quotes).sort_values(["sym", "time", "price"], kind="stable").reset_index(drop=True)
     assert differing(joined, ref, missing=0) == 0
     assert differing(joined, ref, "ask", missing=0) == 0
+
+
+# -- data kept before seq existed ---------------------------------------------------------------
+
+
+def test_rdb_chunks_stored_before_seq_read_in_log_order_below_newer_rows(tmp_path, catalog):
+    from streams.shard import Resources, Shard
+
+    shard = Shard(tmp_path / "shard", Resources(cache_bytes=8 << 20, write_buffer_bytes=8 << 20))
+    rows = [{"time": T0, "sym": "AAPL", "price": float(i), "size": 1, "exchange": "N", "cond": ""} for i in range(6)]
+    old = catalog["trade"].to_arrow(rows[:3])  # as an RDB before seq stored them
+    shard.apply(10, D1.isoformat(), old)
+    for r, i in zip(rows[3:], range(3), strict=True):
+        r[SEQ] = seq_of(11, i)
+    shard.apply(11, D1.isoformat(), catalog["trade"].to_arrow(rows[3:], seq=True))
+    shard.flush()
+    got = pa.concat_tables(shard.read(D1.isoformat(), ["AAPL"]), promote_options="default")
+    assert got.column("price").to_pylist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    seqs = got.column(SEQ).to_pylist()
+    assert seqs[:3] == [seq_of(10, 0), seq_of(10, 1), seq_of(10, 2)] and seqs == sorted(seqs)
+    assert shard.last(D1.isoformat(), "AAPL").column(SEQ).to_pylist() == [seq_of(11, 2)]
+    shard.close()
+
+
+def test_pdb_segments_captured_before_seq_get_it_from_their_offsets(tmp_path, catalog):
+    from sinks.spill import OFFSET, read_day
+
+    table = catalog["quote"].to_arrow(tied_day(T0, seed=5, quotes=10, trades=1)[1])
+    offsets = pa.array([4, 4, 4, 5, 7, 7, 7, 7, 8, 9], pa.int64())
+    segment = tmp_path / "old.arrows"
+    with pa.OSFile(str(segment), "wb") as sink, pa.ipc.new_stream(
+            sink, catalog["quote"].arrow_schema.append(pa.field(OFFSET, pa.int64(), nullable=False))) as writer:
+        writer.write_table(table.append_column(pa.field(OFFSET, pa.int64(), nullable=False), offsets))
+    batches = list(read_day([(segment, 4, 9, True)]))
+    got = pa.Table.from_batches(batches)
+    assert got.column(SEQ).to_pylist() == [seq_of(4, 0), seq_of(4, 1), seq_of(4, 2), seq_of(5, 0), seq_of(7, 0),
+                                           seq_of(7, 1), seq_of(7, 2), seq_of(7, 3), seq_of(8, 0)]
