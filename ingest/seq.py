@@ -56,13 +56,13 @@ def number(rows: list[dict[str, Any]], offset: int, kept: list[int] | None = Non
     """Give each row of one message its ``seq``, in place; ``kept``: the rows' indices in the
     message when some were refused (the refused keep their numbers, so a row's ``seq`` does
     not depend on which of its neighbours a reader kept)."""
-    base = offset << INDEX_BITS
+    base = offset << INDEX_BITS  # its low bits are 0: base + i is base | i
     if kept is None:
-        for i, row in enumerate(rows):
-            row[SEQ] = base | i
+        for row, seq in zip(rows, range(base, base + len(rows))):  # noqa: B905 - equal lengths
+            row[SEQ] = seq
     else:
         for i, row in zip(kept, rows, strict=True):
-            row[SEQ] = base | i
+            row[SEQ] = base + i
 
 
 def seqs_of_offsets(offsets: np.ndarray) -> np.ndarray:
