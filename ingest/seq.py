@@ -56,6 +56,9 @@ def number(rows: list[dict[str, Any]], offset: int, kept: list[int] | None = Non
     """Give each row of one message its ``seq``, in place; ``kept``: the rows' indices in the
     message when some were refused (the refused keep their numbers, so a row's ``seq`` does
     not depend on which of its neighbours a reader kept)."""
+    if offset > MAX_OFFSET:  # never silently wrapped: rows out of order would answer wrongly
+        raise OverflowError(f"offset {offset} is past what seq numbers ({MAX_OFFSET}): "
+                            f"the partition needs a new topic")
     base = offset << INDEX_BITS  # its low bits are 0: base + i is base | i
     if kept is None:
         for row, seq in zip(rows, range(base, base + len(rows))):  # noqa: B905 - equal lengths

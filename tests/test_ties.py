@@ -32,7 +32,7 @@ from ingest.eod import open_first_day, read_day_state, roll_day
 from ingest.intake import Intake
 from ingest.publisher import Tickerplant
 from ingest.schemas import SchemaError, TableSchema
-from ingest.seq import SEQ, offset_of, seq_of, seqs_of_offsets
+from ingest.seq import SEQ, number, offset_of, seq_of, seqs_of_offsets
 from ingest.validate import RowRules
 from sinks.hdb import HdbQuery
 from sinks.pdb import Pdb
@@ -135,6 +135,8 @@ def tie_share(trades: list[dict], quotes: list[dict]) -> float:
 def test_seq_numbers_a_message_s_rows_and_orders_as_the_log():
     assert seq_of(7, 0) < seq_of(7, 1) < seq_of(7, (1 << 20) - 1) < seq_of(8, 0)
     assert offset_of(seq_of(123_456, 99)) == 123_456
+    with pytest.raises(OverflowError):
+        number([{}], 1 << 43)
     offsets = np.array([5, 5, 5, 9, 12, 12])
     assert seqs_of_offsets(offsets).tolist() == [seq_of(5, 0), seq_of(5, 1), seq_of(5, 2), seq_of(9, 0),
                                                  seq_of(12, 0), seq_of(12, 1)]
