@@ -69,9 +69,10 @@ def _columns(value: str | None, allowed: list[str], what: str) -> list[str] | No
 
 def rows_query(table: str, columns: list[str], syms: str | None, start: str | None, end: str | None,
                select: str | None, today: dt.date) -> NamedQuery:
-    """``trades``/``quotes``: a table's rows for syms over days, by date, sym, time."""
+    """``trades``/``quotes``: a table's rows for syms over days, by date, sym, time and publish
+    order; ``columns=`` may name ``seq`` too (not given unless named, as in SQL)."""
     lo, hi = day_range(start, end, today)
-    cols = _columns(select, columns, table) or columns
+    cols = _columns(select, [*columns, SEQ], table) or columns
     listed = ", ".join(f"`{c}`" for c in dict.fromkeys(["date", *cols]))
     return NamedQuery(f"SELECT {listed} FROM {table} WHERE {_where(lo, hi, parse_syms(syms))} "
                       f"ORDER BY date, sym, time, {SEQ}", table=table)

@@ -320,7 +320,11 @@ def test_aj_bars_and_last_match_pandas_on_tied_time_stamps(plant, day):
     print(f"{day}: {len(ref)} bars; by time alone {wrong} opens and closes are another trade's")
     rows = arrow(client.get("/v1/quotes", params={"start": day.isoformat()}, headers=OPS))
     ordered = pd.DataFrame(quotes).reset_index(names="order").sort_values(["sym", "time", "order"], kind="stable")
+    assert rows.bid.tolist() == ordered.bid.tolist() and SEQ not in rows.columns
+    rows = arrow(client.get("/v1/quotes", params={"start": day.isoformat(), "columns": "sym,time,bid,seq"},
+                            headers=OPS))
     assert rows.bid.tolist() == ordered.bid.tolist()
+    assert rows.groupby("sym", observed=True).seq.apply(lambda s: s.is_monotonic_increasing).all()
 
 
 def test_last_is_the_last_published_of_the_latest_time(plant):
