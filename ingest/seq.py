@@ -68,6 +68,15 @@ def number(rows: list[dict[str, Any]], offset: int, kept: list[int] | None = Non
             row[SEQ] = base + i
 
 
+def seq_array(offset: int, kept: int | np.ndarray) -> np.ndarray:
+    """``number`` for a decoder that makes Arrow columns, not row dicts: the ``seq`` of the
+    first ``kept`` rows of the message at ``offset``, or of the rows at indices ``kept``."""
+    if offset > MAX_OFFSET:
+        raise OverflowError(f"offset {offset} is past what seq numbers ({MAX_OFFSET})")
+    index = np.arange(kept, dtype=np.int64) if isinstance(kept, int) else np.asarray(kept, np.int64)
+    return (np.int64(offset) << INDEX_BITS) | index
+
+
 def seqs_of_offsets(offsets: np.ndarray) -> np.ndarray:
     """``seq`` for rows known only by their message's offset, in log order (a message's rows
     together): the index is the row's rank among its message's rows. Exact unless some rows

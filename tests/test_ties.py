@@ -32,7 +32,7 @@ from ingest.eod import open_first_day, read_day_state, roll_day
 from ingest.intake import Intake
 from ingest.publisher import Tickerplant
 from ingest.schemas import SchemaError, TableSchema
-from ingest.seq import SEQ, number, offset_of, seq_of, seqs_of_offsets
+from ingest.seq import SEQ, number, offset_of, seq_array, seq_of, seqs_of_offsets
 from ingest.validate import RowRules
 from sinks.hdb import HdbQuery
 from sinks.pdb import Pdb
@@ -137,6 +137,8 @@ def test_seq_numbers_a_message_s_rows_and_orders_as_the_log():
     assert offset_of(seq_of(123_456, 99)) == 123_456
     with pytest.raises(OverflowError):
         number([{}], 1 << 43)
+    assert seq_array(9, 3).tolist() == [seq_of(9, 0), seq_of(9, 1), seq_of(9, 2)]
+    assert seq_array(9, np.array([0, 2])).tolist() == [seq_of(9, 0), seq_of(9, 2)]
     offsets = np.array([5, 5, 5, 9, 12, 12])
     assert seqs_of_offsets(offsets).tolist() == [seq_of(5, 0), seq_of(5, 1), seq_of(5, 2), seq_of(9, 0),
                                                  seq_of(12, 0), seq_of(12, 1)]
