@@ -436,3 +436,21 @@ def test_pdb_segments_captured_before_seq_get_it_from_their_offsets(tmp_path, ca
     got = pa.Table.from_batches(batches)
     assert got.column(SEQ).to_pylist() == [seq_of(4, 0), seq_of(4, 1), seq_of(4, 2), seq_of(5, 0), seq_of(7, 0),
                                            seq_of(7, 1), seq_of(7, 2), seq_of(7, 3), seq_of(8, 0)]
+
+
+def test_replay_seq_flag_gives_the_rows_their_place_in_the_log(plant, capsys, monkeypatch):
+    from procs import plant_env
+
+    from tickplant.cli import main
+
+    settings, _, days, _ = plant
+    for key, value in plant_env(settings).items():
+        if key.startswith("TICKPLANT_"):
+            monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    assert main(["replay", "quote", "--date", D1.isoformat(), "--format", "csv", "--seq"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[0].split(","), [line.split(",") for line in lines[1:] if line]
+    assert header[-1] == SEQ and len(rows) == len(days[D1][1])
+    hdb = {r["bid"]: r["seq"] for r in HdbQuery(settings).table("quote", D1, columns=["bid", "seq"]).to_pylist()}
+    assert all(hdb[float(r[header.index("bid")])] == int(r[-1]) for r in rows)
