@@ -51,6 +51,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from gateway.sql import DIALECT, Forbidden, check_node, parse_message, strip_comments
+from ingest.seq import SEQ
 
 log = logging.getLogger(__name__)
 ALL_TABLES = "*"
@@ -86,7 +87,8 @@ class Grant:
         return self.columns is not None or self.row_filter is not None
 
     def column_allowed(self, column: str) -> bool:
-        return column == "date" or self.columns is None or column in self.columns
+        """``date`` and ``seq`` (a row's day and place in the log) go with every row."""
+        return column in ("date", SEQ) or self.columns is None or column in self.columns
 
 
 @dataclass(frozen=True)

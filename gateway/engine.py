@@ -70,10 +70,11 @@ from gateway.querylog import QueryLog
 from gateway.routing import NoReplica, Routing
 from gateway.sql import cte_names, render
 from ingest.schemas import SchemaCatalog
+from ingest.seq import SEQ
 from ingest.topics import partition_for
 from sinks.hdb import ClientPool, HdbQuery, PoolBusy, clickhouse_structure
 from streams.client import MISDIRECTED, RdbClient, RdbClientError
-from streams.partial import typed_source
+from streams.partial import typed_select, typed_source
 from streams.query import batched, to_ipc
 from tickplant.config import Settings
 
@@ -162,7 +163,7 @@ class Engine:
     @property
     def tables(self) -> dict[str, list[str]]:
         """Each plant table's columns, ``date`` included (what entitlements check against)."""
-        return {t.name: [*t.columns, "date"] for t in self.catalog}
+        return {t.name: [*t.stored_columns, "date"] for t in self.catalog}  # seq: ingest.seq
 
     def hdb_dates(self, table: str, fresh: bool = False) -> list[dt.date]:
         """The HDB's days of ``table``: listed at most every ``HDB_LIST_SECONDS`` and at once
@@ -190,10 +191,13 @@ class Engine:
         # text when run: the generated SQL never goes through the parser.
         refs = plant_tables(ast, set(self.catalog.tables))
         named = column_names(ast) if refs else None
+        # ``*`` reads the Avro columns; ``seq`` (ingest.seq) too when the statement names it
+        star_seq = bool(refs) and named is None and any(c.name == SEQ for c in ast.find_all(exp.Column))
         keyed = []
         for i, ref in enumerate(refs):
             need = need_of(ref)
-            columns = columns_needed(ast, self.catalog[ref.name].columns, named) or None
+            stored = self.catalog[ref.name].stored_columns
+            columns = columns_needed(ast, stored, named) or (stored if star_seq else None)
             key = (ref.name, frozenset(need.syms) if need.syms is not None else None,
                    tuple(columns or ()), need.dates.lo, need.dates.hi,
                    frozenset(need.dates.days) if need.dates.days is not None else None)
@@ -212,7 +216,7 @@ class Engine:
             table = keyed[0].need.table
             latest = latest_only(ast, keyed[0].placeholder)
             split = None if latest else pushdown.split(ast, keyed[0].placeholder, f"__tickplant_partials_{_NONCE}__",
-                                                       {*self.catalog[table].columns, "date"})
+                                                       {*self.catalog[table].stored_columns, "date"})
         return Plan(sql, tuple(keyed), tuple(logs), split, latest)
 
     def run(self, ast: exp.Expression, limit: int | None = None, timeout: float | None = None,
@@ -305,8 +309,8 @@ class Engine:
         """The split's final SQL with its merges typed: the state types and the output names
         of the unsplit SELECT, read off the engine over no rows."""
         ref = plan.refs[0]
-        schema = self.catalog[ref.need.table].arrow_schema
-        cols = list(ref.columns) if ref.columns else schema.names
+        schema = self.catalog[ref.need.table].stored_schema
+        cols = list(ref.columns) if ref.columns else self.catalog[ref.need.table].columns  # seq only when named
         probe_pool = self.endpoints.pools[0]
         answers = []
         for sql in (split.probe, split.names):
@@ -338,9 +342,10 @@ class Engine:
             external[name] = (bytes(to_ipc(partials)), "ArrowStream", structure)
             sources = [name]
         if hdb_days:
-            cols = list(ref.columns) if ref.columns else self.catalog[ref.need.table].arrow_schema.names
-            hdb = self.hdb.source_days(ref.need.table, hdb_days, cols)
-            sources.insert(0, f"({split.partial.replace(split.source, hdb)})")
+            cols = list(ref.columns) if ref.columns else self.catalog[ref.need.table].columns
+            schema = self.catalog[ref.need.table].stored_schema
+            hdb = typed_select(schema, cols, self.hdb.source_days(ref.need.table, hdb_days, cols))
+            sources.insert(0, f"({split.partial.replace(split.source, f'({hdb})')})")
         union = pushdown.union_sql(sources, key_types, split.aggregates)
         return final.replace(split.partials, f"({union})"), tables, external
 
@@ -448,7 +453,7 @@ class Engine:
         syms = sorted(need.syms) if need.syms is not None else None
         wanted = sorted({partition_for(s, count) for s in syms}) if syms is not None else list(range(count))
         if not wanted:
-            return self.catalog[need.table].arrow_schema.empty_table(), ""
+            return self.catalog[need.table].stored_schema.empty_table(), ""
         failed: list[str] = []
         unserved = 0.0  # when no node first served what is needed (a restart, a move): 503 soon after
         while True:
@@ -515,8 +520,8 @@ class Engine:
                 external: dict[str, tuple[bytes, str, str]], in_memory: bool) -> str:
         """The FROM-able union of the HDB days and the RDB rows: read in place by embedded
         chDB (added to ``tables``), else sent to the server as external data (``external``)."""
-        schema = self.catalog[table].arrow_schema
-        cols = list(columns) if columns else schema.names
+        schema = self.catalog[table].stored_schema
+        cols = list(columns) if columns else self.catalog[table].columns  # seq only when named
         hdb = self.hdb.source_days(table, hdb_days, cols)
         if not parts:
             return hdb

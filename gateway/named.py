@@ -4,7 +4,8 @@ Each builds a SELECT over the plant's table names; the gateway then parses,
 authorises and runs it through the same engine as ``POST /v1/sql``, so a
 user's grants apply and today and history join the same way. The analytics'
 SQL (aj, bars, vwap) is the HDB's own (sinks/hdb.py), here over today and
-history together.
+history together. Ties of time go by publish order, as in kdb+: each orders by
+``(time, seq)`` (``ingest.seq``), never by time alone.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest.seq import SEQ
 from sinks.hdb import AJ_SETTINGS, aj_sql, bars_sql, quote, sym_filter, vwap_sql
 
 
@@ -67,19 +69,21 @@ def _columns(value: str | None, allowed: list[str], what: str) -> list[str] | No
 
 def rows_query(table: str, columns: list[str], syms: str | None, start: str | None, end: str | None,
                select: str | None, today: dt.date) -> NamedQuery:
-    """``trades``/``quotes``: a table's rows for syms over days, by date, sym, time."""
+    """``trades``/``quotes``: a table's rows for syms over days, by date, sym, time and publish
+    order; ``columns=`` may name ``seq`` too (not given unless named, as in SQL)."""
     lo, hi = day_range(start, end, today)
-    cols = _columns(select, columns, table) or columns
+    cols = _columns(select, [*columns, SEQ], table) or columns
     listed = ", ".join(f"`{c}`" for c in dict.fromkeys(["date", *cols]))
     return NamedQuery(f"SELECT {listed} FROM {table} WHERE {_where(lo, hi, parse_syms(syms))} "
-                      f"ORDER BY date, sym, time", table=table)
+                      f"ORDER BY date, sym, time, {SEQ}", table=table)
 
 
 def last_query(table: str, syms: str | None, today: dt.date) -> NamedQuery:
-    """The latest row of each sym today (kdb+'s ``select by sym from trade``)."""
+    """The latest row of each sym today (kdb+'s ``select by sym from trade``): of rows at its
+    latest time, the last published."""
     return NamedQuery(
-        f"SELECT * FROM {table} WHERE date = toDate({quote(today.isoformat())}) AND {sym_filter(parse_syms(syms))} "
-        f"ORDER BY sym, time DESC LIMIT 1 BY sym",
+        f"SELECT * EXCEPT ({SEQ}) FROM {table} WHERE date = toDate({quote(today.isoformat())}) "
+        f"AND {sym_filter(parse_syms(syms))} ORDER BY sym, time DESC, {SEQ} DESC LIMIT 1 BY sym",
         rdb_view="last", table=table,
     )
 

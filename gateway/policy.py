@@ -54,6 +54,7 @@ from gateway.sql import (
     strip_comments,
     table_refs,
 )
+from ingest.seq import SEQ
 
 DATE = "date"
 
@@ -86,8 +87,11 @@ def authorize(
         return ast
     _check_columns(ast, refs, grants, columns, user)
     restricted = [t for t in refs if grants[t.name].restricted]
+    # ``seq`` (ingest.seq) is in a restricted source only when named: ``SELECT *`` leaves it out
+    named_seq = any(c.name == SEQ for c in ast.find_all(exp.Column))
     for table in restricted:
-        table.replace(restricted_source(table, grants[table.name], columns[table.name]))
+        cols = [c for c in columns[table.name] if c != SEQ or named_seq]
+        table.replace(restricted_source(table, grants[table.name], cols))
     if restricted:
         _prewhere_to_where(ast)
     return ast

@@ -17,15 +17,20 @@ from typing import Any
 from ingest.deadletter import DeadLetters
 from ingest.framing import DecodeError, Decoder
 from ingest.schemas import SchemaCatalog
+from ingest.seq import number
 from ingest.topics import TopicNames
 from ingest.validate import RowRules
 from tickplant.config import Settings
 
 
 class Intake:
+    """``seq``: each kept row also gets its place in the log (``ingest.seq``), for the
+    readers that keep rows (RDB, PDB, backfill)."""
+
     def __init__(self, settings: Settings, catalog: SchemaCatalog, decoder: Decoder,
-                 deadletters: DeadLetters | None):
+                 deadletters: DeadLetters | None, seq: bool = False):
         self.rules = RowRules(settings, catalog)
+        self.seq = seq
         self.decoder = decoder
         self.deadletters = deadletters
         self.names = TopicNames(settings.topic_prefix)
@@ -61,6 +66,12 @@ class Intake:
         kept, refused = self.rules.check(table, writer, rows, date, partition)
         if refused is not None:
             self._refuse(table, partition, offset, refused.reason(), refused.payload(), len(refused.rows))
+        if self.seq and kept:
+            if refused is None:
+                number(kept, offset)
+            else:
+                gone = {i for i, _, _ in refused.rows}
+                number(kept, offset, [i for i in range(len(rows)) if i not in gone][:len(kept)])
         return kept
 
     def _refuse(self, table: str, partition: int, offset: int, reason: str, payload: Any, rows: int) -> None:

@@ -65,12 +65,14 @@ def replay_messages(
     ranges: dict[int, tuple[int, int]],
     catalog: SchemaCatalog | None = None,
     source: str = "replay",
+    seq: bool = False,
 ) -> Iterator[tuple[LogPosition, list[dict[str, Any]]]]:
     """Each data message in the ranges, decoded: (position, rows). Fences are skipped; so are
-    the rows every consumer refuses (``ingest.intake``: dead-lettered once, if not already)."""
+    the rows every consumer refuses (``ingest.intake``: dead-lettered once, if not already).
+    ``seq``: each row with its place in the log (``ingest.seq``), as the RDB and HDB keep it."""
     catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
     state = read_day_state(settings)
-    intake = Intake(settings, catalog, make_decoder(settings, catalog), DeadLetters(settings, source))
+    intake = Intake(settings, catalog, make_decoder(settings, catalog), DeadLetters(settings, source), seq=seq)
     topic = TopicNames(settings.topic_prefix).table(table)
     consumer = make_consumer(settings)
     try:
@@ -97,11 +99,13 @@ def replay_rows(
     date: dt.date | None = None,
     ranges: dict[int, tuple[int, int]] | None = None,
     catalog: SchemaCatalog | None = None,
+    seq: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """The rows of a day (default: the open day so far) or of explicit offset ranges."""
+    """The rows of a day (default: the open day so far) or of explicit offset ranges
+    (``seq``: with their place in the log, ``ingest.seq``)."""
     if ranges is None:
         ranges = day_ranges(settings, table, date)
-    for _, rows in replay_messages(settings, table, ranges, catalog):
+    for _, rows in replay_messages(settings, table, ranges, catalog, seq=seq):
         yield from rows
 
 
@@ -111,6 +115,7 @@ def replay_arrow(
     date: dt.date | None = None,
     ranges: dict[int, tuple[int, int]] | None = None,
     catalog: SchemaCatalog | None = None,
+    seq: bool = False,
 ) -> pa.Table:
     catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
-    return catalog[table].to_arrow(list(replay_rows(settings, table, date, ranges, catalog)))
+    return catalog[table].to_arrow(list(replay_rows(settings, table, date, ranges, catalog, seq)), seq=seq)

@@ -21,6 +21,8 @@ from typing import Any
 import fastavro.schema
 import pyarrow as pa
 
+from ingest.seq import SEQ
+
 
 class SchemaError(ValueError):
     """A schema file is unreadable or lacks what every table needs."""
@@ -74,6 +76,9 @@ class TableSchema:
         for required in ("time", "sym"):
             if required not in names:
                 raise SchemaError(f"{source}: table {avro['name']!r} has no {required!r} field")
+        if SEQ in names:
+            raise SchemaError(f"{source}: a field may not be named {SEQ!r}: the readers of the log add it "
+                              f"(the row's place in the log, ingest.seq)")
         try:
             parsed = fastavro.schema.parse_schema(avro, _write_hint=False)
         except Exception as exc:  # fastavro raises several types for bad schemas
@@ -124,10 +129,22 @@ class TableSchema:
             out.append(pa.field(f["name"], arrow_type, nullable=nullable))
         return pa.schema(out)
 
-    def to_arrow(self, rows: list[dict[str, Any]]) -> pa.Table:
-        """Rows as decoded from the log, column by column (time as timestamp[ns, UTC])."""
+    @cached_property
+    def stored_schema(self) -> pa.Schema:
+        """What the readers of the log keep (the RDB, the HDB's files): the Avro fields and
+        ``seq``, the row's place in the log (``ingest.seq``; not on the wire)."""
+        return self.arrow_schema.append(pa.field(SEQ, pa.int64(), nullable=False))
+
+    @property
+    def stored_columns(self) -> list[str]:
+        return [*self.columns, SEQ]
+
+    def to_arrow(self, rows: list[dict[str, Any]], seq: bool = False) -> pa.Table:
+        """Rows as decoded from the log, column by column (time as timestamp[ns, UTC]);
+        ``seq``: with the ``seq`` column, from each row's ``seq`` (``ingest.seq.number``)."""
         arrays = []
-        for f in self.arrow_schema:
+        schema = self.stored_schema if seq else self.arrow_schema
+        for f in schema:
             name = f.name
             try:
                 values = [r[name] for r in rows]
@@ -137,7 +154,7 @@ class TableSchema:
                 arrays.append(pa.array(values, pa.int64()).cast(f.type))
             else:
                 arrays.append(pa.array(values, f.type))
-        return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
+        return pa.Table.from_arrays(arrays, schema=schema)
 
 
 class SchemaCatalog:

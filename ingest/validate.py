@@ -22,6 +22,10 @@ same rows and refuse the same ones, whatever order they read in:
 - every double column finite: NaN and infinities are refused. JSON has no
   NaN, an analytic fed one (VWAP, high/low) stays NaN all day, and a value
   that is really missing is a null in a nullable column;
+- a message holds at most 1,048,576 rows (``ingest.seq.MAX_MESSAGE_ROWS``):
+  the rest are refused, since the ``seq`` column (a row's place in the log)
+  numbers a message's rows in 20 bits; the publisher's blocks hold
+  ``max_block_rows`` (5,000 by default);
 - the row is in its sym's partition (murmur2 of the sym, the Java client's
   default; librdkafka's default partitioner differs: set ``partitioner=
   murmur2_random`` on such producers). A sym's rows are looked for in its
@@ -42,6 +46,7 @@ from typing import Any
 
 from ingest.eod import TradingCalendar
 from ingest.schemas import SchemaCatalog
+from ingest.seq import MAX_MESSAGE_ROWS
 from ingest.topics import partition_for
 from tickplant.clock import Clock, SystemClock
 from tickplant.config import Settings
@@ -125,6 +130,11 @@ class RowRules:
         limit = self.sym_max_bytes
         doubles = self.doubles.get(table, ())
         bad: list[tuple[int, Any, str]] | None = None
+        if len(rows) > MAX_MESSAGE_ROWS:  # past what seq can number: refused by every reader alike
+            bad = [(i, rows[i], f"row {i} of a message of {len(rows)}: a message holds at most "
+                                f"{MAX_MESSAGE_ROWS} rows (the seq column's room)")
+                   for i in range(MAX_MESSAGE_ROWS, len(rows))]
+            rows = rows[:MAX_MESSAGE_ROWS]
         home = self._homes
         c0, c1, rest = (doubles + ("", ""))[0], (doubles + ("", ""))[1], doubles[2:]
         for i, row in enumerate(rows):
@@ -145,6 +155,7 @@ class RowRules:
             bad.append((i, row, self._why(row, top, doubles, partition)))
         if bad is None:
             return rows, None
+        bad.sort(key=lambda b: b[0])
         refused = {i for i, _, _ in bad}
         return [r for i, r in enumerate(rows) if i not in refused], Refused(bad)
 

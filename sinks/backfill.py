@@ -40,13 +40,13 @@ class BackfillError(ValueError):
 def _batches(settings: Settings, schema: TableSchema, ranges: dict[int, tuple[int, int]],
              catalog: SchemaCatalog) -> Iterator[pa.RecordBatch]:
     rows: list[dict[str, Any]] = []
-    for _, message_rows in replay_messages(settings, schema.name, ranges, catalog):
+    for _, message_rows in replay_messages(settings, schema.name, ranges, catalog, seq=True):
         rows.extend(message_rows)
         if len(rows) >= BATCH_ROWS:
-            yield from schema.to_arrow(rows).to_batches()
+            yield from schema.to_arrow(rows, seq=True).to_batches()
             rows = []
     if rows:
-        yield from schema.to_arrow(rows).to_batches()
+        yield from schema.to_arrow(rows, seq=True).to_batches()
 
 
 def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,

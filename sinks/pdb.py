@@ -142,7 +142,8 @@ class Pdb:
         self.store = HdbStore.from_settings(settings)
         self.memory_bytes = settings.pdb_memory_mb << 20
         self.decoder = make_decoder(settings, self.catalog)
-        self.intake = Intake(settings, self.catalog, self.decoder, DeadLetters(settings, f"pdb:{node_id}"))
+        self.intake = Intake(settings, self.catalog, self.decoder, DeadLetters(settings, f"pdb:{node_id}"),
+                             seq=True)  # the HDB's files keep each row's place in the log: ingest.seq
         self.markers = MarkerPublisher(settings)
         self.control: ControlFollower | None = None
         self.consumer: Consumer | None = None

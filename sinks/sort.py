@@ -4,7 +4,10 @@ The order is total and so the partition is repeatable: (sym, time, log
 position). The input comes in log order (partition by partition, offsets
 ascending; a sym lives in one partition), so a *stable* sort on (sym, time)
 breaks ties by log position, and two write-downs of the same day, or a
-write-down and a backfill, lay every row in the same place.
+write-down and a backfill, lay every row in the same place. The log position
+is a column of the rows, ``seq`` (``ingest.seq``), written with them: within a
+sym, file order is (time, seq) order, and queries order ties by it as kdb+
+orders them by publish order.
 
 How (measured on 10M trade rows, 2 cores; ``bench/hdb.py``):
 

@@ -2,7 +2,9 @@
 
 Per (table, partition) the cache is a chain of *segments*, Arrow IPC stream
 files under ``<data_dir>/pdb/cache/<table>/p<NNN>/``, each holding the
-decoded rows of a contiguous stretch of the log with a ``_offset`` column.
+decoded rows of a contiguous stretch of the log with a ``_offset`` column
+and ``seq``, each row's place in the log (``ingest.seq``; a segment written
+before ``seq`` existed gets it derived from ``_offset`` as it is read).
 A segment ends at an EOD fence (so a day's rows are whole segments) or when
 the PDB stops; a restart starts a new one. Memory is what is buffered
 between two commits (about half a second of input), whatever the day's size.
@@ -39,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.schemas import SchemaCatalog
+from ingest.seq import SEQ, seqs_of_offsets
 
 log = logging.getLogger("tickplant.pdb")
 
@@ -92,7 +95,7 @@ class SpillCache:
         self.dir = Path(directory)
         self.catalog = catalog
         self.parts: dict[tuple[str, int], PartitionSpill] = {}
-        self._schemas = {t.name: t.arrow_schema.append(pa.field(OFFSET, pa.int64(), nullable=False))
+        self._schemas = {t.name: t.stored_schema.append(pa.field(OFFSET, pa.int64(), nullable=False))
                          for t in catalog}
         self._dirty: set[str] = set()  # segment files written since the last fsync
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +214,10 @@ class SpillCache:
         """Write the pending rows to the open segment (not yet durable: see ``commit``)."""
         if spill.pending_rows:
             schema = self.catalog[table]
-            batch = schema.to_arrow(spill.pending_rows)
+            numbered = SEQ in spill.pending_rows[0]  # by the intake; else derived from the offsets
+            batch = schema.to_arrow(spill.pending_rows, seq=numbered)
+            if not numbered:
+                batch = batch.append_column(SEQ, pa.array(seqs_of_offsets(spill.pending_offsets), pa.int64()))
             batch = batch.append_column(OFFSET, pa.array(spill.pending_offsets, pa.int64()))
             batch = batch.cast(self._schemas[table])
             if spill.writer is None:
@@ -325,6 +331,9 @@ def read_day(files: list[tuple[Path, int, int, bool]]) -> Iterator[pa.RecordBatc
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
+            if SEQ not in batch.schema.names:  # captured before rows carried seq
+                seqs = seqs_of_offsets(batch.column(OFFSET).to_numpy())
+                batch = batch.append_column(pa.field(SEQ, pa.int64(), nullable=False), pa.array(seqs, pa.int64()))
             if needs_filter:
                 offsets = batch.column(OFFSET)
                 batch = batch.filter(pc.and_(pc.greater_equal(offsets, start), pc.less(offsets, end)))

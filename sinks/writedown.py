@@ -5,7 +5,8 @@ Steps, each safe to repeat (``write_partition``):
 1. delete whatever a crashed earlier attempt left in the partition's
    directory (it has no manifest, so no reader ever saw it);
 2. sort the day by (sym, time, log position) within the memory budget
-   (``sinks.sort``);
+   (``sinks.sort``); the log position is written too, as ``seq``
+   (``ingest.seq``), so queries break ties of time as kdb+ does;
 3. write ``part-00000.parquet``, ``part-00001.parquet``... each a run of whole
    row groups of ``row_group_rows`` rows (the last may be short): zstd, sym
    dictionary-encoded (so are the other string columns), statistics and a page
@@ -38,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest.schemas import TableSchema
+from ingest.seq import SEQ
 from sinks.manifest import FileEntry, Manifest
 from sinks.sort import DaySorter, output_schema, times_of
 from sinks.store import HdbStore
@@ -106,8 +108,8 @@ class PartitionWriter:
             "use_dictionary": strings,
             "write_statistics": True,
             "write_page_index": True,
-            "sorting_columns": [pq.SortingColumn(schema.get_field_index("sym")),
-                                pq.SortingColumn(schema.get_field_index("time"))],
+            "sorting_columns": [pq.SortingColumn(schema.get_field_index(c)) for c in ("sym", "time", SEQ)
+                                if c in schema.names],
             "store_schema": True,
         }
 
@@ -207,13 +209,15 @@ class PartitionWriter:
         return self.files
 
 
-def conform(batch: pa.RecordBatch, schema: TableSchema) -> pa.RecordBatch:
-    """A captured batch in the table's current schema: its columns, in order, nothing else.
+def conform(batch: pa.RecordBatch, schema: TableSchema, first: int = 0) -> pa.RecordBatch:
+    """A captured batch in the table's current stored schema (its fields and ``seq``): its
+    columns, in order, nothing else.
 
     A column the batch lacks (captured before the field was added) is filled
-    with the field's Avro default, or nulls.
+    with the field's Avro default, or nulls; a batch without ``seq`` gets its
+    rows' places in the input, ``first`` on (the input is in log order).
     """
-    target = schema.arrow_schema
+    target = schema.stored_schema
     if batch.schema.equals(target):
         return batch
     arrays = []
@@ -222,6 +226,8 @@ def conform(batch: pa.RecordBatch, schema: TableSchema) -> pa.RecordBatch:
         if f.name in batch.schema.names:
             col = batch.column(f.name)
             arrays.append(col if col.type == f.type else col.cast(f.type))
+        elif f.name == SEQ:
+            arrays.append(pa.array(np.arange(first, first + batch.num_rows, dtype=np.int64)))
         else:
             arrays.append(pa.array([defaults.get(f.name)] * batch.num_rows, f.type))
     return pa.RecordBatch.from_arrays(arrays, schema=target)
@@ -254,16 +260,18 @@ def write_partition(
         log.info("%s %s: removed %d file(s) of an unfinished write-down", table, date, len(leftovers))
     with tempfile.TemporaryDirectory(prefix=f"sort-{table}-{date}-", dir=tmp_dir) as tmp:
         sorter = DaySorter(run_bytes=max(1 << 20, memory_bytes // 3), tmp_dir=Path(tmp))
+        seen = 0
         for batch in batches:
-            sorter.add(conform(batch, schema))
-        writer = PartitionWriter(store, table, date, output_schema(schema.arrow_schema), options, staging)
+            sorter.add(conform(batch, schema, seen))
+            seen += batch.num_rows
+        writer = PartitionWriter(store, table, date, output_schema(schema.stored_schema), options, staging)
         for part in sorter.sorted():
             writer.write(part)
         files = writer.close()
     manifest = Manifest(
         table=table, date=date, rows=writer.rows, time_min=writer.time_min, time_max=writer.time_max,
         syms=writer.syms, files=files, log_ranges=dict(log_ranges),
-        columns=[[f.name, str(f.type)] for f in schema.arrow_schema],
+        columns=[[f.name, str(f.type)] for f in schema.stored_schema],
         written_by=written_by, written_at=time.time_ns(),
     )
     if staging is not None:

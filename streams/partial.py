@@ -42,6 +42,15 @@ def typed_source(schema: pa.Schema, cols: list[str], day: dt.date, rows: pa.Tabl
     return f"SELECT {', '.join(typed)}, toDate({quote(day.isoformat())}) AS date FROM Python({name})"
 
 
+def typed_select(schema: pa.Schema, cols: list[str], source: str) -> str:
+    """``source`` (the HDB's, whose column types follow its files: a column added since
+    reads as Nullable) with every column cast as ``typed_source`` types the RDB's rows, so
+    the aggregate states made over the two are alike, byte for byte."""
+    typed = [f"CAST(`{c}`, {quote(clickhouse_structure(pa.schema([schema.field(c)])).split(' ', 1)[1])}) AS `{c}`"
+             for c in cols]
+    return f"SELECT {', '.join(typed)}, date FROM {source}"
+
+
 def run_partial(sql: str, placeholder: str, rows: pa.Table, schema: pa.Schema, day: dt.date,
                 deadline: float | None, max_memory_mb: int) -> pa.Table:
     """``sql`` (a partial, reading ``placeholder`` once) over ``rows`` of ``day``."""

@@ -250,7 +250,8 @@ class RdbWorker:
         self.queries = 0
         self.names = TopicNames(settings.topic_prefix)
         self.decoder = make_decoder(settings, self.catalog)
-        self.intake = Intake(settings, self.catalog, self.decoder, DeadLetters(settings, f"rdb:{node_id}"))
+        self.intake = Intake(settings, self.catalog, self.decoder, DeadLetters(settings, f"rdb:{node_id}"),
+                             seq=True)  # rows keep their place in the log: ingest.seq
         # RocksDB gets a quarter of the budget, the resident rows (the day decoded, as kdb+
         # holds it) three eighths; Python, Arrow and Kafka buffers the rest
         self.resources = Resources(cache_bytes=memory_budget // 8, write_buffer_bytes=memory_budget // 8,
@@ -564,7 +565,7 @@ class RdbWorker:
         if not runs:
             return
         began = time.perf_counter_ns()
-        arrow = self.catalog[table].to_arrow(rows) if rows else None
+        arrow = self.catalog[table].to_arrow(rows, seq=True) if rows else None
         self._arrow_ns += time.perf_counter_ns() - began
         start = 0
         for shard, offset, date, end in runs:
@@ -686,7 +687,8 @@ class RdbWorker:
             raise QueryError(f"unknown table {table!r}; tables: {', '.join(self.catalog.names)}")
         q = request.query
         syms = [s for s in q.get("syms", "").split(",") if s] or None
-        columns = [c for c in q.get("columns", "").split(",") if c] or None
+        # seq (ingest.seq) only when asked for, as the gateway's ``SELECT *`` leaves it out
+        columns = [c for c in q.get("columns", "").split(",") if c] or self.catalog[table].columns
         date = q.get("date") or (self.days.open_date.isoformat() if self.days.open_date else "")
         try:
             start = int(q["start"]) if q.get("start") else None
@@ -699,7 +701,7 @@ class RdbWorker:
 
     async def _gather(self, kind: str, table: str, request: Any) -> pa.Table:
         query = self._parse(table, request)
-        schema = self.catalog[table].arrow_schema
+        schema = self.catalog[table].stored_schema  # with seq
         local_only = request.query.get("local") == "1"
         if query.syms is None:
             groups: dict[str | None, list[str] | None] = {None: None}
@@ -730,7 +732,7 @@ class RdbWorker:
         ``partial`` (its SQL, the placeholder of its source): the statement's partial run
         over those rows instead (streams/partial.py), its answer sent."""
         query = self._parse(table, request)
-        schema = self.catalog[table].arrow_schema
+        schema = self.catalog[table].stored_schema  # with seq
         held = {p: s for (t, p), s in self.shards.items() if t == table}
         asked = request.query.get("partitions")
         if asked:

@@ -49,6 +49,7 @@ from rocksdict import (
     WriteBufferManager,
 )
 
+from ingest.seq import INDEX_BITS, SEQ
 from streams.resident import Budget, Resident
 
 APPLIED = b"Mapplied"
@@ -318,7 +319,7 @@ class Shard:
             if not key.startswith(prefix):
                 break
             keys.append(key)
-            tables.append(self._decode(value))
+            tables.append(self._decode(value, key))
         stats.small = 0
         if len(keys) < 2:
             return
@@ -352,11 +353,20 @@ class Shard:
 
     # -- reading ------------------------------------------------------------
 
-    def _decode(self, value: bytes) -> pa.Table:
+    def _decode(self, value: bytes, key: bytes | None = None) -> pa.Table:
+        """A chunk as Arrow. One written before rows carried ``seq`` (``ingest.seq``) gets
+        one derived from its key, ``offset << 20 | i``: the chunk holds its sym's rows of the
+        messages up to ``offset`` (after the previous chunk's) in log order, so this keeps
+        the order, below every later message's ``seq``."""
         schema = self.schemas.get(value[:8])
         if schema is None:
             raise ShardError(f"{self.path}: chunk with unknown Arrow schema {value[:8].hex()}")
-        return pa.Table.from_batches([pa.ipc.read_record_batch(pa.py_buffer(value).slice(8), schema)])
+        table = pa.Table.from_batches([pa.ipc.read_record_batch(pa.py_buffer(value).slice(8), schema)])
+        if key is not None and SEQ not in schema.names:
+            offset = struct.unpack(">q", key[-8:])[0]
+            table = table.append_column(pa.field(SEQ, pa.int64(), nullable=False),
+                                        pa.array((offset << INDEX_BITS) + np.arange(table.num_rows), pa.int64()))
+        return table
 
     def syms(self, date: str) -> list[str]:
         out = []
@@ -442,7 +452,7 @@ class Shard:
                 value = it.value()
                 if value:
                     owner = sym if sym is not None else key[len(prefix):-9].decode()
-                    by_sym.setdefault(owner, []).append(self._decode(value))
+                    by_sym.setdefault(owner, []).append(self._decode(value, key))
                 it.next()
         return by_sym
 
@@ -463,7 +473,7 @@ class Shard:
             while it.valid() and it.key().startswith(prefix):
                 value = it.value()
                 if value:
-                    chunk = self._decode(value)
+                    chunk = self._decode(value, it.key())
                     # a copy (take), not a slice: a slice would keep the whole chunk in memory
                     latest = self._latest[(date, sym)] = chunk.take([chunk.num_rows - 1])
                     return latest

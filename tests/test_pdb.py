@@ -132,8 +132,9 @@ def as_plain(table: pa.Table) -> pa.Table:
 
 
 def expected(settings, catalog, table: str, date: dt.date) -> pa.Table:
-    """The day as the log holds it, in the HDB's order: a stable sort of log order by (sym, time)."""
-    rows = replay_arrow(settings, table, date, catalog=catalog)
+    """The day as the log holds it, in the HDB's order: a stable sort of log order by (sym, time),
+    with each row's place in the log (seq) as a replay numbers it."""
+    rows = replay_arrow(settings, table, date, catalog=catalog, seq=True)
     return rows.sort_by([("sym", "ascending"), ("time", "ascending")])
 
 

@@ -448,19 +448,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise ValueError("--format arrow needs --out FILE")
-        arrow = table.to_arrow(list(replay_rows(settings, table.name, ranges=ranges, catalog=catalog)))
+        arrow = table.to_arrow(list(replay_rows(settings, table.name, ranges=ranges, catalog=catalog, seq=args.seq)),
+                               seq=args.seq)
         with pa.OSFile(args.out, "wb") as sink, pa.ipc.new_stream(sink, arrow.schema) as writer:
             writer.write_table(arrow)
         print(f"{arrow.num_rows:,} rows written to {args.out}", file=sys.stderr)
         return 0
     rows = []
-    for row in replay_rows(settings, table.name, ranges=ranges, catalog=catalog):
+    for row in replay_rows(settings, table.name, ranges=ranges, catalog=catalog, seq=args.seq):
         rows.append(row)
         if args.limit and len(rows) >= args.limit:
             break
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
-        _write_rows(rows, args.format, out, table.columns)
+        _write_rows(rows, args.format, out, table.stored_columns if args.seq else table.columns)
     finally:
         if args.out:
             out.close()
@@ -601,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--format", choices=["table", "csv", "json", "arrow"], default="table")
     rep.add_argument("--out", help="write to a file instead of the terminal")
     rep.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
+    rep.add_argument("--seq", action="store_true",
+                     help="add each row's seq: its place in the log, as the RDB and HDB keep it (offset << 20 | index)")
     rep.set_defaults(func=cmd_replay)
 
     subs = sub.add_parser("subscribe", parents=[common], help="stream a table's rows for some syms (.u.sub)")
