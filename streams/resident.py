@@ -88,6 +88,12 @@ class Resident:
         if all(held) and all((date, sym) in self._chunks for sym in by_sym):
             self._whole.add(date)
 
+    def start_day(self, date: str) -> None:
+        """A day the shard has nothing of yet: every chunk written to it is resident from
+        the first (the open day is queried from its first rows; no read from disk first)."""
+        if not any(d == date for d, _ in self._chunks):
+            self._whole.add(date)
+
     def append(self, date: str, sym: str, chunk: pa.Table) -> None:
         """A chunk just written: added where the sym (or its whole day) is resident."""
         key = (date, sym)

@@ -226,6 +226,7 @@ class Shard:
             if date and date not in self.days:
                 self.days[date] = "open"
                 self._unsaved_days.add(date)
+                self.resident.start_day(date)  # nothing on disk yet: resident as it is written
             if defer and rows < SMALL_CHUNK_ROWS:
                 if self.applied == self.durable:
                     self._tail_since = time.monotonic()  # the oldest thing not on disk

@@ -77,6 +77,22 @@ def test_resident_reads_equal_disk_reads_through_writes_merges_evictions_and_dro
     disk.close()
 
 
+def test_a_new_day_is_resident_from_its_first_rows(catalog, tmp_path):
+    """The open day is queried from its first rows: a shard starting one keeps what it
+    writes without a read from disk first, and answers the same."""
+    schema = catalog["trade"]
+    shard = Shard(tmp_path / "s", Resources(8 << 20, 8 << 20, resident_bytes=1 << 30))
+    rows = [{"time": T0 + i, "sym": s, "price": float(i), "size": 1, "exchange": "N", "cond": ""}
+            for i, s in enumerate(["A", "B", "A", "C"] * 200)]
+    shard.apply(0, DAYS[0], schema.to_arrow(rows[:400]))
+    shard.apply(1, DAYS[0], schema.to_arrow(rows[400:]))
+    assert shard.resident.day(DAYS[0]) is not None and shard.resident.nbytes > 0
+    shard.db.delete_range(b"R", b"S")  # what is answered now cannot come from disk
+    got = _prices(shard.read(DAYS[0], None))
+    assert got == {s: [r["price"] for r in rows if r["sym"] == s] for s in "ABC"}
+    shard.close()
+
+
 def test_budget_is_shared_and_the_least_recently_read_sym_goes_first():
     budget = Budget(250)
     first, second = Resident(budget), Resident(budget)
