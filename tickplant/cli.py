@@ -320,6 +320,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     java_binary()
     libs = ensure_jars(quiet=not args.verbose)
     print(f"Kafka jars ready in {libs}")
+    if args.questdb:
+        from tickplant.peer.questdb import ensure_jar
+
+        print(f"QuestDB jar ready: {ensure_jar(quiet=not args.verbose)}")
     return 0
 
 
@@ -569,8 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common], help="what runs, the open day, rows per table").set_defaults(
         func=cmd_status)
     sub.add_parser("topics", parents=[common], help="the log's topics and offsets").set_defaults(func=cmd_topics)
-    sub.add_parser("install", parents=[common], help="fetch the Kafka broker jars (Maven)").set_defaults(
-        func=cmd_install)
+    install = sub.add_parser("install", parents=[common], help="fetch the Kafka broker jars (Maven)")
+    install.add_argument("--questdb", action="store_true",
+                         help="also QuestDB's server jar, for the side-by-side benchmark (python -m bench peer)")
+    install.set_defaults(func=cmd_install)
     eod = sub.add_parser("eod", parents=[common], help="roll the open day over now")
     eod.add_argument("--schedule", action="store_true",
                      help="instead, run the end-of-day timer in the foreground (topics, first day, a roll at eod_time)")
