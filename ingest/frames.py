@@ -24,6 +24,7 @@ one per column. ``to_columns`` turns one into the column-wise encoder's
 
 from __future__ import annotations
 
+import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +51,22 @@ class FrameColumns:
     table: pa.Table  # the frame as Arrow, to give refused rows back as dicts
 
 
-def as_arrow(frame: Any) -> pa.Table:
-    """Any supported frame as an Arrow table (no copy where Arrow can avoid one)."""
+def _from_list(values: list[Any], kind: str | None) -> pa.Array:
+    """A list column as Arrow: ints and floats through ``array`` (as the row path's encoder
+    reads them, several times quicker than Arrow's inference), anything else by Arrow."""
+    try:
+        if kind in ("long", "int") and values and type(values[0]) is int:
+            return pa.array(np.frombuffer(array.array("q", values), np.int64))
+        if kind == "double" and values and type(values[0]) is float:
+            return pa.array(np.frombuffer(array.array("d", values), np.float64))
+    except (TypeError, OverflowError, ValueError):
+        pass  # a None, a float among ints...: Arrow says what it is
+    return pa.array(values)
+
+
+def as_arrow(frame: Any, kinds: dict[str, str] | None = None) -> pa.Table:
+    """Any supported frame as an Arrow table (no copy where Arrow can avoid one); ``kinds``
+    (column -> Avro kind) speeds up lists of numbers."""
     if isinstance(frame, pa.Table):
         return frame
     if isinstance(frame, pa.RecordBatch):
@@ -86,6 +101,8 @@ def as_arrow(frame: Any) -> pa.Table:
                     arr = values
                 elif isinstance(values, np.ndarray) and values.dtype == object:
                     arr = pa.array(values, from_pandas=True)
+                elif isinstance(values, list):
+                    arr = _from_list(values, (kinds or {}).get(name))
                 else:
                     arr = pa.array(values)
             except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
@@ -160,7 +177,7 @@ def to_columns(schema: TableSchema, codec: RecordCodec, frame: Any) -> FrameColu
     plan = codec.plan
     if plan is None:
         raise FrameError(f"table {schema.name} has a field type publish_frame cannot encode; use publish_rows")
-    table = as_arrow(frame)
+    table = as_arrow(frame, {name: kind for name, kind, *_ in plan})
     known = {name for name, *_ in plan}
     extra = [c for c in table.column_names if c not in known]
     if extra:

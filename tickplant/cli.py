@@ -342,7 +342,8 @@ def cmd_feed_csv(args: argparse.Namespace) -> int:
               end="", file=sys.stderr, flush=True)
 
     with Tickerplant(settings, mode=args.mode, source=f"csv:{args.file}") as tp:
-        report = feed_csv(tp.publish_rows, tp.deadletters, tp.catalog[args.table], args.file, progress=progress)
+        report = feed_csv(tp.publish_rows, tp.deadletters, tp.catalog[args.table], args.file, progress=progress,
+                          publish_frame=tp.publish_frame)
         tp.flush()
     print("", file=sys.stderr)
     for line, reason in report.errors[: args.show_errors]:
@@ -366,7 +367,8 @@ def cmd_feed_synthetic(args: argparse.Namespace) -> int:
     stop = threading.Event()
     with Tickerplant(settings, mode=args.mode, source="synthetic-feed") as tp:
         try:
-            events = run_feed(market, tp.publish_rows, args.rate, stop, duration=args.seconds or None)
+            events = run_feed(market, tp.publish_rows, args.rate, stop, duration=args.seconds or None,
+                              publish_frame=tp.publish_frame)
         except KeyboardInterrupt:
             events = -1
         tp.flush()
