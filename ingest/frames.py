@@ -50,6 +50,14 @@ class FrameColumns:
     reasons: dict[int, str]  # row index -> why refused (the first reason)
     table: pa.Table  # the frame as Arrow, to give refused rows back as dicts
 
+    def slice(self, lo: int, hi: int) -> FrameColumns:
+        """Rows [lo, hi) (views, no copies); ``reasons`` stay keyed by the whole frame's rows."""
+        fields = [(values.slice(lo, hi - lo) if isinstance(values, pa.Array) else values[lo:hi],
+                   None if isnull is None else isnull[lo:hi]) for values, isnull in self.columns.fields]
+        return FrameColumns(Columns(hi - lo, fields), self.syms.slice(lo, hi - lo),
+                            None if self.refused is None else self.refused[lo:hi], self.reasons,
+                            self.table.slice(lo, hi - lo))
+
 
 def _from_list(values: list[Any], kind: str | None) -> pa.Array:
     """A list column as Arrow: ints and floats through ``array`` (as the row path's encoder

@@ -39,6 +39,8 @@ from tickplant.config import Settings
 # fires) and encodes them in one go, whatever the size of the publish calls:
 # the column-wise encoder costs ~0.2 ms a call on top of its cost per row.
 ENCODE_BATCH = 8192
+# publish_frame encodes a frame this many rows at a time
+FRAME_SLICE = 65_536
 
 
 class PublishError(RuntimeError):
@@ -212,13 +214,20 @@ class Tickerplant:
             for i in np.flatnonzero(got.refused).tolist():
                 row = got.table.slice(i, 1).to_pylist()[0]
                 self._reject(schema, row, ValueError(got.reasons[i]))
-        if self.mode == "zero":
-            self._send_frame_rows(schema, codec, got, parts, keys, keep)
-            self.producer.poll(0)
-        else:
-            with self._lock:
-                self._encode_pending(table)  # rows published before these go first
-                self._add_frame(schema, codec, got, parts, keep)
+        # a slice at a time: the producer's threads compress and send a slice's blocks while
+        # the next is encoded, and the encoder's matrices stay a few MB
+        for lo in range(0, n, FRAME_SLICE):
+            piece = got if n <= FRAME_SLICE else got.slice(lo, min(n, lo + FRAME_SLICE))
+            p_parts = parts[lo:lo + FRAME_SLICE]
+            p_keep = None if keep is None else keep[lo:lo + FRAME_SLICE]
+            if self.mode == "zero":
+                self._send_frame_rows(schema, codec, piece, p_parts, (keys[0][lo:lo + FRAME_SLICE], keys[1]), p_keep)
+                self.producer.poll(0)
+            else:
+                with self._lock:
+                    self._encode_pending(table)  # rows published before these go first
+                    self._add_frame(schema, codec, piece, p_parts, p_keep)
+                self.producer.poll(0)
         return n if keep is None else int(keep.sum())
 
     def _frame_partitions(self, table: str, syms: Any) -> tuple[Any, list[bytes]]:

@@ -260,3 +260,22 @@ def test_synthetic_feed_through_publish_frame_writes_the_same_records(settings, 
     for key in want:  # the same market, so each partition's records agree as far as both ran
         k = min(len(got.get(key, [])), len(want[key]))
         assert k > 0 and got[key][:k] == want[key][:k]
+
+
+@pytest.mark.parametrize("mode", ["batch", "zero"])
+def test_a_frame_is_encoded_in_slices_with_the_same_partition_logs(settings, catalog, monkeypatch, mode):
+    import ingest.publisher
+
+    rows = market_rows(2600)
+    rows[1234]["size"] = None  # refused: the slices must keep the right rows
+    frame = pa.Table.from_pylist(rows, schema=catalog["trade"].arrow_schema.remove(0).insert(
+        0, pa.field("time", pa.int64())))
+    s = settings.replace(max_block_rows=300)
+    ref = captured(s, catalog, mode, lambda tp: tp.publish_rows("trade", rows[:1234] + rows[1235:]))
+    monkeypatch.setattr(ingest.publisher, "FRAME_SLICE", 500)
+    got = captured(s, catalog, mode, lambda tp: tp.publish_frame("trade", frame))
+
+    def per_partition(sent):
+        return {p: [(k, v) for _, q, k, v in sent if q == p] for p in range(s.partitions)}
+
+    assert per_partition(got) == per_partition(ref)
