@@ -161,7 +161,8 @@ def _typed(name: str, arr: pa.Array, kind: str, table: str) -> pa.Array:
         if ok and t != pa.float64():
             arr = arr.cast(pa.float64())
     elif kind == "string":
-        ok = pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+        ok = (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+              or (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t)))  # polars' strings
         if ok and t != pa.string():
             arr = arr.cast(pa.string())
     elif kind == "boolean":

@@ -108,6 +108,9 @@ def test_every_kind_of_frame_gives_the_same_bytes(settings, catalog):
         "record batch": arrow.to_batches()[0] if arrow.num_rows else arrow,
         "dict of numpy": {c: df[c].to_numpy() for c in df.columns},
         "dict of lists": {c: df[c].tolist() for c in df.columns},
+        "string views and large strings (as polars hands Arrow over)": arrow.set_column(
+            1, "sym", arrow.column("sym").cast(pa.string_view())).set_column(
+            4, "exchange", arrow.column("exchange").cast(pa.large_string())),
         "without cond (its default)": df.drop(columns=["cond"]) if not any(r["cond"] for r in rows) else None,
     }
     try:
