@@ -292,9 +292,6 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
     children: list[Child] = []
     qdb = QuestDB()
     try:
-        qdb.start()
-        for ddl in QDB_TABLES.values():
-            qdb.exec(ddl)
         clock = ManualClock(T0_NS)
         open_first_day(s, catalog, clock)
         rdb_port = free_port()
@@ -303,6 +300,9 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
         children += [rdb, gw]
         rdb.start()
         gw.start()
+        qdb.start()  # while the plant's processes start
+        for ddl in QDB_TABLES.values():
+            qdb.exec(ddl)
         rdb_client = RdbClient(f"http://127.0.0.1:{rdb_port}", timeout=60, settings=s)
         plant = httpx.Client(base_url=f"http://127.0.0.1:{s.gateway_port}", timeout=300)
         peer = httpx.Client(base_url=qdb.url, timeout=300)
