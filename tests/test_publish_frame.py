@@ -282,3 +282,51 @@ def test_a_frame_is_encoded_in_slices_with_the_same_partition_logs(settings, cat
         return {p: [(k, v) for _, q, k, v in sent if q == p] for p in range(s.partitions)}
 
     assert per_partition(got) == per_partition(ref)
+
+
+def test_every_field_type_encodes_as_fastavro_does():
+    """Unions with null, ints, booleans, defaults: a frame's bytes are fastavro's of its rows."""
+    import io
+
+    import fastavro
+
+    from ingest.frames import to_columns
+    from ingest.framing import codec_for
+    from ingest.schemas import TableSchema
+
+    table = TableSchema.from_dict({
+        "type": "record", "name": "mixed", "namespace": "test",
+        "fields": [
+            {"name": "time", "type": "long"},
+            {"name": "sym", "type": "string"},
+            {"name": "i", "type": "int"},
+            {"name": "d", "type": "double"},
+            {"name": "b", "type": "boolean"},
+            {"name": "s", "type": "string", "default": "dflt"},
+            {"name": "nl", "type": ["null", "long"]},
+            {"name": "nd", "type": ["double", "null"], "default": 1.5},
+            {"name": "ns", "type": ["null", "string"], "default": None},
+            {"name": "nb", "type": ["null", "boolean"]},
+        ],
+    })
+    rng = np.random.default_rng(3)
+    n = 500
+    rows = [{"time": int(T0 + i), "sym": f"S{i % 7}", "i": int(rng.integers(-2**31, 2**31)),
+             "d": float(rng.normal()), "b": bool(i % 3), "nl": None if i % 4 == 0 else int(rng.integers(-9e18, 9e18)),
+             "nd": None if i % 5 == 0 else float(i), "ns": None if i % 2 else "é" * (i % 5),
+             "nb": None if i % 6 == 0 else bool(i % 2)} for i in range(n)]
+    codec = codec_for(table)
+    out = io.BytesIO()
+    for row in rows:
+        fastavro.schemaless_writer(out, codec.parsed, row)
+    got = to_columns(table, codec, pa.Table.from_pylist(rows))
+    assert got.refused is None
+    data, ends = codec.encode(got.columns)
+    assert data.tobytes() == out.getvalue() and len(ends) == n
+    # an int out of 32 bits is refused on its own row; a missing nullable field without a default is null
+    frame = pa.Table.from_pylist(rows).drop_columns(["nb"])
+    frame = frame.set_column(2, "i", pa.array([r["i"] if k != 9 else 2**40 for k, r in enumerate(rows)]))
+    got = to_columns(table, codec, frame)
+    assert np.flatnonzero(got.refused).tolist() == [9] and "i: value out of range for int" in got.reasons[9]
+    with pytest.raises(FrameError, match="column b holds int64"):
+        to_columns(table, codec, {**{c: [r[c] for r in rows] for c in ("time", "sym", "i", "d")}, "b": [1] * n})
