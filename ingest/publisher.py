@@ -250,9 +250,20 @@ class Tickerplant:
         return parts, (index, [s.encode() for s in names])
 
     @staticmethod
-    def _frame_rows(got: Any, rows: Any) -> list[dict[str, Any]]:
-        """Rows of the frame as dicts (only for the fastavro fallback: strings over 256 bytes)."""
-        return got.table.take(rows).to_pylist() if rows is not None else got.table.to_pylist()
+    def _frame_rows(codec: RecordCodec, got: Any, rows: Any) -> list[dict[str, Any]]:
+        """Rows of the frame as dicts of the values as converted (times as ns, defaults filled),
+        only for the fastavro fallback (a string over 256 bytes)."""
+        assert codec.plan is not None
+        columns: dict[str, list[Any]] = {}
+        for (name, *_), (values, isnull) in zip(codec.plan, got.columns.fields, strict=True):
+            picked = values if rows is None else values.take(rows)  # numpy or Arrow
+            col = picked.to_pylist() if hasattr(picked, "to_pylist") else picked.tolist()
+            if isnull is not None:
+                nulls = (isnull if rows is None else isnull[rows]).tolist()
+                col = [None if null else v for v, null in zip(col, nulls, strict=True)]
+            columns[name] = col
+        names = list(columns)
+        return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
     def _add_frame(self, schema: TableSchema, codec: RecordCodec, got: Any, parts: Any, keep: Any) -> None:
         """Batch mode: encode the rows by partition (stable: row order within one) and append
@@ -266,7 +277,7 @@ class Tickerplant:
         fast = codec.encode(got.columns, order=order) if len(order) else None
         if fast is None:  # a string over 256 bytes: fastavro for these rows, in row order as publish_rows
             if len(order):
-                self._encode_slow(schema, codec, self._frame_rows(got, rows), part_of.tolist())
+                self._encode_slow(schema, codec, self._frame_rows(codec, got, rows), part_of.tolist())
             return
         data, ends = fast
         counts = np.bincount(part_of, minlength=self.partitions[table]).tolist()
@@ -288,7 +299,7 @@ class Tickerplant:
         sym_index = (index if rows is None else index[rows]).tolist()
         part_list = (parts if rows is None else parts[rows]).tolist()
         if fast is None:
-            dicts = self._frame_rows(got, rows)
+            dicts = self._frame_rows(codec, got, rows)
             for row, part, k in zip(dicts, part_list, sym_index, strict=True):
                 self._send_row(schema, part, row, names[k])
             return

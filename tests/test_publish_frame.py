@@ -191,6 +191,16 @@ def test_long_strings_take_fastavro_and_still_match(settings, catalog):
     assert got == ref
     zero_ref = captured(settings, catalog, "zero", lambda tp: tp.publish_rows("trade", rows))
     assert captured(settings, catalog, "zero", lambda tp: tp.publish_frame("trade", pd.DataFrame(rows))) == zero_ref
+    # the rows fastavro gets are the converted values: datetime64 times as ns, defaults filled
+    df = pd.DataFrame(rows).assign(time=lambda f: pd.to_datetime(f["time"], unit="ns"))
+    assert captured(settings, catalog, "batch", lambda tp: tp.publish_frame("trade", df)) == ref
+    assert captured(settings, catalog, "zero", lambda tp: tp.publish_frame("trade", df)) == zero_ref
+    # and with a refused row among them
+    nulled = df.assign(size=pd.array([None if i == 11 else r["size"] for i, r in enumerate(rows)], "Int64"))
+    kept = rows[:11] + rows[12:]
+    for mode in ("batch", "zero"):
+        want = captured(settings, catalog, mode, lambda tp: tp.publish_rows("trade", kept))
+        assert captured(settings, catalog, mode, lambda tp: tp.publish_frame("trade", nulled)) == want
 
 
 def test_empty_frame_publishes_nothing(settings, catalog):
