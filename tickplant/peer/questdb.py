@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tickplant.kafka.broker import free_port
+from tickplant.kafka.broker import _die_with_parent, free_port
 from tickplant.kafka.jars import KafkaSetupError, java_binary
 
 POM = Path(__file__).with_name("questdb-pom.xml")
@@ -106,7 +106,7 @@ class QuestDB:
         self.proc = subprocess.Popen(
             [java_binary(), f"-Xmx{self.heap_mb}m", "-p", str(self.jar), "-m", "io.questdb/io.questdb.ServerMain",
              "-d", str(self.root)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)  # dies with us, even on kill -9
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
