@@ -1,6 +1,7 @@
 # The two commands: `make up` runs the plant, `make test` runs the tests.
 # Each sets up what it needs first: a virtualenv in .venv with the project
-# and its test tools, and the Kafka broker jars from Maven Central.
+# and its test tools, and the Kafka broker jars from Maven Central (and QuestDB's,
+# for the side-by-side benchmark and its test).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -26,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/tickplant install
+	$(BIN)/tickplant install --questdb
 	touch $@
 
 clean:

@@ -320,6 +320,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     java_binary()
     libs = ensure_jars(quiet=not args.verbose)
     print(f"Kafka jars ready in {libs}")
+    if args.questdb:
+        from tickplant.peer.questdb import ensure_jar
+
+        print(f"QuestDB jar ready: {ensure_jar(quiet=not args.verbose)}")
     return 0
 
 
@@ -338,7 +342,8 @@ def cmd_feed_csv(args: argparse.Namespace) -> int:
               end="", file=sys.stderr, flush=True)
 
     with Tickerplant(settings, mode=args.mode, source=f"csv:{args.file}") as tp:
-        report = feed_csv(tp.publish_rows, tp.deadletters, tp.catalog[args.table], args.file, progress=progress)
+        report = feed_csv(tp.publish_rows, tp.deadletters, tp.catalog[args.table], args.file, progress=progress,
+                          publish_frame=tp.publish_frame)
         tp.flush()
     print("", file=sys.stderr)
     for line, reason in report.errors[: args.show_errors]:
@@ -362,7 +367,8 @@ def cmd_feed_synthetic(args: argparse.Namespace) -> int:
     stop = threading.Event()
     with Tickerplant(settings, mode=args.mode, source="synthetic-feed") as tp:
         try:
-            events = run_feed(market, tp.publish_rows, args.rate, stop, duration=args.seconds or None)
+            events = run_feed(market, tp.publish_rows, args.rate, stop, duration=args.seconds or None,
+                              publish_frame=tp.publish_frame)
         except KeyboardInterrupt:
             events = -1
         tp.flush()
@@ -570,8 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common], help="what runs, the open day, rows per table").set_defaults(
         func=cmd_status)
     sub.add_parser("topics", parents=[common], help="the log's topics and offsets").set_defaults(func=cmd_topics)
-    sub.add_parser("install", parents=[common], help="fetch the Kafka broker jars (Maven)").set_defaults(
-        func=cmd_install)
+    install = sub.add_parser("install", parents=[common], help="fetch the Kafka broker jars (Maven)")
+    install.add_argument("--questdb", action="store_true",
+                         help="also QuestDB's server jar, for the side-by-side benchmark (python -m bench peer)")
+    install.set_defaults(func=cmd_install)
     eod = sub.add_parser("eod", parents=[common], help="roll the open day over now")
     eod.add_argument("--schedule", action="store_true",
                      help="instead, run the end-of-day timer in the foreground (topics, first day, a roll at eod_time)")

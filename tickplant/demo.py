@@ -65,6 +65,7 @@ def _session(plant: Plant, market: SyntheticMarket, clock: ScaledClock, rate: fl
     stop = threading.Event()
     assert plant.tp is not None
     feeder = threading.Thread(target=run_feed, args=(market, plant.tp.publish_rows, rate, stop, seconds),
+                              kwargs={"publish_frame": plant.tp.publish_frame},
                               daemon=True)
     feeder.start()
     start = time.monotonic()

@@ -106,7 +106,8 @@ class Plant:
                 market = SyntheticMarket(self.settings.feed_syms, self.settings.feed_seed, self.clock)
                 self._feed_thread = threading.Thread(
                     target=run_feed, name="tp-feed",
-                    args=(market, self.tp.publish_rows, self.settings.feed_rate, self._stop), daemon=True,
+                    args=(market, self.tp.publish_rows, self.settings.feed_rate, self._stop),
+                    kwargs={"publish_frame": self.tp.publish_frame}, daemon=True,
                 )
                 self._feed_thread.start()
             self._wait_for_gateway()

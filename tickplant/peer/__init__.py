@@ -1,0 +1,1 @@
+"""Peers the plant is measured against side by side (``python -m bench peer``)."""
