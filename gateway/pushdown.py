@@ -113,7 +113,7 @@ def split(ast: exp.Expression, source: str, partials: str, columns: set[str]) ->
         partial.set(arg, None)
     states = [_state(a) for a in aggregates]
     partial.set("expressions", [exp.alias_(k.copy(), KEY.format(i), quoted=True) for i, k in enumerate(keys)] +
-                [exp.alias_(exp.Cast(this=s, to=exp.DataType.build("String")), STATE.format(j), quoted=True)
+                [exp.alias_(exp.Var(this=f"CAST({s.this} AS String)"), STATE.format(j), quoted=True)
                  for j, s in enumerate(states)])
     partial.set("group", exp.Group(expressions=[k.copy() for k in keys]) if keys else None)
 
