@@ -258,7 +258,7 @@ def test_synthetic_feed_through_publish_frame_writes_the_same_records(settings, 
             return tp.publish_frame(table, cols)
 
         # ticks of 2,000+ events (the tick sizes follow the wall clock): frames when publish_frame is given
-        synthetic.run_feed(market, tp.publish_rows, 2000 / 0.05, threading.Event(), duration=0.12,
+        synthetic.run_feed(market, tp.publish_rows, 2000 / 0.05, threading.Event(), duration=0.6,  # ticks past it under load
                            tick_seconds=0.05, publish_frame=publish_frame if use_frames else None)
 
     def records(sent):
