@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -81,20 +82,31 @@ def json_default(value: Any) -> Any:
     return str(value)
 
 
-def json_chunks(table: pa.Table, extra: dict[str, Any]) -> Iterator[bytes]:
-    """``{"columns": [...], "rows": [{...}, ...], "count": n, ...extra}``, a batch at a time.
+def _rows_json(batch: pa.RecordBatch) -> bytes:
+    """A plain batch's rows as a JSON array. Columns of numbers, booleans and strings are
+    written by polars from the columns themselves (the same text as orjson's, NaN and
+    infinities null); anything else (decimals, bytes, nested values) goes row by row
+    through orjson, which first makes every value a Python object."""
+    if all(_simple(f.type) for f in batch.schema):
+        return pl.from_arrow(batch).write_json().encode()
+    return orjson.dumps(batch.to_pylist(), default=json_default)
 
-    orjson writes a batch's rows in one call (NaN and infinities as null, as JSON has no
-    such numbers): ~3x faster than the standard library row by row."""
+
+def _simple(t: pa.DataType) -> bool:
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+            or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t))
+
+
+def json_chunks(table: pa.Table, extra: dict[str, Any]) -> Iterator[bytes]:
+    """``{"columns": [...], "rows": [{...}, ...], "count": n, ...extra}``, a batch at a time."""
     columns = [{"name": f.name, "type": str(f.type.value_type if pa.types.is_dictionary(f.type) else f.type)}
                for f in table.schema]
     yield (b'{"columns": ' + json.dumps(columns).encode() + b', "rows": [')
     first = True
     for batch in table.to_batches(BATCH_ROWS):
-        rows = plain(batch).to_pylist()
-        if not rows:
+        if not batch.num_rows:
             continue
-        yield (b"" if first else b", ") + orjson.dumps(rows, default=json_default)[1:-1]
+        yield (b"" if first else b", ") + _rows_json(plain(batch))[1:-1]
         first = False
     tail = {"count": table.num_rows, **extra}
     yield b"], " + json.dumps(tail).encode()[1:]
