@@ -92,6 +92,23 @@ class EndpointDown(RuntimeError):
     """A ClickHouse endpoint of the pool did not answer (the query may run on another)."""
 
 
+@dataclass(frozen=True)
+class PartialAsk:
+    """What each node is asked for a split: its partial, over each reference's rows
+    (placeholder, table, columns or None for all, syms or None for all)."""
+
+    split: Split
+    sources: tuple[tuple[str, str, tuple[str, ...] | None, frozenset[str] | None], ...]
+    partitions: int  # the tables' partition count
+
+    def sources_for(self, partitions: list[int]) -> list[dict[str, Any]]:
+        """The sources as a node reads them: each one's syms of those partitions only."""
+        held = set(partitions)
+        return [{"source": placeholder, "table": table, "columns": list(columns) if columns else None,
+                 "syms": None if syms is None else sorted(s for s in syms if partition_for(s, self.partitions) in held)}
+                for placeholder, table, columns, syms in self.sources]
+
+
 class PartialRefused(RuntimeError):
     """An RDB node's engine refused a split statement's partial: run it unsplit."""
 
@@ -212,11 +229,11 @@ class Engine:
             if sql.count(placeholder) != 1:  # each source goes in exactly where its reference was
                 raise QueryFailed(400, "the statement could not be planned")
         split, latest = None, False
-        if len(keyed) == 1 and not logs:
-            table = keyed[0].need.table
-            latest = latest_only(ast, keyed[0].placeholder)
-            split = None if latest else pushdown.split(ast, keyed[0].placeholder, f"__tickplant_partials_{_NONCE}__",
-                                                       {*self.catalog[table].stored_columns, "date"})
+        if keyed and not logs:
+            latest = len(keyed) == 1 and latest_only(ast, keyed[0].placeholder)
+            columns = {"date"}.union(*(self.catalog[r.need.table].stored_columns for r in keyed))
+            split = None if latest else pushdown.split(ast, [r.placeholder for r in keyed],
+                                                       f"__tickplant_partials_{_NONCE}__", columns)
         return Plan(sql, tuple(keyed), tuple(logs), split, latest)
 
     def run(self, ast: exp.Expression, limit: int | None = None, timeout: float | None = None,
@@ -247,7 +264,7 @@ class Engine:
         fetched = None
         if split is not None:
             try:
-                fetched = self._realtime_all({r.key: (r.need, r.columns) for r in plan.refs}, split, deadline)
+                fetched = self._partials(plan, split, deadline)
             except PartialRefused as exc:  # the split did not run where the rows are: unsplit
                 log.info("a node refused a statement's partial, running it unsplit: %s", exc)
                 split = None
@@ -295,7 +312,10 @@ class Engine:
         split = plan.split
         if split is None or rdb_view != "rows" or not self.pushdown:
             return None
-        if self.routing.realtime_rows(plan.refs[0].need.table) < self.settings.gateway_pushdown_rows:
+        tables = {r.need.table for r in plan.refs}
+        if sum(self.routing.realtime_rows(t) for t in tables) < self.settings.gateway_pushdown_rows:
+            return None
+        if len(plan.refs) > 1 and not self._colocated(plan):
             return None
         if split not in self._merges:
             try:
@@ -305,19 +325,45 @@ class Engine:
                 return None
         return split
 
+    def _colocated(self, plan: Plan) -> bool:
+        """Whether a join's tables can be joined node by node: partitioned alike, and each
+        read on one real-time day alone (the same one), no HDB day in range (a join across
+        the RDB and the HDB, or across days, pairs rows that no one node holds)."""
+        tables = {r.need.table for r in plan.refs}
+        if len({self.routing.partition_count(t) for t in tables}) != 1:
+            return False
+        days = set()
+        for ref in plan.refs:
+            if any(ref.need.dates.accepts(d) for d in self.hdb_dates(ref.need.table)):
+                return False
+            days |= {d for d in self.routing.realtime_dates(ref.need.table) if ref.need.dates.accepts(d)}
+        return len(days) == 1
+
+    def _partials(self, plan: Plan, split: Split, deadline: float) -> dict[tuple, Any]:
+        """Each node's partial of the split over its rows (every reference's, from the same
+        partitions), fetched as ``_realtime`` fetches rows; under every reference's key."""
+        count = self.routing.partition_count(plan.refs[0].need.table)
+        sources = tuple((r.placeholder, r.need.table, tuple(r.columns) if r.columns else None,
+                         frozenset(r.need.syms) if r.need.syms is not None else None) for r in plan.refs)
+        ask = PartialAsk(split, sources, count)
+        syms = None if any(r.need.syms is None for r in plan.refs) else set().union(*(r.need.syms for r in plan.refs))
+        need = TableNeed(plan.refs[0].need.table, plan.refs[0].need.dates, syms)
+        got = self._realtime(need, None, ask, deadline)
+        return {r.key: got for r in plan.refs}
+
     def _probe(self, plan: Plan, split: Split) -> tuple[str, list[str]]:
         """The split's final SQL with its merges typed: the state types and the output names
         of the unsplit SELECT, read off the engine over no rows."""
-        ref = plan.refs[0]
-        schema = self.catalog[ref.need.table].stored_schema
-        cols = list(ref.columns) if ref.columns else self.catalog[ref.need.table].columns  # seq only when named
         probe_pool = self.endpoints.pools[0]
         answers = []
         for sql in (split.probe, split.names):
             tables: dict[str, pa.Table] = {}
-            empty = schema.empty_table().select(cols)
-            source = typed_source(schema, cols, self.open_date(), empty, tables)
-            answers.append(probe_pool.run(sql.replace(split.source, f"({source})"), tables=tables))
+            for ref in plan.refs:
+                schema = self.catalog[ref.need.table].stored_schema
+                cols = list(ref.columns) if ref.columns else self.catalog[ref.need.table].columns  # seq if named
+                source = typed_source(schema, cols, self.open_date(), schema.empty_table().select(cols), tables)
+                sql = sql.replace(ref.placeholder, f"({source})")
+            answers.append(probe_pool.run(sql, tables=tables))
         types = [answers[0].column(j)[0].as_py() for j in range(split.aggregates + split.keys)]
         final = pushdown.merge_sql(split.final, types[:split.aggregates], answers[1].schema.names, split.unnamed)
         return final, types[split.aggregates:]
@@ -345,7 +391,7 @@ class Engine:
             cols = list(ref.columns) if ref.columns else self.catalog[ref.need.table].columns
             schema = self.catalog[ref.need.table].stored_schema
             hdb = typed_select(schema, cols, self.hdb.source_days(ref.need.table, hdb_days, cols))
-            sources.insert(0, f"({split.partial.replace(split.source, f'({hdb})')})")
+            sources.insert(0, f"({split.partial.replace(ref.placeholder, f'({hdb})')})")
         union = pushdown.union_sql(sources, key_types, split.aggregates)
         return final.replace(split.partials, f"({union})"), tables, external
 
@@ -408,7 +454,7 @@ class Engine:
 
     # -- sources ----------------------------------------------------------------------------------
 
-    def _realtime_all(self, needs: dict[tuple, tuple[TableNeed, list[str] | None]], view: str | Split,
+    def _realtime_all(self, needs: dict[tuple, tuple[TableNeed, list[str] | None]], view: str | PartialAsk,
                       deadline: float) -> dict[tuple, tuple[list[tuple[dt.date, pa.Table]], list[dt.date], dict[str, Any]]]:
         """``_realtime`` for each distinct reference, at the same time (an aj's trades and
         quotes): the first in this thread, the others on the reference pool. Each one lists
@@ -422,7 +468,7 @@ class Engine:
             out[k] = future.result()
         return out
 
-    def _realtime(self, need: TableNeed, columns: list[str] | None, view: str | Split,
+    def _realtime(self, need: TableNeed, columns: list[str] | None, view: str | PartialAsk,
                   deadline: float) -> tuple[list[tuple[dt.date, pa.Table]], list[dt.date], dict[str, Any]]:
         """Rows of each real-time day in range (day, rows), and the HDB days in range,
         listed after the RDB answered (see the module docstring)."""
@@ -444,7 +490,7 @@ class Engine:
                 "replicas": sorted(r for r in replicas if r)}
         return parts, hdb_days, info
 
-    def _fetch(self, need: TableNeed, columns: list[str] | None, day: dt.date, view: str | Split,
+    def _fetch(self, need: TableNeed, columns: list[str] | None, day: dt.date, view: str | PartialAsk,
                deadline: float) -> tuple[pa.Table, str]:
         """One day's rows from one replica group, in parallel across its nodes; a node that
         fails is benched and the day is fetched again from another replica (or the same
@@ -499,7 +545,7 @@ class Engine:
             if time.monotonic() > deadline:
                 raise QueryFailed(503, f"real-time rows unavailable: {bad}; retry shortly")
 
-    def _fetch_node(self, url: str, table: str, view: str | Split, day: dt.date, columns: list[str] | None,
+    def _fetch_node(self, url: str, table: str, view: str | PartialAsk, day: dt.date, columns: list[str] | None,
                     syms: list[str] | None, partitions: list[int], deadline: float) -> pa.Table:
         """The rows of exactly the partitions routed to ``url`` (it refuses if it no longer
         holds one: its answer would otherwise miss or double rows during a rebalance)."""
@@ -507,9 +553,8 @@ class Engine:
         try:
             client = RdbClient(url, timeout=max(0.5, deadline - time.monotonic()), settings=self.settings)
             cols = list(columns) if columns else None
-            if isinstance(view, Split):
-                return client.partial(table, view.partial, view.source, syms=syms, columns=cols,
-                                      date=day.isoformat(), partitions=partitions)
+            if isinstance(view, PartialAsk):
+                return client.partial(view.split.partial, view.sources_for(partitions), day.isoformat(), partitions)
             reader = client.rows if view == "rows" else client.last
             return reader(table, syms=syms, columns=cols, date=day.isoformat(), local=True, partitions=partitions)
         finally:

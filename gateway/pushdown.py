@@ -44,13 +44,15 @@ _STATE_TYPE = re.compile(r"^AggregateFunction\((\w+)(\([^()]*\))?[,)]")
 class Split:
     """A statement split into its partial (per part of the data) and its final (merge).
 
-    ``partial`` reads ``source`` (the placeholder of the one plant table reference);
+    ``partial`` reads ``sources`` (the placeholders of the plant table references: one,
+    or two joined on ``sym``, co-located since a sym's rows of every table are in the
+    same partition number);
     ``final`` reads ``partials`` (a placeholder for the union of every part's partial)
     and holds ``MERGED`` placeholders for the merges, filled once the state types are
     known (``merge_sql``). ``probe`` and ``names`` run once on an empty source: the
     states' types, and the reading SELECT's output column names (kept in the final)."""
 
-    source: str
+    sources: tuple[str, ...]  # the placeholders of the plant table references, in plan order
     partials: str
     partial: str
     final: str
@@ -84,18 +86,22 @@ def merge_sql(final: str, state_types: list[str], names: list[str], unnamed: tup
     return final
 
 
-def split(ast: exp.Expression, source: str, partials: str, columns: set[str]) -> Split | None:
-    """The split of ``ast`` (a planned statement whose one plant table reference is the
-    placeholder ``source``; ``columns``: the names that table's rows have), or None when
-    it does not split."""
-    refs = [t for t in ast.find_all(exp.Table) if t.name == source]
-    if len(refs) != 1:
+def split(ast: exp.Expression, sources: list[str], partials: str, columns: set[str]) -> Split | None:
+    """The split of ``ast`` (a planned statement whose plant table references are the
+    placeholders ``sources``; ``columns``: the names their rows have), or None when it
+    does not split. Two references split only when one SELECT joins them on ``sym``: each
+    node joins its own partitions of both, as a kdb+ gateway runs an ``aj`` per sym."""
+    if not 1 <= len(sources) <= 2 or len(set(sources)) != len(sources):
         return None
-    select = _reading_select(refs[0])
-    if select is None or not _plain(select):
+    refs = [t for t in ast.find_all(exp.Table) if t.name in sources]
+    if len(refs) != len(sources):
+        return None
+    selects = [_reading_select(r) for r in refs]
+    select = selects[0]
+    if select is None or any(s is not select for s in selects) or not _plain(select, len(sources)):
         return None
     tree = ast.copy()
-    select = _reading_select(next(t for t in tree.find_all(exp.Table) if t.name == source))
+    select = _reading_select(next(t for t in tree.find_all(exp.Table) if t.name in sources))
     assert select is not None
     aliases = {e.alias: e.this for e in select.expressions if isinstance(e, exp.Alias)}
     keys = _keys(select, aliases, columns)
@@ -153,10 +159,11 @@ def split(ast: exp.Expression, source: str, partials: str, columns: set[str]) ->
             if col.table or col.name not in outputs:
                 return None  # a bare column that is not a key: the unsplit statement decides
     select.set("where", None)
+    select.set("joins", None)
     select.set("from_" if "from_" in select.args else "from", exp.From(this=exp.Table(this=exp.to_identifier(partials))))
     select.set("group", exp.Group(expressions=[exp.column(KEY.format(i), quoted=True) for i in range(len(keys))])
                if keys else None)
-    return Split(source, partials, render(partial), render(tree), render(probe), render(names),
+    return Split(tuple(sources), partials, render(partial), render(tree), render(probe), render(names),
                  len(aggregates), len(keys), tuple(unnamed))
 
 
@@ -165,21 +172,38 @@ def _literal(text: str) -> str:
 
 
 def _reading_select(table: exp.Table) -> exp.Select | None:
-    """The SELECT whose FROM reads ``table``, looking through the entitlement fence."""
+    """The SELECT whose FROM (or JOIN) reads ``table``, looking through sub-queries that
+    pass its rows through (the entitlement fence, ``(SELECT cols FROM t WHERE ...)``): they
+    stay in the FROM item, which the partial runs as written."""
+    item: exp.Expression = table
     select = table.parent_select
-    while select is not None and is_fence(select) and not _has_aggregate(select):
+    while select is not None and _passes_through(select):
         wrapper = select.parent
-        if not isinstance(wrapper, exp.Subquery) or not isinstance(wrapper.parent, exp.From):
+        if not isinstance(wrapper, exp.Subquery):
             return None
-        select = wrapper.parent_select
-    if select is None or not isinstance(table.parent, exp.From) and select is table.parent_select:
+        item, select = wrapper, wrapper.parent_select
+    if select is None or not isinstance(item.parent, exp.From | exp.Join):
         return None
     return select
 
 
-def _plain(select: exp.Select) -> bool:
-    """No clause the split does not know, one FROM item and nothing else read."""
-    if any(v for k, v in select.args.items() if k not in _SELECT_ARGS and v):
+def _passes_through(select: exp.Select) -> bool:
+    """Only picks (or computes) columns of each row of its one source and filters rows."""
+    if any(v for k, v in select.args.items()
+           if k not in ("expressions", "from", "from_", "where", "limit") and v):
+        return False
+    if select.args.get("limit") is not None and not is_fence(select):
+        return False
+    return not _has_aggregate(select) and not any(e.find(exp.Window, exp.Select) for e in select.expressions)
+
+
+def _plain(select: exp.Select, sources: int) -> bool:
+    """No clause the split does not know, nothing read but the plant tables, and a join
+    only of the two on equal syms."""
+    joins = select.args.get("joins") or []
+    if any(v for k, v in select.args.items() if k not in _SELECT_ARGS and k != "joins" and v):
+        return False
+    if len(joins) != sources - 1 or (joins and not _on_syms(select, joins[0])):
         return False
     group = select.args.get("group")
     if group is not None and any(v for k, v in group.args.items() if k != "expressions" and v):
@@ -190,6 +214,22 @@ def _plain(select: exp.Select) -> bool:
                                  or isinstance(part, exp.Star)):
             return False
     return True
+
+
+def _on_syms(select: exp.Select, join: exp.Join) -> bool:
+    """Whether the join's ON has ``a.sym = b.sym`` as a conjunct, ``a`` and ``b`` the two
+    sides: then no row of one partition meets a row of another."""
+    source = select.args.get("from_") or select.args.get("from")
+    sides = {source.this.alias_or_name if source is not None else None, join.this.alias_or_name}
+    if join.args.get("using") or None in sides or len(sides) != 2:
+        return False
+    on = join.args.get("on")
+    conjuncts = list(on.flatten()) if isinstance(on, exp.And) else [on] if on is not None else []
+    for c in conjuncts:
+        if isinstance(c, exp.EQ) and all(isinstance(x, exp.Column) and x.name == "sym" for x in (c.this, c.expression)):
+            if {c.this.table, c.expression.table} == sides:
+                return True
+    return False
 
 
 def _is_aggregate(node: exp.Expression) -> bool:
@@ -235,8 +275,8 @@ def _keys(select: exp.Select, aliases: dict[str, exp.Expression], columns: set[s
             if not 0 <= index < len(select.expressions):
                 return None
             key = select.expressions[index].unalias()
-        elif isinstance(key, exp.Column) and not key.table and key.name not in columns and key.name in aliases:
-            key = aliases[key.name]
+        elif isinstance(key, exp.Column) and not key.table and key.name in aliases:
+            key = aliases[key.name]  # ClickHouse prefers an alias to a column of the same name
         if any(_is_aggregate(n) for n in key.walk()):
             return None
         keys.append(key.copy())
@@ -253,9 +293,9 @@ def _aliases_safe(select: exp.Select, aliases: dict[str, exp.Expression], column
         for col in (part.find_all(exp.Column) if part is not None else ()):
             if col.table or col.name not in aliases:
                 continue
+            if part is select.args.get("group") and col.parent is part:
+                continue  # GROUP BY <alias>: resolved by _keys
             if col.name not in columns:
-                if part is select.args.get("group") and col.parent is part:
-                    continue  # GROUP BY <alias>: resolved by _keys
                 return False
             owner = aliases[col.name]
             if not any(col is n for n in owner.walk()):
@@ -285,5 +325,5 @@ def _replace_keys(node: exp.Expression, keys: list[exp.Expression]) -> exp.Expre
 
 def _key_text(node: exp.Expression) -> str:
     if isinstance(node, exp.Column):
-        return node.name
+        return f"{node.table}.{node.name}"  # t.sym and q.sym are not one key (an outer join)
     return node.sql(dialect=DIALECT)

@@ -79,15 +79,14 @@ class RdbClient:
                               **_local(local, partitions))
         return pa.ipc.open_stream(self._get(f"/rdb/v1/{table}/last", params)).read_all()
 
-    def partial(self, table: str, sql: str, source: str, syms: list[str] | None = None,
-                columns: list[str] | None = None, date: str | None = None,
-                partitions: list[int] | None = None) -> pa.Table:
+    def partial(self, sql: str, sources: list[dict[str, Any]], date: str,
+                partitions: list[int]) -> pa.Table:
         """A split statement's partial (gateway/pushdown.py) over this worker's rows of
-        exactly ``partitions``; ``sql`` reads ``source``. 422: the engine refused it."""
-        params = self._params(syms, date, columns=",".join(columns) if columns else None,
-                              timeout=f"{self.timeout:.3f}", **_local(True, partitions))
-        body = json.dumps({"sql": sql, "source": source}).encode()
-        return pa.ipc.open_stream(self._get(f"/rdb/v1/{table}/partial", params, body)).read_all()
+        exactly ``partitions`` of each source's table: ``sources`` are ``{"source": its
+        placeholder in sql, "table", "columns", "syms"}``. 422: the engine refused it."""
+        params = {"date": date, "timeout": f"{self.timeout:.3f}", **_local(True, partitions)}
+        body = json.dumps({"sql": sql, "sources": sources}).encode()
+        return pa.ipc.open_stream(self._get("/rdb/v1/partial", params, body)).read_all()
 
     def count(self, table: str, syms: list[str] | None = None, date: str | None = None) -> dict[str, int]:
         return json.loads(self._get(f"/rdb/v1/{table}/count", self._params(syms, date)))["counts"]

@@ -51,13 +51,14 @@ def typed_select(schema: pa.Schema, cols: list[str], source: str) -> str:
     return f"SELECT {', '.join(typed)}, date FROM {source}"
 
 
-def run_partial(sql: str, placeholder: str, rows: pa.Table, schema: pa.Schema, day: dt.date,
+def run_partial(sql: str, inputs: list[tuple[str, pa.Table, pa.Schema]], day: dt.date,
                 deadline: float | None, max_memory_mb: int) -> pa.Table:
-    """``sql`` (a partial, reading ``placeholder`` once) over ``rows`` of ``day``."""
-    if sql.count(placeholder) != 1:
-        raise ValueError("the partial statement must read its source exactly once")
+    """``sql`` (a partial, reading each input's placeholder once) over each input's rows
+    (placeholder, rows, the table's schema) of ``day``."""
     tables: dict[str, pa.Table] = {}
-    source = typed_source(schema, rows.schema.names, day, rows, tables)
-    text = sql.replace(placeholder, f"({source})")
+    for placeholder, rows, schema in inputs:
+        if sql.count(placeholder) != 1:
+            raise ValueError("the partial statement must read each of its sources exactly once")
+        sql = sql.replace(placeholder, f"({typed_source(schema, rows.schema.names, day, rows, tables)})")
     settings = {**PARTIAL_SETTINGS, "max_memory_usage": max_memory_mb << 20}
-    return pool("chdb://").run(text, settings, tables=tables, deadline=deadline)
+    return pool("chdb://").run(sql, settings, tables=tables, deadline=deadline)

@@ -725,19 +725,12 @@ class RdbWorker:
             )))
         return pa.concat_tables(parts, promote_options="default") if parts else schema.empty_table()
 
-    async def _local_ipc(self, kind: str, table: str, request: Any,
-                         partial: tuple[str, str] | None = None) -> bytearray:
-        """This worker's own rows (``local=1``: the gateway routes) as an Arrow stream, read
-        and serialised in one executor call: a thread hand-off each cost ~0.5 ms under load.
-        ``partial`` (its SQL, the placeholder of its source): the statement's partial run
-        over those rows instead (streams/partial.py), its answer sent."""
-        query = self._parse(table, request)
-        schema = self.catalog[table].stored_schema  # with seq
+    def _held(self, table: str, asked: str | None) -> list[Shard]:
+        """This worker's shards of ``table``: those of the partitions the gateway routed here
+        (``asked``), refused (``NotHeld``) if one is not held now: answering for more (a
+        partition moving in) would double rows, for fewer (one moved out) lose them, silently."""
         held = {p: s for (t, p), s in self.shards.items() if t == table}
-        asked = request.query.get("partitions")
         if asked:
-            # the gateway names the partitions it routed here: answering for more (a partition
-            # moving in) would double rows, for fewer (one moved out) lose them, silently
             try:
                 wanted = {int(p) for p in asked.split(",")}
             except ValueError:
@@ -747,23 +740,46 @@ class RdbWorker:
                 raise NotHeld(f"{self.node_id} does not hold {table} partition(s) "
                               f"{', '.join(map(str, missing))} now (a rebalance moved them); ask its new owner")
             held = {p: s for p, s in held.items() if p in wanted}
-        shards = list(held.values())
+        return list(held.values())
+
+    async def _local_ipc(self, kind: str, table: str, request: Any) -> bytearray:
+        """This worker's own rows (``local=1``: the gateway routes) as an Arrow stream, read
+        and serialised in one executor call: a thread hand-off each cost ~0.5 ms under load."""
+        query = self._parse(table, request)
+        schema = self.catalog[table].stored_schema  # with seq
+        shards = self._held(table, request.query.get("partitions"))
         reader = read_rows if kind == "rows" else read_last
-        if partial is None:
-            return await asyncio.get_running_loop().run_in_executor(
-                None, lambda: to_ipc(reader(shards, query, schema)))
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: to_ipc(reader(shards, query, schema)))
+
+    async def _partial(self, request: Any, body: Any) -> bytearray:
+        """A gateway's split statement (streams/partial.py): its partial over this worker's
+        rows of exactly the routed partitions of each table it reads (one, or two joined on
+        sym: partition p of every table is this worker's together)."""
+        sources = body.get("sources") if isinstance(body, dict) else None
+        if not isinstance(body.get("sql") if isinstance(body, dict) else None, str) or not isinstance(sources, list) \
+                or not sources or not all(isinstance(x, dict) for x in sources):
+            raise QueryError("the body must be JSON with 'sql' and a list of 'sources'")
         try:
             timeout = float(request.query.get("timeout") or self.settings.gateway_timeout_s)
-        except ValueError:
-            raise QueryError(f"bad parameter: timeout={request.query.get('timeout')!r}") from None
+            day = dt.date.fromisoformat(request.query.get("date") or "")
+        except ValueError as exc:
+            raise QueryError(f"bad parameter: {exc}") from None
         deadline = time.monotonic() + timeout
-        day = dt.date.fromisoformat(query.date)
-        sql, placeholder = partial
+        asked = request.query.get("partitions")
+        reads = []
+        for source in sources:
+            table = source.get("table")
+            if table not in self.catalog.tables:
+                raise QueryError(f"unknown table {table!r}")
+            columns = source.get("columns") or self.catalog[table].columns
+            query = RowsQuery(table, day.isoformat(), source.get("syms"), None, None, columns)
+            reads.append((str(source.get("source")), self._held(table, asked), query, self.catalog[table].stored_schema))
 
         def run() -> bytearray:
-            rows = read_rows(shards, query, schema)
-            return to_ipc(run_partial(sql, placeholder, rows, schema, day, deadline,
-                                      self.settings.gateway_max_memory_mb))
+            inputs = [(placeholder, read_rows(shards, query, schema), schema)
+                      for placeholder, shards, query, schema in reads]
+            return to_ipc(run_partial(body["sql"], inputs, day, deadline, self.settings.gateway_max_memory_mb))
 
         return await asyncio.get_running_loop().run_in_executor(None, run)
 
@@ -820,18 +836,14 @@ class RdbWorker:
         for kind in ("rows", "last"):
             app.page(f"/rdb/v1/{{table}}/{kind}")(rows_view(kind))
 
-        @app.page("/rdb/v1/{table}/partial")
+        @app.page("/rdb/v1/partial")
         class Partial(View):
-            async def post(self, request: Any, table: str) -> Any:
+            async def post(self, request: Any) -> Any:
                 """A gateway's split statement: its partial over exactly the routed partitions."""
                 worker.inflight += 1
                 worker.queries += 1
                 try:
-                    body = await request.json()
-                    if not isinstance(body, dict) or not isinstance(body.get("sql"), str) \
-                            or not isinstance(body.get("source"), str):
-                        raise QueryError("the body must be JSON with 'sql' and 'source' strings")
-                    data = await worker._local_ipc("rows", table, request, (body["sql"], body["source"]))
+                    data = await worker._partial(request, await request.json())
                     return self.bytes(data, content_type="application/vnd.apache.arrow.stream")
                 except NotHeld as exc:
                     return self.error(MISDIRECTED, str(exc))

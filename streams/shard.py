@@ -287,7 +287,7 @@ class Shard:
                 if "\x00" in sym:
                     raise ShardError(f"sym {sym!r} contains a NUL byte")
                 batch.put(_chunk_prefix(date, sym) + suffix, fp + chunk.serialize().to_pybytes())
-                self.resident.append(date, sym, pa.Table.from_batches([chunk]))
+                self.resident.append(date, sym, _with_seq(pa.Table.from_batches([chunk]), offset))
                 self._latest.pop((date, sym), None)
                 stats = self._sym_stats(date, sym)
                 if not counted:
@@ -363,11 +363,7 @@ class Shard:
         if schema is None:
             raise ShardError(f"{self.path}: chunk with unknown Arrow schema {value[:8].hex()}")
         table = pa.Table.from_batches([pa.ipc.read_record_batch(pa.py_buffer(value).slice(8), schema)])
-        if key is not None and SEQ not in schema.names:
-            offset = struct.unpack(">q", key[-8:])[0]
-            table = table.append_column(pa.field(SEQ, pa.int64(), nullable=False),
-                                        pa.array((offset << INDEX_BITS) + np.arange(table.num_rows), pa.int64()))
-        return table
+        return _with_seq(table, struct.unpack(">q", key[-8:])[0]) if key is not None else table
 
     def syms(self, date: str) -> list[str]:
         out = []
@@ -480,6 +476,15 @@ class Shard:
                     return latest
                 it.prev()
             return None
+
+
+def _with_seq(table: pa.Table, offset: int) -> pa.Table:
+    """A chunk as read: one stored before rows carried ``seq`` gets it from its key's offset
+    (see ``Shard._decode``)."""
+    if SEQ in table.schema.names:
+        return table
+    return table.append_column(pa.field(SEQ, pa.int64(), nullable=False),
+                               pa.array((offset << INDEX_BITS) + np.arange(table.num_rows), pa.int64()))
 
 
 def _split_by_sym(record: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch, int, int]]:

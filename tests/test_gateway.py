@@ -546,6 +546,10 @@ PUSHED = [
     "SELECT sym, count(*) FROM trade WHERE size > 100 GROUP BY 1 HAVING count() > 5 ORDER BY 2 DESC, 1 LIMIT 3",
     "SELECT sym, sum(size) AS size FROM trade GROUP BY sym ORDER BY size DESC, sym",
     "SELECT * FROM (SELECT sym, avg(bid) AS b FROM quote WHERE date = today() GROUP BY sym) ORDER BY sym",
+    ("SELECT t.sym AS sym, avg(q.ask - q.bid) AS spread, count() AS n "
+     "FROM (SELECT sym, time, price FROM trade WHERE date = today()) AS t ASOF LEFT JOIN "
+     "(SELECT sym, time, bid, ask FROM quote WHERE date = today()) AS q ON t.sym = q.sym AND t.time >= q.time "
+     "GROUP BY sym ORDER BY sym"),  # joined node by node: each holds both tables' rows of its syms
 ]
 
 
@@ -637,7 +641,9 @@ def test_statements_that_do_not_split_run_as_written(world):
     engine = client.app.state.gateway.engine
     for statement in ["SELECT sym, count(DISTINCT size) FROM trade GROUP BY sym",
                       "SELECT t.sym, count() FROM trade t ASOF LEFT JOIN quote q ON t.sym = q.sym "
-                      "AND t.time >= q.time GROUP BY t.sym",
+                      "AND t.time >= q.time GROUP BY t.sym",  # yesterday's quotes too: in the HDB
+                      "SELECT t.sym, count() FROM trade t ASOF LEFT JOIN quote q ON t.sym = q.sym AND t.time >= q.time "
+                      "WHERE t.date = today() AND q.date = today() GROUP BY t.sym",  # q.date: after the outer join
                       "SELECT sym, time FROM trade WHERE date = today() ORDER BY time LIMIT 5"]:
         answer = engine.run(parse_select(statement))
         assert not answer.split and answer.table.num_rows > 0

@@ -85,7 +85,7 @@ def _parse(statement: str) -> sqlglot.exp.Expression:
 
 @pytest.mark.parametrize("statement", SPLIT)
 def test_the_split_answers_as_the_statement_run_whole(engine, rows, statement):
-    plan = split(_parse(statement), SOURCE, PARTIALS, COLUMNS)
+    plan = split(_parse(statement), [SOURCE], PARTIALS, COLUMNS)
     assert plan is not None
     empty = rows.slice(0, 0)
     probed = _run(engine, plan.probe.replace(SOURCE, _source("empty")), empty=empty).to_pylist()[0]
@@ -117,4 +117,69 @@ def test_the_split_answers_as_the_statement_run_whole(engine, rows, statement):
 
 @pytest.mark.parametrize("statement", UNSPLIT)
 def test_what_cannot_keep_its_meaning_does_not_split(statement):
-    assert split(_parse(statement), SOURCE, PARTIALS, COLUMNS) is None
+    assert split(_parse(statement), [SOURCE], PARTIALS, COLUMNS) is None
+
+
+QUOTE = "__tickplant_source_test_1__"
+JOINED = [
+    ("SELECT t.sym, avg(q.ask - q.bid) AS spread, count() AS n FROM T t ASOF LEFT JOIN Q q "
+     "ON t.sym = q.sym AND t.time >= q.time GROUP BY t.sym ORDER BY t.sym"),
+    "SELECT count(), sum(q.bid) FROM T AS t INNER JOIN Q AS q ON t.time = q.time AND q.sym = t.sym",
+    ("SELECT t.sym, toStartOfHour(t.time) AS h, max(t.price - q.ask) FROM T t ASOF JOIN Q q "
+     "ON t.sym = q.sym AND t.time >= q.time WHERE t.size > 100 GROUP BY t.sym, h ORDER BY t.sym, h"),
+]
+NOT_JOINED = [
+    "SELECT count() FROM T t ASOF LEFT JOIN Q q ON t.time >= q.time AND t.price > 0 GROUP BY t.sym",
+    "SELECT t.sym, count() FROM T t JOIN Q q ON t.sym = q.sym OR t.time = q.time GROUP BY t.sym",
+    "SELECT t.sym, count() FROM T t JOIN Q q ON t.size = q.bid AND t.time = q.time GROUP BY t.sym",
+]
+
+
+def _joined(statement: str) -> sqlglot.exp.Expression:
+    text = statement.replace("FROM T", f"FROM {SOURCE}", 1).replace("JOIN Q", f"JOIN {QUOTE}", 1)
+    return sqlglot.parse_one(text, read=DIALECT)
+
+
+@pytest.mark.parametrize("statement", JOINED)
+def test_a_join_on_sym_splits_node_by_node_as_the_statement_run_whole(engine, rows, statement):
+    """Trades and quotes cut by sym as partitions are (every node holds both tables' rows of
+    its syms): each part joins and aggregates its own, the merge equals the whole join."""
+    rng = np.random.default_rng(3)
+    n = 30_000
+    quotes = pa.table({"time": pa.array(np.sort(rng.integers(0, 6 * 3600, n)) * 1_000_000_000 + 1_796_000_000_000_000_000,
+                                        pa.timestamp("ns", "UTC")),
+                       "sym": rng.choice(["A", "AB", "B", "C"], n), "bid": rng.random(n) * 100,
+                       "ask": rng.random(n) * 100 + 100})
+    plan = split(_joined(statement), [SOURCE, QUOTE], PARTIALS, COLUMNS | {"bid", "ask"})
+    assert plan is not None
+
+    def q_source(name: str) -> str:
+        return f"(SELECT time, CAST(sym, 'LowCardinality(String)') AS sym, bid, ask, toDate('2026-12-07') AS date FROM Python({name}))"
+
+    def both(sql: str, t: str, q: str) -> str:
+        return sql.replace(SOURCE, _source(t)).replace(QUOTE, q_source(q))
+
+    empty_t, empty_q = rows.slice(0, 0), quotes.slice(0, 0)
+    types = list(_run(engine, both(plan.probe, "empty_t", "empty_q"), empty_t=empty_t, empty_q=empty_q)
+                 .to_pylist()[0].values())
+    names = _run(engine, both(plan.names, "empty_t", "empty_q"), empty_t=empty_t, empty_q=empty_q).schema.names
+    final = merge_sql(plan.final, types[:plan.aggregates], names, plan.unnamed)
+    partials = []
+    for syms in (["A", "B"], ["AB", "C"]):  # two nodes' partitions
+        t_part = rows.filter(pa.compute.is_in(rows["sym"], pa.array(syms)))
+        q_part = quotes.filter(pa.compute.is_in(quotes["sym"], pa.array(syms)))
+        partials.append(_run(engine, both(plan.partial, "tp", "qp") + " SETTINGS output_format_arrow_string_as_string = 0",
+                             tp=t_part, qp=q_part))
+    partials = pa.concat_tables(partials)
+    got = _run(engine, final.replace(PARTIALS, f"({union_sql(['Python(partials)'], types[plan.aggregates:], plan.aggregates)})"),
+               partials=partials)
+    want = _run(engine, both(_joined(statement).sql(dialect=DIALECT), "rows", "quotes"), rows=rows, quotes=quotes)
+    assert got.column_names == want.column_names and got.num_rows == want.num_rows > 0
+    for a, b in zip(got.to_pylist(), want.to_pylist(), strict=True):
+        for k in a:
+            assert a[k] == (pytest.approx(b[k], rel=1e-9) if isinstance(b[k], float) else b[k]), (k, a, b)
+
+
+@pytest.mark.parametrize("statement", NOT_JOINED)
+def test_a_join_not_on_equal_syms_does_not_split(statement):
+    assert split(_joined(statement), [SOURCE, QUOTE], PARTIALS, COLUMNS | {"bid", "ask"}) is None
