@@ -179,3 +179,29 @@ def test_what_takes_the_row_path(world):
     assert not BlockReader(TableSchema.from_dict(promoted), tick).ok  # int -> long: fastavro resolves
     no_default = {**TICK, "fields": [*TICK["fields"], {"name": "z", "type": "long"}]}
     assert not BlockReader(tick, TableSchema.from_dict(no_default)).ok  # fastavro refuses it
+
+
+def test_the_pdbs_spill_holds_the_same_rows_either_way(world, tmp_path):
+    from sinks.spill import SpillCache, read_day
+
+    catalog, intake = world
+    values = log(catalog)
+    got = {}
+    for way in ("rows", "arrow"):
+        cache = SpillCache(tmp_path / way, catalog)
+        cache.start("tick", HOME, 1000)
+        taker = intake()
+        for offset, value in enumerate(values, start=1000):
+            rows = getattr(taker, way)("tick", HOME, offset, value, DAY)
+            if (rows.num_rows if isinstance(rows, pa.Table) else len(rows)):
+                cache.append("tick", HOME, offset, rows)
+            else:
+                cache.skip("tick", HOME, offset)
+            if offset % 5 == 0:
+                cache.commit()  # flushes between messages of either kind
+        cache.commit()
+        ranges = {HOME: (1000, 1000 + len(values) - 1)}
+        got[way] = pa.Table.from_batches(list(read_day(cache.day_files("tick", ranges))))
+        cache.close()
+    assert got["arrow"].num_rows > 1000
+    assert got["arrow"].equals(got["rows"])
