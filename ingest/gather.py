@@ -17,10 +17,12 @@ from ingest.schemas import TableSchema
 
 
 class Gathered:
-    """Pieces of a table's stored rows (``stored_schema``, with ``seq``) in the order added."""
+    """Pieces of a table's stored rows (``stored_schema``, with ``seq``; ``arrow_schema`` if not
+    ``seq``, as the ``Intake`` they come from numbers them or not) in the order added."""
 
-    def __init__(self, schema: TableSchema):
+    def __init__(self, schema: TableSchema, seq: bool = True):
         self.schema = schema
+        self.seq = seq
         self.tables: list[pa.Table] = []
         self.rows: list[dict[str, Any]] = []
         self.count = 0
@@ -40,7 +42,7 @@ class Gathered:
 
     def _convert_rows(self) -> None:
         if self.rows:
-            self.tables.append(self.schema.to_arrow(self.rows, seq=True))
+            self.tables.append(self.schema.to_arrow(self.rows, seq=self.seq))
             self.rows = []
 
     def table(self) -> pa.Table | None:
