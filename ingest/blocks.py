@@ -76,7 +76,12 @@ def _primitive(avro_type: Any) -> tuple[str, bool] | None:
 
 def _varint_bytes(values: np.ndarray) -> int:
     """Bytes of the canonical zigzag varints of an int64 column."""
+    if not len(values):
+        return 0
     z = ((values << 1) ^ (values >> 63)).view(np.uint64)
+    low, high = np.searchsorted(_VARINT_LIMITS, [z.min(), z.max()], side="right")
+    if low == high:  # all as long (time stamps, mostly): no need to size each
+        return len(z) * (int(low) + 1)
     return len(z) + int(np.searchsorted(_VARINT_LIMITS, z, side="right").sum())
 
 
