@@ -10,11 +10,12 @@ Only what is sure to read the same as fastavro takes this path; anything else
 gets ``None`` and the caller decodes the message as before (``Decoder.decode``),
 which also gives the exact DecodeError of a corrupt one:
 
-- the writer's fields are plain primitives (long, int, double, float, string,
-  boolean) or ["null", T] unions of them (no logical types, no records);
-- each reader field is in the writer with the same primitive (a nullable
-  reader of a plain writer column is fine), or absent from it with a default
-  (filled in, as fastavro's resolution does) — otherwise fastavro decides;
+- the writer's fields are plain primitives (long, int, double, float, string)
+  or ["null", T] unions of them (no logical types, no records);
+- each reader field (without aliases) is in the writer with the same
+  primitive (a nullable reader of a plain writer column is fine), or absent
+  from it with a default (filled in, as fastavro's resolution does) —
+  otherwise fastavro decides;
 - the body is one array block (positive count, the records, a final 0),
   polars reads that many rows, and the records' canonical encoded length,
   worked out from the decoded columns, is exactly the bytes they came in.
@@ -44,9 +45,10 @@ import pyarrow.compute as pc
 
 from ingest.schemas import TableSchema
 
+# no boolean: a byte other than 0 or 1 may read differently here and in fastavro
 _PRIMITIVES = {"long": pa.int64(), "int": pa.int32(), "double": pa.float64(), "float": pa.float32(),
-               "string": pa.string(), "boolean": pa.bool_()}
-_FIXED_BYTES = {"double": 8, "float": 4, "boolean": 1}
+               "string": pa.string()}
+_FIXED_BYTES = {"double": 8, "float": 4}
 _SYNC = bytes(range(1, 17))  # any 16 bytes: the OCF's sync marker, written and checked by polars
 # zigzag values from which a varint takes one more byte
 _VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], np.uint64)
@@ -115,8 +117,8 @@ class BlockReader:
         self.plan: list[tuple[str, str, Any]] = []
         for f in reader.avro.get("fields", []):
             mine = _primitive(f["type"])
-            if mine is None:
-                return
+            if mine is None or "aliases" in f:
+                return  # aliases: fastavro matches fields by them too
             theirs = kinds.get(f["name"])
             if theirs is not None:
                 if theirs[0] != mine[0] or (theirs[1] and not mine[1]):
