@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ingest.schemas import TableSchema
 
@@ -196,6 +195,13 @@ def _encoded_size(col: pa.ChunkedArray, kind: str, nullable: bool) -> int:
     if kind in _FIXED_BYTES:
         return size + _FIXED_BYTES[kind] * len(valid)
     if kind == "string":
-        lengths = pc.binary_length(valid).to_numpy().astype(np.int64)
-        return size + int(lengths.sum()) + _varint_bytes(lengths)
+        for chunk in valid.chunks:  # the lengths straight from the offsets buffer
+            width = 8 if pa.types.is_large_string(chunk.type) else 4
+            offsets = np.frombuffer(chunk.buffers()[1], np.int64 if width == 8 else np.int32,
+                                    len(chunk) + 1, chunk.offset * width)
+            size += int(offsets[-1] - offsets[0])
+            lengths = np.diff(offsets)
+            size += len(lengths) if not len(lengths) or lengths.max() < 64 else _varint_bytes(
+                lengths.astype(np.int64))
+        return size
     return size + _varint_bytes(valid.to_numpy().astype(np.int64))
