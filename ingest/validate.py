@@ -181,7 +181,8 @@ class RowRules:
             home, limit = self._homes, self.sym_max_bytes
             homes = np.array([where if (where := home.get(s)) is not None else self._home(s, limit)
                               for s in codes.dictionary.to_pylist()] + [-1], np.int64)
-            index = codes.indices.fill_null(len(homes) - 1).to_numpy()
+            index = codes.indices
+            index = (index.fill_null(len(homes) - 1) if index.null_count else index).to_numpy()
             where = homes[index]
             ok &= where >= 0 if partition is None else where == partition
         t = columns.column("time")
@@ -190,11 +191,12 @@ class RowRules:
         else:
             if t.null_count:
                 ok &= t.is_valid().to_numpy(zero_copy_only=False)
-            values = t.fill_null(0).to_numpy().astype(np.int64)
+            values = (t.fill_null(0) if t.null_count else t).to_numpy().astype(np.int64, copy=False)
             ok &= (values >= 0) & (values <= top)
         for c in self.doubles.get(table, ()):
             col = columns.column(c)
-            ok &= pc.is_finite(col).fill_null(True).to_numpy(zero_copy_only=False)
+            finite = pc.is_finite(col)
+            ok &= (finite.fill_null(True) if col.null_count else finite).to_numpy(zero_copy_only=False)
         if ok.all():
             return None, None
         refused = np.flatnonzero(~ok)
