@@ -75,6 +75,11 @@ def _primitive(avro_type: Any) -> tuple[str, bool] | None:
     return None
 
 
+def _null_branch(avro_type: Any) -> int:
+    """The branch index of null in a ["null", T] (or [T, "null"]) union."""
+    return avro_type.index("null")
+
+
 def _varint_bytes(values: np.ndarray) -> int:
     """Bytes of the canonical zigzag varints of an int64 column."""
     if not len(values):
@@ -106,11 +111,14 @@ class BlockReader:
         self.reader = reader
         self.ok = False
         self.writer_fields: list[tuple[str, str, bool]] = []
+        self.null_branches: list[int] = []  # per writer field: where null is in its union, -1 if none
+        self.writer_types = [f["type"] for f in writer.avro.get("fields", [])]
         for f in writer.avro.get("fields", []):
             got = _primitive(f["type"])
             if got is None:
                 return
             self.writer_fields.append((f["name"], *got))
+            self.null_branches.append(_null_branch(f["type"]) if got[1] else -1)
         kinds = {name: (kind, nullable) for name, kind, nullable in self.writer_fields}
         # per reader field: ("column", name) or ("default", value)
         self.plan: list[tuple[str, str, Any]] = []
@@ -133,8 +141,8 @@ class BlockReader:
         self.types = {f["name"]: _PRIMITIVES[_primitive(f["type"])[0]]  # type: ignore[index]
                       for f in reader.avro["fields"]}
         schema = {"type": "record", "name": "block",
-                  "fields": [{"name": n, "type": (["null", k] if nullable else k)}
-                             for n, k, nullable in self.writer_fields]}
+                  "fields": [{"name": n, "type": t}  # unions as written: the branch order counts
+                             for (n, _, _), t in zip(self.writer_fields, self.writer_types, strict=True)]}
         text = json.dumps(schema).encode()
         key = b"avro.schema"
         self.header = b"".join((b"Obj\x01", _zigzag(1), _zigzag(len(key)), key, _zigzag(len(text)), text,
@@ -152,8 +160,10 @@ class BlockReader:
         ocf = b"".join((self.header, _zigzag(count), _zigzag(len(records)), records, _SYNC))
         try:
             frame = pl.read_avro(io.BytesIO(ocf))
-        except Exception:  # noqa: BLE001 - corrupt or unusual: fastavro says what is wrong
-            return None
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # noqa: BLE001 - corrupt or unusual: fastavro says what is wrong
+            return None  # (a panic in polars' reader is a BaseException: pyo3's PanicException)
         if frame.height != count or frame.width != len(self.writer_fields):
             return None
         raw = frame.to_arrow()
@@ -164,6 +174,8 @@ class BlockReader:
                 return None
         if size != len(records):
             return None
+        if any(b >= 0 for b in self.null_branches) and not self._branches_ok(raw, records):
+            return None
         arrays = []
         for how, name, default in self.plan:
             target = self.types[name]
@@ -173,6 +185,47 @@ class BlockReader:
                 arrays.append(pa.repeat(pa.scalar(default, target), count))
         names = [name for _, name, _ in self.plan]
         return Block(pa.Table.from_arrays(arrays, names=names), self.row_keys)
+
+    def _branches_ok(self, raw: pa.Table, records: memoryview) -> bool:
+        """Whether each union's branch byte is the one its value says (polars takes any
+        branch but null's as the value's; fastavro refuses a branch past the union's two).
+        The byte count matching, every value's place in the records is known from the
+        decoded columns."""
+        n = raw.num_rows
+        data = np.frombuffer(records, np.uint8)
+        sizes = [_value_sizes(col, kind) for (_, kind, _), col in zip(self.writer_fields, raw.columns, strict=True)]
+        widths = [size + (1 if branch >= 0 else 0) for size, branch in zip(sizes, self.null_branches, strict=True)]
+        at = np.zeros(n, np.int64)
+        if n > 1:
+            at[1:] = np.cumsum(sum(widths))[:-1]  # where each row starts
+        for col, width, branch in zip(raw.columns, widths, self.null_branches, strict=True):
+            if branch >= 0:
+                isnull = (col.combine_chunks().is_null().to_numpy(zero_copy_only=False) if col.null_count
+                          else np.zeros(n, bool))
+                expected = np.where(isnull, 2 * branch, 2 * (1 - branch))
+                if not np.array_equal(data[at], expected):
+                    return False
+            at = at + width
+        return True
+
+
+def _value_sizes(col: pa.ChunkedArray, kind: str) -> np.ndarray:
+    """Bytes of each row's value of a decoded column (0 for a null)."""
+    n = len(col)
+    arr = col.combine_chunks()
+    valid = np.ones(n, bool) if not arr.null_count else arr.is_valid().to_numpy(zero_copy_only=False)
+    if kind in _FIXED_BYTES:
+        sizes = np.full(n, _FIXED_BYTES[kind], np.int64)
+    elif kind == "string":
+        width = 8 if pa.types.is_large_string(arr.type) else 4
+        offsets = np.frombuffer(arr.buffers()[1], np.int64 if width == 8 else np.int32, n + 1, arr.offset * width)
+        lengths = np.diff(offsets).astype(np.int64)
+        sizes = lengths + np.searchsorted(_VARINT_LIMITS, (lengths << 1).view(np.uint64), side="right") + 1
+    else:
+        values = (arr.fill_null(0) if arr.null_count else arr).to_numpy().astype(np.int64)
+        z = ((values << 1) ^ (values >> 63)).view(np.uint64)
+        sizes = np.searchsorted(_VARINT_LIMITS, z, side="right").astype(np.int64) + 1
+    return np.where(valid, sizes, 0)
 
 
 def _read_long(value: bytes, at: int) -> tuple[int | None, int]:
