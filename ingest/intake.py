@@ -20,7 +20,7 @@ from ingest.blocks import Block, BlockReader
 from ingest.deadletter import DeadLetters
 from ingest.framing import BLOCK_MAGIC, HEADER_LEN, DecodeError, Decoder
 from ingest.schemas import SchemaCatalog
-from ingest.seq import SEQ, number, seq_array
+from ingest.seq import MAX_MESSAGE_ROWS, SEQ, number, seq_array
 from ingest.topics import TopicNames
 from ingest.validate import RowRules
 from tickplant.config import Settings
@@ -58,19 +58,19 @@ class Intake:
         table of the table's ``stored_schema`` (``arrow_schema`` without ``seq``): the same rows,
         refusals and ``seq`` as ``rows`` gives. Any other message comes as ``rows``' list."""
         block = self._block(table, value)
-        if block is None:
+        if block is None or block.columns.num_rows > MAX_MESSAGE_ROWS:  # past seq's room: as ``rows`` says
             return self.rows(table, partition, offset, value, date)
         kept, refused = self.rules.check_columns(table, block.columns, block.rows, date, partition)
         if refused is not None:
             self._refuse(table, partition, offset, refused.reason(), refused.payload(), len(refused.rows))
         columns = block.columns if kept is None else block.columns.take(kept)
-        schema = self.rules_schema(table)
+        schema = self._schema(table)
         arrays = [columns.column(f.name).cast(f.type) for f in schema if f.name != SEQ]
         if self.seq:
             arrays.append(pa.array(seq_array(offset, columns.num_rows if kept is None else kept), pa.int64()))
         return pa.Table.from_arrays(arrays, schema=schema)
 
-    def rules_schema(self, table: str) -> pa.Schema:
+    def _schema(self, table: str) -> pa.Schema:
         """The Arrow schema ``arrow`` answers in."""
         schema = self.catalog[table]
         return schema.stored_schema if self.seq else schema.arrow_schema
