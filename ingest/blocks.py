@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
 from ingest.schemas import TableSchema
@@ -158,6 +157,8 @@ class BlockReader:
             return None
         records = memoryview(value)[at:len(value) - 1]
         ocf = b"".join((self.header, _zigzag(count), _zigzag(len(records)), records, _SYNC))
+        import polars as pl  # on first use: a third of a second to import, for every CLI command else
+
         try:
             frame = pl.read_avro(io.BytesIO(ocf))
         except (KeyboardInterrupt, SystemExit):
