@@ -73,14 +73,15 @@ class BenchWorker:
         self.client = RdbClient(f"http://127.0.0.1:{self.port}", timeout=60, settings=settings)
         self.rows_timed = 0
 
-    def start(self) -> float:
-        """Start; return seconds until it answers with its partitions assigned and shards open."""
+    def start(self, serving: bool = True) -> float:
+        """Start; return seconds until it answers with its partitions assigned and shards open
+        (``serving``: and caught up with the log; else as soon as it answers at all)."""
         start = time.perf_counter()
         self.child.start()
         while True:
             assert self.child.alive, f"worker died: see {self.child.log_path}"
             try:
-                if self.client.status()["serving"]:
+                if self.client.status()["serving"] or not serving:
                     return time.perf_counter() - start
             except RdbClientError:
                 pass
@@ -93,6 +94,25 @@ class BenchWorker:
         while time.perf_counter() < deadline:
             try:
                 held = sum(self.client.count(table).values())
+            except RdbClientError:
+                held = 0
+            now = time.perf_counter()
+            if held and first_seen is None:
+                first_seen, first_rows = now, held
+            if held >= rows:
+                self.rows_timed = rows - first_rows
+                return now - first_seen if first_seen and now > first_seen else float("nan")
+            time.sleep(0.02)
+        raise TimeoutError(f"worker did not reach {rows} rows")
+
+    def wait_applied(self, rows: int, timeout: float = 900) -> float:
+        """``wait_rows`` by the worker's own count of rows applied, which it gives while catching
+        up (a count query waits for it to serve: by then a fast catch-up is over)."""
+        deadline = time.perf_counter() + timeout
+        first_seen, first_rows = None, 0
+        while time.perf_counter() < deadline:
+            try:
+                held = self.client.status()["rows_applied"]
             except RdbClientError:
                 held = 0
             now = time.perf_counter()
@@ -132,13 +152,13 @@ def bench_ingest(base: Settings, catalog: SchemaCatalog, rows: int, mode: str, t
     raw = raw_consume_rate(settings, topic, message_count(settings, topic), rows)
     worker = BenchWorker(settings, "bench")
     try:
-        worker.start()
-        elapsed = worker.wait_rows("trade", rows)
+        worker.start(serving=False)  # a worker serves once caught up: the catch-up is what is timed
+        elapsed = worker.wait_applied(rows)
         status = worker.client.status()
     finally:
         worker.stop()
     rate = worker.rows_timed / elapsed
-    target = 250_000 if mode == "batch" else 10_000
+    target = 1_000_000 if mode == "batch" else 10_000  # issue 14: >= 1M rows/s a worker in batch mode
     return result(f"RDB ingest per worker, {mode} mode", rate, "rows/s", raw, f">= {target:,} rows/s",
                   rate >= target, f"{rows:,} rows, {status['messages'] / max(1, status['batches']):.0f} messages "
                   "per read; baseline: raw confluent-kafka consumer, no decode")

@@ -396,6 +396,7 @@ class Decoder:
         self.lookup = lookup
         self.registry = registry  # ingest.registry.Registry, for Confluent-framed messages
         self._resolvers: dict[bytes, tuple[str, Any, Any, Any, Any]] = {}
+        self._tables: dict[bytes, tuple[TableSchema, TableSchema]] = {}  # fp -> (writer, reader)
 
     def _resolver(self, fp: bytes) -> tuple[str, Any, Any, Any, Any]:
         cached = self._resolvers.get(fp)
@@ -417,6 +418,7 @@ class Decoder:
         if own is not None:
             codec = codec_for(own)
             entry = (own.name, codec.parsed, None, codec.block_parsed, None)
+            self._tables[fp] = (own, own)
         else:
             writer_avro = self.lookup(fp) if self.lookup else None
             if writer_avro is None:
@@ -425,8 +427,19 @@ class Decoder:
             reader = self.catalog.tables.get(writer.name, writer)
             w, r = codec_for(writer), codec_for(reader)
             entry = (writer.name, w.parsed, r.parsed, w.block_parsed, r.block_parsed)
+            self._tables[fp] = (writer, reader)
         self._resolvers[fp] = entry
         return entry
+
+    def tables(self, fp: bytes) -> tuple[TableSchema, TableSchema] | None:
+        """(writer, reader) table schemas of a tickplant-framed fingerprint, for a decoder of
+        its own (``ingest.blocks``); None if unknown (``decode`` says why)."""
+        if fp not in self._tables:
+            try:
+                self._resolver(fp)
+            except Exception:  # noqa: BLE001 - an unknown fingerprint, a lookup that failed
+                return None
+        return self._tables.get(fp)
 
     def _confluent(self, value: bytes) -> tuple[bytes, bytes, int]:
         """(magic, resolver key, body start) of a Confluent-framed message."""

@@ -14,10 +14,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pyarrow as pa
+
+from ingest.blocks import Block, BlockReader
 from ingest.deadletter import DeadLetters
-from ingest.framing import DecodeError, Decoder
+from ingest.framing import BLOCK_MAGIC, HEADER_LEN, DecodeError, Decoder
 from ingest.schemas import SchemaCatalog
-from ingest.seq import number
+from ingest.seq import MAX_MESSAGE_ROWS, SEQ, number, seq_array
 from ingest.topics import TopicNames
 from ingest.validate import RowRules
 from tickplant.config import Settings
@@ -30,6 +33,8 @@ class Intake:
     def __init__(self, settings: Settings, catalog: SchemaCatalog, decoder: Decoder,
                  deadletters: DeadLetters | None, seq: bool = False):
         self.rules = RowRules(settings, catalog)
+        self.catalog = catalog
+        self._readers: dict[bytes, BlockReader] = {}  # by writer fingerprint
         self.seq = seq
         self.decoder = decoder
         self.deadletters = deadletters
@@ -46,6 +51,43 @@ class Intake:
         except DecodeError as exc:
             got = exc
         return self._take(table, partition, offset, value, date, got)
+
+    def arrow(self, table: str, partition: int, offset: int, value: bytes | None,
+              date: dt.date | None) -> pa.Table | list[dict[str, Any]]:
+        """``rows``, but a block read straight into columns (``ingest.blocks``) comes as an Arrow
+        table of the table's ``stored_schema`` (``arrow_schema`` without ``seq``): the same rows,
+        refusals and ``seq`` as ``rows`` gives. Any other message comes as ``rows``' list."""
+        block = self._block(table, value)
+        if block is None or block.columns.num_rows > MAX_MESSAGE_ROWS:  # past seq's room: as ``rows`` says
+            return self.rows(table, partition, offset, value, date)
+        kept, refused = self.rules.check_columns(table, block.columns, block.rows, date, partition)
+        if refused is not None:
+            self._refuse(table, partition, offset, refused.reason(), refused.payload(), len(refused.rows))
+        columns = block.columns if kept is None else block.columns.take(kept)
+        schema = self._schema(table)
+        arrays = [columns.column(f.name).cast(f.type) for f in schema if f.name != SEQ]
+        if self.seq:
+            arrays.append(pa.array(seq_array(offset, columns.num_rows if kept is None else kept), pa.int64()))
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def _schema(self, table: str) -> pa.Schema:
+        """The Arrow schema ``arrow`` answers in."""
+        schema = self.catalog[table]
+        return schema.stored_schema if self.seq else schema.arrow_schema
+
+    def _block(self, table: str, value: bytes | None) -> Block | None:
+        """The block message ``value`` of ``table``'s own writer, in columns; None for anything
+        else (a row, another table's rows, a Confluent frame, what ``BlockReader`` leaves to fastavro)."""
+        if not value or value[:2] != BLOCK_MAGIC or len(value) <= HEADER_LEN:
+            return None
+        fp = value[2:HEADER_LEN]
+        reader = self._readers.get(fp)
+        if reader is None:
+            tables = self.decoder.tables(fp)
+            if tables is None or tables[0].name != table or tables[1].name != table:
+                return None
+            reader = self._readers[fp] = BlockReader(*tables)
+        return reader.read(value, HEADER_LEN)
 
     def run(self, table: str, partition: int, items: list[tuple[int, bytes | None]],
             date: dt.date | None) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import pyarrow as pa
 from ingest.deadletter import DeadLetters
 from ingest.eod import DayState, read_day_state
 from ingest.framing import control_of
+from ingest.gather import Gathered
 from ingest.intake import Intake
 from ingest.logread import make_consumer, read_ranges, watermarks
 from ingest.schema_topic import make_decoder
@@ -66,10 +67,12 @@ def replay_messages(
     catalog: SchemaCatalog | None = None,
     source: str = "replay",
     seq: bool = False,
-) -> Iterator[tuple[LogPosition, list[dict[str, Any]]]]:
+    columns: bool = False,
+) -> Iterator[tuple[LogPosition, Any]]:
     """Each data message in the ranges, decoded: (position, rows). Fences are skipped; so are
     the rows every consumer refuses (``ingest.intake``: dead-lettered once, if not already).
-    ``seq``: each row with its place in the log (``ingest.seq``), as the RDB and HDB keep it."""
+    ``seq``: each row with its place in the log (``ingest.seq``), as the RDB and HDB keep it.
+    ``columns``: a block's rows come as an Arrow table (``Intake.arrow``), not dicts."""
     catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
     state = read_day_state(settings)
     intake = Intake(settings, catalog, make_decoder(settings, catalog), DeadLetters(settings, source), seq=seq)
@@ -84,10 +87,11 @@ def replay_messages(
                     continue
                 offset = msg.offset()
                 refused = intake.refused_messages
-                rows = intake.rows(table, part, offset, msg.value(), state.date_of(table, part, offset))
+                take = intake.arrow if columns else intake.rows
+                rows = take(table, part, offset, msg.value(), state.date_of(table, part, offset))
                 if intake.pending:
                     intake.flush()
-                if intake.refused_messages == refused or rows:
+                if intake.refused_messages == refused or len(rows):
                     yield LogPosition(part, offset), rows
     finally:
         consumer.close()
@@ -117,5 +121,12 @@ def replay_arrow(
     catalog: SchemaCatalog | None = None,
     seq: bool = False,
 ) -> pa.Table:
+    """``replay_rows`` as one Arrow table (blocks read straight into columns: ``ingest.blocks``)."""
     catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
-    return catalog[table].to_arrow(list(replay_rows(settings, table, date, ranges, catalog, seq)), seq=seq)
+    if ranges is None:
+        ranges = day_ranges(settings, table, date)
+    gathered = Gathered(catalog[table], seq=seq)
+    for _, rows in replay_messages(settings, table, ranges, catalog, seq=seq, columns=True):
+        gathered.add(rows)
+    got = gathered.table()
+    return got if got is not None else catalog[table].to_arrow([], seq=seq)

@@ -41,8 +41,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ingest.eod import TradingCalendar
 from ingest.schemas import SchemaCatalog
@@ -158,6 +163,47 @@ class RowRules:
         bad.sort(key=lambda b: b[0])
         refused = {i for i, _, _ in bad}
         return [r for i, r in enumerate(rows) if i not in refused], Refused(bad)
+
+    def check_columns(self, table: str, columns: pa.Table, rows_at: Callable[[Any], list[dict[str, Any]]],
+                      date: dt.date | None, partition: int | None = None) -> tuple[Any, Refused | None]:
+        """``check`` of a message decoded into columns (``ingest.blocks``: the writer is ``table``'s,
+        at most ``MAX_MESSAGE_ROWS`` rows): (the kept rows' indices as a numpy array, or None if
+        all are kept; what was refused or None). The same tests over whole columns, each sym's once;
+        only refused rows become dicts (``rows_at``), for their reasons as ``check`` gives them."""
+        n = columns.num_rows
+        top = self.ceiling(date)
+        ok = np.ones(n, bool)
+        sym = columns.column("sym")
+        if sym.type != pa.string():
+            ok[:] = False
+        else:
+            codes = pc.dictionary_encode(sym).combine_chunks()
+            home, limit = self._homes, self.sym_max_bytes
+            homes = np.array([where if (where := home.get(s)) is not None else self._home(s, limit)
+                              for s in codes.dictionary.to_pylist()] + [-1], np.int64)
+            index = codes.indices
+            index = (index.fill_null(len(homes) - 1) if index.null_count else index).to_numpy()
+            where = homes[index]
+            ok &= where >= 0 if partition is None else where == partition
+        t = columns.column("time")
+        if not pa.types.is_integer(t.type):
+            ok[:] = False
+        else:
+            if t.null_count:
+                ok &= t.is_valid().to_numpy(zero_copy_only=False)
+            values = (t.fill_null(0) if t.null_count else t).to_numpy().astype(np.int64, copy=False)
+            ok &= (values >= 0) & (values <= top)
+        for c in self.doubles.get(table, ()):
+            col = columns.column(c)
+            finite = pc.is_finite(col)
+            ok &= (finite.fill_null(True) if col.null_count else finite).to_numpy(zero_copy_only=False)
+        if ok.all():
+            return None, None
+        refused = np.flatnonzero(~ok)
+        doubles = self.doubles.get(table, ())
+        bad = [(int(i), row, self._why(row, top, doubles, partition))
+               for i, row in zip(refused, rows_at(refused), strict=True)]
+        return np.flatnonzero(ok), Refused(bad)
 
     def _why(self, row: dict[str, Any], top: int, doubles: tuple[str, ...], partition: int | None) -> str:
         sym, t = row.get("sym"), row.get("time")

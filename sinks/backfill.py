@@ -15,11 +15,11 @@ import datetime as dt
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
 from ingest.eod import read_day_state
+from ingest.gather import Gathered
 from ingest.logread import make_consumer, watermarks
 from ingest.replay import day_ranges, replay_messages
 from ingest.schemas import SchemaCatalog, TableSchema
@@ -39,14 +39,14 @@ class BackfillError(ValueError):
 
 def _batches(settings: Settings, schema: TableSchema, ranges: dict[int, tuple[int, int]],
              catalog: SchemaCatalog) -> Iterator[pa.RecordBatch]:
-    rows: list[dict[str, Any]] = []
-    for _, message_rows in replay_messages(settings, schema.name, ranges, catalog, seq=True):
-        rows.extend(message_rows)
+    rows = Gathered(schema)
+    for _, message_rows in replay_messages(settings, schema.name, ranges, catalog, seq=True, columns=True):
+        rows.add(message_rows)
         if len(rows) >= BATCH_ROWS:
-            yield from schema.to_arrow(rows, seq=True).to_batches()
-            rows = []
-    if rows:
-        yield from schema.to_arrow(rows, seq=True).to_batches()
+            yield from rows.table().combine_chunks().to_batches()  # type: ignore[union-attr]
+            rows = Gathered(schema)
+    if len(rows):
+        yield from rows.table().combine_chunks().to_batches()  # type: ignore[union-attr]
 
 
 def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,

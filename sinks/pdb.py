@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from ingest.deadletter import DeadLetters
@@ -294,14 +295,16 @@ class Pdb:
             if len(state.markers) > len(self.control.state.markers):
                 self.control.state = state  # the follower applies the later markers to it (each idempotent)
             return
-        rows = self.intake.rows(table, part, offset, msg.value(), self.control.state.date_of(table, part, offset))
+        # a block comes as Arrow columns (ingest.blocks), anything else as row dicts
+        rows = self.intake.arrow(table, part, offset, msg.value(), self.control.state.date_of(table, part, offset))
         if self.intake.pending:
             self.intake.flush()  # before the cache's next commit moves past the message
-        if not rows:
+        count = rows.num_rows if isinstance(rows, pa.Table) else len(rows)
+        if not count:
             self.cache.skip(table, part, offset)
             return
         self.cache.append(table, part, offset, rows)
-        self.rows_captured += len(rows)
+        self.rows_captured += count
 
     def _commit(self) -> None:
         self.cache.commit()

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -72,9 +73,12 @@ class PartitionSpill:
     since: int | None = None
     next: int | None = None
     segments: list[Segment] = field(default_factory=list)
-    # not persisted: rows decoded since the last commit, and the open segment's writer
+    # not persisted: rows decoded since the last commit (the latest as dicts, those before
+    # as Arrow with their offsets, in log order), and the open segment's writer
     pending_rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
     pending_offsets: list[int] = field(default_factory=list, repr=False)
+    pending_batches: list[pa.Table] = field(default_factory=list, repr=False)
+    pending_count: int = field(default=0, repr=False)
     pending_next: int | None = field(default=None, repr=False)
     writer: Any = field(default=None, repr=False)
     sink: Any = field(default=None, repr=False)
@@ -149,7 +153,7 @@ class SpillCache:
     def commit(self) -> None:
         """Make everything appended so far durable, then record it: the one atomic step."""
         for (table, part), spill in self.parts.items():
-            if spill.pending_rows or spill.pending_next is not None:
+            if spill.pending_count or spill.pending_next is not None:
                 self._flush(table, part, spill)
         for file in self._dirty:
             try:
@@ -190,10 +194,19 @@ class SpillCache:
             spill.since = spill.next = offset
             spill.pending_next = None
 
-    def append(self, table: str, partition: int, offset: int, rows: list[dict[str, Any]]) -> None:
+    def append(self, table: str, partition: int, offset: int, rows: list[dict[str, Any]] | pa.Table) -> None:
+        """The kept rows of the message at ``offset``: dicts (``Intake.rows``) or a table of the
+        stored schema (``Intake.arrow``, a block decoded into columns)."""
         spill = self.parts[(table, partition)]
-        spill.pending_rows.extend(rows)
-        spill.pending_offsets.extend([offset] * len(rows))
+        if isinstance(rows, pa.Table):
+            self._settle(table, spill)
+            offsets = pa.array(np.full(rows.num_rows, offset, np.int64))
+            spill.pending_batches.append(rows.append_column(OFFSET, offsets).cast(self._schemas[table]))
+            spill.pending_count += rows.num_rows
+        else:
+            spill.pending_rows.extend(rows)
+            spill.pending_offsets.extend([offset] * len(rows))
+            spill.pending_count += len(rows)
         spill.pending_next = offset + 1
 
     def skip(self, table: str, partition: int, offset: int) -> None:
@@ -208,10 +221,10 @@ class SpillCache:
         self._close_segment(table, partition, spill)
 
     def pending(self) -> int:
-        return sum(len(s.pending_rows) for s in self.parts.values())
+        return sum(s.pending_count for s in self.parts.values())
 
-    def _flush(self, table: str, partition: int, spill: PartitionSpill) -> None:
-        """Write the pending rows to the open segment (not yet durable: see ``commit``)."""
+    def _settle(self, table: str, spill: PartitionSpill) -> None:
+        """The pending dict rows as one Arrow piece, after the pieces before them."""
         if spill.pending_rows:
             schema = self.catalog[table]
             numbered = SEQ in spill.pending_rows[0]  # by the intake; else derived from the offsets
@@ -219,7 +232,15 @@ class SpillCache:
             if not numbered:
                 batch = batch.append_column(SEQ, pa.array(seqs_of_offsets(spill.pending_offsets), pa.int64()))
             batch = batch.append_column(OFFSET, pa.array(spill.pending_offsets, pa.int64()))
-            batch = batch.cast(self._schemas[table])
+            spill.pending_batches.append(batch.cast(self._schemas[table]))
+            spill.pending_rows, spill.pending_offsets = [], []
+
+    def _flush(self, table: str, partition: int, spill: PartitionSpill) -> None:
+        """Write the pending rows to the open segment (not yet durable: see ``commit``)."""
+        self._settle(table, spill)
+        if spill.pending_batches:
+            # one record batch a flush, as when every row came as a dict
+            batch = pa.concat_tables(spill.pending_batches).combine_chunks()
             if spill.writer is None:
                 part_dir = self._part_dir(table, partition)
                 part_dir.mkdir(parents=True, exist_ok=True)
@@ -234,7 +255,7 @@ class SpillCache:
             seg.rows += batch.num_rows
             seg.bytes = spill.sink.tell()
             self._dirty.add(str(self._part_dir(table, partition) / seg.file))
-            spill.pending_rows, spill.pending_offsets = [], []
+            spill.pending_batches, spill.pending_count = [], 0
         if spill.pending_next is not None:
             spill.next = spill.pending_next
             if spill.writer is not None:

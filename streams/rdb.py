@@ -74,6 +74,7 @@ from faust.web import View
 from ingest.deadletter import DeadLetters
 from ingest.eod import confirmed_fence_date, read_day_state
 from ingest.framing import control_of
+from ingest.gather import Gathered
 from ingest.intake import Intake
 from ingest.logread import make_tail_consumer
 from ingest.metadata import MetadataPublisher, read_metadata
@@ -528,7 +529,7 @@ class RdbWorker:
         by_partition: dict[int, list[tuple[int, bytes | None, Any]]] = {}
         for partition, offset, value, headers in messages:
             by_partition.setdefault(partition, []).append((offset, value, headers))
-        rows: list[dict[str, Any]] = []
+        rows = Gathered(self.catalog[table])
         runs: list[tuple[Shard, int, dt.date | None, int]] = []  # shard, last offset, date, rows end
         for partition, items in by_partition.items():
             shard = self.shard(table, partition)
@@ -544,28 +545,29 @@ class RdbWorker:
                     run_end = -1
                 if control is not None:
                     self._apply_runs(table, runs, rows)  # the day's rows before its fence
-                    runs, rows = [], []
+                    runs, rows = [], Gathered(self.catalog[table])
                     self._on_fence(shard, table, partition, offset, control)
                     continue
                 run_date, run_end = date, offset
                 if date is None or date in self.days.published.get(table, ()):
                     continue  # an old day the HDB already holds: only the offset advances
                 began = time.perf_counter_ns()
-                rows.extend(self.intake.rows(table, partition, offset, value, date))
+                rows.add(self.intake.arrow(table, partition, offset, value, date))
                 self._decode_ns += time.perf_counter_ns() - began
             if run_end >= 0:
                 runs.append((shard, run_end, run_date, len(rows)))
         self._apply_runs(table, runs, rows)
 
     def _apply_runs(self, table: str, runs: list[tuple[Shard, int, dt.date | None, int]],
-                    rows: list[dict[str, Any]]) -> None:
-        """Convert the runs' rows to Arrow at once, then hand each run's slice to its shard
-        (what the intake refused is dead-lettered first: the offsets move past it here)."""
+                    rows: Gathered) -> None:
+        """Put the runs' rows in one Arrow table (blocks come as columns, ``Intake.arrow``; the
+        other rows are converted together), then hand each run's slice to its shard (what the
+        intake refused is dead-lettered first: the offsets move past it here)."""
         self.intake.flush()
         if not runs:
             return
         began = time.perf_counter_ns()
-        arrow = self.catalog[table].to_arrow(rows, seq=True) if rows else None
+        arrow = rows.table()
         self._arrow_ns += time.perf_counter_ns() - began
         start = 0
         for shard, offset, date, end in runs:

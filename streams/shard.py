@@ -500,14 +500,21 @@ def _split_by_sym(record: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch, int
     order = pc.sort_indices(syms)  # stable: each sym's rows keep their log order
     record = record.take(order)
     times = times[order.to_numpy()]
-    sorted_syms = record.column(record.schema.get_field_index("sym")).to_pylist()
-    starts = [0] + [i for i in range(1, len(sorted_syms)) if sorted_syms[i] != sorted_syms[i - 1]]
+    column = record.column(record.schema.get_field_index("sym"))
+    n = len(column)
+    # where the sorted syms change, over the whole column (nulls sort last, together)
+    changed = pc.not_equal(column.slice(1), column.slice(0, n - 1))
+    if column.null_count:
+        changed = pc.if_else(pc.is_null(changed), pc.xor(pc.is_null(column.slice(1)),
+                                                         pc.is_null(column.slice(0, n - 1))), changed)
+    starts = np.concatenate([[0], np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1])
+    names = column.take(pa.array(starts)).to_pylist()
     lows = np.minimum.reduceat(times, starts)
     highs = np.maximum.reduceat(times, starts)
-    ends = starts[1:] + [len(sorted_syms)]
+    ends = [*starts[1:].tolist(), n]
     return [
-        (sorted_syms[start], record.slice(start, end - start), int(low), int(high))
-        for start, end, low, high in zip(starts, ends, lows, highs, strict=True)
+        (sym, record.slice(start, end - start), int(low), int(high))
+        for sym, start, end, low, high in zip(names, starts.tolist(), ends, lows, highs, strict=True)
     ]
 
 

@@ -433,7 +433,7 @@ def _write_rows(rows: list[dict[str, Any]], fmt: str, out: Any, columns: list[st
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from ingest.replay import day_ranges, replay_rows
+    from ingest.replay import day_ranges, replay_arrow, replay_rows
     from ingest.schemas import SchemaCatalog
 
     settings = settings_from_args(args)
@@ -454,8 +454,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise ValueError("--format arrow needs --out FILE")
-        arrow = table.to_arrow(list(replay_rows(settings, table.name, ranges=ranges, catalog=catalog, seq=args.seq)),
-                               seq=args.seq)
+        arrow = replay_arrow(settings, table.name, ranges=ranges, catalog=catalog, seq=args.seq)
         with pa.OSFile(args.out, "wb") as sink, pa.ipc.new_stream(sink, arrow.schema) as writer:
             writer.write_table(arrow)
         print(f"{arrow.num_rows:,} rows written to {args.out}", file=sys.stderr)
