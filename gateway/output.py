@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -88,6 +87,8 @@ def _rows_json(batch: pa.RecordBatch) -> bytes:
     infinities null); anything else (decimals, bytes, nested values) goes row by row
     through orjson, which first makes every value a Python object."""
     if all(_simple(f.type) for f in batch.schema):
+        import polars as pl  # on first use: importing it costs every process that imports this
+
         return pl.from_arrow(batch).write_json().encode()
     return orjson.dumps(batch.to_pylist(), default=json_default)
 
