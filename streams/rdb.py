@@ -83,7 +83,7 @@ from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
 from streams.client import MISDIRECTED
 from streams.group import membership_app
-from streams.partial import run_partial
+from streams.partial import run_partial, warm
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
 from streams.shard import Resources, Shard, ShardError
 from tickplant import internal
@@ -269,6 +269,7 @@ class RdbWorker:
         self._next_lock_try = 0.0
         self._halt = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name="rdb-reader", daemon=True)
+        threading.Thread(target=warm, name="rdb-warm-engine", daemon=True).start()
         self.assigned: set[tuple[str, int]] = set()
         self.days = read_day_state(settings)
         self.rows_applied = 0
