@@ -51,15 +51,6 @@ def typed_select(schema: pa.Schema, cols: list[str], source: str) -> str:
     return f"SELECT {', '.join(typed)}, date FROM {source}"
 
 
-def warm() -> None:
-    """Load the embedded engine now: its first query pays for loading it (seconds), which
-    would otherwise fall on the first split statement after a worker starts."""
-    try:
-        pool("chdb://").run("SELECT 1")
-    except Exception:  # noqa: BLE001 - only a head start: the first partial loads it anyway
-        pass
-
-
 def run_partial(sql: str, inputs: list[tuple[str, pa.Table, pa.Schema]], day: dt.date,
                 deadline: float | None, max_memory_mb: int) -> pa.Table:
     """``sql`` (a partial, reading each input's placeholder once) over each input's rows

@@ -83,7 +83,7 @@ from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
 from streams.client import MISDIRECTED
 from streams.group import membership_app
-from streams.partial import run_partial, warm
+from streams.partial import run_partial
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
 from streams.shard import Resources, Shard, ShardError
 from tickplant import internal
@@ -254,9 +254,9 @@ class RdbWorker:
         self.intake = Intake(settings, self.catalog, self.decoder, DeadLetters(settings, f"rdb:{node_id}"),
                              seq=True)  # rows keep their place in the log: ingest.seq
         # RocksDB gets a quarter of the budget, the resident rows (the day decoded, as kdb+
-        # holds it) three eighths; Python, Arrow and Kafka buffers the rest
+        # holds it) another; Python, Arrow, the query engine and Kafka buffers the rest
         self.resources = Resources(cache_bytes=memory_budget // 8, write_buffer_bytes=memory_budget // 8,
-                                   resident_bytes=memory_budget * 3 // 8)
+                                   resident_bytes=memory_budget // 4)
         self.shards: dict[tuple[str, int], Shard] = {}
         self._opening = threading.Lock()
         self._assign_lock = threading.RLock()  # the reader applies, rebalances (re)assign: one at a time
@@ -269,7 +269,6 @@ class RdbWorker:
         self._next_lock_try = 0.0
         self._halt = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name="rdb-reader", daemon=True)
-        threading.Thread(target=warm, name="rdb-warm-engine", daemon=True).start()
         self.assigned: set[tuple[str, int]] = set()
         self.days = read_day_state(settings)
         self.rows_applied = 0

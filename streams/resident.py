@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+import numpy as np
 import pyarrow as pa
 
 COMPACT_AFTER = 16  # chunks of one sym before they are concatenated into one (reads stay one copy)
@@ -100,6 +101,10 @@ class Resident:
         chunks = self._chunks.get(key)
         if chunks is None and date not in self._whole:
             return
+        if chunk.get_total_buffer_size() > 2 * chunk.nbytes:
+            # a slice of a write of many syms: its own copy, or the whole write stays in
+            # memory as long as any sym's slice does, far past what the budget counts
+            chunk = chunk.take(np.arange(chunk.num_rows))
         size = chunk.nbytes
         if not self._reserve(size, keep=key):
             self._forget(key)
