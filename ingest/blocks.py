@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ingest.framing import VARINT_LIMITS, long_bytes
 from ingest.schemas import TableSchema
 
 # no boolean: a byte other than 0 or 1 may read differently here and in fastavro
@@ -48,21 +49,6 @@ _PRIMITIVES = {"long": pa.int64(), "int": pa.int32(), "double": pa.float64(), "f
                "string": pa.string()}
 _FIXED_BYTES = {"double": 8, "float": 4}
 _SYNC = bytes(range(1, 17))  # any 16 bytes: the OCF's sync marker, written and checked by polars
-# zigzag values from which a varint takes one more byte
-_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], np.uint64)
-
-
-def _zigzag(value: int) -> bytes:
-    """Avro's varint of one long."""
-    z = ((value << 1) ^ (value >> 63)) & 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 def _primitive(avro_type: Any) -> tuple[str, bool] | None:
     """(primitive, nullable) of a plain field type, None for anything else."""
     if isinstance(avro_type, str):
@@ -84,10 +70,10 @@ def _varint_bytes(values: np.ndarray) -> int:
     if not len(values):
         return 0
     z = ((values << 1) ^ (values >> 63)).view(np.uint64)
-    low, high = np.searchsorted(_VARINT_LIMITS, [z.min(), z.max()], side="right")
+    low, high = np.searchsorted(VARINT_LIMITS, [z.min(), z.max()], side="right")
     if low == high:  # all as long (time stamps, mostly): no need to size each
         return len(z) * (int(low) + 1)
-    return len(z) + int(np.searchsorted(_VARINT_LIMITS, z, side="right").sum())
+    return len(z) + int(np.searchsorted(VARINT_LIMITS, z, side="right").sum())
 
 
 @dataclass
@@ -144,7 +130,7 @@ class BlockReader:
                              for (n, _, _), t in zip(self.writer_fields, self.writer_types, strict=True)]}
         text = json.dumps(schema).encode()
         key = b"avro.schema"
-        self.header = b"".join((b"Obj\x01", _zigzag(1), _zigzag(len(key)), key, _zigzag(len(text)), text,
+        self.header = b"".join((b"Obj\x01", long_bytes(1), long_bytes(len(key)), key, long_bytes(len(text)), text,
                                 b"\x00", _SYNC))
         self.ok = True
 
@@ -156,7 +142,7 @@ class BlockReader:
         if count is None or count <= 0:
             return None
         records = memoryview(value)[at:len(value) - 1]
-        ocf = b"".join((self.header, _zigzag(count), _zigzag(len(records)), records, _SYNC))
+        ocf = b"".join((self.header, long_bytes(count), long_bytes(len(records)), records, _SYNC))
         import polars as pl  # on first use: a third of a second to import, for every CLI command else
 
         try:
@@ -221,11 +207,11 @@ def _value_sizes(col: pa.ChunkedArray, kind: str) -> np.ndarray:
         width = 8 if pa.types.is_large_string(arr.type) else 4
         offsets = np.frombuffer(arr.buffers()[1], np.int64 if width == 8 else np.int32, n + 1, arr.offset * width)
         lengths = np.diff(offsets).astype(np.int64)
-        sizes = lengths + np.searchsorted(_VARINT_LIMITS, (lengths << 1).view(np.uint64), side="right") + 1
+        sizes = lengths + np.searchsorted(VARINT_LIMITS, (lengths << 1).view(np.uint64), side="right") + 1
     else:
         values = (arr.fill_null(0) if arr.null_count else arr).to_numpy().astype(np.int64)
         z = ((values << 1) ^ (values >> 63)).view(np.uint64)
-        sizes = np.searchsorted(_VARINT_LIMITS, z, side="right").astype(np.int64) + 1
+        sizes = np.searchsorted(VARINT_LIMITS, z, side="right").astype(np.int64) + 1
     return np.where(valid, sizes, 0)
 
 

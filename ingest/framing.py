@@ -77,7 +77,7 @@ _FAST_ERRORS: tuple[type[BaseException], ...] = (
 if np is not None:
     # varint byte k (0-based) of a value whose varint has L+1 bytes: used if k <= L,
     # continued (0x80) if k < L; L = how many of these limits the zigzag value reaches
-    _VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], np.uint64)
+    VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], np.uint64)
     _USED = np.arange(10)[:, None] <= np.arange(10)[None, :]
     _CONT = np.where(np.arange(10)[:, None] < np.arange(10)[None, :], 0x80, 0).astype(np.uint8)
     _U = {v: np.uint64(v) for v in (
@@ -86,7 +86,7 @@ if np is not None:
     )}
 
 
-def _long_bytes(value: int) -> bytes:
+def long_bytes(value: int) -> bytes:
     """Avro's zigzag varint of one long."""
     z = ((value << 1) ^ (value >> 63)) & 0xFFFFFFFFFFFFFFFF
     out = bytearray()
@@ -168,7 +168,7 @@ def _varints(values: Any, n: int, mats: list, masks: list) -> None:
         mats.append(planes)
         masks.append(None)
     else:
-        nbytes = np.searchsorted(_VARINT_LIMITS, z, side="right")  # bytes - 1, per row
+        nbytes = np.searchsorted(VARINT_LIMITS, z, side="right")  # bytes - 1, per row
         mats.append(planes | _CONT[:width][:, nbytes])
         masks.append(_USED[:width][:, nbytes])
 
@@ -250,7 +250,7 @@ class RecordCodec:
         """A block message from ``count`` encoded records laid back to back."""
         if not count:
             return self.block_header + b"\x00"
-        return b"".join((self.block_header, _long_bytes(count), records, b"\x00"))
+        return b"".join((self.block_header, long_bytes(count), records, b"\x00"))
 
     def columns(self, rows: list[dict[str, Any]]) -> Columns | None:
         """The rows' values, converted for ``encode``; None if some need fastavro."""

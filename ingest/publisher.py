@@ -279,16 +279,7 @@ class Tickerplant:
             if len(order):
                 self._encode_slow(schema, codec, self._frame_rows(codec, got, rows), part_of.tolist())
             return
-        data, ends = fast
-        counts = np.bincount(part_of, minlength=self.partitions[table]).tolist()
-        first = 0
-        for part, count in enumerate(counts):
-            if not count:
-                continue
-            last = first + count
-            b0 = int(ends[first - 1]) if first else 0
-            self._add(schema, part, data[b0:int(ends[last - 1])].tobytes(), ends[first:last] - b0)
-            first = last
+        self._add_by_partition(schema, table, fast, part_of)
 
     def _send_frame_rows(self, schema: TableSchema, codec: RecordCodec, got: Any, parts: Any,
                          keys: tuple[Any, list[bytes]], keep: Any) -> None:
@@ -367,6 +358,11 @@ class Tickerplant:
         if fast is None:
             self._encode_slow(schema, codec, rows, parts)
             return
+        self._add_by_partition(schema, table, fast, part_of)
+
+    def _add_by_partition(self, schema: TableSchema, table: str, fast: Any, part_of: Any) -> None:
+        """Encoded records ordered by partition (``fast``: their bytes and each one's end)
+        into each partition's block."""
         data, ends = fast
         counts = np.bincount(part_of, minlength=self.partitions[table]).tolist()
         first = 0
