@@ -250,7 +250,22 @@ class Engine:
         """Run a plan: ``rdb_view="last"`` fetches only each sym's latest real-time row (enough
         for statements that keep the last row per sym). ``keep_rows`` hands back the RDB rows
         (``Answer.tables`` / ``Answer.external``) for the caller to run ``Answer.sql`` again
-        (benchmarks); ``planned`` is the seconds spent planning, for the timing."""
+        (benchmarks); ``planned`` is the seconds spent planning, for the timing. A split that
+        fails otherwise than as the statement's own fault (a node's partial in a form the merge
+        did not expect, mid-rebalance) runs again unsplit: the split is only ever a shortcut."""
+        args = (plan, limit, timeout, settings, rdb_view, keep_rows, planned)
+        if plan.split is None:
+            return self._run_plan(*args, split_ok=False)
+        try:
+            return self._run_plan(*args, split_ok=True)
+        except (QueryFailed, EndpointDown):
+            raise
+        except Exception:  # noqa: BLE001 - logged whole; the unsplit run answers
+            log.exception("a split statement failed; running it unsplit")
+            return self._run_plan(*args, split_ok=False)
+
+    def _run_plan(self, plan: Plan, limit: int | None, timeout: float | None, settings: dict[str, Any] | None,
+                 rdb_view: str, keep_rows: bool, planned: float, split_ok: bool) -> Answer:
         started = time.monotonic()
         limit = min(limit or self.settings.gateway_row_limit, self.settings.gateway_row_limit)
         timeout = min(timeout or self.settings.gateway_timeout_s, self.settings.gateway_timeout_s)
@@ -260,7 +275,7 @@ class Engine:
         t0 = time.monotonic()
         if plan.latest and rdb_view == "rows":
             rdb_view = "last"
-        split = self._usable_split(plan, rdb_view)
+        split = self._usable_split(plan, rdb_view) if split_ok else None
         fetched = None
         if split is not None:
             try:
