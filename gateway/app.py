@@ -301,21 +301,31 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
 
     @app.get("/v1/health")
     def health(request: Request) -> dict[str, Any]:
-        """Up or down for anyone (a load balancer's probe); the plant's nodes and where its
-        history lives for a caller with a key, and for the plant's own processes."""
+        """For anyone (a load balancer's probe) ``ok`` or ``degraded`` (some of today or
+        history cannot be answered: 503s); for a caller with a key, and for the plant's
+        own processes, why, the roles seen, the nodes and where history lives. Always 200
+        while this gateway runs: every gateway sees the same plant, and a probe that
+        failed them all would turn a partial outage into a whole one."""
+        problems, warnings = gw.routing.coverage(s.name for s in gw.catalog)
+        endpoints = gw.engine.endpoints.status()
+        if all(e["benched"] for e in endpoints):
+            problems.append("every ClickHouse endpoint failed lately: history is unavailable")
+        status = "degraded" if problems else "ok"
         if not internal.is_internal(request.headers.get(internal.HEADER), internal_secret):
             try:
                 user_of(request)
             except Unauthorized:
-                return {"status": "ok"}
+                return {"status": status}
         nodes = gw.routing.nodes("rdb")
         open_date = gw.routing.open_date()
         return {
-            "status": "ok", "open_date": open_date.isoformat() if open_date else None,
+            "status": status, "problems": problems, "warnings": warnings,
+            "roles": {kind: len(gw.routing.announced(kind)) for kind in ("rdb", "cep", "pdb", "gateway")},
+            "open_date": open_date.isoformat() if open_date else None,
             "rdb_nodes": [{"node": n.node, "url": n.url, "replica": n.replica, "serving": n.serving}
                           for n in nodes],
             "cep_nodes": [{"node": n.node, "url": n.url} for n in gw.routing.nodes("cep")],
-            "hdb_root": gw.engine.hdb.store.base, "clickhouse": [{**e, "url": _without_password(str(e["url"]))} for e in gw.engine.endpoints.status()],
+            "hdb_root": gw.engine.hdb.store.base, "clickhouse": [{**e, "url": _without_password(str(e["url"]))} for e in endpoints],
             "uptime_s": round(time.time() - gw.started, 1),
         }
 

@@ -364,7 +364,9 @@ def test_tables_health_and_openapi(world):
     assert [c["name"] for c in tables["trade"]["columns"]] == ["time", "sym", "price", "size", "date"]
     assert tables["trade"]["hdb_dates"] == [D1.isoformat()] and D2.isoformat() in tables["trade"]["rdb_dates"]
     health = client.get("/v1/health", headers=OPS).json()
-    assert health["status"] == "ok" and health["open_date"] == D2.isoformat()
+    assert health["status"] == "ok" and health["open_date"] == D2.isoformat() and health["problems"] == []
+    assert health["roles"]["rdb"] == 1 and health["roles"]["pdb"] == 0
+    assert any("no PDB" in w for w in health["warnings"]), health  # this world runs none
     assert client.get("/v1/health").json() == {"status": "ok"}  # anonymous: up or down, nothing more
     assert client.get("/v1/health", headers={"X-API-Key": "bob-key"}).json()["rdb_nodes"]
     spec = client.get("/openapi.json").json()
