@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ingest.eod import CONTROL_KEY, DayState
 from ingest.logread import make_consumer
@@ -236,7 +236,11 @@ class Routing:
         if self.open_date() is None:
             return problems, warnings
         for table in tables:
-            wanted = set(range(self.partition_count(table)))
+            try:
+                wanted = set(range(self.partition_count(table)))
+            except (KafkaException, KeyError) as exc:
+                problems.append(f"{table}: the log does not say how many partitions it has ({exc})")
+                continue
             by_replica: dict[str, set[int]] = {}
             for node in rdb:
                 behind = set(node.record.get("catching_up", []))
