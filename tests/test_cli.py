@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tickplant.cli import build_parser
 from tickplant.kafka.broker import free_port, free_port_pair, pid_alive
 
 
@@ -105,7 +107,26 @@ def test_java_missing_is_a_clear_error(cli_env):
     assert "Java is not installed" in result.stderr
 
 
-def test_help_on_every_command():
-    for command in ("up", "down", "status", "feed", "replay", "topics", "eod", "subscribe", "deadletters"):
-        result = tickplant(dict(os.environ), command, "--help", timeout=30)
-        assert result.returncode == 0 and "usage: tickplant" in result.stdout
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and sub-command the parser knows, as argument prefixes."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append((*prefix, name))
+                found.extend(_commands(sub, (*prefix, name)))
+    return found
+
+
+def test_help_on_every_command(capsys):
+    """Every command the parser has, found by walking it (a new command is covered at once),
+    answers --help with its own usage."""
+    result = tickplant(dict(os.environ), "--help", timeout=30)  # the installed entry point
+    assert result.returncode == 0 and "usage: tickplant" in result.stdout
+    commands = _commands(build_parser())
+    assert len(commands) >= 17 and ("hdb", "backfill") in commands, commands
+    for command in commands:
+        with pytest.raises(SystemExit) as stop:
+            build_parser().parse_args([*command, "--help"])
+        out = capsys.readouterr().out
+        assert stop.value.code == 0 and out.startswith(f"usage: tickplant {' '.join(command)}"), (command, out)
