@@ -6,7 +6,7 @@ what, asks them, and joins the answers. Ours does the same over HTTP:
     GET  /v1/health                  the plant as the gateway sees it
     GET  /v1/tables                  tables, columns, days in the RDB and the HDB
     POST /v1/sql  {"query": "..."}   a ClickHouse SELECT; ``trade`` = today + history, with ``date``
-    GET  /v1/trades, /v1/quotes, /v1/last, /v1/bars, /v1/vwap, /v1/aj   named queries
+    GET  /v1/rows/{table} (/v1/trades, /v1/quotes), /v1/last, /v1/bars, /v1/vwap, /v1/aj   named queries
     WS   /v1/ws, GET /v1/subscribe/{source}                           live subscriptions
     GET  /docs, /openapi.json
 
@@ -370,19 +370,22 @@ def _named_routes(app: FastAPI, gw: Gateway) -> None:
     def columns(table: str) -> list[str]:
         return gw.catalog[table].columns
 
-    @app.get("/v1/trades", summary="Trades of some syms over some days, by date, sym, time")
-    def trades(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
-               end: str | None = end_q, columns_: str | None = Query(None, alias="columns"),
-               limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
-        return gw.run_named(user, "trades", request, lambda: named.rows_query(
-            "trade", columns("trade"), syms, start, end, columns_, today()), limit=limit, timeout=timeout, fmt=format)
+    def rows_route(table: str) -> Callable[..., Response]:
+        def rows(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
+                 end: str | None = end_q, columns_: str | None = Query(None, alias="columns"),
+                 limit: int | None = limit_q, timeout: float | None = timeout_q,
+                 format: str | None = fmt_q) -> Response:
+            return gw.run_named(user, f"rows/{table}", request, lambda: named.rows_query(
+                table, columns(table), syms, start, end, columns_, today()), limit=limit, timeout=timeout, fmt=format)
+        return rows
 
-    @app.get("/v1/quotes", summary="Quotes of some syms over some days, by date, sym, time")
-    def quotes(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
-               end: str | None = end_q, columns_: str | None = Query(None, alias="columns"),
-               limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
-        return gw.run_named(user, "quotes", request, lambda: named.rows_query(
-            "quote", columns("quote"), syms, start, end, columns_, today()), limit=limit, timeout=timeout, fmt=format)
+    # a route per table of schemas/, so a table added to the plant gets its REST route with its
+    # SQL; trade and quote keep the names the plant's contract gives them
+    for schema in gw.catalog:
+        paths = [f"/v1/rows/{schema.name}", *{"trade": ["/v1/trades"], "quote": ["/v1/quotes"]}.get(schema.name, [])]
+        for path in paths:
+            app.add_api_route(path, rows_route(schema.name), methods=["GET"], name=path.removeprefix("/v1/"),
+                              summary=f"Rows of {schema.name} for some syms over some days, by date, sym, time")
 
     @app.get("/v1/last", summary="The latest row of each sym today")
     def last(request: Request, user: UserDep, table: str = "trade", syms: str | None = syms_q,
