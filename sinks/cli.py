@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from tickplant.cli import parse_date, settings_from_args
+from tickplant.cliargs import parse_date, settings_from_args
 from tickplant.textable import format_ns, format_table
 
 
