@@ -163,8 +163,13 @@ def host_env(plan: Plan) -> dict[str, str]:
     return env_lines(re.sub(r"\$(\w+)", lambda m: HOST_VALUES[m.group(1)], body))
 
 
+def unit_env(plan: Plan, unit: Unit) -> dict[str, str]:
+    """The environment systemd gives a unit: plant.env, host.env, then the unit's own."""
+    return {**env_lines(plan.files["/etc/tickplant/plant.env"]), **host_env(plan), **unit.env}
+
+
 def settings_of(plan: Plan, unit: Unit, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
-    env = {**env_lines(plan.files["/etc/tickplant/plant.env"]), **host_env(plan), **unit.env}
+    env = unit_env(plan, unit)
     monkeypatch.setenv("TICKPLANT_CONFIG", str(tmp_path / "absent.toml"))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -244,6 +249,14 @@ def test_settings_load_on_every_host(plan: Plan, monkeypatch: pytest.MonkeyPatch
             assert faust_credentials(settings) is not None
             assert settings.node_host == "0.0.0.0" and settings.advertise_host == HOST_VALUES["address"]
             assert settings.schemas_dir.name == "schemas"
+
+
+def test_values_survive_systemd_and_the_shell(plan: Plan) -> None:
+    """systemd's EnvironmentFile strips quotes and backslashes, and an operator sources the
+    files in bash: a value with a quote, a space or a backslash would reach the plant changed."""
+    for u in plan.units:
+        for key, value in unit_env(plan, u).items():
+            assert not re.search(r"[\s\"'\\$`]", value), f"{u.where}: {key}={value!r}"
 
 
 def test_each_role_runs_its_compose_command(plan: Plan) -> None:
