@@ -19,6 +19,7 @@ import io
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -397,3 +398,58 @@ def test_groups_wait_for_what_their_instances_read(plan: Plan) -> None:
         depends = res.get("DependsOn", [])
         depends = {depends} if isinstance(depends, str) else set(depends)
         assert read and read <= depends, f"{name}: its instances read {read}; it depends on {depends}"
+
+
+def run_service_script(plan: Plan, units_here: list[Unit], root: Path) -> tuple[Path, list[str]]:
+    """The host's `tickplant-service` run for these units, with its paths moved under ``root``
+    and systemctl and the CloudWatch agent's control replaced by recorders; returns the unit
+    directory and the commands they were given."""
+    script = plan.files["/usr/local/bin/tickplant-service"]
+    agent_config, agent_ctl = root / "agent.json", root / "amazon-cloudwatch-agent-ctl"
+    moved = {"/opt/tickplant/venv/bin/tickplant": str(Path(sys.executable).with_name("tickplant")),
+             "/etc/systemd/system/": f"{root}/units/", "/var/log/tickplant/": f"{root}/log/",
+             "/etc/tickplant/": f"{root}/etc/", "/var/lib/tickplant": f"{root}/data",
+             "/opt/aws/amazon-cloudwatch-agent/etc/tickplant.json": str(agent_config),
+             "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl": str(agent_ctl)}
+    script = re.sub("|".join(map(re.escape, moved)), lambda m: moved[m.group(0)], script)  # one pass
+    outside = re.findall(r"(?<![\w/.-])/(?:etc|opt|var)/[\w/.-]*", script)
+    assert not outside, f"tickplant-service uses {outside}, which this test does not move"
+    for d in ("units", "log", "etc", "data", "bin"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    bin_dir = root / "bin"
+    recorder = f'#!/bin/bash\necho "$(basename "$0") $*" >> {root}/calls\n'
+    for tool in (bin_dir / "systemctl", agent_ctl):
+        tool.write_text(recorder)
+        tool.chmod(0o755)
+    service = root / "tickplant-service"
+    service.write_text(script)
+    service.chmod(0o755)
+    for u in units_here:
+        argv = [str(service), u.role, *(f"{k}={v}" for k, v in u.env.items()), "--", *u.argv]
+        done = subprocess.run(argv, capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+        assert done.returncode == 0, f"{u.where}: tickplant-service {u.role}: {done.stderr.strip()}"
+    return root / "units", (root / "calls").read_text().splitlines()
+
+
+def test_service_script_writes_units_systemd_accepts(plan: Plan, tmp_path: Path) -> None:
+    """Each host's units as tickplant-service writes them: the command and environment the user
+    data gave, accepted by `systemd-analyze verify`, started, and their logs shipped to the
+    template's log groups (the agent's configuration is JSON the agent can read)."""
+    log_groups = {r["Properties"]["LogGroupName"] for r in plan.resources.values() if r["Type"] == "AWS::Logs::LogGroup"}
+    hosts = sorted({u.where for u in plan.units})
+    for host in hosts:
+        here = [u for u in plan.units if u.where == host]
+        units_dir, calls = run_service_script(plan, here, tmp_path / host)
+        for u in here:
+            path = units_dir / f"tickplant-{u.role}.service"
+            text = path.read_text()
+            exec_start = re.search(r"^ExecStart=(.*)$", text, re.M).group(1).split()
+            assert exec_start[1:] == u.argv, f"{host}: {path.name} runs {exec_start}"
+            assert set(re.findall(r"^Environment=(.*)$", text, re.M)) == {f"{k}={v}" for k, v in u.env.items()}
+            verify = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
+            assert verify.returncode == 0 and not verify.stderr.strip(), f"{host}: {path.name}: {verify.stderr}"
+            assert f"systemctl enable --now tickplant-{u.role}.service" in calls
+        agent = json.loads((tmp_path / host / "agent.json").read_text())
+        shipped = {f["log_group_name"] for f in agent["logs"]["logs_collected"]["files"]["collect_list"]}
+        assert shipped == {f"/tickplant/{u.role}" for u in here} and shipped <= log_groups, f"{host}: ships {shipped}"
+        assert agent["metrics"]["append_dimensions"]["AutoScalingGroupName"] == "${aws:AutoScalingGroupName}"
