@@ -196,11 +196,18 @@ def test_cfn_lint_passes() -> None:
 
 
 def test_cfn_lint_rejects_a_broken_template() -> None:
-    """A group like the template's, with a health check type AWS does not have (a whole
-    broken copy of the template would lint just as well, at twice the time)."""
-    broken = yaml.safe_dump({"Resources": {"G": {"Type": "AWS::AutoScaling::AutoScalingGroup", "Properties": {
-        "MinSize": "1", "MaxSize": "1", "HealthCheckType": "PING", "VPCZoneIdentifier": ["subnet-0a"]}}}})
-    assert any(p.startswith("E3") and "PING" in p for p in lint_problems(broken)), lint_problems(broken)
+    """A group and a policy like the template's, with a health check type AWS does not have and
+    a misspelt MSK action (a whole broken copy of the template would lint as well, at twice
+    the time): cfn-lint knows both, so the check above means something."""
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["kafka-cluster:Connectt"], "Resource": "arn:aws:kafka:eu-west-1:1:cluster/t/u"}]}
+    broken = yaml.safe_dump({"Resources": {
+        "G": {"Type": "AWS::AutoScaling::AutoScalingGroup", "Properties": {
+            "MinSize": "1", "MaxSize": "1", "HealthCheckType": "PING", "VPCZoneIdentifier": ["subnet-0a"]}},
+        "P": {"Type": "AWS::IAM::ManagedPolicy", "Properties": {"PolicyDocument": policy}}}})
+    problems = lint_problems(broken)
+    assert any(p.startswith("E3") and "PING" in p for p in problems), problems
+    assert any(p.startswith("W3037") and "connectt" in p for p in problems), problems
 
 
 # -- what the instances run ---------------------------------------------------------
