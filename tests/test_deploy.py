@@ -461,3 +461,18 @@ def test_service_script_writes_units_systemd_accepts(plan: Plan, tmp_path: Path)
         shipped = {f["log_group_name"] for f in agent["logs"]["logs_collected"]["files"]["collect_list"]}
         assert shipped == {f"/tickplant/{u.role}" for u in here} and shipped <= log_groups, f"{host}: ships {shipped}"
         assert agent["metrics"]["append_dimensions"]["AutoScalingGroupName"] == "${aws:AutoScalingGroupName}"
+
+
+def test_alarm_metrics_are_ones_the_plant_publishes(plan: Plan) -> None:
+    """An alarm on a metric nobody sends sits in INSUFFICIENT_DATA forever (or, treating missing
+    data as breaching, fires forever): each alarm on the plant's namespace names a metric the
+    CloudWatch publisher (`tickplant metrics cloudwatch`, pending while in PENDING_COMMANDS) sends."""
+    namespace = plan.resolved["Parameters"]["MetricsNamespace"]["Default"]
+    alarms = {r["Properties"]["MetricName"] for r in plan.resources.values()
+              if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"]["Namespace"] == namespace}
+    assert {"LagMessages", "ServingNodes", "MemoryUsedPercent"} <= alarms
+    if pending(["metrics", "cloudwatch"]):
+        return  # checked once the publisher is merged and the list emptied
+    sources = "".join(p.read_text() for p in (ROOT / "tickplant").rglob("*.py"))
+    unsent = {m for m in alarms if f'"{m}"' not in sources}
+    assert not unsent, f"alarms on metrics no code publishes: {sorted(unsent)}"
