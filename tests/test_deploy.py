@@ -41,7 +41,7 @@ from cfnlint.config import ManualArgs
 
 from tickplant.cli import build_parser
 from tickplant.config import Settings, load_settings
-from tickplant.kafka.security import faust_credentials, librdkafka_security
+from tickplant.kafkaauth import faust_credentials, librdkafka_security
 
 # Commands another helper is writing as this template is: the template starts them, but the
 # CLI does not have them yet, so their arguments and the settings given to their units alone

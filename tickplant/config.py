@@ -172,7 +172,7 @@ class Settings:
         librdkafka's own log is silenced (log_level 0): connection trouble
         reaches callers as exceptions and delivery errors, said once, in context.
         """
-        from tickplant.kafka.security import librdkafka_security  # it reads these settings
+        from tickplant.kafkaauth import librdkafka_security  # it reads these settings
 
         return {"bootstrap.servers": self.bootstrap, "log_level": 0, **librdkafka_security(self), **extra}
 
