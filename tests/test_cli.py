@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from procs import wait_until
 
 from tickplant.cli import build_parser
 from tickplant.kafka.broker import free_port, free_port_pair, pid_alive
@@ -82,6 +85,18 @@ def test_a_users_session(cli_env, tmp_path):
 
         dead = tickplant(cli_env, "deadletters")
         assert "not a valid double" in dead.stdout
+
+        # a child killed is restarted by the plant's own supervision (nobody watches a detached plant)
+        state_file = tmp_path / "plant" / "plant.json"
+        pdb = next(name for name in json.loads(state_file.read_text())["children"] if name.startswith("pdb"))
+        old_pid = json.loads(state_file.read_text())["children"][pdb]["pid"]
+        os.kill(old_pid, signal.SIGKILL)
+
+        def restarted() -> bool:
+            child = json.loads(state_file.read_text())["children"][pdb]
+            return child["restarts"] >= 1 and child["pid"] != old_pid and pid_alive(child["pid"])
+
+        wait_until(restarted, 60, "the killed PDB restarted", lambda: state_file.read_text())
     finally:
         down = tickplant(cli_env, "down")
     assert down.returncode == 0 and "stopped plant" in down.stdout

@@ -89,7 +89,6 @@ def _status_loop(plant: Any) -> None:
         line = " | ".join(parts) + day
         for event in plant.watch():
             print(("\n" if tty else "") + event, flush=True)
-        plant.write_state(ready=True)
         ticks += 1
         if tty:
             print("\r" + line.ljust(100), end="", flush=True)
