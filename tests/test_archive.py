@@ -21,6 +21,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from procs import wait_until
 from s3server import s3  # noqa: F401 - the SeaweedFS fixture
+from test_pdb import running_pdb
 
 from ingest.eod import open_first_day, roll_day
 from ingest.feeds.synthetic import SyntheticMarket
@@ -38,7 +39,7 @@ from tickplant.config import Settings
 from tickplant.kafka.broker import EmbeddedKafka, free_port_pair
 
 T0 = int(dt.datetime(2026, 11, 23, 14, 30, tzinfo=dt.UTC).timestamp() * 1e9)
-DAY = dt.date(2026, 11, 23)
+DAY, DAY2 = dt.date(2026, 11, 23), dt.date(2026, 11, 24)
 TABLES = ("trade", "quote")
 
 
@@ -158,6 +159,19 @@ def test_archive_survives_retention_and_rebuilds_the_day(plant, catalog, capsys)
     assert trade.messages == sum(a.messages for a in trade.partitions.values()) > 0
     assert trade.partitions[0].first_offset == 0
     assert len(trade.schemas) == 1 and archived["quote"].messages >= 600  # zero-latency: a message a quote
+
+    # the PDB archives each day it sees closed, in a thread of its own beside the write-down
+    clock = ManualClock(T0 + 86400 * 10**9)
+    with running_pdb(settings) as pdb:
+        with Tickerplant(settings, catalog) as tp:
+            tp.publish_rows("trade", SyntheticMarket(syms=4, seed=6, clock=clock).events(300)[0])
+            tp.flush()
+        clock.advance(86400)
+        roll_day(settings, catalog, clock)
+        wait_until(lambda: store.manifest("trade", DAY2) and store.manifest("quote", DAY2), 60,
+                   "the PDB to archive the second day", lambda: str(pdb.archive.failed))
+    assert store.manifest("trade", DAY2).written_by == "pdb:pdb-1"
+    assert {(m.table, m.date) for m in pdb.archive.archived} == {("trade", DAY2), ("quote", DAY2)}  # day 1 once
 
     code, out, _ = _cli(capsys, "archive", "ls", "--verify")
     assert code == 0
