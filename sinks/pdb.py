@@ -29,6 +29,10 @@ already in the HDB (a manifest, or a "published" marker) are not redone. A
 day whose start the log no longer held when capture began cannot be written
 by the PDB: ``tickplant hdb backfill`` can, while the log retains it.
 
+The log's archive. The PDB also runs the archiver (``sinks.archive``) in a
+thread of its own: each closed day's messages, as the log held them, to
+``archive_root``, so the day can be rebuilt after Kafka deleted it.
+
 One PDB per plant is the design (a second instance in the group is a
 standby that takes the partitions over if the first dies; it needs the same
 cache directory to write down days the first had begun).
