@@ -68,7 +68,7 @@ class LogMessage:
     partition: int
     offset: int
     value: bytes | None
-    headers: list[tuple[str, bytes | None]] | None
+    headers: list[tuple[str, bytes | None]]
     key: bytes | None = None
     timestamp_ms: int = 0
     timestamp_type: int = 0
@@ -109,9 +109,24 @@ class LogSource:
                 end = min(end, watermarks(consumer, topic, part)[1])  # a range past the log's end stops at it
                 for msg in read_ranges(consumer, topic, {part: (start, end)}):
                     kind, ts = msg.timestamp()
-                    yield LogMessage(part, msg.offset(), msg.value(), msg.headers(), msg.key(), ts, kind)
+                    yield LogMessage(part, msg.offset(), msg.value(), msg.headers() or [], msg.key(), ts, kind)
         finally:
             consumer.close()
+
+
+def unretained(settings: Settings, table: str, ranges: dict[int, tuple[int, int]]) -> tuple[int, int, int] | None:
+    """The first partition of ``ranges`` whose day Kafka has begun to delete (retention): (partition,
+    the log's first offset there, the day's start); None while the log holds all of it."""
+    topic = TopicNames(settings.topic_prefix).table(table)
+    consumer = make_consumer(settings)
+    try:
+        for part, (start, end) in sorted(ranges.items()):
+            low, _ = watermarks(consumer, topic, part)
+            if end > start and low > start:
+                return part, low, start
+    finally:
+        consumer.close()
+    return None
 
 
 def replay_messages(

@@ -34,26 +34,23 @@ import logging
 import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fastavro.write import Writer
 
 from ingest.framing import BLOCK_MAGIC, HEADER_LEN, ROW_MAGIC
-from ingest.logread import make_consumer, read_ranges, watermarks
+from ingest.logread import make_consumer, read_ranges
+from ingest.replay import unretained
 from ingest.schema_topic import SchemaTopic
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames
 from sinks.archive_manifest import (
-    MANIFEST_NAME,
     ArchiveFile,
     ArchiveManifest,
-    ArchiveManifestError,
     PartitionArchive,
 )
-from sinks.store import HdbStore, StoreError
+from sinks.archive_store import ArchiveError, ArchiveStore, FileOut, archive_root
 from sinks.writedown import FAILPOINT_ENV
 from tickplant.config import Settings
 
@@ -63,7 +60,6 @@ ARCHIVE_FILE_BYTES = 64 << 20  # message bytes a file holds before the partition
 SYNC_INTERVAL = 1 << 20  # bytes of records per Avro block
 SCHEDULE_SECONDS = 1.0  # how often the control topic is looked at for newly closed days
 RETRY_SECONDS = 10.0  # after a failed day
-OFF = ("off", "none", "false", "no", "0")
 
 MESSAGE_SCHEMA: dict[str, Any] = {
     "type": "record", "name": "LogMessage", "namespace": "tickplant.archive",
@@ -83,146 +79,12 @@ MESSAGE_SCHEMA: dict[str, Any] = {
 }
 
 
-class ArchiveError(RuntimeError):
-    """A day cannot be archived or read from the archive; the message says which and why."""
-
-
 class LogGoneError(ArchiveError):
     """Kafka no longer holds all of a day: it cannot be archived (any more)."""
 
 
 class ArchiveStopped(ArchiveError):
     """The archiver was asked to stop mid-day: the day has no manifest and is written again later."""
-
-
-def archive_root(settings: Settings) -> str | None:
-    """Where the archive lives; None when it is switched off (``archive_root = "off"``)."""
-    root = settings.archive_root.strip()
-    if root.lower() in OFF:
-        return None
-    if root:
-        return root
-    hdb = settings.hdb_root.strip().rstrip("/")
-    if hdb.startswith("s3://"):
-        bucket, _, prefix = hdb[len("s3://"):].partition("/")
-        parent = prefix.rpartition("/")[0]
-        return f"s3://{bucket}/{parent + '/' if parent else ''}archive"
-    if hdb:
-        return str(Path(hdb).expanduser().resolve().parent / "archive")
-    return str(Path(settings.data_dir).resolve() / "archive")
-
-
-class ArchiveStore:
-    """The archive root on a disk or S3: days' directories, manifests, files put whole."""
-
-    def __init__(self, root: str, s3_endpoint: str = "", s3_region: str = "us-east-1"):
-        try:
-            self.files = HdbStore(root, s3_endpoint, s3_region)  # the same layout: <table>/date=D/
-        except StoreError as exc:
-            raise ArchiveError(str(exc).replace("hdb_root", "archive_root")) from None
-        self.fs = self.files.fs
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ArchiveStore:
-        root = archive_root(settings)
-        if root is None:
-            raise ArchiveError("the archive is off (archive_root = 'off'): no day of the log is archived")
-        return cls(root, settings.s3_endpoint, settings.s3_region)
-
-    @property
-    def display_root(self) -> str:
-        return self.files.display_root
-
-    def day_dir(self, table: str, date: dt.date) -> str:
-        return self.files.partition_dir(table, date)
-
-    def path(self, table: str, date: dt.date, name: str) -> str:
-        return f"{self.day_dir(table, date)}/{name}"
-
-    def manifest(self, table: str, date: dt.date) -> ArchiveManifest | None:
-        path = self.path(table, date, MANIFEST_NAME)
-        try:
-            raw = self.files.read_bytes(path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            text = str(exc).lower()
-            if "not exist" in text or "nosuchkey" in text or "404" in text:
-                return None
-            raise ArchiveError(f"cannot read {path}: {exc}") from exc
-        return ArchiveManifest.from_json(raw, path)
-
-    def manifests(self, table: str | None = None) -> list[ArchiveManifest]:
-        """Every complete archived day (of ``table``), by table and date; foreign files are skipped."""
-        out = []
-        for t in [table] if table else self.files.tables():
-            for date in self.files.dates(t):
-                try:
-                    m = self.manifest(t, date)
-                except ArchiveManifestError as exc:
-                    log.warning("skipping %s", exc)
-                    continue
-                if m is not None:
-                    out.append(m)
-        return out
-
-    def put_manifest(self, manifest: ArchiveManifest) -> None:
-        self.files.put_atomic(self.path(manifest.table, manifest.date, MANIFEST_NAME), manifest.to_json())
-
-    def open_file(self, table: str, date: dt.date, name: str) -> _FileOut:
-        return _FileOut(self, self.path(table, date, name))
-
-    def remove_strays(self, manifest: ArchiveManifest) -> list[str]:
-        """Delete what a crashed attempt left in a day's directory that the manifest does not name."""
-        keep = {f.name for f in manifest.files} | {MANIFEST_NAME}
-        strays = [n for n in self.files.files(manifest.table, manifest.date) if n not in keep]
-        for name in strays:
-            self.files.delete(self.path(manifest.table, manifest.date, name))
-        return strays
-
-
-class _FileOut:
-    """One file written whole or not at all, hashed as it is written (fastavro's output)."""
-
-    def __init__(self, store: ArchiveStore, path: str):
-        self.store = store
-        self.path = path
-        self.sha = hashlib.sha256()
-        self.size = 0
-        if store.files.is_s3:
-            self._tmp = None
-            self._out: Any = store.fs.open_output_stream(path)  # the object appears only once closed
-        else:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            self._out = open(self._tmp, "wb")  # noqa: SIM115 - closed by close()
-
-    def seekable(self) -> bool:
-        return False  # fastavro: a new file, never appended to
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        self._out.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self._out.flush()
-
-    def discard(self) -> None:
-        """Drop a file left unfinished (on S3 the upload is never completed: no object appears)."""
-        if self._tmp is not None:
-            self._out.close()
-            Path(self._tmp).unlink(missing_ok=True)
-
-    def close(self) -> None:
-        if self._tmp is None:
-            self._out.close()
-            return
-        self._out.flush()
-        os.fsync(self._out.fileno())
-        self._out.close()
-        os.replace(self._tmp, self.path)
 
 
 def _failpoint(table: str, partition: int) -> None:
@@ -239,7 +101,7 @@ class _Chunk:
     """The file being written: consecutive messages of one partition."""
 
     name: str
-    out: _FileOut
+    out: FileOut
     writer: Writer
     first_offset: int
     last_offset: int
@@ -267,15 +129,10 @@ class DayArchiver:
         existing = self.store.manifest(table, date)
         if existing is not None:
             return existing, False
+        self._check_retained(table, date, ranges)
         topic = self.names.table(table)
         consumer = make_consumer(self.settings)
         try:
-            for part, (start, end) in sorted(ranges.items()):
-                low, _ = watermarks(consumer, topic, part)
-                if end > start and low > start:
-                    raise LogGoneError(
-                        f"the log no longer holds all of {table} {date}: partition {part} starts at offset {low}, "
-                        f"the day at {start}; it cannot be archived")
             partitions = {p: PartitionArchive(start, end) for p, (start, end) in sorted(ranges.items())}
             fingerprints: set[bytes] = set()
             registry_ids: set[int] = set()
@@ -284,6 +141,9 @@ class DayArchiver:
                                         fingerprints, registry_ids)
         finally:
             consumer.close()
+        # retention may have begun on the day while it was read (a reader sent past deleted
+        # offsets skips to the log's start): then what was read is not the whole day
+        self._check_retained(table, date, ranges)
         manifest = ArchiveManifest(
             table=table, topic=topic, date=date, partitions=partitions,
             schemas=self._schemas(fingerprints), registry_schemas=self._registry_schemas(registry_ids),
@@ -292,6 +152,13 @@ class DayArchiver:
         self.store.put_manifest(manifest)
         self.store.remove_strays(manifest)
         return manifest, True
+
+    def _check_retained(self, table: str, date: dt.date, ranges: dict[int, tuple[int, int]]) -> None:
+        gone = unretained(self.settings, table, ranges)
+        if gone is not None:
+            part, low, start = gone
+            raise LogGoneError(f"the log no longer holds all of {table} {date}: partition {part} starts at "
+                               f"offset {low}, the day at {start}; it cannot be archived")
 
     def _archive_partition(self, consumer: Any, table: str, date: dt.date, part: int, start: int, end: int,
                            into: PartitionArchive, fingerprints: set[bytes], registry_ids: set[int]) -> None:

@@ -14,21 +14,13 @@ import threading
 from typing import Any
 
 from tickplant.cli import settings_from_args
-from tickplant.textable import format_table
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
+from tickplant.textable import format_bytes, format_table
 
 
 def cmd_archive_ls(args: argparse.Namespace) -> int:
     """List archived days: messages, files, size, offsets; ``--verify`` checks every file's SHA-256."""
-    from sinks.archive import ArchiveStore
     from sinks.archive_read import ArchiveSource
+    from sinks.archive_store import ArchiveStore
 
     settings = settings_from_args(args, need_kafka=False)
     store = ArchiveStore.from_settings(settings)
@@ -42,7 +34,7 @@ def cmd_archive_ls(args: argparse.Namespace) -> int:
     for m in manifests:
         offsets = ", ".join(f"{p}:{a.first_offset}-{a.last_offset}" for p, a in sorted(m.partitions.items())
                             if a.messages)
-        row = [m.table, m.date.isoformat(), len(m.partitions), m.messages, len(m.files), _size(m.bytes),
+        row = [m.table, m.date.isoformat(), len(m.partitions), m.messages, len(m.files), format_bytes(m.bytes),
                offsets, m.written_by]
         if args.verify:
             problems = ArchiveSource(store, m).verify()
@@ -52,7 +44,7 @@ def cmd_archive_ls(args: argparse.Namespace) -> int:
     header = ["table", "date", "partitions", "messages", "files", "size", "offsets (partition:first-last)", "by"]
     print(format_table(header + (["check"] if args.verify else []), rows))
     print(f"{len(manifests)} day(s), {sum(m.messages for m in manifests):,} messages, "
-          f"{_size(sum(m.bytes for m in manifests))}")
+          f"{format_bytes(sum(m.bytes for m in manifests))}")
     return 1 if damaged else 0
 
 
@@ -74,7 +66,7 @@ def cmd_archive_run(args: argparse.Namespace) -> int:
     if args.once:
         archiver.archive_closed(read_day_state(settings).closed)
         for m in archiver.archived:
-            print(f"{m.table} {m.date}: {m.messages:,} messages in {len(m.files)} file(s), {_size(m.bytes)}, "
+            print(f"{m.table} {m.date}: {m.messages:,} messages in {len(m.files)} file(s), {format_bytes(m.bytes)}, "
                   f"archived at {where}")
         for (table, date), (_, error) in sorted(archiver.failed.items()):
             print(f"{table} {date}: {error}", file=sys.stderr)

@@ -18,8 +18,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sinks.manifest import MANIFEST_NAME
+
 FORMAT = "tickplant-archive/1"
-MANIFEST_NAME = "_manifest.json"
+__all__ = ["MANIFEST_NAME", "ArchiveFile", "ArchiveManifest", "ArchiveManifestError", "PartitionArchive"]
 
 
 class ArchiveManifestError(ValueError):

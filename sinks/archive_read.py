@@ -22,8 +22,8 @@ from ingest.framing import Decoder
 from ingest.registry import RegistryError
 from ingest.replay import LogMessage
 from ingest.schemas import SchemaCatalog
-from sinks.archive import ArchiveError, ArchiveStore
 from sinks.archive_manifest import ArchiveFile, ArchiveManifest
+from sinks.archive_store import ArchiveError, ArchiveStore
 from tickplant.config import Settings
 
 

@@ -21,10 +21,8 @@ import pyarrow as pa
 
 from ingest.eod import read_day_state
 from ingest.gather import Gathered
-from ingest.logread import make_consumer, watermarks
-from ingest.replay import MessageSource, day_ranges, replay_messages
+from ingest.replay import MessageSource, day_ranges, replay_messages, unretained
 from ingest.schemas import SchemaCatalog, TableSchema
-from ingest.topics import TopicNames
 from sinks.manifest import Manifest
 from sinks.markers import MarkerPublisher
 from sinks.store import HdbStore
@@ -49,23 +47,6 @@ def _batches(settings: Settings, schema: TableSchema, ranges: dict[int, tuple[in
             rows = Gathered(schema)
     if len(rows):
         yield from rows.table().combine_chunks().to_batches()  # type: ignore[union-attr]
-
-
-def _check_retained(settings: Settings, table: str, date: dt.date, ranges: dict[int, tuple[int, int]]) -> None:
-    """BackfillError unless Kafka still holds every message of the day."""
-    topic = TopicNames(settings.topic_prefix).table(table)
-    consumer = make_consumer(settings)
-    try:
-        for part, (start, end) in sorted(ranges.items()):
-            low, _ = watermarks(consumer, topic, part)
-            if end > start and low > start:
-                raise BackfillError(
-                    f"the log no longer holds all of {table} {date}: partition {part} starts at offset {low}, "
-                    f"the day at {start} (retention_hours is {settings.retention_hours}); "
-                    "--from-archive rebuilds it from the log's archive"
-                )
-    finally:
-        consumer.close()
 
 
 def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,
@@ -101,7 +82,13 @@ def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,
         ranges = origin.ranges
     else:
         ranges = day_ranges(settings, table, date, state)
-        _check_retained(settings, table, date, ranges)
+        gone = unretained(settings, table, ranges)
+        if gone is not None:
+            part, low, start = gone
+            raise BackfillError(
+                f"the log no longer holds all of {table} {date}: partition {part} starts at offset {low}, "
+                f"the day at {start} (retention_hours is {settings.retention_hours}); "
+                "--from-archive rebuilds it from the log's archive")
     work = Path(settings.data_dir).resolve() / "pdb"
     work.mkdir(parents=True, exist_ok=True)
     # a published partition is rewritten beside itself and swapped in only once complete:

@@ -13,15 +13,9 @@ import sys
 from typing import Any
 
 from tickplant.cliargs import parse_date, settings_from_args
-from tickplant.textable import format_ns, format_table
+from tickplant.textable import format_bytes, format_ns, format_table
 
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
+_size = format_bytes
 
 
 def cmd_hdb_ls(args: argparse.Namespace) -> int:

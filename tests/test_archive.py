@@ -23,14 +23,16 @@ from procs import wait_until
 from s3server import s3  # noqa: F401 - the SeaweedFS fixture
 from test_pdb import running_pdb
 
+from ingest.deadletter import read_deadletters
 from ingest.eod import open_first_day, roll_day
 from ingest.feeds.synthetic import SyntheticMarket
 from ingest.logread import make_consumer, watermarks
 from ingest.publisher import Tickerplant
-from ingest.replay import replay_arrow
+from ingest.replay import LogSource, replay_arrow
 from ingest.topics import TopicNames, admin_client
-from sinks.archive import ArchiveStore, DayArchiver
+from sinks.archive import DayArchiver
 from sinks.archive_read import open_archive
+from sinks.archive_store import ArchiveStore
 from sinks.backfill import BackfillError, backfill
 from sinks.store import HdbStore
 from tickplant.cli import main as cli
@@ -173,6 +175,12 @@ def test_archive_survives_retention_and_rebuilds_the_day(plant, catalog, capsys)
     assert store.manifest("trade", DAY2).written_by == "pdb:pdb-1"
     assert {(m.table, m.date) for m in pdb.archive.archived} == {("trade", DAY2), ("quote", DAY2)}  # day 1 once
 
+    # the log itself, message for message: offsets, keys, values, headers, time stamps
+    for table in TABLES:
+        ranges = archived[table].ranges
+        assert list(open_archive(settings, table, DAY).messages(table, ranges)) == \
+            list(LogSource(settings).messages(table, ranges))
+
     code, out, _ = _cli(capsys, "archive", "ls", "--verify")
     assert code == 0
     line = next(x for x in out.splitlines() if x.startswith("trade"))
@@ -193,9 +201,12 @@ def test_archive_survives_retention_and_rebuilds_the_day(plant, catalog, capsys)
     quotes, _ = backfill(settings, "quote", DAY, catalog=catalog, store=HdbStore(str(base / "hdb-rebuilt")),
                          from_archive=True)
     assert [f.sha256 for f in quotes.files] == [f.sha256 for f in from_log["quote"].files]
+    letters = read_deadletters(settings)
+    assert [d["where"] for d in letters] == [f"{TopicNames(settings.topic_prefix).table('trade')}[0]@{trade.partitions[0].last_offset}"]
     code, _, err = _cli(capsys, "replay", "trade", "--date", DAY.isoformat(), "--format", "csv", "--seq",
                         "--from-archive", "--out", str(base / "archive.csv"))
     assert code == 0, err
+    assert read_deadletters(settings) == letters  # refused again, reported once
     assert (base / "archive.csv").read_bytes() == (base / "log.csv").read_bytes()
     assert len((base / "log.csv").read_text().splitlines()) > 100
     origin = open_archive(settings, "quote", DAY)
@@ -217,7 +228,7 @@ def test_archive_survives_retention_and_rebuilds_the_day(plant, catalog, capsys)
 
 
 def test_archive_root_default_and_off(tmp_path):
-    from sinks.archive import ArchiveError, archive_root
+    from sinks.archive_store import ArchiveError, archive_root
 
     assert archive_root(Settings(data_dir=tmp_path)) == str(tmp_path.resolve() / "archive")
     assert archive_root(Settings(data_dir=tmp_path, hdb_root=str(tmp_path / "x" / "hdb"))) == \
