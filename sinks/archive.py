@@ -56,8 +56,12 @@ from tickplant.config import Settings
 
 log = logging.getLogger("tickplant.archive")
 
-ARCHIVE_FILE_BYTES = 64 << 20  # message bytes a file holds before the partition's next one (a reader holds a file whole to check it)
+# message bytes a file holds before the partition's next one (a reader holds a file whole to check it)
+ARCHIVE_FILE_BYTES = 64 << 20
 SYNC_INTERVAL = 1 << 20  # bytes of records per Avro block
+# deflate: the codec every Avro implementation reads; level 1 compressed a day of quote blocks
+# 2.5x, a tenth larger than the default level 6 at a third of its CPU
+DEFLATE_LEVEL = 1
 SCHEDULE_SECONDS = 1.0  # how often the control topic is looked at for newly closed days
 RETRY_SECONDS = 10.0  # after a failed day
 
@@ -213,7 +217,8 @@ class DayArchiver:
         out = self.store.open_file(table, date, name)
         # the sync marker from the file's place: the same log gives the same bytes
         marker = hashlib.sha256(f"{self.names.table(table)}|{date}|{name}".encode()).digest()[:16]
-        writer = Writer(out, MESSAGE_SCHEMA, codec="deflate", sync_interval=SYNC_INTERVAL, sync_marker=marker,
+        writer = Writer(out, MESSAGE_SCHEMA, codec="deflate", compression_level=DEFLATE_LEVEL,
+                        sync_interval=SYNC_INTERVAL, sync_marker=marker,
                         metadata={"tickplant.table": table, "tickplant.date": date.isoformat(),
                                   "tickplant.partition": str(part)})
         return _Chunk(name, out, writer, first_offset, first_offset)
