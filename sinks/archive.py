@@ -37,14 +37,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fastavro.write import Writer
-
 from ingest.framing import BLOCK_MAGIC, HEADER_LEN, ROW_MAGIC
 from ingest.logread import make_consumer, read_ranges
 from ingest.replay import unretained
 from ingest.schema_topic import SchemaTopic
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames
+from sinks.archive_avro import ContainerWriter, encode_message
 from sinks.archive_manifest import (
     ArchiveFile,
     ArchiveManifest,
@@ -64,24 +63,6 @@ SYNC_INTERVAL = 1 << 20  # bytes of records per Avro block
 DEFLATE_LEVEL = 1
 SCHEDULE_SECONDS = 1.0  # how often the control topic is looked at for newly closed days
 RETRY_SECONDS = 10.0  # after a failed day
-
-MESSAGE_SCHEMA: dict[str, Any] = {
-    "type": "record", "name": "LogMessage", "namespace": "tickplant.archive",
-    "doc": "One message of a table's Kafka topic, as it was in the log.",
-    "fields": [
-        {"name": "partition", "type": "int"},
-        {"name": "offset", "type": "long"},
-        {"name": "timestamp", "type": "long", "doc": "ms since the epoch"},
-        {"name": "timestamp_type", "type": "int", "doc": "1: CreateTime, 2: LogAppendTime"},
-        {"name": "key", "type": ["null", "bytes"]},
-        {"name": "value", "type": ["null", "bytes"]},
-        {"name": "headers", "type": {"type": "array", "items": {
-            "type": "record", "name": "Header",
-            "fields": [{"name": "key", "type": "string"}, {"name": "value", "type": ["null", "bytes"]}],
-        }}},
-    ],
-}
-
 
 class LogGoneError(ArchiveError):
     """Kafka no longer holds all of a day: it cannot be archived (any more)."""
@@ -106,7 +87,7 @@ class _Chunk:
 
     name: str
     out: FileOut
-    writer: Writer
+    writer: ContainerWriter
     first_offset: int
     last_offset: int
     messages: int = 0
@@ -192,11 +173,7 @@ class DayArchiver:
             if chunk is None:
                 chunk = self._open_chunk = self._open(table, date, part, len(into.files), msg.offset())
             kind, ts = msg.timestamp()
-            chunk.writer.write({
-                "partition": part, "offset": msg.offset(), "timestamp": ts, "timestamp_type": kind,
-                "key": msg.key(), "value": value,
-                "headers": [{"key": k, "value": v} for k, v in msg.headers() or []],
-            })
+            chunk.writer.append(encode_message(part, msg.offset(), ts, kind, msg.key(), value, msg.headers()))
             chunk.message_bytes += len(value or b"") + len(msg.key() or b"")
             chunk.messages += 1
             chunk.last_offset = msg.offset()
@@ -217,10 +194,8 @@ class DayArchiver:
         out = self.store.open_file(table, date, name)
         # the sync marker from the file's place: the same log gives the same bytes
         marker = hashlib.sha256(f"{self.names.table(table)}|{date}|{name}".encode()).digest()[:16]
-        writer = Writer(out, MESSAGE_SCHEMA, codec="deflate", compression_level=DEFLATE_LEVEL,
-                        sync_interval=SYNC_INTERVAL, sync_marker=marker,
-                        metadata={"tickplant.table": table, "tickplant.date": date.isoformat(),
-                                  "tickplant.partition": str(part)})
+        writer = ContainerWriter(out, {"tickplant.table": table, "tickplant.date": date.isoformat(),
+                                       "tickplant.partition": str(part)}, marker, DEFLATE_LEVEL, SYNC_INTERVAL)
         return _Chunk(name, out, writer, first_offset, first_offset)
 
     def _close(self, chunk: _Chunk, into: PartitionArchive) -> None:
