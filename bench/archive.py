@@ -78,7 +78,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
           file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-archive-") as tmp:
         archived_settings = settings.replace(archive_root=str(Path(tmp) / "replay"))
-        for table, what in (("quote", "blocks"), ("trade", "zero-latency messages")):
+        for table, what, rows_n in (("quote", "blocks", len(quotes)), ("trade", "a message each", len(trades))):
             ranges = day_ranges(settings, table, date)
             base, messages = _best(repeat, lambda t=table, r=ranges: _read_only(settings, t, r))
 
@@ -87,8 +87,8 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
                 return DayArchiver(settings, store).archive_day(t, d, r)[0]
 
             seconds, manifest = _best(repeat, archive)
-            report.results.append(Result(f"archive a day of {table} ({what})", messages / seconds, messages / base,
-                                         unit="msgs/s", note=f"baseline: the same read from Kafka alone; "
+            report.results.append(Result(f"archive a day of {table} ({what})", rows_n / seconds, rows_n / base,
+                                         note=f"baseline: the same read from Kafka alone; {messages:,} messages, "
                                          f"{manifest.bytes / 1e6:.1f} MB archived"))
             DayArchiver(archived_settings).archive_day(table, date, ranges)
             log_s, from_log = _best(repeat, lambda t=table, d=date: replay_arrow(settings, t, d, catalog=catalog))

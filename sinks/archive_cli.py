@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from tickplant.cli import settings_from_args
+from tickplant.cliargs import settings_from_args
 from tickplant.textable import format_bytes, format_table
 
 
