@@ -328,7 +328,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     catalog = SchemaCatalog.load(settings.schemas_dir)
     table = catalog[args.table]
-    ranges = day_ranges(settings, table.name, parse_date(args.date))
+    origin = None
+    if args.from_archive:
+        from sinks.archive_read import open_archive
+
+        origin = open_archive(settings, table.name, parse_date(args.date))
+        ranges = origin.ranges
+    else:
+        ranges = day_ranges(settings, table.name, parse_date(args.date))
     if args.partition is not None:
         if args.partition not in ranges:
             raise ValueError(f"table {table.name} has no partition {args.partition} (has {sorted(ranges)})")
@@ -343,13 +350,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise ValueError("--format arrow needs --out FILE")
-        arrow = replay_arrow(settings, table.name, ranges=ranges, catalog=catalog, seq=args.seq)
+        arrow = replay_arrow(settings, table.name, ranges=ranges, catalog=catalog, seq=args.seq, origin=origin)
         with pa.OSFile(args.out, "wb") as sink, pa.ipc.new_stream(sink, arrow.schema) as writer:
             writer.write_table(arrow)
         print(f"{arrow.num_rows:,} rows written to {args.out}", file=sys.stderr)
         return 0
     rows = []
-    for row in replay_rows(settings, table.name, ranges=ranges, catalog=catalog, seq=args.seq):
+    for row in replay_rows(settings, table.name, ranges=ranges, catalog=catalog, seq=args.seq, origin=origin):
         rows.append(row)
         if args.limit and len(rows) >= args.limit:
             break
@@ -500,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
     rep.add_argument("--seq", action="store_true",
                      help="add each row's seq: its place in the log, as the RDB and HDB keep it (offset << 20 | index)")
+    rep.add_argument("--from-archive", action="store_true",
+                     help="read the day from the log's archive (setting archive_root), once Kafka has deleted it")
     rep.set_defaults(func=cmd_replay)
 
     subs = sub.add_parser("subscribe", parents=[common], help="stream a table's rows for some syms (.u.sub)")
@@ -523,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sinks.cli import add_commands as add_sink_commands
 
     add_sink_commands(sub, common)
+
+    from sinks.archive_cli import add_commands as add_archive_commands
+
+    add_archive_commands(sub, common)
 
     from streams.cep.cli import add_commands as add_cep_commands
 

@@ -107,6 +107,10 @@ class Settings:
     # (empty -> <data_dir>/hdb) or "s3://bucket/prefix"; s3_endpoint for a non-AWS
     # S3 (SeaweedFS, MinIO: "http://host:port"), credentials from the AWS_* variables
     hdb_root: str = ""
+    # the tickerplant log archived beyond Kafka's retention (sinks/archive.py): each closed
+    # day's messages as Avro container files, a directory or "s3://bucket/prefix"; empty ->
+    # beside the HDB (<hdb_root>/../archive, <data_dir>/archive by default); "off": none kept
+    archive_root: str = ""
     s3_endpoint: str = ""
     s3_region: str = "us-east-1"
     # HDB queries: "chdb://" (embedded ClickHouse) or "http(s)://host:8123" (a server); or
