@@ -94,6 +94,10 @@ class RdbClient:
     def status(self) -> dict[str, Any]:
         return json.loads(self._get("/rdb/v1/status", {}))
 
+    def leave(self) -> dict[str, Any]:
+        """Ask the worker to leave its group for good and stop (the scaler's scale-in)."""
+        return json.loads(self._get("/rdb/v1/leave", {}, b"{}"))
+
 
 def _local(local: bool, partitions: list[int] | None) -> dict[str, str | None]:
     if partitions is not None and not local:

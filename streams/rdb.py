@@ -56,6 +56,7 @@ import logging
 import os
 import re
 import resource
+import signal
 import sys
 import threading
 import time
@@ -87,6 +88,7 @@ from streams.partial import run_partial
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
 from streams.shard import Resources, Shard, ShardError
 from tickplant import internal
+from tickplant.aws.instance import instance_id
 from tickplant.config import Settings
 
 log = logging.getLogger("tickplant.rdb")
@@ -244,6 +246,9 @@ class RdbWorker:
         self.settings = settings
         self.node_id = node_id
         self.port = port
+        self.memory_budget = memory_budget
+        self.instance_id = instance_id(settings.instance_id)  # the scaler's handle on this node's host
+        self.leaving = False
         self.url = settings.node_url(port)  # what the metadata announces: reachable from other hosts
         self.catalog = SchemaCatalog.load(settings.schemas_dir)
         self.replica = check_replica(replica, self.catalog.names)
@@ -648,6 +653,8 @@ class RdbWorker:
                     day["last"] = max([v for v in (day["last"], *lasts) if v is not None])
         return {
             "kind": "rdb", "replica": self.replica, "url": self.url, "pid": os.getpid(), "rss": rss_bytes(),
+            "memory_budget": self.memory_budget, "cpu_s": time.process_time(),
+            "instance_id": self.instance_id, "leaving": self.leaving,
             "load": {"inflight_queries": self.inflight, "queries": self.queries},
             "open_date": self.days.open_date.isoformat() if self.days.open_date else None,
             "serving": bool(self.assigned) and all(key in self.shards and key in self.caught_up
@@ -881,6 +888,16 @@ class RdbWorker:
         class Status(View):
             async def get(self, request: Any) -> Any:
                 return self.json({"node": worker.node_id, **worker.holdings(detail=True)})
+
+        @app.page("/rdb/v1/leave")
+        class Leave(View):
+            async def post(self, request: Any) -> Any:
+                """Leave the group for good (the scaler's scale-in): the worker stops as on SIGTERM,
+                its partitions go to the others, which rebuild them; its host is then terminated."""
+                log.warning("%s: leaving the group at the scaler's request", worker.node_id)
+                worker.leaving = True
+                asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
+                return self.json({"node": worker.node_id, "leaving": True})
 
         @app.page("/rdb/v1/stages/reset")
         class ResetStages(View):

@@ -549,6 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_watch_commands(sub, common)
 
+    from tickplant.aws.cli import add_commands as add_aws_commands
+
+    add_aws_commands(sub, common)
+
     dlq = sub.add_parser("deadletters", parents=[common], help="rejected input and why")
     dlq.add_argument("--last", type=int, default=50)
     dlq.set_defaults(func=cmd_deadletters)

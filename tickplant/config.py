@@ -124,6 +124,35 @@ class Settings:
     # how far past the close of its log day a row's time stamp may be
     sym_max_bytes: int = 64
     max_future_seconds: float = 3600.0
+    # AWS (tickplant/aws): this node's EC2 instance id (empty: asked of the instance itself on
+    # EC2, none elsewhere), the plant's name in CloudWatch, the AWS region and endpoint
+    # (empty: boto3's own chain; an endpoint for moto or a VPC endpoint)
+    instance_id: str = ""
+    plant_name: str = "tickplant"
+    aws_region: str = ""
+    aws_endpoint_url: str = ""
+    cloudwatch_namespace: str = "Tickplant"
+    cloudwatch_interval_s: float = 60.0
+    # the RDB scaler (tickplant scaler): the Auto Scaling group of the RDB workers of replica
+    # scaler_replica, its bounds, how often it looks, how many periods a metric must stay over
+    # (under) its threshold before it scales out (in), the quiet time after each, and how long
+    # a leaving node's partitions may take to be caught up elsewhere
+    scaler_group: str = ""
+    scaler_replica: str = "a"
+    scaler_min: int = 1
+    scaler_max: int = 4
+    scaler_period_s: float = 60.0
+    scaler_out_periods: int = 3
+    scaler_in_periods: int = 10
+    scaler_out_cooldown_s: float = 300.0
+    scaler_in_cooldown_s: float = 900.0
+    scaler_lag_high: float = 100_000.0
+    scaler_lag_low: float = 1_000.0
+    scaler_memory_high_pct: float = 75.0
+    scaler_memory_low_pct: float = 40.0
+    scaler_cpu_high_pct: float = 70.0
+    scaler_cpu_low_pct: float = 25.0
+    scaler_handover_timeout_s: float = 900.0
 
     @property
     def embedded(self) -> bool:
