@@ -10,7 +10,6 @@ and the safety rules are also tested on their own."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
 import sys
 import threading
@@ -38,7 +37,6 @@ from tickplant.clock import ManualClock
 from tickplant.kafka.broker import free_port
 
 T0 = int(dt.datetime(2026, 11, 24, 14, 30, tzinfo=dt.UTC).timestamp() * 1e9)
-GROUP = "tickplant-rdb"
 
 # -- the decision rule and the safety rules, on their own ---------------------------------
 
@@ -182,7 +180,8 @@ class InstanceRunner:
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            group = self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+            group = self.asg.describe_auto_scaling_groups(
+                AutoScalingGroupNames=[self.settings.scaler_group])["AutoScalingGroups"][0]
             live = {i["InstanceId"]: i for i in group["Instances"] if i["LifecycleState"] == "InService"}
             for iid, instance in live.items():
                 self.protected[iid] = instance["ProtectedFromScaleIn"]
@@ -220,19 +219,25 @@ class InstanceRunner:
                 worker.kill9()
 
 
+def _group(settings) -> str:
+    """The test's Auto Scaling group: one per test on the module's moto server."""
+    return f"rdb-{settings.topic_prefix}".rstrip(".")
+
+
 def _asg_with_one_instance(settings) -> tuple:
     kw = {"endpoint_url": settings.aws_endpoint_url, "region_name": "us-east-1"}
+    group = _group(settings)
     ec2, asg = boto3.client("ec2", **kw), boto3.client("autoscaling", **kw)
-    ec2.create_launch_template(LaunchTemplateName=f"{GROUP}-{settings.topic_prefix}".rstrip("."),
+    ec2.create_launch_template(LaunchTemplateName=group,
                                LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "m6i.large"})
     asg.create_auto_scaling_group(
-        AutoScalingGroupName=GROUP, MinSize=1, MaxSize=2, DesiredCapacity=1, AvailabilityZones=["us-east-1a"],
-        LaunchTemplate={"LaunchTemplateName": f"{GROUP}-{settings.topic_prefix}".rstrip("."), "Version": "$Latest"})
+        AutoScalingGroupName=group, MinSize=1, MaxSize=2, DesiredCapacity=1, AvailabilityZones=["us-east-1a"],
+        LaunchTemplate={"LaunchTemplateName": group, "Version": "$Latest"})
     return asg, boto3.client("cloudwatch", **kw)
 
 
-def _desired(asg) -> tuple[int, int]:
-    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+def _desired(asg, name: str) -> tuple[int, int]:
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
     return group["DesiredCapacity"], len(group["Instances"])
 
 
@@ -241,7 +246,7 @@ def test_the_scaler_scales_out_under_load_and_in_safely(settings, catalog, tmp_p
     shared = settings.replace(
         internal_secret="one-plant-secret-scaler", gateway_timeout_s=10, aws_endpoint_url=moto_endpoint,
         aws_region="us-east-1", plant_name=f"test-{settings.topic_prefix}".rstrip("."), cloudwatch_interval_s=1,
-        scaler_group=GROUP, scaler_min=1, scaler_max=2, scaler_period_s=1, scaler_out_periods=2,
+        scaler_group=_group(settings), scaler_min=1, scaler_max=2, scaler_period_s=1, scaler_out_periods=2,
         scaler_in_periods=3, scaler_out_cooldown_s=2, scaler_in_cooldown_s=2, scaler_lag_high=5,
         scaler_lag_low=5, scaler_memory_high_pct=1000, scaler_memory_low_pct=1000, scaler_cpu_high_pct=10_000,
         scaler_cpu_low_pct=10_000, scaler_handover_timeout_s=90, rdb_memory_mb=512)
@@ -283,7 +288,7 @@ def test_the_scaler_scales_out_under_load_and_in_safely(settings, catalog, tmp_p
             asking.start()
             market = SyntheticMarket(syms=16, seed=5, clock=clock)
             with Tickerplant(shared, catalog, mode="batch") as tp, BackgroundFeed(tp, market, events=50) as feed:
-                wait_until(lambda: _desired(asg) == (2, 2), 60, "a scale-out", lambda: "\n".join(lines[-5:]))
+                wait_until(lambda: _desired(asg, shared.scaler_group) == (2, 2), 60, "a scale-out", lambda: "\n".join(lines[-5:]))
                 lines.append(f"{time.time():.1f} TEST scaled out")
                 wait_until(lambda: len(runner.serving()) == 2 and all(
                     w.client.status()["tables"].get("trade") for w in runner.serving()), 90,
@@ -293,7 +298,7 @@ def test_the_scaler_scales_out_under_load_and_in_safely(settings, catalog, tmp_p
                            lambda: f"{runner.protected}\n" + "\n".join(lines[-5:]))
                 lines.append(f"{time.time():.1f} TEST both serving and protected; feed stops")
             want = dict(Counter(r["sym"] for r in feed.published["trade"]))
-            wait_until(lambda: _desired(asg) == (1, 1), 90, "a safe scale-in", lambda: "\n".join(lines[-8:]))
+            wait_until(lambda: _desired(asg, shared.scaler_group) == (1, 1), 90, "a safe scale-in", lambda: "\n".join(lines[-8:]))
             lines.append(f"{time.time():.1f} TEST scaled in")
             wait_until(lambda: bool(answers) and answers[-1] == want, 60, "the survivor exact",
                        lambda: f"{answers[-1:]} != {want}; refused {refused[-2:]}")
@@ -311,8 +316,8 @@ def test_the_scaler_scales_out_under_load_and_in_safely(settings, catalog, tmp_p
             assert len(runner.workers) == 2, f"instances launched: {list(runner.workers)}"
             [(gone, how)] = runner.gone.items()
             assert how["left_first"], f"{gone} was terminated before its node had left"
-            [survivor] = runner.serving()
-            assert survivor.instance_id != gone
+            [survivor] = [w for iid, w in runner.workers.items() if iid not in runner.gone]
+            assert survivor.proc.poll() is None, survivor.log_tail()
             rows = survivor.client.rows("trade", columns=["sym", "time", "seq"]).to_pylist()
             assert len(rows) == len(feed.published["trade"]) == len({(r["sym"], r["seq"]) for r in rows})
             actions = [d.action for d in scaler.decisions]
@@ -326,3 +331,45 @@ def test_the_scaler_scales_out_under_load_and_in_safely(settings, catalog, tmp_p
     finally:
         halt.set()
         lease.close()
+
+
+def test_one_scaler_holds_the_lease_and_another_takes_it_when_it_stops(settings):
+    first = Lease(settings, "scaler-first")
+    second = None
+    try:
+        assert first.wait(30), "a lone scaler did not get the lease"
+        second = Lease(settings, "scaler-second")
+        time.sleep(2)  # a second member joining: the group rebalances, the lease stays where it is
+        assert first.held and not second.held
+        first.close()  # the active scaler stops (or dies: its session times out)
+        assert second.wait(30), "the waiting scaler did not take the lease over"
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+def test_the_commands_print_what_they_send_and_would_do(settings, catalog, moto_endpoint, aws_env, monkeypatch,
+                                                        capsys):
+    from ingest.topics import ensure_topics
+    from tickplant.cli import main
+
+    ensure_topics(settings, catalog)
+    shared = settings.replace(aws_endpoint_url=moto_endpoint, aws_region="us-east-1")
+    for name, value in plant_env(shared).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TICKPLANT_AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("TICKPLANT_PLANT_NAME", "cli-test")
+    assert main(["scaler", "--dry-run", "--once"]) == 2
+    assert "scaler_group" in capsys.readouterr().err  # not said which group: one line naming the setting
+    monkeypatch.setenv("TICKPLANT_SCALER_GROUP", "no-such-group")
+    assert main(["scaler", "--dry-run", "--once"]) == 2
+    assert "'no-such-group' (setting scaler_group) does not exist" in capsys.readouterr().err
+    _asg_with_one_instance(shared)
+    monkeypatch.setenv("TICKPLANT_SCALER_GROUP", _group(shared))
+    assert main(["metrics", "cloudwatch", "--once"]) == 0
+    assert "metric data sent to CloudWatch namespace Tickplant (plant cli-test)" in capsys.readouterr().out
+    assert main(["scaler", "--dry-run", "--once"]) == 0
+    said = capsys.readouterr().out
+    assert "dry run: out (1 -> 1)" not in said and "dry run: hold (at 1)" in said, said
+    assert "has no RDB node yet" in said or "not under" in said, said
