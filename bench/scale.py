@@ -155,7 +155,8 @@ def bench_scale(base: Settings, catalog: SchemaCatalog, rows: int, tmp: Path, en
         scaler._scale_out(Decision("out", 2, "bench: scale out now", time.time()), group)
         _wait(lambda: len(runner.workers) == 2 and runner.serving(rows), 900, "two nodes serving every row")
         out = time.perf_counter() - decided
-        moved = next(iter(runner.workers.values())).client.status()["tables"]["trade"]["partitions"]
+        newest = list(runner.workers.values())[-1]  # the instance launched by the scale-out
+        moved = newest.client.status()["tables"]["trade"]["partitions"]
         _, nodes = scaler.nodes()
         decided = time.perf_counter()
         decision = scaler._scale_in(Decision("in", 1, "bench: scale in now", time.time()), scaler.group(), nodes)

@@ -180,3 +180,44 @@ class BackgroundFeed:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class SymCounts(threading.Thread):
+    """A client asking the gateway each sym's count of today's trades, again and again, while the
+    RDB changes under it (a host killed, a node joining or leaving). Every answer must be whole
+    or a 503: ``wrong`` holds any other status, ``partial()`` any count that went back."""
+
+    QUERY = "SELECT sym, count() AS n FROM trade WHERE date = today() GROUP BY sym"
+
+    def __init__(self, http: Any, pause: float = 0.1):
+        super().__init__(name="sym-counts", daemon=True)
+        self.http, self.pause = http, pause
+        self.answers: list[dict[str, int]] = []
+        self.refused: list[str] = []
+        self.wrong: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            resp = self.http.post("/v1/sql", json={"query": self.QUERY})
+            if resp.status_code == 200:
+                self.answers.append({r["sym"]: r["n"] for r in resp.json()["rows"]})
+            elif resp.status_code == 503:
+                self.refused.append(resp.json()["error"])
+            else:
+                self.wrong.append(f"{resp.status_code} {resp.text[:200]}")
+            self.halt.wait(self.pause)
+
+    def last_is(self, want: dict[str, int]) -> bool:
+        return bool(self.answers) and self.answers[-1] == want
+
+    def partial(self) -> list[str]:
+        """Answers in which a sym's count went back or vanished: a partial answer."""
+        pairs = zip(self.answers, self.answers[1:], strict=False)
+        return [f"{sym}: {n} then {after.get(sym)}" for before, after in pairs
+                for sym, n in before.items() if after.get(sym, 0) < n]
+
+    def stop(self) -> None:
+        self.halt.set()
+        if self.is_alive():
+            self.join(30)

@@ -117,38 +117,21 @@ def test_a_killed_rdb_host_moves_its_partitions_and_no_answer_is_partial(setting
     """Two RDB hosts (own addresses, own disks); kill -9 one mid-feed. The other takes its
     partitions and rebuilds them from the log; meanwhile every answer through the gateway
     is whole (no sym's count ever goes back or vanishes) or a 503; afterwards, exact."""
-    import threading
-
-    from procs import BackgroundFeed
+    from procs import BackgroundFeed, SymCounts
 
     shared = settings.replace(internal_secret="one-plant-secret-for-both-hosts", gateway_timeout_s=10)
     clock = ManualClock(T0)
     open_first_day(shared, catalog, clock)
     a = Worker(shared.replace(data_dir=tmp_path / "host-a"), "rdb-a", tmp_path, host="127.0.0.2").start()
     b = Worker(shared.replace(data_dir=tmp_path / "host-b"), "rdb-b", tmp_path, host="127.0.0.3").start()
-    answers: list[dict[str, int]] = []
-    refused: list[str] = []
-    wrong: list[str] = []
-    halt = threading.Event()
+    asking = None
     try:
         a.wait_serving()
         b.wait_serving()
         wait_until(lambda: all(w.client.status()["serving"] and w.client.status()["tables"].get("trade")
                                for w in (a, b)), 60, "both hosts holding partitions")
         with TestClient(create_app(shared.replace(data_dir=tmp_path / "host-gw"))) as http:
-            def ask() -> None:
-                while not halt.is_set():
-                    resp = http.post("/v1/sql", json={"query": "SELECT sym, count() AS n FROM trade "
-                                                               "WHERE date = today() GROUP BY sym"})
-                    if resp.status_code == 200:
-                        answers.append({r["sym"]: r["n"] for r in resp.json()["rows"]})
-                    elif resp.status_code == 503:
-                        refused.append(resp.json()["error"])
-                    else:
-                        wrong.append(f"{resp.status_code} {resp.text[:200]}")
-                    halt.wait(0.1)
-
-            asking = threading.Thread(target=ask)
+            asking = SymCounts(http)
             market = SyntheticMarket(syms=16, seed=8, clock=clock)
             with Tickerplant(shared, catalog, mode="batch") as tp, BackgroundFeed(tp, market, events=100) as feed:
                 wait_until(lambda: sum(a.client.count("trade").values()) > 1000, 60, "rows on host a")
@@ -158,18 +141,16 @@ def test_a_killed_rdb_host_moves_its_partitions_and_no_answer_is_partial(setting
                 time.sleep(8)
             tp_rows = feed.published["trade"]
             want = dict(Counter(r["sym"] for r in tp_rows))
-            wait_until(lambda: bool(answers) and answers[-1] == want, 120, "the survivor exact",
-                       lambda: f"{answers[-1:]} != {want}; refused {refused[-2:]}")
-            halt.set()
-            asking.join(30)
-            assert not wrong, wrong[:3]
-            for before, after in zip(answers, answers[1:], strict=False):
-                for sym, n in before.items():
-                    assert after.get(sym, 0) >= n, f"{sym}: {n} then {after.get(sym)}: a partial answer"
+            wait_until(lambda: asking.last_is(want), 120, "the survivor exact",
+                       lambda: f"{asking.answers[-1:]} != {want}; refused {asking.refused[-2:]}")
+            asking.stop()
+            assert not asking.wrong, asking.wrong[:3]
+            assert not asking.partial(), asking.partial()[:3]
             status = b.client.status()
             assert sorted(status["tables"]["trade"]["partitions"]) == list(range(shared.partitions))
     finally:
-        halt.set()
+        if asking is not None:
+            asking.stop()
         a.stop()
         b.stop()
 

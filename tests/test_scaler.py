@@ -21,7 +21,7 @@ from pathlib import Path
 import boto3
 import pytest
 from fastapi.testclient import TestClient
-from procs import BackgroundFeed, Worker, plant_env, wait_until
+from procs import BackgroundFeed, SymCounts, Worker, plant_env, wait_until
 
 from gateway.app import create_app
 from ingest.eod import open_first_day
@@ -255,9 +255,6 @@ def test_the_scaler_scales_out_under_load_and_in_safely(settings, catalog, tmp_p
     open_first_day(shared, catalog, clock)
     asg, cloudwatch = _asg_with_one_instance(shared)
     halt = threading.Event()
-    answers: list[dict[str, int]] = []
-    refused: list[str] = []
-    wrong: list[str] = []
     lease = Lease(shared, "scaler-1")
     scaler = Scaler(shared, lease=lease, say=lines.append)
     publisher = CloudWatchPublisher(shared)
@@ -272,19 +269,7 @@ def test_the_scaler_scales_out_under_load_and_in_safely(settings, catalog, tmp_p
             for loop in loops:
                 loop.start()
 
-            def ask() -> None:
-                while not halt.is_set():
-                    resp = http.post("/v1/sql", json={"query": "SELECT sym, count() AS n FROM trade "
-                                                               "WHERE date = today() GROUP BY sym"})
-                    if resp.status_code == 200:
-                        answers.append({r["sym"]: r["n"] for r in resp.json()["rows"]})
-                    elif resp.status_code == 503:
-                        refused.append(resp.json()["error"])
-                    else:
-                        wrong.append(f"{resp.status_code} {resp.text[:200]}")
-                    halt.wait(0.2)
-
-            asking = threading.Thread(target=ask, name="asking")
+            asking = SymCounts(http, pause=0.2)
             asking.start()
             market = SyntheticMarket(syms=16, seed=5, clock=clock)
             with Tickerplant(shared, catalog, mode="batch") as tp, BackgroundFeed(tp, market, events=50) as feed:
@@ -300,18 +285,17 @@ def test_the_scaler_scales_out_under_load_and_in_safely(settings, catalog, tmp_p
             want = dict(Counter(r["sym"] for r in feed.published["trade"]))
             wait_until(lambda: _desired(asg, shared.scaler_group) == (1, 1), 90, "a safe scale-in", lambda: "\n".join(lines[-8:]))
             lines.append(f"{time.time():.1f} TEST scaled in")
-            wait_until(lambda: bool(answers) and answers[-1] == want, 60, "the survivor exact",
-                       lambda: f"{answers[-1:]} != {want}; refused {refused[-2:]}")
+            wait_until(lambda: asking.last_is(want), 60, "the survivor exact",
+                       lambda: f"{asking.answers[-1:]} != {want}; refused {asking.refused[-2:]}")
             lines.append(f"{time.time():.1f} TEST exact")
             halt.set()
-            asking.join(30)
+            asking.stop()
             for loop in loops:
                 loop.join(60)
 
-            assert not wrong, wrong[:3]  # every answer whole or a 503
-            for before, after in zip(answers, answers[1:], strict=False):
-                for sym, n in before.items():
-                    assert after.get(sym, 0) >= n, f"{sym}: {n} then {after.get(sym)}: a partial answer"
+            assert not asking.wrong, asking.wrong[:3]  # every answer whole or a 503
+            assert not asking.partial(), asking.partial()[:3]
+            assert asking.answers, "no answer at all through the gateway"
             print("\n".join(lines))
             assert len(runner.workers) == 2, f"instances launched: {list(runner.workers)}"
             [(gone, how)] = runner.gone.items()
