@@ -29,7 +29,8 @@ from ingest.feeds.synthetic import SyntheticMarket
 from ingest.publisher import Tickerplant
 from tickplant.aws.cloudwatch import CloudWatchPublisher
 from tickplant.aws.decide import Situation, Thresholds, decide
-from tickplant.aws.figures import NodeFigures
+from tickplant.aws.figures import NodeFigures, node_figures
+from tickplant.aws.instance import instance_id
 from tickplant.aws.lease import Lease
 from tickplant.aws.safety import at_risk, choose_leaver, handover_pending
 from tickplant.aws.scaler import Scaler
@@ -115,6 +116,29 @@ def test_a_handover_is_over_only_once_new_owners_serve():
     catching = _node("a2", partitions=(0, 1, 2, 3), serving=False, catching_up=("trade[1]",))
     assert "partition 1" in " ".join(handover_pending(leaver, [catching]))
     assert handover_pending(leaver, [_node("a2", partitions=(0, 1, 2, 3))]) == []
+
+
+def test_a_node_record_gives_its_lag_rows_and_cpu():
+    record = {"node": "rdb-x", "replica": "a", "instance_id": "i-0abc", "serving": True, "rss": 256 << 20,
+              "memory_budget": 1024 << 20, "cpu_s": 12.0, "updated": 100.0, "catching_up": [],
+              "tables": {"trade": {"partitions": [0, 2], "applied": {"0": 99, "2": 40},
+                                   "dates": {"2026-11-24": {"rows": 700, "status": "open"}}}}}
+    ends = {("trade", 0): 100, ("trade", 2): 51}  # partition 0 read to its end, 2 ten behind
+    first = node_figures(record, ends)
+    assert (first.lag, first.rows, first.partitions, first.memory_pct, first.cpu_pct) == (10, 700, (0, 2), 25.0, None)
+    later = node_figures({**record, "cpu_s": 13.5, "updated": 103.0}, ends, previous=first)
+    assert later.cpu_pct == pytest.approx(50.0)  # 1.5 CPU seconds in 3 s: half a core
+    assert node_figures({**record, "cpu_s": 0.5, "updated": 103.0}, ends, first).cpu_pct is None  # restarted
+
+
+def test_the_instance_id_is_configured_or_the_instance_says_it(tmp_path):
+    assert instance_id("i-0123456789abcdef0", dmi=tmp_path) == "i-0123456789abcdef0"
+    assert instance_id("", dmi=tmp_path) == ""  # not on EC2: nothing asked of the network
+    (tmp_path / "board_asset_tag").write_text("i-0fedcba9876543210\n")  # a Nitro instance's DMI
+    assert instance_id("", dmi=tmp_path) == "i-0fedcba9876543210"
+    (tmp_path / "board_asset_tag").write_text("Default string\n")
+    (tmp_path / "sys_vendor").write_text("Dell Inc.\n")
+    assert instance_id("", dmi=tmp_path) == ""
 
 
 # -- moto's server, the instance runner --------------------------------------------------
@@ -296,7 +320,6 @@ def test_the_scaler_scales_out_under_load_and_in_safely(settings, catalog, tmp_p
             assert not asking.wrong, asking.wrong[:3]  # every answer whole or a 503
             assert not asking.partial(), asking.partial()[:3]
             assert asking.answers, "no answer at all through the gateway"
-            print("\n".join(lines))
             assert len(runner.workers) == 2, f"instances launched: {list(runner.workers)}"
             [(gone, how)] = runner.gone.items()
             assert how["left_first"], f"{gone} was terminated before its node had left"
