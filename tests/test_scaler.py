@@ -308,6 +308,7 @@ def test_the_scaler_scales_out_under_load_and_in_safely(settings, catalog, tmp_p
                 lines.append(f"{time.time():.1f} TEST both serving and protected; feed stops")
             want = dict(Counter(r["sym"] for r in feed.published["trade"]))
             wait_until(lambda: _desired(asg, shared.scaler_group) == (1, 1), 90, "a safe scale-in", lambda: "\n".join(lines[-8:]))
+            wait_until(lambda: bool(runner.gone), 30, "the runner to see the instance go")
             lines.append(f"{time.time():.1f} TEST scaled in")
             wait_until(lambda: asking.last_is(want), 60, "the survivor exact",
                        lambda: f"{asking.answers[-1:]} != {want}; refused {asking.refused[-2:]}")
