@@ -265,7 +265,7 @@ def _desired(asg, name: str) -> tuple[int, int]:
     return group["DesiredCapacity"], len(group["Instances"])
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_the_scaler_scales_out_under_load_and_in_safely(settings, catalog, tmp_path, moto_endpoint, aws_env):
     shared = settings.replace(
         internal_secret="one-plant-secret-scaler", gateway_timeout_s=10, aws_endpoint_url=moto_endpoint,
