@@ -88,8 +88,8 @@ from streams.partial import run_partial
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
 from streams.shard import Resources, Shard, ShardError
 from tickplant import internal
-from tickplant.aws.instance import instance_id
 from tickplant.config import Settings
+from tickplant.ec2 import instance_id
 
 log = logging.getLogger("tickplant.rdb")
 FENCE_WAIT_SECONDS = 30.0

@@ -48,7 +48,7 @@ from tickplant.kafkaauth import faust_credentials, librdkafka_security
 # cannot be checked. Empty this list once they are merged: every check then covers them too
 # (test_pending_commands_are_still_pending fails as soon as one exists, to say so). With the
 # scaler branch of 2026-12-07 05:43 merged and this list empty, every test here passed.
-PENDING_COMMANDS: list[tuple[str, ...]] = [("scaler",), ("metrics", "cloudwatch")]
+PENDING_COMMANDS: list[tuple[str, ...]] = []
 
 SETTINGS = {f"TICKPLANT_{f.name.upper()}" for f in dataclasses.fields(Settings)}
 # What the host's start-up script fills in from the instance and AWS (tickplant-host-env)

@@ -30,11 +30,11 @@ from ingest.publisher import Tickerplant
 from tickplant.aws.cloudwatch import CloudWatchPublisher
 from tickplant.aws.decide import Situation, Thresholds, decide
 from tickplant.aws.figures import NodeFigures, node_figures
-from tickplant.aws.instance import instance_id
 from tickplant.aws.lease import Lease
 from tickplant.aws.safety import at_risk, choose_leaver, handover_pending
 from tickplant.aws.scaler import Scaler
 from tickplant.clock import ManualClock
+from tickplant.ec2 import instance_id
 from tickplant.kafka.broker import free_port
 
 T0 = int(dt.datetime(2026, 11, 24, 14, 30, tzinfo=dt.UTC).timestamp() * 1e9)

@@ -9,7 +9,7 @@ import argparse
 import logging
 from typing import Any
 
-from tickplant.cli import settings_from_args
+from tickplant.cliargs import settings_from_args
 from tickplant.textable import format_table
 
 
