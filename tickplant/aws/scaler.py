@@ -110,21 +110,24 @@ class Scaler:
 
     def protect(self, group: dict[str, Any], figures: list[NodeFigures]) -> dict[str, bool]:
         """Protect from scale-in the instances whose node holds data nothing else keeps; unprotect
-        the rest. Returns instance id -> protected, as it now stands."""
+        the rest (an instance with no node yet is left as it is: a group may launch its
+        instances protected). Returns instance id -> protected, as it now stands."""
         published = {t: {d.isoformat() for d in days} for t, days in read_day_state(self.settings).published.items()}
         by_instance = {f.instance_id: f for f in figures if f.instance_id}
         state = {}
         for instance in group["Instances"]:
             iid, protected = instance["InstanceId"], instance.get("ProtectedFromScaleIn", False)
             node = by_instance.get(iid)
+            state[iid] = protected
+            if node is None and iid not in self.departing:
+                continue  # launching, or its worker not up: unknown, left as the group set it
             risky = at_risk(node, figures, published) if node else []
             want = bool(risky)
-            state[iid] = protected
             if want == protected:
                 continue
             why = (f"node {node.node} alone holds {len(risky)} shard-days, e.g. {risky[0][0]}[{risky[0][1]}] "
-                   f"{risky[0][2]}" if risky else f"{'node ' + node.node if node else 'no RDB node'} holds no data "
-                   "only it keeps")
+                   f"{risky[0][2]}" if risky else f"node {node.node} holds no data only it keeps" if node
+                   else "its node has left and its partitions are served elsewhere")
             if self.dry_run:
                 self.say(f"dry run: would {'protect' if want else 'unprotect'} {iid}: {why}")
                 continue
