@@ -647,6 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_watch_commands(sub, common)
 
+    from tickplant.ingest_cli import add_commands as add_ingest_commands
+
+    add_ingest_commands(sub, common)
+
     dlq = sub.add_parser("deadletters", parents=[common], help="rejected input and why")
     dlq.add_argument("--last", type=int, default=50)
     dlq.set_defaults(func=cmd_deadletters)

@@ -122,6 +122,9 @@ class Settings:
     # how far past the close of its log day a row's time stamp may be
     sym_max_bytes: int = 64
     max_future_seconds: float = 3600.0
+    # the batch loader (ingest/sources.py): [ingest] options and [ingest.sources.NAME] per
+    # vendor file layout (match, table, columns, time_format, time_unit, timezone)
+    ingest: dict[str, Any] = field(default_factory=dict)
 
     @property
     def embedded(self) -> bool:
@@ -195,6 +198,11 @@ class Settings:
 def _coerce(name: str, raw: Any, target: Any, source: str) -> Any:
     kind = target.type if isinstance(target.type, str) else str(target.type)
     try:
+        if kind == "dict[str, Any]":  # a nested table ([ingest]): kept as TOML gave it, or JSON
+            value = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(value, dict):
+                raise ValueError("not a table")
+            return value
         if "dict" in kind:
             if isinstance(raw, str) and raw.lstrip().startswith("{"):
                 raw = json.loads(raw)  # a JSON object: for values with commas (a SASL password)
