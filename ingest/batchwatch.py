@@ -86,23 +86,25 @@ def poll_once(loader: BatchLoader, source: str, on_result: Callable[[ObjectRef, 
     return count
 
 
-def sqs_messages(client: Any, queue_url: str, stop: threading.Event) -> Iterator[dict[str, Any]]:
+def sqs_messages(client: Any, queue_url: str, stop: threading.Event,
+                 wait_seconds: int = SQS_WAIT_SECONDS) -> Iterator[dict[str, Any]]:
     while not stop.is_set():
-        reply = client.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                       WaitTimeSeconds=SQS_WAIT_SECONDS)
+        reply = client.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds)
         yield from reply.get("Messages", ())
 
 
-def sqs_client(queue_url: str, endpoint: str = "") -> Any:
+def sqs_client(queue_url: str, endpoint: str = "", region: str = "") -> Any:
+    """A client for the queue's region (an AWS queue URL names it; else ``region``)."""
     import boto3
 
-    region = queue_url.split(".")[1] if queue_url.startswith("https://sqs.") else None
-    return boto3.client("sqs", endpoint_url=endpoint or None, region_name=region)
+    if queue_url.startswith("https://sqs."):
+        region = queue_url.split(".")[1]
+    return boto3.client("sqs", endpoint_url=endpoint or None, region_name=region or None)
 
 
 def watch(loader: BatchLoader, source: str, stop: threading.Event,
           on_result: Callable[[ObjectRef, LoadResult | Exception], None],
-          sqs_url: str = "", sqs_endpoint: str = "") -> None:
+          sqs_url: str = "", sqs_endpoint: str = "", sqs_wait_seconds: int = SQS_WAIT_SECONDS) -> None:
     """Poll ``source`` (or follow the SQS queue) until ``stop`` is set."""
     if not sqs_url:
         while not stop.is_set():
@@ -112,9 +114,9 @@ def watch(loader: BatchLoader, source: str, stop: threading.Event,
                 log.warning("listing %s failed: %s", source, exc)
             stop.wait(loader.options.poll_seconds)
         return
-    client = sqs_client(sqs_url, sqs_endpoint)
+    client = sqs_client(sqs_url, sqs_endpoint, loader.settings.s3_region)
     prefix = source[len("s3://"):] if source.startswith("s3://") else ""
-    for message in sqs_messages(client, sqs_url, stop):
+    for message in sqs_messages(client, sqs_url, stop, sqs_wait_seconds):
         try:
             objects = s3_event_objects(json.loads(message["Body"]))
         except ValueError as exc:

@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 import zoneinfo
 from collections import Counter
@@ -38,6 +39,9 @@ from ingest.topics import TopicNames
 
 TODAY = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 BASE_NS = int(TODAY.timestamp()) * 10**9
+# the killed loader and the restarted watcher: a transaction per CHUNK rows, many of them, so that
+# the kill lands mid-file
+KILL_ROWS, WATCH_ROWS, CHUNK = 24_000, 16_000, 400
 VENDOR = {"ts": "time", "ticker": "sym", "px": "price", "qty": "size", "venue": "exchange"}
 
 
@@ -174,13 +178,13 @@ def _wait_chunks(settings, identity: str, chunks: int, proc: subprocess.Popen, l
 
 
 def test_kill9_mid_load_then_rerun_publishes_every_row_once(plant, tmp_path):
-    n = 60_000
+    n = KILL_ROWS
     path = _write_csv(tmp_path / "big_1.csv", n, "KIL")
     identity = Store(plant).resolve(str(path)).identity
     log = tmp_path / "loader.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tickplant", "ingest", "load", str(path), "--table", "trade"],
-                                env=_loader_env(plant, chunk_rows=500), stdout=out, stderr=subprocess.STDOUT)
+                                env=_loader_env(plant, chunk_rows=CHUNK), stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_chunks(plant, identity, 3, proc, log)
     finally:
@@ -199,13 +203,13 @@ def test_kill9_mid_load_then_rerun_publishes_every_row_once(plant, tmp_path):
 def test_watcher_restarted_mid_file_loads_it_once(plant, tmp_path):
     drop = tmp_path / "drop"
     drop.mkdir()
-    n = 40_000
+    n = WATCH_ROWS
     path = _write_csv(drop / "eod_trades_1.csv", n, "WAT")
     identity = Store(plant).resolve(str(path)).identity
     log = tmp_path / "watch.log"
     argv = [sys.executable, "-m", "tickplant", "ingest", "watch", str(drop)]
     with open(log, "ab") as out:
-        first = subprocess.Popen(argv, env=_loader_env(plant, chunk_rows=500), stdout=out, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(argv, env=_loader_env(plant, chunk_rows=CHUNK), stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_chunks(plant, identity, 2, first, log)
     finally:
@@ -215,7 +219,7 @@ def test_watcher_restarted_mid_file_loads_it_once(plant, tmp_path):
     assert not stopped.done
     _write_csv(drop / "eod_trades_2.csv", 100, "WAU")  # and a file dropped while it was down
     with open(log, "ab") as out:
-        second = subprocess.Popen(argv, env=_loader_env(plant, chunk_rows=500), stdout=out, stderr=subprocess.STDOUT)
+        second = subprocess.Popen(argv, env=_loader_env(plant, chunk_rows=CHUNK), stdout=out, stderr=subprocess.STDOUT)
     try:
         index = LoadIndex(plant)
         wait_until(lambda: sum(r.done for r in index.catch_up().values() if r.url.startswith(str(drop))) == 2,
@@ -253,11 +257,11 @@ def test_readers_never_see_an_aborted_chunk(plant, catalog, tmp_path):
         def rdb_rows(prefix: str) -> int:
             return sum(c for sym, c in rdb.client.count("trade").items() if sym.startswith(prefix))
 
-        wait_until(lambda: rdb_rows("KIL") == 60_000 and rdb_rows("ABT") == 200, 60,
+        wait_until(lambda: rdb_rows("KIL") == KILL_ROWS and rdb_rows("ABT") == 200, 60,
                    "the RDB to hold the committed rows", rdb.log_tail)
         got = rdb.client.rows("trade", ["ABT0", "ABT1", "ABT2"]).column("size").to_pylist()
         assert sorted(got) == list(range(300, 500))
-        assert rdb_rows("VND") == 2 and rdb_rows("WAT") == 40_000
+        assert rdb_rows("VND") == 2 and rdb_rows("WAT") == WATCH_ROWS
     finally:
         rdb.stop()
 
@@ -309,3 +313,50 @@ def test_s3_event_loads_through_the_lambda_function_once(plant, s3, tmp_path, mo
     _once(plant, "LAQ", 500)
     listed = {r.url: r for r in read_loads(plant)}
     assert listed[f"s3://{s3.bucket}/{csv_key}"].etag == records[0]["s3"]["object"]["eTag"]
+
+
+def test_sqs_notifications_duplicated_load_once(plant, s3, tmp_path):  # noqa: F811
+    """S3 event notifications through SQS (moto's server on loopback), each delivered twice."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from ingest.batchwatch import watch
+    from tickplant.kafka.broker import free_port
+
+    settings = plant.replace(s3_endpoint=s3.endpoint)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    stop = threading.Event()
+    try:
+        endpoint = f"http://127.0.0.1:{server._port}"
+        sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+        queue = sqs.create_queue(QueueName="tickplant-drops", Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
+        client = s3.client()
+        key = "sqs/eod trades 3.csv"
+        client.upload_file(str(_write_csv(tmp_path / "q.csv", 700, "SQS")), s3.bucket, key)
+        record = json.loads(EVENT)["Records"][0]
+        record["s3"]["bucket"]["name"] = s3.bucket
+        record["s3"]["object"].update(key=quote_plus(key, safe="/"),
+                                      eTag=client.head_object(Bucket=s3.bucket, Key=key)["ETag"].strip('"'))
+        for _ in range(2):  # S3 delivers at least once
+            sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"Records": [record]}))
+        results: list = []
+        loader = BatchLoader(settings)
+        thread = threading.Thread(target=watch, args=(loader, f"s3://{s3.bucket}/sqs/", stop,
+                                                      lambda ref, r: results.append(r)),
+                                  kwargs={"sqs_url": queue, "sqs_endpoint": endpoint, "sqs_wait_seconds": 1})
+        thread.start()
+
+        def drained() -> bool:
+            attrs = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
+            return len(results) == 2 and attrs["ApproximateNumberOfMessages"] == "0" and \
+                attrs["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+        wait_until(drained, 60, "both deliveries handled and deleted", lambda: repr(results))
+        stop.set()
+        thread.join(30)
+        assert [r.already for r in results] == [False, True], results
+        _once(plant, "SQS", 700)
+    finally:
+        stop.set()
+        server.stop()
