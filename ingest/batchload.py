@@ -133,40 +133,27 @@ class BatchLoader:
         result = LoadResult(record, already=record.done, resumed_at=record.chunks)
         if record.done:
             return result
+        if record.table != source.table:
+            raise LoadError(f"{ref.url}: half loaded into {record.table} ({record.chunks} chunks), but its source "
+                            f"{source.name} now says table {source.table}; finish it with --table {record.table}")
         schema = self.catalog[source.table]
         reader = ObjectReader(ref, Converter(source, schema), self.rules, record.chunk_rows or self.options.chunk_rows)
-        if ref.format == "csv":
-            chunks = reader.csv_chunks(self.store.open_stream(ref))
-        else:
-            chunks = reader.parquet_chunks(self.store.open_file(ref))
-        for chunk in chunks:
-            if chunk.index < record.chunks:
-                continue  # committed by an earlier run
-            tp.producer.begin_transaction()
-            try:
-                before = letters.sent
-                published = tp.publish_frame(schema.name, chunk.rows) if chunk.rows.num_rows else 0
-                tp.send_waiting()
-                for bad in chunk.rejected:
-                    letters.send(schema.name, bad.reason, bad.payload, bad.where)
-                record.chunks = chunk.index + 1
-                record.rows += published
-                record.rejected += letters.sent - before
-                record.updated_ns = time.time_ns()
-                record.loader = self.loader
-                self._write(tp, record)
-                tp.producer.commit_transaction(COMMIT_TIMEOUT_S)
-            except BaseException:
-                _abort(tp)
-                raise
-            if tp.stats.errors:
-                raise LoadError(f"{ref.url}: chunk {chunk.index}: {tp.stats.errors[0]}")
-            result.published += published
-            room = REJECTS_KEPT - len(result.rejected)
-            if room > 0:
-                result.rejected += chunk.rejected[:room]
-            if progress:
-                progress(record)
+        reader.skip = record.chunks
+        handle = self.store.open_stream(ref) if ref.format == "csv" else self.store.open_file(ref)
+        try:
+            chunks = reader.csv_chunks(handle) if ref.format == "csv" else reader.parquet_chunks(handle)
+            for chunk in chunks:
+                if chunk.index < record.chunks:
+                    continue  # committed by an earlier run
+                published = self._commit_chunk(tp, letters, schema.name, chunk, record)
+                result.published += published
+                room = REJECTS_KEPT - len(result.rejected)
+                if room > 0:
+                    result.rejected += chunk.rejected[:room]
+                if progress:
+                    progress(record)
+        finally:
+            handle.close()
         record.checksum = reader.checksum or self.store.checksum(ref)
         record.state = DONE
         record.updated_ns = time.time_ns()
@@ -179,6 +166,30 @@ class BatchLoader:
             raise
         self.index.records[ref.identity] = record
         return result
+
+    def _commit_chunk(self, tp: Tickerplant, letters: _ChunkLetters, table: str, chunk: Any,
+                      record: LoadRecord) -> int:
+        """One chunk's rows, dead letters and the record counting them, in one transaction."""
+        tp.producer.begin_transaction()
+        try:
+            before = letters.sent
+            published = tp.publish_frame(table, chunk.rows) if chunk.rows.num_rows else 0
+            tp.send_waiting()
+            for bad in chunk.rejected:
+                letters.send(table, bad.reason, bad.payload, bad.where)
+            record.chunks = chunk.index + 1
+            record.rows += published
+            record.rejected += letters.sent - before
+            record.updated_ns = time.time_ns()
+            record.loader = self.loader
+            self._write(tp, record)
+            tp.producer.commit_transaction(COMMIT_TIMEOUT_S)
+        except BaseException:
+            _abort(tp)
+            raise
+        if tp.stats.errors:
+            raise LoadError(f"{record.url}: chunk {chunk.index}: {tp.stats.errors[0]}")
+        return published
 
     def _write(self, tp: Tickerplant, record: LoadRecord) -> None:
         tp.producer.produce(self.names.loads, key=record.identity.encode(), value=record.encode())

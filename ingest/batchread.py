@@ -107,9 +107,12 @@ class ObjectReader:
         self.rules = rules
         self.chunk_rows = chunk_rows
         self.checksum = ""  # the object's SHA-256, once read to its end (CSV)
+        self.skip = 0  # chunks committed before: read past (for line numbers and the checksum), not converted
 
     def _finish(self, index: int, raw: pa.Table, where: Callable[[int], str], skipped: list[Rejected],
                 layout: Layout) -> Chunk:
+        if index < self.skip:
+            return Chunk(index, raw.slice(0, 0), [], raw.num_rows + len(skipped))
         table = self.converter.schema.name
         rows, refused = self.converter.convert(raw, layout)
         blank = self._blank(raw)
