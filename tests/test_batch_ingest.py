@@ -360,3 +360,23 @@ def test_sqs_notifications_duplicated_load_once(plant, s3, tmp_path):  # noqa: F
     finally:
         stop.set()
         server.stop()
+
+
+def test_sources_come_from_the_toml_and_bad_ones_are_named(tmp_path):
+    from ingest.sources import ingest_options
+    from tickplant.config import ConfigError, load_settings
+
+    path = tmp_path / "tickplant.toml"
+    path.write_text('[ingest]\nchunk_rows = 5000\n[ingest.sources.acme]\nmatch = "acme/*.csv"\ntable = "quote"\n'
+                    'columns = { bidpx = "bid", askpx = "ask" }\ntime_format = "epoch"\ntime_unit = "ms"\n')
+    options = ingest_options(load_settings(path), {"trade", "quote"})
+    assert options.chunk_rows == 5000
+    acme = options.source_for("acme/q_1.csv")
+    assert (acme.table, acme.columns["bidpx"], acme.time_scale) == ("quote", "bid", 1_000_000)
+    with pytest.raises(ConfigError, match="no \\[ingest.sources\\] entry matches it"):
+        options.source_for("other/x.csv")
+    for bad, said in (('table = "trades"', "table 'trades' is not a table"), ('table = "quote"\ntime_unit = "min"',
+                      "time_unit 'min'"), ('table = "quote"\ntimezone = "Mars/Olympus"', "timezone 'Mars/Olympus'")):
+        path.write_text(f"[ingest.sources.bad]\n{bad}\n")
+        with pytest.raises(ConfigError, match=r"\[ingest.sources.bad\]: " + said):
+            ingest_options(load_settings(path), {"trade", "quote"})
