@@ -37,6 +37,7 @@ from ingest.batchconvert import Converter
 from ingest.batchread import ObjectReader, Rejected
 from ingest.deadletter import letter
 from ingest.loadlog import DONE, LoadIndex, LoadRecord
+from ingest.logread import LogReadError
 from ingest.objects import ObjectRef, Store
 from ingest.publisher import Tickerplant
 from ingest.schemas import SchemaCatalog
@@ -46,6 +47,7 @@ from ingest.validate import RowRules
 from tickplant.config import Settings
 
 COMMIT_TIMEOUT_S = 60.0
+PRECHECK_WAIT_S = 3.0
 REJECTS_KEPT = 1000
 
 
@@ -107,7 +109,10 @@ class BatchLoader:
         source = self.options.source_for(ref.name, table)
         if source.table not in self.catalog.names:
             raise LoadError(f"{ref.url}: table {source.table!r} is not a table of the plant")
-        self.index.catch_up()
+        try:  # loaded already? then no producer at all; a killed loader's open transaction may hold
+            self.index.catch_up(idle_timeout=PRECHECK_WAIT_S)  # this read back: init_transactions ends it
+        except LogReadError:
+            pass
         done = self.loaded(ref)
         if done is not None:
             return LoadResult(done, already=True, resumed_at=done.chunks)
