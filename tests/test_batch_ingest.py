@@ -379,3 +379,27 @@ def test_sources_come_from_the_toml_and_bad_ones_are_named(tmp_path):
         path.write_text(f"[ingest.sources.bad]\n{bad}\n")
         with pytest.raises(ConfigError, match=r"\[ingest.sources.bad\]: " + said):
             ingest_options(load_settings(path), {"trade", "quote"})
+
+
+def test_cli_load_and_ls(plant, tmp_path, monkeypatch, capsys):
+    from tickplant.cli import main
+
+    for name, value in _loader_env(plant).items():
+        if name.startswith("TICKPLANT_"):
+            monkeypatch.setenv(name, value)
+    path = _write_csv(tmp_path / "cli_1.csv", 50, "CLI")
+    with path.open("a") as f:
+        f.write(f"{BASE_NS},CLI9,oops,1,N\n")
+    assert main(["ingest", "load", str(path), "--table", "trade"]) == 3  # a rejected row: exit 3, as feed csv
+    out = capsys.readouterr().out
+    assert f"{path}:52: price: 'oops' is not a valid double" in out and "50 rows into trade, 1 rejected" in out
+    assert main(["ingest", "load", str(path), "--table", "trade"]) == 0
+    assert "already loaded (50 rows into trade, 1 rejected" in capsys.readouterr().out
+    assert main(["ingest", "ls", "--table", "trade"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].split()[:4] == ["object", "version", "table", "state"]
+    row = next(line for line in listing if str(path) in line).split()
+    assert row[1:6] == ["file", "trade", "done", "50", "1"] and row[6] == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    assert main(["ingest", "load", str(tmp_path / "nope.csv")]) == 2
+    assert "nope.csv: No such file or directory" in capsys.readouterr().err
+    _once(plant, "CLI", 50)

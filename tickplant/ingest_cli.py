@@ -89,7 +89,7 @@ def cmd_ingest_ls(args: argparse.Namespace) -> int:
         return 0
     print(format_table(
         ["object", "version", "table", "state", "rows", "rejected", "sha256", "loaded (UTC)"],
-        [[r.url, (r.version or r.etag)[:16], r.table, r.state if r.done else f"{r.state} ({r.chunks} chunks)",
+        [[r.url, (r.version or r.etag)[:16] or "file", r.table, r.state if r.done else f"{r.state} ({r.chunks} chunks)",
           r.rows, r.rejected, r.checksum[:16], _when(r.updated_ns)] for r in records[-args.last:]],
     ))
     return 0
