@@ -31,7 +31,7 @@ from ingest.batchconvert import Converter, Layout, LayoutError, keep_rows
 from ingest.objects import HashingStream, ObjectRef
 from ingest.validate import RowRules
 
-CSV_BLOCK_BYTES = 4 << 20
+CSV_BLOCK_BYTES = 1 << 20  # Arrow holds many times a block while parsing it: small blocks, small peak
 HEADER_MAX_BYTES = 1 << 20
 
 

@@ -10,7 +10,7 @@ were tried.
 
 ```toml
 [ingest]
-chunk_rows = 100000             # rows per Kafka transaction (and per resume step)
+chunk_rows = 50000              # rows per Kafka transaction (and per resume step)
 transaction_timeout_ms = 60000  # how long a killed loader's open transaction holds readers back
 poll_seconds = 5                # tickplant ingest watch: how often a directory or prefix is listed
 
@@ -35,7 +35,7 @@ from typing import Any
 from tickplant.config import ConfigError, Settings
 
 TIME_UNITS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
-DEFAULT_CHUNK_ROWS = 100_000
+DEFAULT_CHUNK_ROWS = 50_000
 DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000
 DEFAULT_POLL_SECONDS = 5.0
 
