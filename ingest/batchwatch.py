@@ -4,7 +4,10 @@ Two ways to hear of new objects:
 - polling: the directory or ``s3://bucket/prefix`` is listed every
   ``poll_seconds``; an object whose identity has a ``done`` load record is
   passed over, any other is loaded (a restarted watcher resumes a file it
-  was killed in the middle of, after its last committed chunk);
+  was killed in the middle of, after its last committed chunk). A file
+  modified in the last two polls (at least 2 s) waits: it may still be being
+  written, and a file that grows is another object (dropping files by
+  rename, as most transfer tools do, loads them at the next poll);
 - S3 event notifications through SQS (``--sqs URL``): each message's
   ``Records`` (S3's ObjectCreated events, also when wrapped by SNS) are
   loaded, then the message is deleted; a message whose load failed stays,
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +69,7 @@ def poll_once(loader: BatchLoader, source: str, on_result: Callable[[ObjectRef, 
               stop: threading.Event | None = None) -> int:
     """Load every object under ``source`` not loaded yet; how many were loaded now."""
     loader.index.catch_up()
+    settle_ns = int(max(2.0, 2 * loader.options.poll_seconds) * 1e9)
     done = {(r.url, r.etag) for r in loader.index.records.values() if r.done}
     count = 0
     for ref in loader.store.listing(source):
@@ -72,6 +77,8 @@ def poll_once(loader: BatchLoader, source: str, on_result: Callable[[ObjectRef, 
             break
         if ref.is_s3 and (ref.url, ref.etag) in done:
             continue  # loaded (in some version with these bytes): no HEAD needed
+        if not ref.is_s3 and time.time_ns() - ref.mtime_ns < settle_ns:
+            continue  # maybe still being written: a file's identity is its size and mtime
         if ref.is_s3:
             ref = loader.store.resolve(ref.url, etag=ref.etag)  # its version, in a versioned bucket
         if loader.loaded(ref) is not None:
