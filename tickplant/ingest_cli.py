@@ -9,12 +9,19 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import signal
 import sys
 import threading
 from typing import Any
 
-from tickplant.cli import EXIT_REJECTS, settings_from_args
+from tickplant.cliargs import settings_from_args
 from tickplant.textable import format_table
+
+EXIT_REJECTS = 3  # as tickplant feed csv: some rows were rejected (all are on the dead-letter topic)
+
+
+def _interrupt(_signo: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _when(ns: int) -> str:
@@ -57,13 +64,12 @@ def cmd_ingest_load(args: argparse.Namespace) -> int:
 def cmd_ingest_watch(args: argparse.Namespace) -> int:
     from ingest.batchload import BatchLoader
     from ingest.batchwatch import watch
-    from tickplant.plant import install_signal_handlers
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_from_args(args)
     loader = BatchLoader(settings)
     stop = threading.Event()
-    install_signal_handlers()  # SIGTERM unwinds like Ctrl-C: an open chunk's transaction is aborted
+    signal.signal(signal.SIGTERM, _interrupt)  # unwinds like Ctrl-C: an open chunk's transaction is aborted
 
     def on_result(ref: Any, result: Any) -> None:
         if isinstance(result, Exception):
