@@ -54,6 +54,12 @@ def _jsonable(payload: Any) -> Any:
         return repr(payload)[:65536]
 
 
+def letter(source: str, table: str, reason: str, payload: Any, where: str = "") -> bytes:
+    """One dead-letter record as it goes on the topic."""
+    return json.dumps({"source": source, "table": table, "where": where, "reason": reason,
+                       "payload": _jsonable(payload), "time": time.time_ns()}).encode()
+
+
 class DeadLetters:
     def __init__(self, settings: Settings, source: str):
         self.topic = TopicNames(settings.topic_prefix).deadletter
@@ -69,11 +75,7 @@ class DeadLetters:
             self._producer = Producer(self._settings.kafka_config(**{
                 "enable.idempotence": True, "acks": "all",
             }))
-        record = {
-            "source": self.source, "table": table, "where": where, "reason": reason,
-            "payload": _jsonable(payload), "time": time.time_ns(),
-        }
-        self._producer.produce(self.topic, key=table.encode(), value=json.dumps(record).encode())
+        self._producer.produce(self.topic, key=table.encode(), value=letter(self.source, table, reason, payload, where))
         self._producer.poll(0)
         self.sent += 1
 
@@ -117,9 +119,7 @@ class DeadLetters:
         producer.begin_transaction()
         for key in todo:
             table, reason, payload = wanted[key]
-            record = {"source": self.source, "table": table, "where": key, "reason": reason,
-                      "payload": _jsonable(payload), "time": time.time_ns()}
-            producer.produce(self.topic, key=key.encode(), value=json.dumps(record).encode())
+            producer.produce(self.topic, key=key.encode(), value=letter(self.source, table, reason, payload, key))
         try:
             producer.commit_transaction(30)
         except KafkaException:

@@ -92,7 +92,12 @@ class Tickerplant:
         catalog: SchemaCatalog | None = None,
         mode: str | None = None,
         source: str = "publisher",
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = 60_000,
     ):
+        """``transactional_id``: a transactional producer (the batch loader's); its rows go out
+        only inside the caller's transactions, so there is no batch timer: ``send_waiting``
+        hands them to the producer before the caller commits."""
         self.settings = settings
         self.catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
         self.mode = mode or settings.publish_mode
@@ -105,7 +110,10 @@ class Tickerplant:
         self.stats = PublishStats()
         self.deadletters = DeadLetters(settings, source)
         batch = self.mode == "batch"
-        self.producer = Producer(producer_config(settings, self.mode))
+        config = producer_config(settings, self.mode)
+        if transactional_id:
+            config.update({"transactional.id": transactional_id, "transaction.timeout.ms": transaction_timeout_ms})
+        self.producer = Producer(config)
         self._topics = {t.name: self.names.table(t.name) for t in self.catalog}
         # (row header, block header) per table: our framing, or Confluent's with a registry
         self._headers = {t.name: (codec_for(t).row_header, codec_for(t).block_header) for t in self.catalog}
@@ -126,7 +134,7 @@ class Tickerplant:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
-        if batch:
+        if batch and not transactional_id:
             self._timer = threading.Thread(target=self._tick, name="tp-batch-timer", daemon=True)
             self._timer.start()
 
@@ -471,6 +479,10 @@ class Tickerplant:
                     self._send_block(self.catalog[table], part, block.chunks, block.rows)
                     block.chunks, block.rows = [], 0
         self.producer.poll(0)
+
+    def send_waiting(self) -> None:
+        """Hand every row still waiting for its block to the producer now."""
+        self._drain()
 
     def _tick(self) -> None:
         interval = self.settings.batch_interval_ms / 1000.0

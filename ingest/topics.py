@@ -5,7 +5,8 @@
 - ``<prefix>_tp.control``: end-of-day markers (one partition: a total order);
 - ``<prefix>_tp.schemas``: writer schemas by fingerprint (compacted);
 - ``<prefix>_tp.deadletter``: rejected input with the reason;
-- ``<prefix>_tp.metadata``: what each data node holds and its address (compacted).
+- ``<prefix>_tp.metadata``: what each data node holds and its address (compacted);
+- ``<prefix>_tp.loads``: the batch loader's record of each object loaded (compacted).
 """
 
 from __future__ import annotations
@@ -87,6 +88,11 @@ class TopicNames:
         """Data nodes say what they hold and where they answer (compacted, key = node id)."""
         return f"{self.prefix}_tp.metadata"
 
+    @property
+    def loads(self) -> str:
+        """The batch loader's load records (compacted, key = the object and its version)."""
+        return f"{self.prefix}_tp.loads"
+
     def derived(self, name: str) -> str:
         """A real-time engine's output (``rte.bars``, ``rte.analytics``): keyed by sym, Avro."""
         return f"{self.prefix}rte.{name}"
@@ -117,6 +123,7 @@ def ensure_topics(settings: Settings, catalog: SchemaCatalog, timeout: float = 3
     wanted[names.metadata] = NewTopic(
         names.metadata, 1, rf, config={"cleanup.policy": "compact", "segment.ms": "600000"}
     )
+    wanted[names.loads] = NewTopic(names.loads, 1, rf, config={"cleanup.policy": "compact"})
     return create_topics(settings, wanted, timeout)
 
 

@@ -552,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tickplant.aws.cli import add_commands as add_aws_commands
 
     add_aws_commands(sub, common)
+    from tickplant.ingest_cli import add_commands as add_ingest_commands
+
+    add_ingest_commands(sub, common)
 
     dlq = sub.add_parser("deadletters", parents=[common], help="rejected input and why")
     dlq.add_argument("--last", type=int, default=50)

@@ -153,6 +153,9 @@ class Settings:
     scaler_cpu_high_pct: float = 70.0
     scaler_cpu_low_pct: float = 25.0
     scaler_handover_timeout_s: float = 900.0
+    # the batch loader (ingest/sources.py): [ingest] options and [ingest.sources.NAME] per
+    # vendor file layout (match, table, columns, time_format, time_unit, timezone)
+    ingest: dict[str, Any] = field(default_factory=dict)
 
     @property
     def embedded(self) -> bool:
@@ -226,6 +229,11 @@ class Settings:
 def _coerce(name: str, raw: Any, target: Any, source: str) -> Any:
     kind = target.type if isinstance(target.type, str) else str(target.type)
     try:
+        if kind == "dict[str, Any]":  # a nested table ([ingest]): kept as TOML gave it, or JSON
+            value = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(value, dict):
+                raise ValueError("not a table")
+            return value
         if "dict" in kind:
             if isinstance(raw, str) and raw.lstrip().startswith("{"):
                 raw = json.loads(raw)  # a JSON object: for values with commas (a SASL password)
