@@ -63,6 +63,7 @@ from sinks.markers import MarkerPublisher
 from sinks.spill import SpillCache, read_day
 from sinks.store import HdbStore
 from sinks.writedown import DEFAULT_OPTIONS, WriteOptions, write_partition
+from tickplant import metrics
 from tickplant.config import Settings
 
 log = logging.getLogger("tickplant.pdb")
@@ -158,6 +159,20 @@ class Pdb:
         self._warned: set[tuple[str, dt.date]] = set()
         self._hdb_dates: dict[str, set[dt.date]] = {}
         self.ready = threading.Event()
+        # metrics (tickplant/metrics.py): rows counted per message (a block is many), write-downs
+        # timed, the lag read at scrape time
+        self._rows_in = {t: metrics.ROWS_IN.labels("pdb", t) for t in self.catalog.names}
+        for table in self.catalog.names:
+            metrics.init_labels(metrics.WRITEDOWNS, {"table": table, "outcome": "ok"},
+                                {"table": table, "outcome": "failed"})
+        metrics.add_source(self.metric_samples)
+
+    def metric_samples(self) -> Any:
+        """The capture's lag per table partition and what the intake refused, at scrape time."""
+        positions = {(t, self.names.table(t), p): s.next for (t, p), s in list(self.cache.parts.items())
+                     if s.next is not None}
+        yield from metrics.consumer_lag("pdb", self.consumer, positions)
+        yield f"{metrics.PREFIX}refused_messages", {"role": "pdb"}, self.intake.refused_messages
 
     # -- the loop ----------------------------------------------------------------
 
@@ -305,6 +320,7 @@ class Pdb:
             return
         self.cache.append(table, part, offset, rows)
         self.rows_captured += count
+        self._rows_in[table].inc(count)
 
     def _commit(self) -> None:
         self.cache.commit()
@@ -379,6 +395,7 @@ class Pdb:
                                        f"'tickplant hdb backfill --force' rewrites it")
             job.manifest = manifest
             job.marker = self.markers.publish(manifest, self.store.display_root)
+            metrics.WRITEDOWN_SECONDS.labels(job.table).observe(time.monotonic() - started)
         except BaseException as exc:  # noqa: BLE001 - reported by _reap, retried later
             job.error = exc
 
@@ -388,6 +405,8 @@ class Pdb:
             return
         self.job = None
         key = (job.table, job.date)
+        outcome = "failed" if job.error is not None else "ok"
+        metrics.WRITEDOWNS.labels(job.table, outcome).inc()
         if job.error is not None:
             self.failed[key] = (time.monotonic(), str(job.error))
             log.error("write-down of %s %s failed (retried in %.0f s): %s", job.table, job.date,
@@ -395,6 +414,8 @@ class Pdb:
             return
         self.failed.pop(key, None)
         self.done.add(key)
+        if job.manifest is not None:
+            metrics.ROWS_OUT.labels("pdb", job.table).inc(job.manifest.rows)
         self._hdb(job.table).add(job.date)
         if job.marker is not None:
             self.published.append(job.marker)
