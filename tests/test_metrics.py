@@ -53,7 +53,7 @@ MATCHING = re.compile(r"^\s*(bool\s*)?((on|ignoring)\s*\([^)]*\)\s*)?((group_lef
 
 def scrape(url: str) -> dict[str, Any]:
     """name -> family, parsed by prometheus_client's own text parser."""
-    with urllib.request.urlopen(url, timeout=10) as resp:
+    with urllib.request.urlopen(url, timeout=30) as resp:
         assert resp.headers.get("Content-Type", "").startswith("text/plain"), resp.headers
         text = resp.read().decode()
     return {family.name: family for family in text_string_to_metric_families(text)}
@@ -187,6 +187,14 @@ def _number(text: str) -> bool:
 
 def test_a_real_prometheus_scrapes_every_role_and_every_alert_and_panel_has_series(
         plant: MeteredPlant, prometheus: PrometheusServer) -> None:
+    def all_up() -> bool:
+        targets = prometheus.targets()
+        return len(targets) == len(plant.targets) and all(t["health"] == "up" for t in targets)
+
+    wait_until(all_up, 30, "every role's target up", lambda: str(prometheus.targets()))
+    # scraped at 0 first, so that the dead letter below is an increase
+    wait_until(lambda: prometheus.query('tickplant_dead_letters_total{role="rdb", table="trade"} == 0'), 30,
+               "the RDB's dead-letter count scraped at 0")
     # a message no reader accepts (not our framing): dead-lettered once for the plant
     from confluent_kafka import Producer
 
@@ -197,12 +205,6 @@ def test_a_real_prometheus_scrapes_every_role_and_every_alert_and_panel_has_seri
     # a day rolled: the PDB writes it down (write-down figures), the RDB serves the new day
     done = plant.tickplant("eod", timeout=120)
     assert done.returncode == 0, done.stderr
-
-    def all_up() -> bool:
-        targets = prometheus.targets()
-        return len(targets) == len(plant.targets) and all(t["health"] == "up" for t in targets)
-
-    wait_until(all_up, 30, "every role's target up", lambda: str(prometheus.targets()))
     wait_until(lambda: prometheus.query('sum(tickplant_writedowns_total{outcome="ok"}) >= 2'), 60,
                "the rolled day written down", prometheus.log_tail)
     wait_until(lambda: prometheus.query("sum(tickplant_dead_letters_total) >= 1"), 30, "the dead letter counted")
