@@ -37,7 +37,8 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
     announcer.start()
     print(f"gateway {node}: {url} (docs at /docs); Ctrl-C stops it", flush=True)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        # log_config None: uvicorn's records go to our handler, in log_format, not its own
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, log_config=None)
     finally:
         announcer.stop()
     return 0

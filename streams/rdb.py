@@ -81,7 +81,7 @@ from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
 from streams.client import MISDIRECTED
-from streams.group import membership_app
+from streams.group import membership_app, run_worker_app
 from streams.observed import Timed, add_metrics_page, rdb_samples
 from streams.partial import run_partial
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
@@ -916,6 +916,5 @@ def run_worker(settings: Settings, node_id: str, port: int, memory_budget: int =
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     observe_role(settings, "rdb", node_id, budget_bytes=memory_budget, replica=replica, level=logging.WARNING)
     worker = RdbWorker(settings, node_id, port, memory_budget, replica)
-    # the log format is ours (log_format), not Faust's
-    faust.Worker(worker.app, loglevel="WARNING", quiet=True, override_logging=False).execute_from_commandline()
+    run_worker_app(worker.app)
 

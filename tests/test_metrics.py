@@ -273,9 +273,16 @@ def test_the_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_plants_own_logs_are_json_lines(plant: MeteredPlant) -> None:
-    """Every role of the plant started with log_format = json writes only JSON lines to its log."""
-    logs = sorted((plant.settings.data_dir / "logs").glob("*.log"))
-    assert {p.stem for p in logs} >= {"rdb-1", "cep-1", "pdb-1", "gateway-1"}
-    pdb = [json.loads(line) for line in (plant.settings.data_dir / "logs" / "pdb-1.log").read_text().splitlines()
-           if line.startswith("{")]
-    assert any(r["role"] == "pdb" and r["node"] == "pdb-1" and r["logger"] == "tickplant.pdb" for r in pdb), pdb
+    """Every role of a plant started with log_format = json logs JSON objects, a line each,
+    with its role and node; nothing else but the roles' start-up lines (print) is there:
+    no terminal escapes, no half lines."""
+    roles = {"rdb-1": "rdb", "cep-1": "cep", "pdb-1": "pdb", "gateway-1": "gateway"}
+    records: dict[str, list[dict[str, Any]]] = {}
+    for name, role in roles.items():
+        lines = (plant.settings.data_dir / "logs" / f"{name}.log").read_text().splitlines()
+        assert not [line for line in lines if "\x1b" in line], name
+        records[name] = [json.loads(line) for line in lines if line.startswith("{")]
+        assert all(r["role"] == role and r["node"] == name for r in records[name]), records[name]
+        banners = [line for line in lines if not line.startswith("{") and line.strip()]
+        assert len(banners) <= 2, banners  # "PDB pdb-1: capturing ...", "gateway ...: http://..."
+    assert any(r["logger"] == "tickplant.pdb" and r["level"] == "info" for r in records["pdb-1"]), records["pdb-1"]

@@ -85,7 +85,7 @@ from streams.cep.live import LiveFeed, LiveFeedError
 from streams.cep.outbox import PartitionPublisher
 from streams.cep.store import PartitionStore
 from streams.cep.topics import DEFAULT_ENGINE, CepTopics
-from streams.group import membership_app
+from streams.group import membership_app, run_worker_app
 from streams.observed import add_metrics_page, cep_samples
 from streams.rdb import LatencySample, rss_bytes
 from tickplant import metrics
@@ -643,6 +643,5 @@ def run_worker(settings: Settings, node_id: str, port: int, **options: Any) -> N
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     observe_role(settings, "cep", node_id, level=logging.WARNING)
     worker = CepWorker(settings, node_id, port, **options)
-    # the log format is ours (log_format), not Faust's
-    faust.Worker(worker.app, loglevel="WARNING", quiet=True, override_logging=False).execute_from_commandline()
+    run_worker_app(worker.app)
 
