@@ -87,7 +87,8 @@ def plant(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Met
 
 @pytest.fixture(scope="module")
 def prometheus(plant: MeteredPlant, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    server = PrometheusServer(plant_config(plant.targets), tmp_path_factory.mktemp("prometheus"))
+    # every 2 s (a scrape's timeout is its interval: 1 s is too short on a loaded CI machine)
+    server = PrometheusServer(plant_config(plant.targets, interval="2s"), tmp_path_factory.mktemp("prometheus"))
     with server:
         yield server
 
@@ -216,8 +217,8 @@ def test_a_real_prometheus_scrapes_every_role_and_every_alert_and_panel_has_seri
     assert len(figures) >= len(alert_rules())
     panels = [expr for _, targets in dashboard_queries() for expr, _ in targets]
     assert len(panels) >= 18
-    # rates over [1m] need two scrapes of each series: a few seconds at the test's 1 s interval
-    wait_until(lambda: not empty(figures + panels), 30, "series for every alert figure and panel query",
+    # rates over [1m] need two scrapes of each series: a few seconds at the test's 2 s interval
+    wait_until(lambda: not empty(figures + panels), 45, "series for every alert figure and panel query",
                lambda: str(empty(figures + panels)))
     # the alert on dead letters evaluated against the plant: pending (it has a `for`) or firing
     wait_until(lambda: any(a["labels"]["alertname"] == "TickplantDeadLettersRising" for a in prometheus.alerts()),
