@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from tickplant.config import REPO_ROOT
-from tickplant.kafka.broker import free_port
+from tickplant.kafka.broker import free_port, stop_pid
 
 DEPLOY = REPO_ROOT / "deploy"
 SCRAPE_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
@@ -133,13 +133,9 @@ class PrometheusServer:
         return self.api("alerts")["alerts"]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_pid(self.proc.pid, 20)  # SIGTERM, then SIGKILL past the timeout
+            self.proc.wait()
 
     def __enter__(self) -> PrometheusServer:
         return self.start()
