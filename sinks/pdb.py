@@ -162,6 +162,7 @@ class Pdb:
         # metrics (tickplant/metrics.py): rows counted per message (a block is many), write-downs
         # timed, the lag read at scrape time
         self._rows_in = {t: metrics.ROWS_IN.labels("pdb", t) for t in self.catalog.names}
+        self.log_ends = metrics.LogEnds()  # noted by the capture loop, read by a scrape
         for table in self.catalog.names:
             metrics.init_labels(metrics.WRITEDOWNS, {"table": table, "outcome": "ok"},
                                 {"table": table, "outcome": "failed"})
@@ -171,7 +172,7 @@ class Pdb:
         """The capture's lag per table partition and what the intake refused, at scrape time."""
         positions = {(t, self.names.table(t), p): s.next for (t, p), s in list(self.cache.parts.items())
                      if s.next is not None}
-        yield from metrics.consumer_lag("pdb", self.consumer, positions)
+        yield from self.log_ends.lag("pdb", positions)
         yield f"{metrics.PREFIX}refused_messages", {"role": "pdb"}, self.intake.refused_messages
 
     # -- the loop ----------------------------------------------------------------
@@ -200,6 +201,7 @@ class Pdb:
             while not stop.is_set():
                 for msg in self.consumer.consume(5000, timeout=0.05):
                     self._handle(msg)
+                self.log_ends.note(self.consumer, self._capturing)
                 now = time.monotonic()
                 if now - last_commit >= COMMIT_SECONDS or self.cache.pending() >= COMMIT_ROWS:
                     self._commit()
@@ -218,6 +220,9 @@ class Pdb:
                 announcer.goodbye()
             except Exception:  # noqa: BLE001 - the broker away: the record goes stale by itself
                 pass
+
+    def _capturing(self) -> list[tuple[str, int]]:
+        return [(self.names.table(t), p) for t, p in list(self.cache.parts)]
 
     def _announce(self, announcer: MetadataPublisher) -> None:
         """Where this PDB runs and what it does, for ``tickplant status`` (never stops the PDB)."""

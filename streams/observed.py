@@ -50,7 +50,7 @@ def rdb_samples(worker: Any) -> Iterator[Sample]:
     for (table, partition), shard in shards.items():
         if shard is not None:
             positions[(table, worker.names.table(table), partition)] = shard.applied + 1
-    yield from metrics.consumer_lag(role, worker.reader_consumer, positions)
+    yield from worker.log_ends.lag(role, positions)
     for (table, partition), shard in shards.items():
         labels = {"role": role, "table": table, "partition": str(partition)}
         yield f"{PREFIX}caught_up", labels, int((table, partition) in caught_up and shard is not None)
@@ -79,7 +79,7 @@ def cep_samples(worker: Any) -> Iterator[Sample]:
         positions = {(table, worker.names.table(table), p): engine.store.offset(table) + 1
                      for p, engine in worker.engines.items() for table in worker.tables}
         serving = bool(worker.assigned) and set(worker.engines) == worker.assigned
-    yield from metrics.consumer_lag(role, worker.reader_consumer, positions)
+    yield from worker.log_ends.lag(role, positions)
     yield f"{PREFIX}serving", {"role": role}, int(serving)
     yield f"{PREFIX}live_subscribers", {"role": role}, worker.live.listener_count()
     yield f"{PREFIX}refused_messages", {"role": role}, worker.intake.refused_messages

@@ -273,7 +273,7 @@ class RdbWorker:
         self.metadata = MetadataPublisher(settings, node_id)
         self.peers: dict[str, dict[str, Any]] = {}
         # metrics (tickplant/metrics.py): rows counted per read, state read at scrape time
-        self.reader_consumer: Any = None
+        self.log_ends = metrics.LogEnds()  # noted by the reader, read by a scrape
         self._rows_in = {t: metrics.ROWS_IN.labels("rdb", t) for t in self.catalog.names}
         self._apply_seconds = metrics.APPLY_SECONDS.labels("rdb")
         self._query_seconds = {v: metrics.QUERY_SECONDS.labels("rdb", v) for v in ("rows", "last", "partial", "count")}
@@ -417,7 +417,6 @@ class RdbWorker:
             "max.partition.fetch.bytes": 4 << 20,
         })
         topics = {self.names.table(t.name): t.name for t in self.catalog}
-        self.reader_consumer = consumer  # its fetched log ends: the lag at scrape time
         try:
             while not self._halt.is_set():
                 if self._reassign:
@@ -429,6 +428,7 @@ class RdbWorker:
                         ])
                 self._open_locked()
                 self._check_caught_up(consumer)
+                self.log_ends.note(consumer, self._reading)
                 if not self.assigned:
                     self._halt.wait(0.05)
                     continue
@@ -471,8 +471,12 @@ class RdbWorker:
             log.exception("the RDB reader failed; stopping the worker")
             os._exit(70)
         finally:
-            self.reader_consumer = None
             consumer.close()
+
+    def _reading(self) -> list[tuple[str, int]]:
+        """The (topic, partition)s the reader reads now."""
+        with self._assign_lock:
+            return [(self.names.table(t), p) for t, p in sorted(self.assigned) if (t, p) in self.shards]
 
     def _flush_tails(self) -> None:
         """Write the shards' tails that are big or old enough (the reader's thread, between reads)."""

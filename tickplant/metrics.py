@@ -26,6 +26,7 @@ import logging
 import os
 import resource
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -121,7 +122,8 @@ class _StateCollector(Collector):
             ref = weakref.WeakMethod(source)  # type: ignore[arg-type]  # a bound method: dies with its object
         except TypeError:
             ref = lambda: source  # noqa: E731 - a plain function lives as long as the process
-        with self._lock:
+        with self._lock:  # the sources of objects gone are dropped here too (a test makes thousands)
+            self._sources = [r for r in self._sources if r() is not None]
             self._sources.append(ref)
 
     def describe(self) -> list[Metric]:
@@ -213,30 +215,52 @@ def dir_bytes(path: Any) -> int:
     return total
 
 
-def consumer_lag(role: str, consumer: Any, positions: dict[tuple[str, str, int], int]) -> Iterator[Sample]:
-    """``consumer_lag_messages`` of a reader: for each (table, topic, partition) -> the next
-    offset it will apply, the log's end (the high watermark the consumer last fetched, no
-    broker call) minus the further of that and the consumer's own position (which passes
-    transaction markers the state never sees)."""
-    if consumer is None or not positions:
-        return
-    from confluent_kafka import KafkaException, TopicPartition
+class LogEnds:
+    """Where a reader is in the log and where the log ends, per (topic, partition), noted by
+    the reader's own thread between reads (at most every ``every`` seconds; no broker call:
+    the high watermark its consumer last fetched). A scrape reads what was noted and never
+    calls the consumer itself: a librdkafka consumer called from the event loop while its
+    reader thread polls can block both."""
 
-    try:
-        read = {(tp.topic, tp.partition): tp.offset
-                for tp in consumer.position([TopicPartition(t, p) for _, t, p in positions])}
-    except (KafkaException, RuntimeError):  # closing: the lag is the state's alone
-        read = {}
-    for (table, topic, partition), next_offset in positions.items():
+    def __init__(self, every: float = 1.0):
+        self.every = every
+        self.ends: dict[tuple[str, int], int] = {}
+        self.positions: dict[tuple[str, int], int] = {}
+        self._due = 0.0
+
+    def note(self, consumer: Any, partitions: Callable[[], list[tuple[str, int]]]) -> None:
+        """In the reader's thread: ``partitions()`` (topic, partition) it reads, when due."""
+        now = time.monotonic()
+        if now < self._due:
+            return
+        self._due = now + self.every
+        from confluent_kafka import KafkaException, TopicPartition
+
+        wanted = partitions()
+        ends = {}
         try:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-        except (KafkaException, RuntimeError):
-            continue
-        if high is None or high < 0:
-            continue  # nothing fetched from it yet
-        at = max(next_offset, read.get((topic, partition), -1))
-        yield (f"{PREFIX}consumer_lag_messages", {"role": role, "table": table, "partition": str(partition)},
-               max(0, high - at))
+            for topic, partition in wanted:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                if high is not None and high >= 0:
+                    ends[(topic, partition)] = high
+            read = {(tp.topic, tp.partition): tp.offset
+                    for tp in consumer.position([TopicPartition(t, p) for t, p in wanted])}
+        except KafkaException:
+            return  # noted again at the next look
+        self.ends, self.positions = ends, read  # replaced whole: a scrape sees one or the other
+
+    def lag(self, role: str, applied: dict[tuple[str, str, int], int]) -> Iterator[Sample]:
+        """``consumer_lag_messages`` for each (table, topic, partition) -> the next offset the
+        state will apply: the log's end minus the further of that and the consumer's position
+        (which passes transaction markers the state never sees)."""
+        ends, positions = self.ends, self.positions
+        for (table, topic, partition), next_offset in applied.items():
+            end = ends.get((topic, partition))
+            if end is None:
+                continue  # nothing fetched from it yet
+            at = max(next_offset, positions.get((topic, partition), -1))
+            yield (f"{PREFIX}consumer_lag_messages", {"role": role, "table": table, "partition": str(partition)},
+                   max(0, end - at))
 
 
 class MetricsServer:

@@ -170,7 +170,7 @@ class CepWorker:
         self._live_out: dict[str, list[dict[str, Any]]] = {"analytics": [], "bars": []}  # this read's, to push
         self.peers: dict[str, dict[str, Any]] = {}
         # metrics (tickplant/metrics.py): rows counted per read, state read at scrape time
-        self.reader_consumer: Any = None
+        self.log_ends = metrics.LogEnds()  # noted by the reader, read by a scrape
         self._rows_in = {t: metrics.ROWS_IN.labels("cep", t) for t in self.tables}
         self._apply_seconds = metrics.APPLY_SECONDS.labels("cep")
         metrics.add_source(self.metric_samples)
@@ -268,7 +268,6 @@ class CepWorker:
             "max.partition.fetch.bytes": 4 << 20,
         })
         topics = {self.names.table(t): t for t in self.tables}
-        self.reader_consumer = consumer  # its fetched log ends: the lag at scrape time
         next_idle_check = 0.0
         live = False  # the last read was small: at the live end of the log
         try:
@@ -283,6 +282,7 @@ class CepWorker:
                 if not self.engines:
                     self._halt.wait(0.05)
                     continue
+                self.log_ends.note(consumer, self._reading)
                 now = time.monotonic()
                 if now >= next_idle_check:
                     next_idle_check = now + 0.1
@@ -317,8 +317,12 @@ class CepWorker:
             log.exception("the CEP reader failed; stopping the worker")
             os._exit(70)
         finally:
-            self.reader_consumer = None
             consumer.close()
+
+    def _reading(self) -> list[tuple[str, int]]:
+        """The (topic, partition)s the reader reads now."""
+        with self._lock:
+            return [(self.names.table(t), p) for p in sorted(self.engines) for t in self.tables]
 
     def _apply(self, by_part: dict[int, dict[str, list[Any]]]) -> None:
         """Apply each partition's messages (one RocksDB write each) and hand their outputs to
