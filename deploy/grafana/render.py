@@ -37,9 +37,9 @@ def legend(template: str, labels: dict[str, str]) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template).strip() or "value"
 
 
-def drive(plant: MeteredPlant, stop: threading.Event, eod_after: float) -> None:
-    """Queries through the gateway (one refused now and then), a message no reader accepts,
-    and an end of day part-way: what the panels show besides the feed."""
+def drive(plant: MeteredPlant, stop: threading.Event, junk_after: float, eod_after: float) -> None:
+    """Queries through the gateway (one refused now and then), a message no reader accepts
+    and, later, an end of day: what the panels show besides the feed."""
     from confluent_kafka import Producer
 
     from ingest.topics import TopicNames
@@ -48,10 +48,7 @@ def drive(plant: MeteredPlant, stop: threading.Event, eod_after: float) -> None:
     statements = ["SELECT sym, count() AS n, avg(price) FROM trade WHERE date = today() GROUP BY sym",
                   "SELECT count() FROM quote", "SELECT sym, max(price) FROM trade GROUP BY sym",
                   "SELECT nope("]
-    started, rolled, n = time.monotonic(), False, 0
-    producer = Producer(plant.settings.kafka_config())
-    producer.produce(TopicNames(plant.settings.topic_prefix).table("trade"), key=b"AAPL", value=b"junk", partition=0)
-    producer.flush(30)
+    started, junked, rolled, n = time.monotonic(), False, False, 0
     while not stop.wait(0.5):
         body = json.dumps({"query": statements[n % len(statements)]}).encode()
         n += 1
@@ -60,6 +57,12 @@ def drive(plant: MeteredPlant, stop: threading.Event, eod_after: float) -> None:
             urllib.request.urlopen(request, timeout=30).read()
         except (urllib.error.HTTPError, OSError):
             pass
+        if not junked and time.monotonic() - started > junk_after:
+            producer = Producer(plant.settings.kafka_config())
+            topic = TopicNames(plant.settings.topic_prefix).table("trade")
+            producer.produce(topic, key=b"AAPL", value=b"junk", partition=0)
+            producer.flush(30)
+            junked = True
         if not rolled and time.monotonic() - started > eod_after:
             plant.tickplant("eod")
             rolled = True
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with PrometheusServer(plant_config(plant.targets, interval="2s"), Path(tmp) / "prometheus") as prom:
                 start = time.time()
-                driver = threading.Thread(target=drive, args=(plant, stop, args.minutes * 30), daemon=True)
+                driver = threading.Thread(target=drive, args=(plant, stop, args.minutes * 20, args.minutes * 30),
+                                          daemon=True)
                 driver.start()
                 print(f"plant up, Prometheus at {prom.url}; running for {args.minutes:g} min ...", flush=True)
                 time.sleep(args.minutes * 60)
