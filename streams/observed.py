@@ -42,10 +42,12 @@ def rdb_samples(worker: Any) -> Iterator[Sample]:
     """An RDB worker's state: per assigned shard its lag, caught-up and size on disk; per day
     the rows it holds; its resident rows, queries in flight and whether it serves."""
     role = "rdb"
-    with worker._assign_lock:
-        assigned = sorted(worker.assigned)
-        shards = {key: worker.shards.get(key) for key in assigned}
-        caught_up = set(worker.caught_up)
+    # copies, not the reader's lock: it holds that while it applies a read (seconds when
+    # catching up), and a scrape on the event loop must never wait for it (a set or dict is
+    # copied in one step under the GIL, as the metadata record reads them)
+    assigned = sorted(set(worker.assigned))
+    shards = {key: worker.shards.get(key) for key in assigned}
+    caught_up = set(worker.caught_up)
     positions = {}
     for (table, partition), shard in shards.items():
         if shard is not None:
@@ -75,10 +77,10 @@ def rdb_samples(worker: Any) -> Iterator[Sample]:
 def cep_samples(worker: Any) -> Iterator[Sample]:
     """A CEP worker's state: lag per input partition, live listeners, whether it serves."""
     role = "cep"
-    with worker._lock:
-        positions = {(table, worker.names.table(table), p): engine.store.offset(table) + 1
-                     for p, engine in worker.engines.items() for table in worker.tables}
-        serving = bool(worker.assigned) and set(worker.engines) == worker.assigned
+    engines = dict(worker.engines)  # a copy, not the reader's lock (see rdb_samples)
+    positions = {(table, worker.names.table(table), p): engine.store.offset(table) + 1
+                 for p, engine in engines.items() for table in worker.tables}
+    serving = bool(worker.assigned) and set(engines) == set(worker.assigned)
     yield from worker.log_ends.lag(role, positions)
     yield f"{PREFIX}serving", {"role": role}, int(serving)
     yield f"{PREFIX}live_subscribers", {"role": role}, worker.live.listener_count()
