@@ -14,6 +14,7 @@ up: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -ra
 
 bench: setup
@@ -21,6 +22,7 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 setup: $(VENV)/.installed prometheus
 

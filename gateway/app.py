@@ -6,7 +6,7 @@ what, asks them, and joins the answers. Ours does the same over HTTP:
     GET  /v1/health                  the plant as the gateway sees it
     GET  /v1/tables                  tables, columns, days in the RDB and the HDB
     POST /v1/sql  {"query": "..."}   a ClickHouse SELECT; ``trade`` = today + history, with ``date``
-    GET  /v1/trades, /v1/quotes, /v1/last, /v1/bars, /v1/vwap, /v1/aj   named queries
+    GET  /v1/rows/{table} (/v1/trades, /v1/quotes), /v1/last, /v1/bars, /v1/vwap, /v1/aj   named queries
     WS   /v1/ws, GET /v1/subscribe/{source}                           live subscriptions
     GET  /docs, /openapi.json
 
@@ -312,21 +312,31 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
 
     @app.get("/v1/health")
     def health(request: Request) -> dict[str, Any]:
-        """Up or down for anyone (a load balancer's probe); the plant's nodes and where its
-        history lives for a caller with a key, and for the plant's own processes."""
+        """For anyone (a load balancer's probe) ``ok`` or ``degraded`` (some of today or
+        history cannot be answered: 503s); for a caller with a key, and for the plant's
+        own processes, why, the roles seen, the nodes and where history lives. Always 200
+        while this gateway runs: every gateway sees the same plant, and a probe that
+        failed them all would turn a partial outage into a whole one."""
+        problems, warnings = gw.routing.coverage(s.name for s in gw.catalog)
+        endpoints = gw.engine.endpoints.status()
+        if all(e["benched"] for e in endpoints):
+            problems.append("every ClickHouse endpoint failed lately: history is unavailable")
+        status = "degraded" if problems else "ok"
         if not internal.is_internal(request.headers.get(internal.HEADER), internal_secret):
             try:
                 user_of(request)
             except Unauthorized:
-                return {"status": "ok"}
+                return {"status": status}
         nodes = gw.routing.nodes("rdb")
         open_date = gw.routing.open_date()
         return {
-            "status": "ok", "open_date": open_date.isoformat() if open_date else None,
+            "status": status, "problems": problems, "warnings": warnings,
+            "roles": {kind: len(gw.routing.announced(kind)) for kind in ("rdb", "cep", "pdb", "gateway")},
+            "open_date": open_date.isoformat() if open_date else None,
             "rdb_nodes": [{"node": n.node, "url": n.url, "replica": n.replica, "serving": n.serving}
                           for n in nodes],
             "cep_nodes": [{"node": n.node, "url": n.url} for n in gw.routing.nodes("cep")],
-            "hdb_root": gw.engine.hdb.store.base, "clickhouse": [{**e, "url": _without_password(str(e["url"]))} for e in gw.engine.endpoints.status()],
+            "hdb_root": gw.engine.hdb.store.base, "clickhouse": [{**e, "url": _without_password(str(e["url"]))} for e in endpoints],
             "uptime_s": round(time.time() - gw.started, 1),
         }
 
@@ -371,19 +381,22 @@ def _named_routes(app: FastAPI, gw: Gateway) -> None:
     def columns(table: str) -> list[str]:
         return gw.catalog[table].columns
 
-    @app.get("/v1/trades", summary="Trades of some syms over some days, by date, sym, time")
-    def trades(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
-               end: str | None = end_q, columns_: str | None = Query(None, alias="columns"),
-               limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
-        return gw.run_named(user, "trades", request, lambda: named.rows_query(
-            "trade", columns("trade"), syms, start, end, columns_, today()), limit=limit, timeout=timeout, fmt=format)
+    def rows_route(table: str) -> Callable[..., Response]:
+        def rows(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
+                 end: str | None = end_q, columns_: str | None = Query(None, alias="columns"),
+                 limit: int | None = limit_q, timeout: float | None = timeout_q,
+                 format: str | None = fmt_q) -> Response:
+            return gw.run_named(user, f"rows/{table}", request, lambda: named.rows_query(
+                table, columns(table), syms, start, end, columns_, today()), limit=limit, timeout=timeout, fmt=format)
+        return rows
 
-    @app.get("/v1/quotes", summary="Quotes of some syms over some days, by date, sym, time")
-    def quotes(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
-               end: str | None = end_q, columns_: str | None = Query(None, alias="columns"),
-               limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
-        return gw.run_named(user, "quotes", request, lambda: named.rows_query(
-            "quote", columns("quote"), syms, start, end, columns_, today()), limit=limit, timeout=timeout, fmt=format)
+    # a route per table of schemas/, so a table added to the plant gets its REST route with its
+    # SQL; trade and quote keep the names the plant's contract gives them
+    for schema in gw.catalog:
+        paths = [f"/v1/rows/{schema.name}", *{"trade": ["/v1/trades"], "quote": ["/v1/quotes"]}.get(schema.name, [])]
+        for path in paths:
+            app.add_api_route(path, rows_route(schema.name), methods=["GET"], name=path.removeprefix("/v1/"),
+                              summary=f"Rows of {schema.name} for some syms over some days, by date, sym, time")
 
     @app.get("/v1/last", summary="The latest row of each sym today")
     def last(request: Request, user: UserDep, table: str = "trade", syms: str | None = syms_q,

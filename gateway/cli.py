@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tickplant.cli import settings_from_args
+from tickplant.cliargs import settings_from_args
 from tickplant.textable import format_table
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ingest.eod import CONTROL_KEY, DayState
 from ingest.logread import make_consumer
@@ -150,6 +150,13 @@ class Routing:
             out.append(Node(r["node"], r["url"], str(r.get("replica") or "a"), r, r.get("updated", 0)))
         return sorted(out, key=lambda n: n.node)
 
+    def announced(self, kind: str) -> list[dict[str, Any]]:
+        """Live records of ``kind``, with or without a URL (a PDB answers no queries)."""
+        now = time.time()
+        with self._lock:
+            return [r for r in self._records.values()
+                    if r.get("kind") == kind and now - float(r.get("updated", 0)) <= self.stale_seconds]
+
     def realtime_dates(self, table: str) -> set[dt.date]:
         """Days whose rows are the RDB's to serve: the open day and the closed days the
         HDB has not published yet (from the control topic, so no refresh lag)."""
@@ -214,6 +221,43 @@ class Routing:
                 f"(replicas seen: {held or 'none'}); retry shortly"
             )
         return best[1]
+
+    def coverage(self, tables: Iterable[str]) -> tuple[list[str], list[str]]:
+        """What the plant cannot answer now (problems) and what it could lose (warnings).
+
+        A problem: a partition of the open day that no caught-up RDB node serves, so a
+        query needing it is a 503. A warning: a replica group that lacks partitions
+        another group holds (its copy is gone or still catching up), or a role the
+        plant runs that nobody announces (no PDB: the day never reaches the HDB).
+        """
+        problems: list[str] = []
+        warnings: list[str] = []
+        rdb = self.nodes("rdb")
+        if self.open_date() is None:
+            return problems, warnings
+        for table in tables:
+            try:
+                wanted = set(range(self.partition_count(table)))
+            except (KafkaException, KeyError) as exc:
+                problems.append(f"{table}: the log does not say how many partitions it has ({exc})")
+                continue
+            by_replica: dict[str, set[int]] = {}
+            for node in rdb:
+                behind = set(node.record.get("catching_up", []))
+                served = {p for p in node.partitions(table) if f"{table}[{p}]" not in behind}
+                by_replica.setdefault(node.replica, set()).update(served)
+            missing = wanted - set().union(*by_replica.values()) if by_replica else wanted
+            if missing:
+                catching = sorted({n.node for n in rdb if n.record.get("catching_up")})
+                problems.append(f"{table} partitions {sorted(missing)}: no caught-up RDB node serves them"
+                                + (f" (catching up: {', '.join(catching)})" if catching else ""))
+            for replica, held in sorted(by_replica.items()):
+                if held != wanted and not missing:
+                    warnings.append(f"replica {replica} serves {table} partitions {sorted(held)} of "
+                                    f"{len(wanted)}: one copy fewer for the others")
+        if not self.announced("pdb"):
+            warnings.append("no PDB announced: the open day will not reach the HDB at its end")
+        return problems, warnings
 
     # -- load and failures --------------------------------------------------------------
 

@@ -65,10 +65,11 @@ from typing import Any
 from gateway.enginefeed import EngineFeed
 from ingest.schemas import SchemaCatalog
 from ingest.subscribe import Subscription
-from ingest.topics import TopicNames, admin_client
+from ingest.topics import TopicNames
 from streams.cep.topics import output_of
 from tickplant import internal
 from tickplant.config import Settings
+from tickplant.kafka.admin import admin_client
 
 log = logging.getLogger(__name__)
 

@@ -86,9 +86,14 @@ if np is not None:
     )}
 
 
+_ONE_BYTE = [bytes([i]) for i in range(128)]
+
+
 def long_bytes(value: int) -> bytes:
-    """Avro's zigzag varint of one long."""
+    """Avro's zigzag varint of one long (most are one byte: lengths, small counts)."""
     z = ((value << 1) ^ (value >> 63)) & 0xFFFFFFFFFFFFFFFF
+    if z < 128:
+        return _ONE_BYTE[z]
     out = bytearray()
     while z > 0x7F:
         out.append((z & 0x7F) | 0x80)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
 from ingest.deadletter import DeadLetters
 from ingest.eod import DayState, read_day_state
-from ingest.framing import control_of
+from ingest.framing import Decoder, control_of
 from ingest.gather import Gathered
 from ingest.intake import Intake
 from ingest.logread import make_consumer, read_ranges, watermarks
@@ -60,6 +60,75 @@ def day_ranges(settings: Settings, table: str, date: dt.date | None = None,
         consumer.close()
 
 
+@dataclass(frozen=True)
+class LogMessage:
+    """One message of a table's log as a reader gets it: from Kafka, or from the log's archive
+    (``sinks.archive``), which keeps all of it so that the log can be written again."""
+
+    partition: int
+    offset: int
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+    key: bytes | None = None
+    timestamp_ms: int = 0
+    timestamp_type: int = 0
+
+
+class MessageSource(Protocol):
+    """Where a replay's messages come from, with what decodes them and the day of each."""
+
+    def messages(self, table: str, ranges: dict[int, tuple[int, int]]) -> Iterator[LogMessage]:
+        """Each message in the ranges, partition by partition (sorted), in log order."""
+        ...
+
+    def decoder(self, catalog: SchemaCatalog) -> Decoder: ...
+
+    def date_of(self, table: str, partition: int, offset: int) -> dt.date | None: ...
+
+
+class LogSource:
+    """The retained log in Kafka (read_committed); the days from the control topic."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.state = DayState()
+
+    def decoder(self, catalog: SchemaCatalog) -> Decoder:
+        return make_decoder(self.settings, catalog)
+
+    def date_of(self, table: str, partition: int, offset: int) -> dt.date | None:
+        return self.state.date_of(table, partition, offset)
+
+    def messages(self, table: str, ranges: dict[int, tuple[int, int]]) -> Iterator[LogMessage]:
+        self.state = read_day_state(self.settings)
+        topic = TopicNames(self.settings.topic_prefix).table(table)
+        consumer = make_consumer(self.settings)
+        try:
+            for part in sorted(ranges):
+                start, end = ranges[part]
+                end = min(end, watermarks(consumer, topic, part)[1])  # a range past the log's end stops at it
+                for msg in read_ranges(consumer, topic, {part: (start, end)}):
+                    kind, ts = msg.timestamp()
+                    yield LogMessage(part, msg.offset(), msg.value(), msg.headers() or [], msg.key(), ts, kind)
+        finally:
+            consumer.close()
+
+
+def unretained(settings: Settings, table: str, ranges: dict[int, tuple[int, int]]) -> tuple[int, int, int] | None:
+    """The first partition of ``ranges`` whose day Kafka has begun to delete (retention): (partition,
+    the log's first offset there, the day's start); None while the log holds all of it."""
+    topic = TopicNames(settings.topic_prefix).table(table)
+    consumer = make_consumer(settings)
+    try:
+        for part, (start, end) in sorted(ranges.items()):
+            low, _ = watermarks(consumer, topic, part)
+            if end > start and low > start:
+                return part, low, start
+    finally:
+        consumer.close()
+    return None
+
+
 def replay_messages(
     settings: Settings,
     table: str,
@@ -68,33 +137,28 @@ def replay_messages(
     source: str = "replay",
     seq: bool = False,
     columns: bool = False,
+    origin: MessageSource | None = None,
 ) -> Iterator[tuple[LogPosition, Any]]:
     """Each data message in the ranges, decoded: (position, rows). Fences are skipped; so are
     the rows every consumer refuses (``ingest.intake``: dead-lettered once, if not already).
     ``seq``: each row with its place in the log (``ingest.seq``), as the RDB and HDB keep it.
-    ``columns``: a block's rows come as an Arrow table (``Intake.arrow``), not dicts."""
+    ``columns``: a block's rows come as an Arrow table (``Intake.arrow``), not dicts.
+    ``origin``: where the messages come from (default: the log in Kafka; ``sinks.archive``
+    gives a day's archive, which yields the same rows)."""
     catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
-    state = read_day_state(settings)
-    intake = Intake(settings, catalog, make_decoder(settings, catalog), DeadLetters(settings, source), seq=seq)
-    topic = TopicNames(settings.topic_prefix).table(table)
-    consumer = make_consumer(settings)
-    try:
-        for part in sorted(ranges):
-            start, end = ranges[part]
-            end = min(end, watermarks(consumer, topic, part)[1])  # a range past the log's end stops at it
-            for msg in read_ranges(consumer, topic, {part: (start, end)}):
-                if control_of(msg.headers()):
-                    continue
-                offset = msg.offset()
-                refused = intake.refused_messages
-                take = intake.arrow if columns else intake.rows
-                rows = take(table, part, offset, msg.value(), state.date_of(table, part, offset))
-                if intake.pending:
-                    intake.flush()
-                if intake.refused_messages == refused or len(rows):
-                    yield LogPosition(part, offset), rows
-    finally:
-        consumer.close()
+    origin = origin or LogSource(settings)
+    intake = Intake(settings, catalog, origin.decoder(catalog), DeadLetters(settings, source), seq=seq)
+    for msg in origin.messages(table, ranges):
+        if control_of(msg.headers):
+            continue
+        part, offset = msg.partition, msg.offset
+        refused = intake.refused_messages
+        take = intake.arrow if columns else intake.rows
+        rows = take(table, part, offset, msg.value, origin.date_of(table, part, offset))
+        if intake.pending:
+            intake.flush()
+        if intake.refused_messages == refused or len(rows):
+            yield LogPosition(part, offset), rows
 
 
 def replay_rows(
@@ -104,12 +168,13 @@ def replay_rows(
     ranges: dict[int, tuple[int, int]] | None = None,
     catalog: SchemaCatalog | None = None,
     seq: bool = False,
+    origin: MessageSource | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The rows of a day (default: the open day so far) or of explicit offset ranges
     (``seq``: with their place in the log, ``ingest.seq``)."""
     if ranges is None:
         ranges = day_ranges(settings, table, date)
-    for _, rows in replay_messages(settings, table, ranges, catalog, seq=seq):
+    for _, rows in replay_messages(settings, table, ranges, catalog, seq=seq, origin=origin):
         yield from rows
 
 
@@ -120,13 +185,14 @@ def replay_arrow(
     ranges: dict[int, tuple[int, int]] | None = None,
     catalog: SchemaCatalog | None = None,
     seq: bool = False,
+    origin: MessageSource | None = None,
 ) -> pa.Table:
     """``replay_rows`` as one Arrow table (blocks read straight into columns: ``ingest.blocks``)."""
     catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
     if ranges is None:
         ranges = day_ranges(settings, table, date)
     gathered = Gathered(catalog[table], seq=seq)
-    for _, rows in replay_messages(settings, table, ranges, catalog, seq=seq, columns=True):
+    for _, rows in replay_messages(settings, table, ranges, catalog, seq=seq, columns=True, origin=origin):
         gathered.add(rows)
     got = gathered.table()
     return got if got is not None else catalog[table].to_arrow([], seq=seq)

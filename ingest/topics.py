@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from ingest.schemas import SchemaCatalog
 from tickplant.config import Settings
+from tickplant.kafka.admin import admin_client
 
 _M = 0x5BD1E995
 
@@ -89,21 +90,6 @@ class TopicNames:
     def derived(self, name: str) -> str:
         """A real-time engine's output (``rte.bars``, ``rte.analytics``): keyed by sym, Avro."""
         return f"{self.prefix}rte.{name}"
-
-
-def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient(settings.kafka_config())
-
-
-def check_reachable(settings: Settings, timeout: float = 5.0) -> None:
-    """Fail fast, and say so plainly, when no broker answers."""
-    try:
-        meta = admin_client(settings).list_topics(timeout=timeout)
-    except Exception as exc:
-        hint = " (is the plant up? 'tickplant up --detach' starts it)" if settings.embedded else ""
-        raise TopicError(f"Kafka at {settings.bootstrap} is unreachable{hint}: {exc}") from None
-    if not meta.brokers:
-        raise TopicError(f"Kafka at {settings.bootstrap} answered with no brokers")
 
 
 def partition_counts(settings: Settings, topics: list[str], timeout: float = 10.0) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Backfill: write a past day's partition straight from the retained log (replay, ``-11!``).
+"""Backfill: write a past day's partition straight from the retained log (replay, ``-11!``), or from
+the log's archive once Kafka has deleted the day (``sinks.archive``).
 
 For a day the PDB could not write (it started after the day began, or its
 cache was lost) or to rewrite a partition (``force``: the new one is written
@@ -20,10 +21,8 @@ import pyarrow as pa
 
 from ingest.eod import read_day_state
 from ingest.gather import Gathered
-from ingest.logread import make_consumer, watermarks
-from ingest.replay import day_ranges, replay_messages
+from ingest.replay import MessageSource, day_ranges, replay_messages, unretained
 from ingest.schemas import SchemaCatalog, TableSchema
-from ingest.topics import TopicNames
 from sinks.manifest import Manifest
 from sinks.markers import MarkerPublisher
 from sinks.store import HdbStore
@@ -38,9 +37,10 @@ class BackfillError(ValueError):
 
 
 def _batches(settings: Settings, schema: TableSchema, ranges: dict[int, tuple[int, int]],
-             catalog: SchemaCatalog) -> Iterator[pa.RecordBatch]:
+             catalog: SchemaCatalog, origin: MessageSource | None = None) -> Iterator[pa.RecordBatch]:
     rows = Gathered(schema)
-    for _, message_rows in replay_messages(settings, schema.name, ranges, catalog, seq=True, columns=True):
+    for _, message_rows in replay_messages(settings, schema.name, ranges, catalog, seq=True, columns=True,
+                                           origin=origin):
         rows.add(message_rows)
         if len(rows) >= BATCH_ROWS:
             yield from rows.table().combine_chunks().to_batches()  # type: ignore[union-attr]
@@ -51,17 +51,24 @@ def _batches(settings: Settings, schema: TableSchema, ranges: dict[int, tuple[in
 
 def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,
              catalog: SchemaCatalog | None = None, options: WriteOptions = DEFAULT_OPTIONS,
-             store: HdbStore | None = None) -> tuple[Manifest, bool]:
+             store: HdbStore | None = None, from_archive: bool = False) -> tuple[Manifest, bool]:
     """Write ``table``'s partition for ``date`` from the log and publish it.
 
+    ``from_archive``: from the day's archive (``sinks.archive``) instead, when Kafka no
+    longer holds it: the same messages, so the same files.
     Returns (manifest, written): written is False when the day was already in
     the HDB and ``force`` was not given (its marker is re-sent, harmlessly).
     """
     catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
     schema = catalog[table]
     store = store or HdbStore.from_settings(settings)
+    origin: MessageSource | None = None
+    if from_archive:
+        from sinks.archive_read import open_archive
+
+        origin = open_archive(settings, table, date)
     state = read_day_state(settings)
-    if date not in state.closed:
+    if origin is None and date not in state.closed:
         if date == state.open_date:
             raise BackfillError(f"{date} is the open day; it can be written once it is closed ('tickplant eod')")
         known = ", ".join(d.isoformat() for d in sorted(state.closed)) or "none"
@@ -71,19 +78,17 @@ def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,
     if existing is not None and not force:
         markers.publish(existing, store.display_root)
         return existing, False
-    ranges = day_ranges(settings, table, date, state)
-    topic = TopicNames(settings.topic_prefix).table(table)
-    consumer = make_consumer(settings)
-    try:
-        for part, (start, end) in sorted(ranges.items()):
-            low, _ = watermarks(consumer, topic, part)
-            if end > start and low > start:
-                raise BackfillError(
-                    f"the log no longer holds all of {table} {date}: partition {part} starts at offset {low}, "
-                    f"the day at {start} (retention_hours is {settings.retention_hours})"
-                )
-    finally:
-        consumer.close()
+    if origin is not None:
+        ranges = origin.ranges
+    else:
+        ranges = day_ranges(settings, table, date, state)
+        gone = unretained(settings, table, ranges)
+        if gone is not None:
+            part, low, start = gone
+            raise BackfillError(
+                f"the log no longer holds all of {table} {date}: partition {part} starts at offset {low}, "
+                f"the day at {start} (retention_hours is {settings.retention_hours}); "
+                "--from-archive rebuilds it from the log's archive")
     work = Path(settings.data_dir).resolve() / "pdb"
     work.mkdir(parents=True, exist_ok=True)
     # a published partition is rewritten beside itself and swapped in only once complete:
@@ -92,7 +97,7 @@ def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,
     try:
         with tempfile.TemporaryDirectory(prefix="backfill-", dir=work) as tmp:
             manifest = write_partition(
-                store, schema, date, _batches(settings, schema, ranges, catalog), ranges,
+                store, schema, date, _batches(settings, schema, ranges, catalog, origin), ranges,
                 memory_bytes=settings.pdb_memory_mb << 20, tmp_dir=Path(tmp), written_by="backfill",
                 options=options, staging=staging,
             )

@@ -10,16 +10,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tickplant.cli import parse_date, settings_from_args
-from tickplant.textable import format_ns, format_table
+from tickplant.cliargs import parse_date, settings_from_args
+from tickplant.textable import format_bytes, format_ns, format_table
 
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
+_size = format_bytes
 
 
 def cmd_hdb_ls(args: argparse.Namespace) -> int:
@@ -52,7 +46,7 @@ def cmd_hdb_backfill(args: argparse.Namespace) -> int:
     from sinks.backfill import backfill
 
     settings = settings_from_args(args)
-    manifest, written = backfill(settings, args.table, args.date, force=args.force)
+    manifest, written = backfill(settings, args.table, args.date, force=args.force, from_archive=args.from_archive)
     where = f"{manifest.table}/date={manifest.date.isoformat()}"
     if not written:
         print(f"{manifest.table} {manifest.date} is already in the HDB ({manifest.rows:,} rows, {where}); "
@@ -91,6 +85,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     bf.add_argument("--table", required=True)
     bf.add_argument("--date", required=True, type=parse_date, help="a closed day, YYYY-MM-DD")
     bf.add_argument("--force", action="store_true", help="rewrite the partition if it is already published")
+    bf.add_argument("--from-archive", action="store_true",
+                    help="read the day from the log's archive (setting archive_root), once Kafka has deleted it")
     bf.add_argument("--hdb-root", help="the HDB root (default: setting hdb_root, else <data_dir>/hdb)")
     bf.set_defaults(func=cmd_hdb_backfill)
 

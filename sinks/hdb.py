@@ -174,8 +174,8 @@ class ClientPool:
             tables: Mapping[str, pa.Table] | None = None,
             external: Mapping[str, tuple[bytes, str, str]] | None = None,
             deadline: float | None = None) -> pa.Table:
-        """``sql`` with ``CLIENT_SETTINGS`` and ``settings`` as Arrow (inline unless the
-        statement has a SETTINGS clause of its own). ``tables``: Arrow tables the statement
+        """``sql`` (a statement without a SETTINGS clause: the gateway refuses one from a
+        user) run with ``CLIENT_SETTINGS`` and ``settings`` inline, as Arrow. ``tables``: Arrow tables the statement
         reads as ``Python(<name>)`` (embedded chDB only), see ``_query``. ``external``: tables
         the statement reads by name, sent with it as ClickHouse external data (name ->
         (data, its ClickHouse format, structure)), how a server gets rows it cannot read itself;
@@ -189,14 +189,11 @@ class ClientPool:
             merged = {**CLIENT_SETTINGS, **(settings or {})}
             if deadline is not None:
                 merged["max_execution_time"] = max(1, math.ceil(deadline - time.monotonic()))
-            inline = "settings" not in sql.lower()
-            text = f"{sql.rstrip().rstrip(';')}\nSETTINGS {settings_clause(merged)}" if inline else sql
-            settings_arg = None if inline else merged
+            text = f"{sql.rstrip().rstrip(';')}\nSETTINGS {settings_clause(merged)}"
             if external and self.in_process:  # chDB takes no external data: the same bytes from files
                 with tempfile.TemporaryDirectory(prefix="tickplant-external-") as spill:
-                    return _query(client, _external_as_files(text, external, spill), parameters, settings_arg,
-                                  tables or {})
-            return _query(client, text, parameters, settings_arg, tables or {}, _external_data(external))
+                    return _query(client, _external_as_files(text, external, spill), parameters, tables or {})
+            return _query(client, text, parameters, tables or {}, _external_data(external))
 
 
 def _external_data(external: Mapping[str, tuple[bytes, str, str]] | None) -> Any:
@@ -227,18 +224,18 @@ def _external_as_files(sql: str, external: Mapping[str, tuple[bytes, str, str]],
 # chDB's ``Python(name)`` table function finds ``name`` by walking the calling thread's
 # stack frames; a frame run by ``exec`` with a dict of locals has exactly those names, so
 # each call sees its own tables under any names, with nothing published process-wide.
-_QUERY = compile("answer = client.query_arrow(text, parameters=parameters, settings=settings)",
+_QUERY = compile("answer = client.query_arrow(text, parameters=parameters)",
                  "<tickplant-python-tables>", "exec")
 
 
-def _query(client: Any, text: str, parameters: dict[str, Any] | None, settings: dict[str, Any] | None,
+def _query(client: Any, text: str, parameters: dict[str, Any] | None,
            tables: Mapping[str, pa.Table], external: Any = None) -> pa.Table:
     if not tables:
-        return client.query_arrow(text, parameters=parameters, settings=settings, external_data=external)
+        return client.query_arrow(text, parameters=parameters, external_data=external)
     bad = [n for n in tables if not n.isidentifier() or n in _QUERY.co_names]
     if bad:
         raise HdbQueryError(f"in-memory table name(s) {', '.join(map(repr, bad))} are not free identifiers")
-    scope = {**tables, "client": client, "text": text, "parameters": parameters, "settings": settings}
+    scope = {**tables, "client": client, "text": text, "parameters": parameters}
     exec(_QUERY, {"__builtins__": {}}, scope)  # noqa: S102 - fixed code; the tables are data
     return scope["answer"]
 

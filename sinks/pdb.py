@@ -29,6 +29,10 @@ already in the HDB (a manifest, or a "published" marker) are not redone. A
 day whose start the log no longer held when capture began cannot be written
 by the PDB: ``tickplant hdb backfill`` can, while the log retains it.
 
+The log's archive. The PDB also runs the archiver (``sinks.archive``) in a
+thread of its own: each closed day's messages, as the log held them, to
+``archive_root``, so the day can be rebuilt after Kafka deleted it.
+
 One PDB per plant is the design (a second instance in the group is a
 standby that takes the partitions over if the first dies; it needs the same
 cache directory to write down days the first had begun).
@@ -58,6 +62,7 @@ from ingest.metadata import MetadataPublisher
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, ensure_topics
+from sinks.archive import ArchiveThread
 from sinks.manifest import Manifest
 from sinks.markers import MarkerPublisher
 from sinks.spill import SpillCache, read_day
@@ -159,6 +164,9 @@ class Pdb:
         self._warned: set[tuple[str, dt.date]] = set()
         self._hdb_dates: dict[str, set[dt.date]] = {}
         self.ready = threading.Event()
+        # the log's archive (sinks.archive): its own thread and reader of the log, so that a slow
+        # archive store never holds capture or the write-down back
+        self.archive = ArchiveThread.for_settings(settings, self.catalog, f"pdb:{node_id}")
         # metrics (tickplant/metrics.py): rows counted per message (a block is many), write-downs
         # timed, the lag read at scrape time
         self._rows_in = {t: metrics.ROWS_IN.labels("pdb", t) for t in self.catalog.names}
@@ -182,6 +190,8 @@ class Pdb:
         ensure_topics(self.settings, self.catalog)
         self.control = ControlFollower(self.settings)
         self.control.poll(until_end=True)
+        if self.archive is not None:
+            self.archive.start()
         self.consumer = Consumer(self.settings.kafka_config(**{
             "group.id": group_id(self.settings),
             "group.instance.id": f"{self.settings.topic_prefix}{self.node_id}",
@@ -249,6 +259,8 @@ class Pdb:
                                 job.table, job.date)
             self._reap()
         finally:
+            if self.archive is not None:
+                self.archive.stop()
             self.cache.close()
             if self.consumer is not None:
                 self.consumer.close()

@@ -19,7 +19,7 @@ import faust
 
 from tickplant import internal
 from tickplant.config import Settings
-from tickplant.kafka.security import faust_credentials
+from tickplant.kafkaauth import faust_credentials
 
 Handler = Callable[..., Awaitable[None]]
 log = logging.getLogger("tickplant.group")

@@ -331,7 +331,9 @@ def test_boundary_tick_and_quiet_sym_bar_closes(settings, catalog, day, ceps):
         tp.publish_rows("trade", [{**r, "exchange": "N", "cond": ""} for r in rows])
     cep = ceps("cep-1", "--grace-seconds", "1")
     wait_caught_up(cep)
-    time.sleep(0.5)
+    # the input is all read: what it closes is out with a's first bar (the next tick closed it),
+    # and b's tick, inside a's second bar's grace, closes nothing more
+    wait_until(lambda: derived(settings, "bars"), 30, "a's first bar")
     bars = derived(settings, "bars")
     assert [(x["sym"], x["time"], x["trades"], x["open"], x["close"], x["closed_by"]) for x in bars] == [
         (a, m0, 2, 10.0, 11.0, "next")]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from procs import wait_until
 
+from tickplant.cli import build_parser
 from tickplant.kafka.broker import free_port, free_port_pair, pid_alive
 
 
@@ -80,6 +85,18 @@ def test_a_users_session(cli_env, tmp_path):
 
         dead = tickplant(cli_env, "deadletters")
         assert "not a valid double" in dead.stdout
+
+        # a child killed is restarted by the plant's own supervision (nobody watches a detached plant)
+        state_file = tmp_path / "plant" / "plant.json"
+        pdb = next(name for name in json.loads(state_file.read_text())["children"] if name.startswith("pdb"))
+        old_pid = json.loads(state_file.read_text())["children"][pdb]["pid"]
+        os.kill(old_pid, signal.SIGKILL)
+
+        def restarted() -> bool:
+            child = json.loads(state_file.read_text())["children"][pdb]
+            return child["restarts"] >= 1 and child["pid"] != old_pid and pid_alive(child["pid"])
+
+        wait_until(restarted, 60, "the killed PDB restarted", lambda: state_file.read_text())
     finally:
         down = tickplant(cli_env, "down")
     assert down.returncode == 0 and "stopped plant" in down.stdout
@@ -105,7 +122,26 @@ def test_java_missing_is_a_clear_error(cli_env):
     assert "Java is not installed" in result.stderr
 
 
-def test_help_on_every_command():
-    for command in ("up", "down", "status", "feed", "replay", "topics", "eod", "subscribe", "deadletters"):
-        result = tickplant(dict(os.environ), command, "--help", timeout=30)
-        assert result.returncode == 0 and "usage: tickplant" in result.stdout
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and sub-command the parser knows, as argument prefixes."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append((*prefix, name))
+                found.extend(_commands(sub, (*prefix, name)))
+    return found
+
+
+def test_help_on_every_command(capsys):
+    """Every command the parser has, found by walking it (a new command is covered at once),
+    answers --help with its own usage."""
+    result = tickplant(dict(os.environ), "--help", timeout=30)  # the installed entry point
+    assert result.returncode == 0 and "usage: tickplant" in result.stdout
+    commands = _commands(build_parser())
+    assert len(commands) >= 17 and ("hdb", "backfill") in commands, commands
+    for command in commands:
+        with pytest.raises(SystemExit) as stop:
+            build_parser().parse_args([*command, "--help"])
+        out = capsys.readouterr().out
+        assert stop.value.code == 0 and out.startswith(f"usage: tickplant {' '.join(command)}"), (command, out)

@@ -168,6 +168,13 @@ def test_bars_vwap_last_trades_named_queries(world):
     lines = csv.text.strip().splitlines()
     assert len(lines) - 1 == int((trades.sym == "AAPL").sum())
     assert lines[0].startswith('"date","time","sym"') and lines[1].split(",")[1].endswith('Z"')
+    # every table's own route answers as its contract name does
+    same = client.get("/v1/rows/trade", params={"syms": "AAPL", "start": D1.isoformat(), "end": D2.isoformat()},
+                      headers={**key, "Accept": "text/csv"})
+    assert same.status_code == 200 and same.text == csv.text
+    quotes = client.get("/v1/rows/quote", params={"syms": "AAPL", "start": D2.isoformat(), "format": "arrow"},
+                        headers=key)
+    assert arrow(quotes).num_rows == sum(1 for q in published[D2]["quote"] if q["sym"] == "AAPL")
 
 
 def test_todays_rows_reach_clickhouse_as_one_batch_in_memory_or_as_a_servers_external_data(world):
@@ -364,11 +371,14 @@ def test_tables_health_and_openapi(world):
     assert [c["name"] for c in tables["trade"]["columns"]] == ["time", "sym", "price", "size", "date"]
     assert tables["trade"]["hdb_dates"] == [D1.isoformat()] and D2.isoformat() in tables["trade"]["rdb_dates"]
     health = client.get("/v1/health", headers=OPS).json()
-    assert health["status"] == "ok" and health["open_date"] == D2.isoformat()
+    assert health["status"] == "ok" and health["open_date"] == D2.isoformat() and health["problems"] == []
+    assert health["roles"]["rdb"] == 1 and health["roles"]["pdb"] == 0
+    assert any("no PDB" in w for w in health["warnings"]), health  # this world runs none
     assert client.get("/v1/health").json() == {"status": "ok"}  # anonymous: up or down, nothing more
     assert client.get("/v1/health", headers={"X-API-Key": "bob-key"}).json()["rdb_nodes"]
     spec = client.get("/openapi.json").json()
-    assert {"/v1/sql", "/v1/trades", "/v1/quotes", "/v1/last", "/v1/bars", "/v1/vwap", "/v1/aj"} <= set(spec["paths"])
+    assert {"/v1/sql", "/v1/trades", "/v1/quotes", "/v1/rows/trade", "/v1/rows/quote", "/v1/last", "/v1/bars",
+            "/v1/vwap", "/v1/aj"} <= set(spec["paths"])
 
 
 def test_cli_query_through_a_gateway_process(world, tmp_path):

@@ -263,3 +263,16 @@ def test_write_down_is_repeatable_clears_leftovers_and_external_sort_is_identica
                 if meta.row_group(i).column(sym_idx).statistics.min <= "S00" <= meta.row_group(i).column(sym_idx).statistics.max]
     s00 = int(pa.compute.sum(pa.compute.equal(table.column("sym"), "S00")).as_py())
     assert len(covering) <= math.ceil(s00 / 2048) + 1
+
+
+def test_settings_apply_to_a_statement_that_says_settings(tmp_path):
+    """The limits go inline with every statement, whatever words it contains: a statement
+    reading a column or string named ``settings`` is limited like any other."""
+    from sinks.hdb import pool
+
+    run = pool("chdb://").run
+    limited = {"max_result_rows": 3, "result_overflow_mode": "throw"}
+    assert run("SELECT 'settings' AS word FROM numbers(3)", settings=limited).num_rows == 3
+    for statement in ("SELECT number AS settings FROM numbers(10)", "SELECT 'SETTINGS' AS w FROM numbers(10)"):
+        with pytest.raises(Exception, match="Limit for result exceeded"):
+            run(statement, settings=limited)

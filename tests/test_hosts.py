@@ -185,7 +185,9 @@ def test_with_no_copy_serving_a_query_is_a_quick_503_not_a_hang(settings, catalo
             query = {"query": "SELECT count() AS n FROM trade WHERE date = today()", "timeout": 30}
             wait_until(lambda: http.post("/v1/sql", json=query).status_code == 200, 30, "an answer")
             only.kill9()
-            wait_until(lambda: not http.get("/v1/health").json().get("rdb_nodes"), 30, "the node gone stale")
+            wait_until(lambda: http.get("/v1/health").json()["status"] == "degraded", 30, "the node gone stale")
+            problems = http.get("/v1/health", headers={internal.HEADER: internal.secret(settings)}).json()["problems"]
+            assert any(p.startswith(f"trade partitions {list(range(settings.partitions))}") for p in problems), problems
             started = time.monotonic()
             resp = http.post("/v1/sql", json=query)
             assert resp.status_code == 503 and "retry" in resp.json()["error"], resp.text

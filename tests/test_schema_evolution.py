@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from gateway.app import create_app
 from ingest.framing import DecodeError, Decoder, encode_row
 from ingest.publisher import Tickerplant
 from ingest.replay import replay_rows
@@ -80,3 +82,10 @@ def test_adding_a_table_is_adding_a_file(settings, tmp_path):
     with Tickerplant(local, catalog) as tp:
         tp.publish_rows("bar", rows)
     assert sorted(replay_rows(local, "bar", catalog=catalog), key=lambda r: r["time"]) == rows
+    # and the gateway gives it a REST route of its own, beside its SQL
+    with TestClient(create_app(local)) as client:
+        assert "/v1/rows/bar" in client.get("/openapi.json").json()["paths"]
+        answer = client.get("/v1/rows/bar", params={"start": "2020-01-02", "format": "csv"})
+        assert answer.status_code == 200, answer.text
+        assert answer.text.splitlines()[0].replace('"', "").split(",") == ["date", "time", "sym", "open", "volume"]
+        assert client.get("/v1/rows/nope").status_code == 404

@@ -21,7 +21,7 @@ from ingest.topics import ensure_topics
 from tickplant.clock import ManualClock
 from tickplant.config import ConfigError, Settings
 from tickplant.kafka.broker import EmbeddedKafka, free_port_pair
-from tickplant.kafka.security import faust_credentials
+from tickplant.kafkaauth import faust_credentials
 
 T0 = 1_795_300_000_000_000_000
 USER, PASSWORD = "tickplant", "s3cret-for-tests"
@@ -144,7 +144,7 @@ def test_msk_iam_token_is_a_signed_connect_request_for_the_region(aws_keys: None
     import time
     import urllib.parse
 
-    from tickplant.kafka.security import msk_iam_token
+    from tickplant.kafkaauth import msk_iam_token
 
     token, expires = msk_iam_token("eu-west-1")
     url = urllib.parse.urlsplit(_signed_url(token))
@@ -162,7 +162,7 @@ def test_msk_iam_becomes_oauthbearer_for_librdkafka_and_faust(aws_keys: None, mo
 
     from confluent_kafka import Producer
 
-    import tickplant.kafka.security as security
+    import tickplant.kafkaauth as security
 
     settings = msk_settings()
     config = settings.kafka_config()
@@ -194,7 +194,7 @@ def test_msk_iam_misconfigured_is_refused_by_name(aws_keys: None, settings: Sett
 
 
 def test_msk_iam_without_aws_credentials_says_so(aws_keys: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tickplant.kafka.security import msk_iam_token
+    from tickplant.kafkaauth import msk_iam_token
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")

@@ -29,9 +29,10 @@ from ingest.metadata import read_metadata
 from ingest.publisher import Tickerplant
 from ingest.schema_topic import SchemaTopic
 from ingest.schemas import SchemaCatalog, TableSchema
-from ingest.topics import TopicNames, admin_client, ensure_topics, partition_counts, partition_for
+from ingest.topics import TopicNames, ensure_topics, partition_counts, partition_for
 from tickplant.clock import ManualClock
 from tickplant.config import Settings
+from tickplant.kafka.admin import admin_client
 from tickplant.kafka.broker import free_port
 
 T0 = 1_795_300_000_000_000_000

@@ -17,43 +17,11 @@ import time
 from typing import Any
 
 from tickplant import internal
-from tickplant.config import ConfigError, Settings, load_settings
+from tickplant.cliargs import add_host_flags, parse_date, settings_from_args
+from tickplant.config import ConfigError, Settings
 from tickplant.textable import format_ns, format_table
 
 EXIT_REJECTS = 3
-
-
-def add_host_flags(parser: argparse.ArgumentParser) -> None:
-    """``--host``/``--advertise`` of a worker whose views other hosts reach."""
-    parser.add_argument("--host", dest="node_host",
-                        help="address the views listen on (default: setting node_host, 127.0.0.1; 0.0.0.0: all)")
-    parser.add_argument("--advertise", dest="advertise_host",
-                        help="address announced to the gateway and peers (default: setting advertise_host, "
-                             "else the --host address, else this host's name)")
-
-
-def settings_from_args(args: argparse.Namespace, need_kafka: bool = True) -> Settings:
-    """The settings a command runs with; by default also checks that Kafka answers."""
-    overrides = {"data_dir": args.data_dir}
-    for name in ("kafka_port", "feed_rate", "feed_syms", "publish_mode", "rdb_workers", "rdb_replicas", "hdb_root",
-                 "gateway_port", "node_host", "advertise_host", "kafka_brokers"):
-        if hasattr(args, name):
-            overrides[name] = getattr(args, name)
-    settings = load_settings(args.config, **overrides)
-    if need_kafka:
-        from ingest.topics import check_reachable
-
-        check_reachable(settings)
-    return settings
-
-
-def parse_date(text: str | None) -> dt.date | None:
-    if text is None:
-        return None
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"date {text!r} is not YYYY-MM-DD") from None
 
 
 # -- up / down / status -------------------------------------------------------
@@ -125,7 +93,6 @@ def _status_loop(plant: Any) -> None:
         line = " | ".join(parts) + day
         for event in plant.watch():
             print(("\n" if tty else "") + event, flush=True)
-        plant.write_state(ready=True)
         ticks += 1
         if tty:
             print("\r" + line.ljust(100), end="", flush=True)
@@ -146,6 +113,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ingest.eod import read_day_state
+    from tickplant import status
     from tickplant.plant import running_plant
 
     settings = settings_from_args(args, need_kafka=False)
@@ -157,54 +125,47 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  end of day FAILED: {plant['eod_error']}")
     else:
         print(f"plant: not running from {settings.data_dir}")
-    from ingest.topics import check_reachable
+    from tickplant.kafka.admin import check_reachable
 
     check_reachable(settings)
-    rows, ends = _topic_rows(settings)
+    logs, ends = status.table_logs(settings)
     state = read_day_state(settings)
     print(f"Kafka: {settings.bootstrap}; open day {state.open_date}; closed days {len(state.closed)}")
     delivered = (plant or {}).get("delivered", {})
     print(format_table(
         ["table", "partitions", "messages today", "log end", "published by plant"],
-        [[t, p, today, end, delivered.get(t, 0)] for t, p, today, end in rows],
+        [[t.table, t.partitions, t.messages_today, t.log_end, delivered.get(t.table, 0)] for t in logs],
     ))
-    workers = _rdb_rows(settings, ends)
-    if workers:
+
+    def live(line: Any) -> str:
+        return "live" if line.live else "STALE"
+
+    def parts(values: list[Any]) -> str:
+        return ",".join(map(str, values))
+
+    if workers := status.rdb_lines(settings, ends):
         print()
         print(format_table(["RDB worker", "state", "url", "table", "partitions", "rows today", "lag", "caught up",
-                            "RSS MiB"], workers))
-    engines = _cep_rows(settings, ends)
-    if engines:
+                            "RSS MiB"],
+                           [[w.node, live(w), w.url, w.table, parts(w.partitions), w.rows_today, w.lag,
+                             f"no: {parts(w.behind)}" if w.behind else "yes", w.rss_mib] for w in workers]))
+    if engines := status.cep_lines(settings, ends):
         print()
         print(format_table(["CEP worker", "state", "url", "engine", "partitions", "lag", "serving",
-                            "live listeners", "RSS MiB"], engines))
-    pdbs = _pdb_rows(settings, ends)
-    if pdbs:
+                            "live listeners", "RSS MiB"],
+                           [[c.node, live(c), c.url, c.engine, parts(c.partitions), c.lag, c.serving,
+                             c.live_listeners, c.rss_mib] for c in engines]))
+    if pdbs := status.pdb_lines(settings, ends):
         print()
-        print(format_table(["PDB", "state", "host", "partitions", "lag", "rows captured", "writing", "queued"], pdbs))
-    gateways = _gateway_rows(settings)
-    if gateways:
+        print(format_table(["PDB", "state", "host", "partitions", "lag", "rows captured", "writing", "queued"],
+                           [[p.node, live(p), p.host, parts(p.partitions), p.lag, p.rows_captured,
+                             p.writing or "-", p.queued] for p in pdbs]))
+    if gateways := status.gateway_lines(settings):
         print()
-        print(format_table(["gateway", "state", "url", "pid"], gateways))
+        print(format_table(["gateway", "state", "url", "pid"], [[g.node, live(g), g.url, g.pid] for g in gateways]))
     print()
     print(_gateway_line(settings))
     return 0
-
-
-def _cep_rows(settings: Settings, ends: dict[tuple[str, int], int]) -> list[list[Any]]:
-    """A line per CEP worker: where, what it computes, its lag in messages over its inputs."""
-    from ingest.metadata import read_metadata
-
-    out = []
-    for node, r in sorted(read_metadata(settings, include_stale=True).items()):
-        if r.get("kind") != "cep":
-            continue
-        lag = sum(max(0, ends.get((t, int(p)), 0) - 1 - offset)
-                  for t, parts in r.get("applied", {}).items() for p, offset in parts.items())
-        out.append([node, "STALE" if r["stale"] else "live", r.get("url"), r.get("engine"),
-                    ",".join(map(str, r.get("partitions", []))), lag, r.get("serving"), r.get("live_listeners", 0),
-                    round(r.get("rss", 0) / 2**20)])
-    return out
 
 
 def _gateway_line(settings: Settings) -> str:
@@ -222,81 +183,9 @@ def _gateway_line(settings: Settings) -> str:
             f"node(s) in replica(s) {','.join(replicas) or '-'}, {len(health.get('cep_nodes', []))} CEP node(s)")
 
 
-def _rdb_rows(settings: Settings, ends: dict[tuple[str, int], int]) -> list[list[Any]]:
-    """A line per RDB worker and table: partitions, rows of the open day, lag in messages."""
-    from ingest.metadata import read_metadata
-
-    out = []
-    for node, record in sorted(read_metadata(settings, include_stale=True).items()):
-        state = "STALE" if record["stale"] else "live"
-        open_date = record.get("open_date")
-        for table, held in sorted(record.get("tables", {}).items()):
-            applied = held.get("applied", {})
-            lag = sum(max(0, ends.get((table, p), 0) - 1 - applied.get(str(p), -1)) for p in held["partitions"])
-            rows = held.get("dates", {}).get(open_date, {}).get("rows", 0)
-            behind = {c.split("[")[1].rstrip("]") for c in record.get("catching_up", []) if c.startswith(f"{table}[")}
-            caught_up = "no: " + ",".join(sorted(behind)) if behind else "yes"
-            out.append([node, state, record.get("url"), table, ",".join(map(str, held["partitions"])), rows, lag,
-                        caught_up, round(record.get("rss", 0) / 2**20)])
-    return out
-
-
-def _pdb_rows(settings: Settings, ends: dict[tuple[str, int], int]) -> list[list[Any]]:
-    """A line per PDB: where it runs, what it captures, its lag in messages, what it writes."""
-    from ingest.metadata import read_metadata
-
-    out = []
-    for node, r in sorted(read_metadata(settings, include_stale=True).items()):
-        if r.get("kind") != "pdb":
-            continue
-        lag = 0
-        for key, nxt in r.get("next", {}).items():
-            table, _, part = key.rstrip("]").partition("[")
-            lag += max(0, ends.get((table, int(part)), 0) - (nxt or 0))
-        out.append([node, "STALE" if r["stale"] else "live", r.get("host"), ",".join(r.get("partitions", [])), lag,
-                    r.get("rows_captured", 0), r.get("writing") or "-", r.get("queued", 0)])
-    return out
-
-
-def _gateway_rows(settings: Settings) -> list[list[Any]]:
-    """A line per gateway that announced itself (``tickplant gateway run``)."""
-    from ingest.metadata import read_metadata
-
-    return [[node, "STALE" if r["stale"] else "live", r.get("url"), r.get("pid")]
-            for node, r in sorted(read_metadata(settings, include_stale=True).items()) if r.get("kind") == "gateway"]
-
-
-def _topic_rows(settings: Settings) -> tuple[list[list[Any]], dict[tuple[str, int], int]]:
-    from ingest.eod import read_day_state
-    from ingest.logread import make_consumer, watermarks
-    from ingest.schemas import SchemaCatalog
-    from ingest.topics import TopicNames, partition_counts
-
-    catalog = SchemaCatalog.load(settings.schemas_dir)
-    names = TopicNames(settings.topic_prefix)
-    topics = {t: names.table(t) for t in catalog.names}
-    counts = partition_counts(settings, list(topics.values()))
-    state = read_day_state(settings)
-    consumer = make_consumer(settings)
-    out = []
-    all_ends: dict[tuple[str, int], int] = {}
-    try:
-        for table, topic in topics.items():
-            if topic not in counts:
-                out.append([table, 0, 0, 0])
-                continue
-            ends = {p: watermarks(consumer, topic, p)[1] for p in range(counts[topic])}
-            all_ends.update({(table, p): end for p, end in ends.items()})
-            today = sum(max(0, end - state.start_of_open_day(table, p)) for p, end in ends.items())
-            out.append([table, counts[topic], today, sum(ends.values())])
-    finally:
-        consumer.close()
-    return out, all_ends
-
-
 def cmd_topics(args: argparse.Namespace) -> int:
     from ingest.logread import make_consumer, watermarks
-    from ingest.topics import admin_client
+    from tickplant.kafka.admin import admin_client
 
     settings = settings_from_args(args)
     meta = admin_client(settings).list_topics(timeout=10)
@@ -447,7 +336,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     catalog = SchemaCatalog.load(settings.schemas_dir)
     table = catalog[args.table]
-    ranges = day_ranges(settings, table.name, parse_date(args.date))
+    origin = None
+    if args.from_archive:
+        from sinks.archive_read import open_archive
+
+        origin = open_archive(settings, table.name, parse_date(args.date))
+        ranges = origin.ranges
+    else:
+        ranges = day_ranges(settings, table.name, parse_date(args.date))
     if args.partition is not None:
         if args.partition not in ranges:
             raise ValueError(f"table {table.name} has no partition {args.partition} (has {sorted(ranges)})")
@@ -462,13 +358,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise ValueError("--format arrow needs --out FILE")
-        arrow = replay_arrow(settings, table.name, ranges=ranges, catalog=catalog, seq=args.seq)
+        arrow = replay_arrow(settings, table.name, ranges=ranges, catalog=catalog, seq=args.seq, origin=origin)
         with pa.OSFile(args.out, "wb") as sink, pa.ipc.new_stream(sink, arrow.schema) as writer:
             writer.write_table(arrow)
         print(f"{arrow.num_rows:,} rows written to {args.out}", file=sys.stderr)
         return 0
     rows = []
-    for row in replay_rows(settings, table.name, ranges=ranges, catalog=catalog, seq=args.seq):
+    for row in replay_rows(settings, table.name, ranges=ranges, catalog=catalog, seq=args.seq, origin=origin):
         rows.append(row)
         if args.limit and len(rows) >= args.limit:
             break
@@ -619,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
     rep.add_argument("--seq", action="store_true",
                      help="add each row's seq: its place in the log, as the RDB and HDB keep it (offset << 20 | index)")
+    rep.add_argument("--from-archive", action="store_true",
+                     help="read the day from the log's archive (setting archive_root), once Kafka has deleted it")
     rep.set_defaults(func=cmd_replay)
 
     subs = sub.add_parser("subscribe", parents=[common], help="stream a table's rows for some syms (.u.sub)")
@@ -642,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sinks.cli import add_commands as add_sink_commands
 
     add_sink_commands(sub, common)
+
+    from sinks.archive_cli import add_commands as add_archive_commands
+
+    add_archive_commands(sub, common)
 
     from streams.cep.cli import add_commands as add_cep_commands
 

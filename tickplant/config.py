@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tickplant.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names it and its source."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +107,10 @@ class Settings:
     # (empty -> <data_dir>/hdb) or "s3://bucket/prefix"; s3_endpoint for a non-AWS
     # S3 (SeaweedFS, MinIO: "http://host:port"), credentials from the AWS_* variables
     hdb_root: str = ""
+    # the tickerplant log archived beyond Kafka's retention (sinks/archive.py): each closed
+    # day's messages as Avro container files, a directory or "s3://bucket/prefix"; empty ->
+    # beside the HDB (<hdb_root>/../archive, <data_dir>/archive by default); "off": none kept
+    archive_root: str = ""
     s3_endpoint: str = ""
     s3_region: str = "us-east-1"
     # HDB queries: "chdb://" (embedded ClickHouse) or "http(s)://host:8123" (a server); or
@@ -180,7 +182,7 @@ class Settings:
         librdkafka's own log is silenced (log_level 0): connection trouble
         reaches callers as exceptions and delivery errors, said once, in context.
         """
-        from tickplant.kafka.security import librdkafka_security  # it reads these settings
+        from tickplant.kafkaauth import librdkafka_security  # it reads these settings
 
         return {"bootstrap.servers": self.bootstrap, "log_level": 0, **librdkafka_security(self), **extra}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -34,6 +35,8 @@ from tickplant.kafka.broker import (
     stop_pid,
 )
 from tickplant.supervisor import Supervisor, cep_child, gateway_child, pdb_child, rdb_worker_child
+
+SUPERVISE_SECONDS = 0.5
 
 
 class PlantError(RuntimeError):
@@ -79,6 +82,9 @@ class Plant:
         self.scheduler: EodScheduler | None = None
         self._stop = threading.Event()
         self._feed_thread: threading.Thread | None = None
+        self._supervision: threading.Thread | None = None
+        self._events: queue.SimpleQueue[str] = queue.SimpleQueue()  # what supervision did, for display
+        self._ready = False
         self.started = time.time()
 
     def start(self) -> None:
@@ -102,6 +108,8 @@ class Plant:
                 self.supervisor.add(cep_child(self.settings, index))
             self.supervisor.add(pdb_child(self.settings))
             self.supervisor.add(gateway_child(self.settings))
+            self._supervision = threading.Thread(target=self._supervise, name="plant-supervision", daemon=True)
+            self._supervision.start()
             if self.feed:
                 market = SyntheticMarket(self.settings.feed_syms, self.settings.feed_seed, self.clock)
                 self._feed_thread = threading.Thread(
@@ -115,6 +123,21 @@ class Plant:
             self.stop()
             raise
         self.write_state(ready=True)
+        self._ready = True  # from now on supervision rewrites the state file
+
+    def _supervise(self) -> None:
+        """Restarts what crashed and rewrites the state file, whatever the foreground does
+        (a status line, a demo's queries, nothing at all under ``up --detach``)."""
+        last_state = 0.0
+        while not self._stop.wait(SUPERVISE_SECONDS):
+            try:
+                for line in self._restart_crashed():
+                    self._events.put(line)
+                if self._ready and time.monotonic() - last_state >= 1.0:
+                    self.write_state(ready=True)
+                    last_state = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - supervision must outlive one bad round
+                self._events.put(f"supervision: {type(exc).__name__}: {exc}")
 
     def _wait_for_gateway(self, timeout: float = 120.0) -> None:
         """Ready means answering: the gateway replies and sees every RDB worker serving and
@@ -138,7 +161,7 @@ class Plant:
                     return
             except (OSError, ValueError):
                 pass
-            for line in self.supervisor.watch():
+            for line in self.watch():
                 print(f"tickplant: {line}", file=sys.stderr)
             time.sleep(0.3)
         raise PlantError(f"the plant was not ready within {timeout:.0f} s ({seen} at {url}); "
@@ -159,7 +182,7 @@ class Plant:
         tmp.write_text(json.dumps(state))
         tmp.replace(state_path(self.settings))
 
-    def watch(self) -> list[str]:
+    def _restart_crashed(self) -> list[str]:
         """Restart a dead embedded broker and crashed children; lines saying what happened."""
         events = []
         if self.broker and self.broker.died:
@@ -167,8 +190,19 @@ class Plant:
             events.append(f"the Kafka broker exited with code {code}; restarted on {self.settings.bootstrap}")
         return events + self.supervisor.watch()
 
+    def watch(self) -> list[str]:
+        """What supervision restarted since the last call (lines to show)."""
+        lines = []
+        while True:
+            try:
+                lines.append(self._events.get_nowait())
+            except queue.Empty:
+                return lines
+
     def stop(self) -> None:
         self._stop.set()
+        if self._supervision is not None:
+            self._supervision.join(timeout=60)  # never restarting a child while it is being stopped
         self.supervisor.stop()
         if self._feed_thread:
             self._feed_thread.join(timeout=10)

@@ -22,6 +22,7 @@ from gateway.client import Client, GatewayError
 from tickplant.config import Settings
 from tickplant.demo import scratch_settings
 from tickplant.plant import Plant
+from tickplant.status import rdb_lag
 from tickplant.textable import format_table
 
 GROWTH_FRACTION, GROWTH_MIB = 0.10, 32.0
@@ -64,14 +65,6 @@ def processes(plant: Plant) -> dict[str, int | None]:
     for child in plant.supervisor.children:
         out[child.name] = child.proc.pid if child.proc else None
     return out
-
-
-def rdb_lag(settings: Settings) -> int:
-    """Messages the RDB workers have yet to apply, over every table partition."""
-    from tickplant.cli import _rdb_rows, _topic_rows
-
-    _, ends = _topic_rows(settings)
-    return sum(int(row[6]) for row in _rdb_rows(settings, ends) if row[1] == "live")
 
 
 def run_soak(settings: Settings, minutes: float, rate: float = 2000.0, interval: float = 10.0,

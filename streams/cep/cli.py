@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from tickplant.cli import add_host_flags, settings_from_args
+from tickplant.cliargs import add_host_flags, settings_from_args
 
 
 def cmd_cep_run(args: argparse.Namespace) -> int:
@@ -56,14 +56,3 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                      help="a partition quiet this long closes its due bars on the wall clock (default: grace)")
     add_host_flags(run)
     run.set_defaults(func=cmd_cep_run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m streams.cep.cli cep run ...`` is ``tickplant cep run ...``."""
-    from tickplant.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

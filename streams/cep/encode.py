@@ -22,11 +22,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from ingest.framing import ROW_MAGIC, encode_row
+from ingest.framing import ROW_MAGIC, encode_row, long_bytes
 from ingest.schemas import TableSchema
 
 _DOUBLE = struct.Struct("<d").pack
-_ONE_BYTE = [bytes([i]) for i in range(128)]
 LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
 
 
@@ -38,18 +37,6 @@ def saturated(value: int) -> int:
 
 class _Fallback(Exception):
     """A value this encoder does not take as is: fastavro decides."""
-
-
-def _zigzag(value: int) -> bytes:
-    z = (value << 1) ^ (value >> 63)
-    if z < 128:
-        return _ONE_BYTE[z]
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
 
 
 # Each flat kind as Python source appending the bytes of ``v`` to ``out`` (``_fallback()`` if
@@ -93,7 +80,7 @@ def _compile(avro: dict[str, Any]) -> Callable[[dict[str, Any]], bytes] | None:
         return None
     body = "\n".join("    " + line for src in sources for line in src.splitlines())  # type: ignore[union-attr]
     code = f"def encode(row):\n    out = []\n{body}\n    return b''.join(out)\n"
-    scope: dict[str, Any] = {"_zigzag": _zigzag, "_double": _DOUBLE, "_fallback": _fallback}
+    scope: dict[str, Any] = {"_zigzag": long_bytes, "_double": _DOUBLE, "_fallback": _fallback}
     exec(compile(code, f"<encoder of {avro.get('name')}>", "exec"), scope)  # noqa: S102 - made from the schema's field types
     return scope["encode"]
 

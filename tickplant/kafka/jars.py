@@ -23,7 +23,8 @@ class KafkaSetupError(RuntimeError):
 
 def kafka_version() -> str:
     match = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM.read_text())
-    assert match, f"{POM} names no kafka.version"
+    if match is None:
+        raise KafkaSetupError(f"{POM} names no kafka.version: the package is damaged; reinstall it")
     return match.group(1)
 
 

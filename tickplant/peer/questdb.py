@@ -34,7 +34,8 @@ POM = Path(__file__).with_name("questdb-pom.xml")
 
 def questdb_version() -> str:
     match = re.search(r"<questdb.version>([^<]+)</questdb.version>", POM.read_text())
-    assert match, f"{POM} names no questdb.version"
+    if match is None:
+        raise KafkaSetupError(f"{POM} names no questdb.version: the package is damaged; reinstall it")
     return match.group(1)
 
 

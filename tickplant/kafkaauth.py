@@ -23,11 +23,14 @@ import functools
 import os
 import re
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.abc import AbstractTokenProvider
 
-from tickplant.config import ConfigError, Settings
+from tickplant.errors import ConfigError
+
+if TYPE_CHECKING:  # config reads this module's settings through it: no import back at run time
+    from tickplant.config import Settings
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MSK_IAM = "AWS_MSK_IAM"
