@@ -1,12 +1,13 @@
 # The two commands: `make up` runs the plant, `make test` runs the tests.
 # Each sets up what it needs first: a virtualenv in .venv with the project
 # and its test tools, and the Kafka broker jars from Maven Central (and QuestDB's,
-# for the side-by-side benchmark and its test).
+# for the side-by-side benchmark and its test), and as root Debian's prometheus
+# package for the metrics tests.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: up test setup bench lint clean
+.PHONY: up test setup prometheus bench lint clean
 
 up: setup
 	$(BIN)/tickplant up
@@ -23,7 +24,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed prometheus
+
+# Debian's prometheus (server + promtool) for the metrics tests, when run as root (CI);
+# quick when already there, and it leaves no service running
+prometheus:
+	@sh deploy/prometheus/install-debian.sh
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -42,13 +42,14 @@ from pydantic import BaseModel, Field
 from gateway import named, output, querylog
 from gateway.auth import Unauthorized, User, Users, UsersFile
 from gateway.engine import Answer, Engine, Plan, QueryFailed
+from gateway.metered import add_metrics_route, gateway_samples, metered, note_user
 from gateway.policy import authorize, check_subscription
 from gateway.querylog import QueryLog
 from gateway.routing import Routing
 from gateway.sql import Forbidden, SqlError, parse_select
 from ingest.schemas import SchemaCatalog
 from sinks.hdb import HdbQuery, HdbQueryError
-from tickplant import internal
+from tickplant import internal, metrics
 from tickplant.config import Settings
 
 PLAN_CACHE = 1024  # plans kept (statements x users)
@@ -85,6 +86,12 @@ class Gateway:
         self._plans: OrderedDict[tuple[str, str, dt.date, int], Plan] = OrderedDict()
         self._plans_lock = threading.Lock()
         self.running = RunningQueries(settings.gateway_user_queries)
+        self.hub: Any = None  # the live subscriptions' hub, once the routes have one
+        metrics.add_source(self.metric_samples)
+
+    def metric_samples(self) -> Any:
+        """The figures read at scrape time (gateway/metered.py)."""
+        return gateway_samples(self)
 
     @property
     def users(self) -> Users:
@@ -222,7 +229,9 @@ def limit_body(app: Any, max_bytes: int) -> Any:
 def user_of(request: Any) -> User:
     """The caller, from ``Authorization: Bearer <token>`` or ``X-API-Key``."""
     header = request.headers.get("authorization") or request.headers.get("x-api-key")
-    return request.app.state.gateway.users.authenticate(header)
+    user = request.app.state.gateway.users.authenticate(header)
+    note_user(request, user.name)
+    return user
 
 
 async def current_user(request: Request) -> User:
@@ -291,6 +300,8 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
     for known in (QueryFailed, Forbidden, Unauthorized, SqlError, named.BadParameter, HdbQueryError, ValueError):
         app.add_exception_handler(known, failed)
     app.add_middleware(limit_body, max_bytes=settings.gateway_max_statement_bytes + 4096)
+    app.add_middleware(metered)  # outermost: a refused body (413) is counted too
+    add_metrics_route(app)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -431,7 +442,7 @@ def _streaming_routes(app: FastAPI, gw: Gateway) -> None:
     from gateway.subscriptions import Hub
 
     hub = Hub(gw.settings)
-    app.state.hub = hub
+    app.state.hub = gw.hub = hub
 
     def allowed(request: Any, source: str) -> None:
         """Only whole-table grants subscribe to a table, or to an engine's output computed

@@ -7,7 +7,6 @@ sinks/cli.py does for the PDB and HDB.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import Any
@@ -27,18 +26,19 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     host = args.host or settings.gateway_host
     port = args.port or settings.gateway_port
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
     from gateway.announce import Announcer
+    from tickplant.observe import observe_role
 
-    app = create_app(settings)
     url = settings.replace(node_host=host).node_url(port)  # announced: advertise_host, else where it listens
     node = args.id or f"gateway-{url.split('://', 1)[1]}"
+    observe_role(settings, "gateway", node)  # its metrics: GET /metrics on its own port
+    app = create_app(settings)
     announcer = Announcer(settings, node, url)
     announcer.start()
     print(f"gateway {node}: {url} (docs at /docs); Ctrl-C stops it", flush=True)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        # log_config None: uvicorn's records go to our handler, in log_format, not its own
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, log_config=None)
     finally:
         announcer.stop()
     return 0

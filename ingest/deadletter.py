@@ -26,6 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from ingest.logread import LogReadError, make_consumer, read_ranges, watermarks
 from ingest.topics import TopicNames
+from tickplant import metrics
 from tickplant.config import Settings
 
 log = logging.getLogger("tickplant.deadletter")
@@ -64,11 +65,18 @@ class DeadLetters:
     def __init__(self, settings: Settings, source: str):
         self.topic = TopicNames(settings.topic_prefix).deadletter
         self.source = source
+        # the metrics' role: "rdb" of "rdb:<node>"; a publisher's source is the tickerplant's
+        self.role = source.split(":", 1)[0] if ":" in source else "tickerplant"
         self._producer: Producer | None = None
         self._settings = settings
         self.sent = 0
         self._producers: dict[tuple[str, int], Producer] = {}
         self._index = _Index()
+
+    def expect(self, tables: Any) -> None:
+        """Make the dead-letter series of these tables exist at 0 (rates and alerts on them
+        have a series before the first rejection)."""
+        metrics.init_labels(metrics.DEAD_LETTERS, *({"role": self.role, "table": t} for t in tables))
 
     def send(self, table: str, reason: str, payload: Any, where: str = "") -> None:
         if self._producer is None:
@@ -78,6 +86,7 @@ class DeadLetters:
         self._producer.produce(self.topic, key=table.encode(), value=letter(self.source, table, reason, payload, where))
         self._producer.poll(0)
         self.sent += 1
+        metrics.DEAD_LETTERS.labels(self.role, table).inc()
 
     def report(self, topic: str, partition: int, letters: list[tuple[int, str, str, Any]]) -> int:
         """Dead-letter refused messages of ``topic[partition]``, (offset, table, reason, payload)
@@ -130,6 +139,8 @@ class DeadLetters:
             raise
         self._index.seen.update(todo)
         self.sent += len(todo)
+        for key in todo:
+            metrics.DEAD_LETTERS.labels(self.role, wanted[key][0]).inc()
         return len(todo)
 
     def flush(self, timeout: float = 30.0) -> None:

@@ -38,6 +38,7 @@ from ingest.framing import CONTROL_HEADER
 from ingest.logread import LogReadError, make_consumer, read_ranges, watermarks
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, ensure_topics, partition_counts
+from tickplant import metrics
 from tickplant.clock import Clock, SystemClock
 from tickplant.config import Settings
 
@@ -306,16 +307,22 @@ class EodScheduler(threading.Thread):
         self.rolled: list[dict[str, Any]] = []
         self.error: BaseException | None = None
         self._halt = threading.Event()
+        self.next_roll = 0.0  # Unix seconds: when the open day is due to roll
+        self.last_success = 0.0
+        metrics.init_labels(metrics.EOD_ROLLS, {"outcome": "ok"}, {"outcome": "failed"})
+        metrics.add_source(self.metric_samples)
 
     def run(self) -> None:
         try:
             state = open_first_day(self.settings, self.catalog, self.clock)
             while not self._halt.is_set():
                 assert state.open_date is not None
-                if self.clock.now_ns() < self.calendar.close_ns(state.open_date):
+                due = self.calendar.close_ns(state.open_date)
+                self.next_roll = due / 1e9
+                if self.clock.now_ns() < due:
                     self._halt.wait(self.poll_seconds)
                     continue
-                marker = roll_day(self.settings, self.catalog, self.clock, expected_open=state.open_date)
+                marker = self._roll(state.open_date)
                 if marker is not None:
                     self.rolled.append(marker)
                     if self.on_roll:
@@ -324,6 +331,26 @@ class EodScheduler(threading.Thread):
         except BaseException as exc:  # surfaced by the plant's status, not swallowed
             self.error = exc
             raise
+
+    def _roll(self, open_date: dt.date) -> dict[str, Any] | None:
+        """``roll_day``, timed and counted by outcome for the metrics (a failure ends the timer)."""
+        started = time.perf_counter()
+        try:
+            marker = roll_day(self.settings, self.catalog, self.clock, expected_open=open_date)
+        except BaseException:
+            metrics.EOD_ROLLS.labels("failed").inc()
+            raise
+        if marker is not None:
+            metrics.EOD_SECONDS.observe(time.perf_counter() - started)
+            metrics.EOD_ROLLS.labels("ok").inc()
+            self.last_success = time.time()
+        return marker
+
+    def metric_samples(self) -> Any:
+        """When the open day is due to roll and when this timer last rolled one (scrape time)."""
+        if self.next_roll:
+            yield f"{metrics.PREFIX}eod_next_roll_timestamp_seconds", {}, self.next_roll
+        yield f"{metrics.PREFIX}eod_last_success_timestamp_seconds", {}, self.last_success
 
     def stop(self) -> None:
         self._halt.set()

@@ -38,6 +38,8 @@ class Intake:
         self.seq = seq
         self.decoder = decoder
         self.deadletters = deadletters
+        if deadletters is not None:
+            deadletters.expect(catalog.names)
         self.names = TopicNames(settings.topic_prefix)
         self.pending: dict[tuple[str, int], list[tuple[int, str, str, Any]]] = {}
         self.refused_messages = 0

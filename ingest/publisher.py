@@ -33,6 +33,7 @@ from ingest.framing import FAST_MIN_ROWS, HEADER_LEN, RecordCodec, codec_for, en
 from ingest.schema_topic import SchemaTopic
 from ingest.schemas import SchemaCatalog, TableSchema
 from ingest.topics import TopicNames, ensure_topics, partition_for
+from tickplant import metrics
 from tickplant.config import Settings
 
 # Batch mode gathers a table's rows until this many are waiting (or the timer
@@ -109,6 +110,9 @@ class Tickerplant:
         SchemaTopic(settings).register(self.catalog)
         self.stats = PublishStats()
         self.deadletters = DeadLetters(settings, source)
+        metrics.add_source(self.metric_samples)  # rows acknowledged, read at scrape time
+        self.deadletters.expect(self.catalog.names)
+        metrics.init_labels(metrics.PUBLISH_ERRORS, *({"role": "tickerplant", "table": t} for t in self.catalog.names))
         batch = self.mode == "batch"
         config = producer_config(settings, self.mode)
         if transactional_id:
@@ -462,7 +466,13 @@ class Tickerplant:
             self.stats.messages += 1
         else:
             self.stats.failed += nrows
+            metrics.PUBLISH_ERRORS.labels("tickerplant", table).inc(nrows)
             self.stats.errors.append(f"{table}: {nrows} rows not acknowledged: {err}")
+
+    def metric_samples(self) -> Any:
+        for table in self.catalog.names:
+            yield f"{metrics.PREFIX}rows_published", {"role": "tickerplant", "table": table}, self.stats.delivered[table]
+        yield f"{metrics.PREFIX}rows_rejected", {"role": "tickerplant"}, self.stats.rejected
 
     def _reject(self, schema: TableSchema, row: dict[str, Any], exc: Exception) -> None:
         self.stats.rejected += 1

@@ -8,8 +8,6 @@ the parsed arguments returning an exit code.
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from typing import Any
 
 from tickplant.cliargs import parse_date, settings_from_args
@@ -63,12 +61,14 @@ def cmd_pdb_run(args: argparse.Namespace) -> int:
     """Run the PDB in the foreground until Ctrl-C / SIGTERM."""
     from sinks.pdb import run_pdb
     from sinks.store import HdbStore
+    from tickplant.observe import observe_role
 
     settings = settings_from_args(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    listener = observe_role(settings, "pdb", args.id, listen=True, port=args.metrics_port,
+                            budget_bytes=settings.pdb_memory_mb << 20)
+    where = f"; metrics at :{listener.port}/metrics" if listener else ""
     print(f"PDB {args.id}: capturing into {settings.data_dir}/pdb, writing to "
-          f"{HdbStore.from_settings(settings).display_root}; Ctrl-C stops it", flush=True)
+          f"{HdbStore.from_settings(settings).display_root}{where}; Ctrl-C stops it", flush=True)
     run_pdb(settings, args.id)
     return 0
 
@@ -94,4 +94,6 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     pdbs = pdb.add_subparsers(dest="pdb", required=True, metavar="ACTION")
     run = pdbs.add_parser("run", parents=[common], help="run the PDB in the foreground")
     run.add_argument("--id", default="pdb-1", help="node id (its static group membership)")
+    run.add_argument("--metrics-port", type=int,
+                     help="the Prometheus listener's port (default: setting metrics_port; 0: none)")
     run.set_defaults(func=cmd_pdb_run)

@@ -68,6 +68,7 @@ from sinks.markers import MarkerPublisher
 from sinks.spill import SpillCache, read_day
 from sinks.store import HdbStore
 from sinks.writedown import DEFAULT_OPTIONS, WriteOptions, write_partition
+from tickplant import metrics
 from tickplant.config import Settings
 
 log = logging.getLogger("tickplant.pdb")
@@ -166,6 +167,21 @@ class Pdb:
         # the log's archive (sinks.archive): its own thread and reader of the log, so that a slow
         # archive store never holds capture or the write-down back
         self.archive = ArchiveThread.for_settings(settings, self.catalog, f"pdb:{node_id}")
+        # metrics (tickplant/metrics.py): rows counted per message (a block is many), write-downs
+        # timed, the lag read at scrape time
+        self._rows_in = {t: metrics.ROWS_IN.labels("pdb", t) for t in self.catalog.names}
+        self.log_ends = metrics.LogEnds()  # noted by the capture loop, read by a scrape
+        for table in self.catalog.names:
+            metrics.init_labels(metrics.WRITEDOWNS, {"table": table, "outcome": "ok"},
+                                {"table": table, "outcome": "failed"})
+        metrics.add_source(self.metric_samples)
+
+    def metric_samples(self) -> Any:
+        """The capture's lag per table partition and what the intake refused, at scrape time."""
+        positions = {(t, self.names.table(t), p): s.next for (t, p), s in list(self.cache.parts.items())
+                     if s.next is not None}
+        yield from self.log_ends.lag("pdb", positions)
+        yield f"{metrics.PREFIX}refused_messages", {"role": "pdb"}, self.intake.refused_messages
 
     # -- the loop ----------------------------------------------------------------
 
@@ -195,6 +211,7 @@ class Pdb:
             while not stop.is_set():
                 for msg in self.consumer.consume(5000, timeout=0.05):
                     self._handle(msg)
+                self.log_ends.note(self.consumer, self._capturing)
                 now = time.monotonic()
                 if now - last_commit >= COMMIT_SECONDS or self.cache.pending() >= COMMIT_ROWS:
                     self._commit()
@@ -213,6 +230,9 @@ class Pdb:
                 announcer.goodbye()
             except Exception:  # noqa: BLE001 - the broker away: the record goes stale by itself
                 pass
+
+    def _capturing(self) -> list[tuple[str, int]]:
+        return [(self.names.table(t), p) for t, p in list(self.cache.parts)]
 
     def _announce(self, announcer: MetadataPublisher) -> None:
         """Where this PDB runs and what it does, for ``tickplant status`` (never stops the PDB)."""
@@ -317,6 +337,7 @@ class Pdb:
             return
         self.cache.append(table, part, offset, rows)
         self.rows_captured += count
+        self._rows_in[table].inc(count)
 
     def _commit(self) -> None:
         self.cache.commit()
@@ -391,6 +412,7 @@ class Pdb:
                                        f"'tickplant hdb backfill --force' rewrites it")
             job.manifest = manifest
             job.marker = self.markers.publish(manifest, self.store.display_root)
+            metrics.WRITEDOWN_SECONDS.labels(job.table).observe(time.monotonic() - started)
         except BaseException as exc:  # noqa: BLE001 - reported by _reap, retried later
             job.error = exc
 
@@ -400,6 +422,8 @@ class Pdb:
             return
         self.job = None
         key = (job.table, job.date)
+        outcome = "failed" if job.error is not None else "ok"
+        metrics.WRITEDOWNS.labels(job.table, outcome).inc()
         if job.error is not None:
             self.failed[key] = (time.monotonic(), str(job.error))
             log.error("write-down of %s %s failed (retried in %.0f s): %s", job.table, job.date,
@@ -407,6 +431,8 @@ class Pdb:
             return
         self.failed.pop(key, None)
         self.done.add(key)
+        if job.manifest is not None:
+            metrics.ROWS_OUT.labels("pdb", job.table).inc(job.manifest.rows)
         self._hdb(job.table).add(job.date)
         if job.marker is not None:
             self.published.append(job.marker)

@@ -26,6 +26,15 @@ log = logging.getLogger("tickplant.group")
 REFRESH_BACKOFF_MAX_SECONDS = 30.0
 
 
+def run_worker_app(app: faust.App) -> None:
+    """Run a worker's app in the foreground until SIGTERM/SIGINT. The log is ours (the
+    log_format setting, set up by the role), and Faust's terminal spinner is off: it writes
+    cursor escapes even to a log file, where every line should be one record."""
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
+    worker.spinner = None
+    worker.execute_from_commandline()
+
+
 def membership_app(settings: Settings, group: str, membership_topic: str, datadir: Path, port: int,
                    partitions: int, on_revoked: Handler, on_assigned: Handler, on_refresh: Callable[[], Awaitable[None]],
                    on_shutdown: Handler, refresh_seconds: float = 2.0) -> faust.App:

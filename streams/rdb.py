@@ -55,7 +55,6 @@ import json
 import logging
 import os
 import re
-import resource
 import signal
 import sys
 import threading
@@ -83,13 +82,16 @@ from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
 from streams.client import MISDIRECTED
-from streams.group import membership_app
+from streams.group import membership_app, run_worker_app
+from streams.observed import Timed, add_metrics_page, rdb_samples
 from streams.partial import run_partial
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
 from streams.shard import Resources, Shard, ShardError
-from tickplant import internal
+from tickplant import internal, metrics
 from tickplant.config import Settings
 from tickplant.ec2 import instance_id
+from tickplant.metrics import rss_bytes  # noqa: F401 - the status's and the CEP's RSS figure
+from tickplant.observe import observe_role
 
 log = logging.getLogger("tickplant.rdb")
 FENCE_WAIT_SECONDS = 30.0
@@ -138,15 +140,6 @@ def replica_dir(settings: Settings, replica: str = DEFAULT_REPLICA) -> Path:
 
 def shard_path(settings: Settings, table: str, partition: int, replica: str = DEFAULT_REPLICA) -> Path:
     return replica_dir(settings, replica) / table / f"p{partition:03d}"
-
-
-def rss_bytes() -> int:
-    """Resident memory now (from /proc), for status and the memory budget."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def sched_ns(thread_id: int | None = None) -> dict[str, int]:
@@ -284,6 +277,12 @@ class RdbWorker:
         self._decode_ns = self._arrow_ns = self._write_ns = 0
         self.metadata = MetadataPublisher(settings, node_id)
         self.peers: dict[str, dict[str, Any]] = {}
+        # metrics (tickplant/metrics.py): rows counted per read, state read at scrape time
+        self.log_ends = metrics.LogEnds()  # noted by the reader, read by a scrape
+        self._rows_in = {t: metrics.ROWS_IN.labels("rdb", t) for t in self.catalog.names}
+        self._apply_seconds = metrics.APPLY_SECONDS.labels("rdb")
+        self._query_seconds = {v: metrics.QUERY_SECONDS.labels("rdb", v) for v in ("rows", "last", "partial", "count")}
+        metrics.add_source(self.metric_samples)
         self.app = self._make_app()
         self._last_assignment = Path(self.app.conf.datadir) / "assignment.json"
         self._serve_from_disk()
@@ -298,7 +297,12 @@ class RdbWorker:
             self._on_revoked, self._on_assigned, self._refresh, self._on_shutdown,
         )
         self._routes(app)
+        add_metrics_page(app)
         return app
+
+    def metric_samples(self) -> Any:
+        """The figures read at scrape time (streams/observed.py)."""
+        return rdb_samples(self)
 
     def _tps(self, tps: set[TP]) -> set[tuple[str, int]]:
         """(table, partition) pairs an assignment of the assignment topic stands for."""
@@ -429,6 +433,7 @@ class RdbWorker:
                         ])
                 self._open_locked()
                 self._check_caught_up(consumer)
+                self.log_ends.note(consumer, self._reading)
                 if not self.assigned:
                     self._halt.wait(0.05)
                     continue
@@ -459,7 +464,9 @@ class RdbWorker:
                         self.apply(table, [m for m in batch
                                            if (table, m[0]) in self.assigned and (table, m[0]) in self.shards])
                 samples = self.stages.samples
-                samples["read_total"].add(time.time_ns() - started)
+                elapsed = time.time_ns() - started
+                samples["read_total"].add(elapsed)
+                self._apply_seconds.observe(elapsed / 1e9)
                 self._flush_tails()
                 samples["read_decode"].add(self._decode_ns)
                 samples["read_arrow"].add(self._arrow_ns)
@@ -470,6 +477,11 @@ class RdbWorker:
             os._exit(70)
         finally:
             consumer.close()
+
+    def _reading(self) -> list[tuple[str, int]]:
+        """The (topic, partition)s the reader reads now."""
+        with self._assign_lock:
+            return [(self.names.table(t), p) for t, p in sorted(self.assigned) if (t, p) in self.shards]
 
     def _flush_tails(self) -> None:
         """Write the shards' tails that are big or old enough (the reader's thread, between reads)."""
@@ -574,6 +586,7 @@ class RdbWorker:
         began = time.perf_counter_ns()
         arrow = rows.table()
         self._arrow_ns += time.perf_counter_ns() - began
+        self._rows_in[table].inc(len(rows))
         start = 0
         for shard, offset, date, end in runs:
             if end == start or date is None:
@@ -826,6 +839,7 @@ class RdbWorker:
                 async def get(self, request: Any, table: str) -> Any:
                     worker.inflight += 1
                     worker.queries += 1
+                    started = time.perf_counter()
                     try:
                         if request.query.get("local") == "1" and request.query.get("format") != "json":
                             # a gateway's fetch: read and serialise in one hop off the loop
@@ -838,6 +852,7 @@ class RdbWorker:
                         return self.error(400, str(exc))
                     finally:
                         worker.inflight -= 1
+                        worker._query_seconds[kind].observe(time.perf_counter() - started)
 
             Rows.__name__ = f"Rdb{kind.title()}"
             return Rows
@@ -851,6 +866,7 @@ class RdbWorker:
                 """A gateway's split statement: its partial over exactly the routed partitions."""
                 worker.inflight += 1
                 worker.queries += 1
+                started = time.perf_counter()
                 try:
                     data = await worker._partial(request, await request.json())
                     return self.bytes(data, content_type="application/vnd.apache.arrow.stream")
@@ -862,10 +878,15 @@ class RdbWorker:
                     return self.error(422, str(exc).split("\n")[0][:2000])
                 finally:
                     worker.inflight -= 1
+                    worker._query_seconds["partial"].observe(time.perf_counter() - started)
 
         @app.page("/rdb/v1/{table}/count")
         class Count(View):
             async def get(self, request: Any, table: str) -> Any:
+                with Timed(worker._query_seconds["count"]):
+                    return await self._count(request, table)
+
+            async def _count(self, request: Any, table: str) -> Any:
                 try:
                     query = worker._parse(table, request)
                 except QueryError as exc:
@@ -914,6 +935,7 @@ def run_worker(settings: Settings, node_id: str, port: int, memory_budget: int =
     # default a thread waiting for the GIL waits up to 5 ms for the holder to yield,
     # a direct addition to publish -> visible. A shorter interval bounds that wait.
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    observe_role(settings, "rdb", node_id, budget_bytes=memory_budget, replica=replica, level=logging.WARNING)
     worker = RdbWorker(settings, node_id, port, memory_budget, replica)
-    faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    run_worker_app(worker.app)
 

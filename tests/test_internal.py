@@ -1,5 +1,6 @@
 """The plant's internal views answer only the plant: an RDB and a CEP worker, real processes
-on a real broker, refuse every request without the plant's secret, Faust's own pages included."""
+on a real broker, refuse every request without the plant's secret, Faust's own pages included (not
+Prometheus's /metrics)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def test_rdb_and_cep_views_refuse_calls_without_the_plants_secret(settings, cata
         assert status_of(worker.url + "/rdb/v1/trade/rows", mine) == 200
         assert status_of(worker.url + "/rdb/v1/status", mine) == 200
         assert status_of(cep.url + "/cep/v1/analytics", mine) == 200
+        # Prometheus's scrape is the one open view: figures, no rows (tickplant/metrics.py)
+        assert status_of(worker.url + "/metrics") == status_of(cep.url + "/metrics") == 200
+        assert status_of(worker.url + "/metrics/trade") == 401
     finally:
         cep.stop()
         worker.stop()

@@ -41,6 +41,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("'tickplant status' shows it, 'tickplant down' stops it")
         return 0
     install_signal_handlers()
+    from tickplant.observe import observe_role
+
+    # this process runs the feed, the tickerplant and the end-of-day timer: their metrics here
+    observe_role(settings, "plant", "plant", listen=True)
     plant = Plant(settings, feed=not args.no_feed)
     try:
         plant.start()
@@ -247,9 +251,11 @@ def cmd_feed_csv(args: argparse.Namespace) -> int:
 def cmd_feed_synthetic(args: argparse.Namespace) -> int:
     from ingest.feeds.synthetic import SyntheticMarket, run_feed
     from ingest.publisher import Tickerplant
+    from tickplant.observe import observe_role
     from tickplant.plant import install_signal_handlers
 
     settings = settings_from_args(args)
+    observe_role(settings, "feed", "synthetic-feed", listen=True)
     market = SyntheticMarket(args.syms, args.seed)
     install_signal_handlers()  # SIGTERM (a container stopped) ends the feed like Ctrl-C: flushed, counted
     started = time.monotonic()
@@ -291,8 +297,10 @@ def _eod_schedule(settings: Settings, catalog: Any) -> int:
     topics, the first day, then each day rolled at eod_time, until stopped."""
     from ingest.eod import EodScheduler
     from ingest.topics import ensure_topics
+    from tickplant.observe import observe_role
     from tickplant.plant import install_signal_handlers
 
+    observe_role(settings, "eod", "eod", listen=True)
     install_signal_handlers()
     ensure_topics(settings, catalog)
     scheduler = EodScheduler(settings, catalog, on_roll=lambda m: print(f"closed {m['date']}; open day is now "

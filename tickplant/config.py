@@ -156,6 +156,12 @@ class Settings:
     # the batch loader (ingest/sources.py): [ingest] options and [ingest.sources.NAME] per
     # vendor file layout (match, table, columns, time_format, time_unit, timezone)
     ingest: dict[str, Any] = field(default_factory=dict)
+    # observability (tickplant/metrics.py, tickplant/logs.py): the port of the Prometheus
+    # listener of a process without an HTTP server of its own (the PDB, the end-of-day timer,
+    # the feed, `tickplant up`'s own process; `up` gives its PDB this + 1); 0: none. The RDB,
+    # CEP and gateway answer /metrics on their own port. Logs as "text" or "json" (a line each)
+    metrics_port: int = 0
+    log_format: str = "text"
 
     @property
     def embedded(self) -> bool:
@@ -284,6 +290,10 @@ def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Se
         raise ConfigError(f"kafka_brokers must be at least 1, not {settings.kafka_brokers}")
     if settings.publish_mode not in ("batch", "zero"):
         raise ConfigError(f"publish_mode must be 'batch' or 'zero', not {settings.publish_mode!r}")
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be 'text' or 'json', not {settings.log_format!r}")
+    if not 0 <= settings.metrics_port < 65536:
+        raise ConfigError(f"metrics_port must be a port number (0: no listener), not {settings.metrics_port}")
     if not 0 <= settings.zero_linger_ms <= 1000:
         raise ConfigError(f"zero_linger_ms must be between 0 and 1000, not {settings.zero_linger_ms!r}")
     return settings

@@ -5,7 +5,8 @@ columns and other users' rows included: entitlements are the gateway's job.
 So on a network they must answer the gateway, their peers and the plant's own
 tools only. Each of those sends the plant's shared secret in one header
 (``X-Tickplant-Internal``), and the workers refuse any request without it
-(401), whoever can reach their port.
+(401), whoever can reach their port. ``GET /metrics`` is the exception: it
+holds counts and timings, no rows, and Prometheus scrapes it without the secret.
 
 The secret is the ``internal_secret`` setting (``TICKPLANT_INTERNAL_SECRET``):
 set the same value on every host of a plant. Unset, it is made once per data
@@ -26,6 +27,8 @@ from tickplant.config import Settings
 
 HEADER = "X-Tickplant-Internal"
 FILE = "internal.secret"
+# the one view open to every caller: Prometheus's scrape (figures, never rows)
+METRICS_PATH = "/metrics"
 
 
 def secret(settings: Settings) -> str:
@@ -69,7 +72,7 @@ def aiohttp_middleware(settings: Settings) -> Any:
 
     @web.middleware
     async def internal_only(request: web.Request, handler: Any) -> web.StreamResponse:
-        if not is_internal(request.headers.get(HEADER), expected):
+        if request.path != METRICS_PATH and not is_internal(request.headers.get(HEADER), expected):
             return web.json_response(
                 {"error": f"this is a plant-internal view: send the plant's secret in {HEADER} "
                           "(users query the gateway)"}, status=401)

@@ -110,7 +110,9 @@ def cep_child(settings: Settings, index: int = 0) -> Child:
 
 
 def pdb_child(settings: Settings) -> Child:
-    return Child("pdb-1", ["pdb", "run", "--id", "pdb-1"], settings)
+    # the plant's own process listens on metrics_port (it runs the feed and the EOD timer)
+    port = settings.metrics_port + 1 if settings.metrics_port else 0
+    return Child("pdb-1", ["pdb", "run", "--id", "pdb-1", "--metrics-port", str(port)], settings)
 
 
 def gateway_child(settings: Settings) -> Child:

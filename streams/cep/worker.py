@@ -85,9 +85,12 @@ from streams.cep.live import LiveFeed, LiveFeedError
 from streams.cep.outbox import PartitionPublisher
 from streams.cep.store import PartitionStore
 from streams.cep.topics import DEFAULT_ENGINE, CepTopics
-from streams.group import membership_app
+from streams.group import membership_app, run_worker_app
+from streams.observed import add_metrics_page, cep_samples
 from streams.rdb import LatencySample, rss_bytes
+from tickplant import metrics
 from tickplant.config import Settings
+from tickplant.observe import observe_role
 
 log = logging.getLogger("tickplant.cep")
 FENCE_WAIT_SECONDS = 30.0
@@ -166,6 +169,11 @@ class CepWorker:
         self.live = LiveFeed()
         self._live_out: dict[str, list[dict[str, Any]]] = {"analytics": [], "bars": []}  # this read's, to push
         self.peers: dict[str, dict[str, Any]] = {}
+        # metrics (tickplant/metrics.py): rows counted per read, state read at scrape time
+        self.log_ends = metrics.LogEnds()  # noted by the reader, read by a scrape
+        self._rows_in = {t: metrics.ROWS_IN.labels("cep", t) for t in self.tables}
+        self._apply_seconds = metrics.APPLY_SECONDS.labels("cep")
+        metrics.add_source(self.metric_samples)
         self.app = self._make_app()
 
     # -- the Faust app ----------------------------------------------------------
@@ -178,7 +186,12 @@ class CepWorker:
             self.partitions, self._on_revoked, self._on_assigned, self._refresh, self._on_shutdown,
         )
         self._routes(app)
+        add_metrics_page(app)
         return app
+
+    def metric_samples(self) -> Any:
+        """The figures read at scrape time (streams/observed.py)."""
+        return cep_samples(self)
 
     def _parts(self, tps: set[TP]) -> set[int]:
         return {tp.partition for tp in tps if tp.topic == self.topics.assignment}
@@ -269,6 +282,7 @@ class CepWorker:
                 if not self.engines:
                     self._halt.wait(0.05)
                     continue
+                self.log_ends.note(consumer, self._reading)
                 now = time.monotonic()
                 if now >= next_idle_check:
                     next_idle_check = now + 0.1
@@ -305,6 +319,11 @@ class CepWorker:
         finally:
             consumer.close()
 
+    def _reading(self) -> list[tuple[str, int]]:
+        """The (topic, partition)s the reader reads now."""
+        with self._lock:
+            return [(self.names.table(t), p) for p in sorted(self.engines) for t in self.tables]
+
     def _apply(self, by_part: dict[int, dict[str, list[Any]]]) -> None:
         """Apply each partition's messages (one RocksDB write each) and hand their outputs to
         the partition's committer (``outbox``), which commits them while the reader reads on."""
@@ -315,6 +334,8 @@ class CepWorker:
                 if engine is None:
                     continue  # revoked meanwhile: the next owner reads it from the stored offset
                 batches = {t: self._messages(t, p, msgs, engine.store.offset(t)) for t, msgs in tables.items()}
+                for t, batch in batches.items():
+                    self._rows_in[t].inc(sum(len(m.rows) for m in batch if m.rows))
                 self.intake.flush()
                 if "trade" in tables:
                     self.last_seen[p] = time.monotonic()
@@ -329,7 +350,9 @@ class CepWorker:
                     self.unsent[p] = max(newest, self.unsent.get(p, newest))
                 self._submit(p, outputs, newest if emit else None)
             self._flush_live()
-        self.apply_seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.apply_seconds += elapsed
+        self._apply_seconds.observe(elapsed)
         self.apply_cpu_seconds += time.thread_time() - cpu
 
     def _push_live(self, engine: PartitionEngine, closed: list[dict[str, Any]], changed: set[str]) -> None:
@@ -356,6 +379,8 @@ class CepWorker:
         if outputs or offsets is not None:
             self.publishers[p].submit(outputs, offsets, newest)
             self.commits += bool(outputs)
+            for kind in {o.kind for o in outputs}:
+                metrics.ROWS_OUT.labels("cep", kind).inc(sum(1 for o in outputs if o.kind == kind))
 
     def _all_committers_busy(self) -> bool:
         with self._lock:
@@ -620,6 +645,7 @@ def run_worker(settings: Settings, node_id: str, port: int, **options: Any) -> N
     # the committer threads wake from a broker round trip needing the GIL, which the reader holds
     # while it applies: by default they could wait up to 5 ms each time (as the RDB's reader does)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    observe_role(settings, "cep", node_id, level=logging.WARNING)
     worker = CepWorker(settings, node_id, port, **options)
-    faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    run_worker_app(worker.app)
 
