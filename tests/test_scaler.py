@@ -22,6 +22,7 @@ import boto3
 import pytest
 from fastapi.testclient import TestClient
 from procs import BackgroundFeed, SymCounts, Worker, plant_env, wait_until
+from prometheus_client import REGISTRY
 
 from gateway.app import create_app
 from ingest.eod import open_first_day
@@ -221,7 +222,7 @@ class InstanceRunner:
 
     def serving(self) -> list[InstanceWorker]:
         out = []
-        for iid, worker in self.workers.items():
+        for iid, worker in list(self.workers.items()):  # a copy: the runner's thread adds to it
             if iid in self.gone or worker.proc.poll() is not None:
                 continue
             try:
@@ -322,20 +323,23 @@ def test_the_scaler_scales_out_under_load_and_in_safely(settings, catalog, tmp_p
             assert not asking.partial(), asking.partial()[:3]
             assert asking.answers, "no answer at all through the gateway"
             assert len(runner.workers) == 2, f"instances launched: {list(runner.workers)}"
-            [(gone, how)] = runner.gone.items()
+            [(gone, how)] = list(runner.gone.items())
             assert how["left_first"], f"{gone} was terminated before its node had left"
-            [survivor] = [w for iid, w in runner.workers.items() if iid not in runner.gone]
+            [survivor] = [w for iid, w in list(runner.workers.items()) if iid not in runner.gone]
             assert survivor.proc.poll() is None, survivor.log_tail()
             rows = survivor.client.rows("trade", columns=["sym", "time", "seq"]).to_pylist()
             assert len(rows) == len(feed.published["trade"]) == len({(r["sym"], r["seq"]) for r in rows})
             actions = [d.action for d in scaler.decisions]
             assert "out" in actions and "in" in actions, lines[-10:]
+            for action in ("out", "in"):  # the decisions as Prometheus sees them as well
+                counted = REGISTRY.get_sample_value("tickplant_scaler_decisions_total", {"action": action})
+                assert counted == actions.count(action), (action, counted, actions)
             scale_in = next(d for d in scaler.decisions if d.action == "in")
             assert scale_in.details["instance"] == gone and scale_in.details["terminated"], scale_in
             assert any("scale-out done" in line for line in lines), lines
             metrics = cloudwatch.list_metrics(Namespace="Tickplant")["Metrics"]
             nodes = {d["Value"] for m in metrics for d in m["Dimensions"] if d["Name"] == "Node"}
-            assert {f"rdb-{iid}" for iid in runner.workers} <= nodes, (nodes, lines)
+            assert {f"rdb-{iid}" for iid in list(runner.workers)} <= nodes, (nodes, lines)
     finally:
         halt.set()
         lease.close()

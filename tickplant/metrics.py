@@ -35,6 +35,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -73,6 +74,10 @@ EOD_SECONDS = Histogram(f"{PREFIX}eod_roll_seconds", "Time to roll the day (fenc
                         buckets=FAST_BUCKETS)
 WRITEDOWNS = Counter(f"{PREFIX}writedowns", "Write-downs of a day to the HDB by table and outcome (ok, failed)",
                      ["table", "outcome"])
+SCALER_DECISIONS = Counter(f"{PREFIX}scaler_decisions", "The RDB scaler's decisions by action (out, in, hold)",
+                           ["action"])
+SCALER_DESIRED = Gauge(f"{PREFIX}scaler_desired_capacity",
+                       "The RDB Auto Scaling group's desired capacity after the scaler's last decision")
 WRITEDOWN_SECONDS = Histogram(f"{PREFIX}writedown_seconds", "Time to write a day of a table to the HDB",
                               ["table"], buckets=SLOW_BUCKETS)
 

@@ -44,9 +44,11 @@ def cmd_cloudwatch(args: argparse.Namespace) -> int:
 def cmd_scaler(args: argparse.Namespace) -> int:
     from tickplant.aws.lease import Lease
     from tickplant.aws.scaler import Scaler
+    from tickplant.observe import observe_role
 
     settings = settings_from_args(args)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # its decisions as metrics too, on metrics_port (tickplant_scaler_decisions_total, ..._desired_capacity)
+    observe_role(settings, "scaler", f"scaler-{settings.advertised_host}", listen=True, level=logging.WARNING)
     lease = None
     if not args.dry_run:  # a dry run changes nothing: it needs no lease
         lease = Lease(settings)

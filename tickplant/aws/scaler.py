@@ -31,6 +31,7 @@ from typing import Any
 
 from ingest.eod import read_day_state
 from streams.client import RdbClient, RdbClientError
+from tickplant import metrics
 from tickplant.aws.clients import aws_client
 from tickplant.aws.decide import FIGURES, Decision, Situation, Thresholds, decide
 from tickplant.aws.figures import FigureReader, NodeFigures, role_of
@@ -188,6 +189,8 @@ class Scaler:
 
     def _record(self, decision: Decision, before: int) -> None:
         self.decisions.append(decision)
+        metrics.SCALER_DECISIONS.labels(decision.action).inc()
+        metrics.SCALER_DESIRED.set(decision.desired)
         moved = f"{before} -> {decision.desired}" if decision.action != "hold" else f"at {before}"
         self.say(f"{dt.datetime.fromtimestamp(decision.at, dt.UTC):%Y-%m-%dT%H:%M:%SZ} "
                  f"{'dry run: ' if self.dry_run else ''}{decision.action} ({moved}): {decision.reason}"
