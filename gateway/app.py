@@ -381,12 +381,12 @@ def _named_routes(app: FastAPI, gw: Gateway) -> None:
     def columns(table: str) -> list[str]:
         return gw.catalog[table].columns
 
-    def rows_route(table: str) -> Callable[..., Response]:
+    def rows_route(table: str, endpoint: str) -> Callable[..., Response]:
         def rows(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
                  end: str | None = end_q, columns_: str | None = Query(None, alias="columns"),
                  limit: int | None = limit_q, timeout: float | None = timeout_q,
                  format: str | None = fmt_q) -> Response:
-            return gw.run_named(user, f"rows/{table}", request, lambda: named.rows_query(
+            return gw.run_named(user, endpoint, request, lambda: named.rows_query(
                 table, columns(table), syms, start, end, columns_, today()), limit=limit, timeout=timeout, fmt=format)
         return rows
 
@@ -395,7 +395,8 @@ def _named_routes(app: FastAPI, gw: Gateway) -> None:
     for schema in gw.catalog:
         paths = [f"/v1/rows/{schema.name}", *{"trade": ["/v1/trades"], "quote": ["/v1/quotes"]}.get(schema.name, [])]
         for path in paths:
-            app.add_api_route(path, rows_route(schema.name), methods=["GET"], name=path.removeprefix("/v1/"),
+            app.add_api_route(path, rows_route(schema.name, path.removeprefix("/v1/")), methods=["GET"],
+                              name=path.removeprefix("/v1/"),
                               summary=f"Rows of {schema.name} for some syms over some days, by date, sym, time")
 
     @app.get("/v1/last", summary="The latest row of each sym today")
