@@ -318,8 +318,12 @@ def test_named_query_refusals_alike(world, path, key):
 def test_row_filters_answer_as_the_gateway_does(world, who, statement):
     """A user's rows only, through the same rewrite: the same answer (or the same refusal)."""
     key = {"alice": ALICE_KEY, "carol": CAROL_KEY}[who]
-    status, _, _ = same_answer(world[0], "POST", "/v1/sql", key, sql(statement, limit=5000), ordered=False)
-    assert status in (200, 400, 413)
+    mine = via_handler("POST", "/v1/sql", key, sql(statement))
+    theirs = via_gateway(world[0], "POST", "/v1/sql", key, sql(statement))
+    if mine[0] == theirs[0] == 413:  # too large (a cross join): which limit ClickHouse stops at first varies
+        return
+    assert comparable(*mine, ordered=False) == comparable(*theirs, ordered=False), (mine[2][:300], theirs[2][:300])
+    assert mine[0] in (200, 400)
 
 
 def test_a_changed_users_object_takes_effect_and_a_broken_one_leaves_the_last(world, hdb):
@@ -522,3 +526,8 @@ def test_the_package_builds_a_function_that_imports_and_answers(tmp_path):
     template = (out / "lambda.yaml").read_text()
     for resource in ("AWS::Lambda::Function", "AWS::ApiGatewayV2::Api", "AWS::Lambda::Permission"):
         assert resource in template
+    # what deploy/ includes is what the command writes
+    assert template == (REPO_ROOT / "deploy" / "cloudformation" / "lambda.yaml").read_text()
+    lint = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(out / "lambda.yaml")], capture_output=True, text=True,
+                          timeout=120)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
