@@ -266,6 +266,16 @@ def test_the_open_day_is_left_out_saying_so_or_refused_when_it_is_all_that_is_as
     assert status == 200 and "x-tickplant-notes" not in headers  # nothing left out: nothing said
 
 
+def test_a_roles_session_token_goes_with_the_hdbs_reads(world, monkeypatch):
+    """Lambda's credentials are a role's: key, secret and session token. The token must reach
+    ClickHouse's s3() (SeaweedFS refuses a made-up one: so it was sent)."""
+    statement = sql("SELECT count() AS n FROM trade WHERE date = '2026-11-19'")
+    assert via_handler("POST", "/v1/sql", ROOT_KEY, statement)[0] == 200
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "made-up-session-token")
+    status, _, data = via_handler("POST", "/v1/sql", ROOT_KEY, statement)
+    assert status == 503 and "could not be read (S3_ERROR)" in json.loads(data)["error"], data
+
+
 # -- refusals: the same status and line --------------------------------------------------------------
 
 LONG = "SELECT " + "+".join(["1"] * 3000) + " AS x"

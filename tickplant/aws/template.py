@@ -212,25 +212,7 @@ Resources:
         RestrictPublicBuckets: true
       NotificationConfiguration:
         LambdaConfigurations:
-          - Event: s3:ObjectCreated:*
-            Function: !GetAtt BlackScholesFunction.Arn
-            Filter:
-              S3Key:
-                Rules:
-                  - Name: prefix
-                    Value: options/
-                  - Name: suffix
-                    Value: .csv
-          - Event: s3:ObjectCreated:*
-            Function: !GetAtt BlackScholesFunction.Arn
-            Filter:
-              S3Key:
-                Rules:
-                  - Name: prefix
-                    Value: options/
-                  - Name: suffix
-                    Value: .parquet
-
+{notifications}
   # The S3 file drop -> batch loader function (tickplant.aws.lambda_handlers.s3_object_created)
   # goes here beside these, with its own trigger, once tickplant/aws/lambda_files.py is merged.
 {layer}
@@ -248,6 +230,20 @@ Outputs:
 """
 
 
+_NOTIFICATION = """\
+          - Event: s3:ObjectCreated:*
+            Function: !GetAtt BlackScholesFunction.Arn
+            Filter:
+              S3Key:
+                Rules:
+                  - Name: prefix
+                    Value: options/
+                  - Name: suffix
+                    Value: {suffix}
+"""
+OPTION_FILES = (".csv", ".csv.gz", ".parquet")  # what the Black-Scholes function reads
+
+
 def render_template(form: str, handlers: dict[str, str]) -> str:
     """The template for ``form`` ("image" or "zip+layer") and the handlers' names."""
     if form not in _CODE:
@@ -257,4 +253,5 @@ def render_template(form: str, handlers: dict[str, str]) -> str:
         query_code=_CODE[form].format(handler=handlers["query"]),
         black_scholes_code=_CODE[form].format(handler=handlers["black_scholes"]),
         layer=_LAYER if form == "zip+layer" else "",
+        notifications="".join(_NOTIFICATION.format(suffix=suffix) for suffix in OPTION_FILES),
     )
