@@ -116,12 +116,12 @@ def price_table(options: pa.Table, keep: Sequence[str] = (), pool_url: str = "ch
     left out: 0), numbers or text (a CSV's), in embedded chDB, rows in their order; ``keep``:
     more columns carried through. A value that is not a number reads as null, and a row
     that cannot be priced gets nulls: ``unpriceable`` says which and why."""
-    if "div" not in options.column_names:
-        options = options.append_column("div", pa.array([0.0] * options.num_rows, pa.float64()))
-    missing = [c for c in INPUTS if c not in options.column_names]
+    missing = [c for c in INPUTS if c not in options.column_names and c != "div"]
     if missing:
         raise OptionInputError(f"options need the column(s) {', '.join(missing)}; "
                                f"got {', '.join(options.column_names) or 'none'}")
+    if "div" not in options.column_names:
+        options = options.append_column("div", pa.array([0.0] * options.num_rows, pa.float64()))
     name = "__tickplant_options"  # chDB finds Python(name) among the caller's frames' locals
     ordered = options.append_column("__row", pa.array(range(options.num_rows), pa.int64()))
     typed = [*(f"accurateCastOrNull(`{c}`, 'Float64') AS `{c}`" for c in NUMBERS),
@@ -131,9 +131,9 @@ def price_table(options: pa.Table, keep: Sequence[str] = (), pool_url: str = "ch
     return out.drop_columns(["__row"])
 
 
-def unpriceable(priced: pa.Table, first_row: int = 1) -> list[str]:
-    """Why each row of ``price_table``'s answer without a price has none:
-    ``row N: field: reason`` (rows numbered from ``first_row``)."""
+def unpriceable(priced: pa.Table) -> list[tuple[int, str]]:
+    """Why each row of ``price_table``'s answer without a price has none: (its index,
+    ``field: reason``)."""
     problems = []
     nulls = priced.column("price").is_null().to_pylist()
     for i in (i for i, null in enumerate(nulls) if null):
@@ -141,11 +141,11 @@ def unpriceable(priced: pa.Table, first_row: int = 1) -> list[str]:
         for c in NUMBERS:
             value = row[c]
             if value is None or not math.isfinite(value):
-                problems.append(f"row {first_row + i}: {c}: not a finite number")
+                problems.append((i, f"{c}: not a finite number"))
                 break
             if c in ("spot", "strike", "years", "vol") and value <= 0:
-                problems.append(f"row {first_row + i}: {c}: {value!r} is not positive")
+                problems.append((i, f"{c}: {value!r} is not positive"))
                 break
         else:
-            problems.append(f"row {first_row + i}: kind: {row['kind']!r} is neither 'C' (call) nor 'P' (put)")
+            problems.append((i, f"kind: {row['kind']!r} is neither 'C' (call) nor 'P' (put)"))
     return problems

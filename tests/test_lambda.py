@@ -432,6 +432,9 @@ def test_options_in_the_event_match_an_independent_formula():
     want = bs_reference(*(params[k][good] for k in ("spot", "strike", "years", "rate", "vol", "kind")),
                         div=params["div"][good])
     assert_greeks({g: [answer[i][g] for i in good] for g in GREEKS}, want)
+    assert lambda_handlers.black_scholes({"options": [{"spot": 1}]}, None) == {
+        "error": "options need the column(s) strike, years, rate, vol, kind; got spot"}
+    assert "none of Records (S3), source, options" in lambda_handlers.black_scholes({"Ticker": "X"}, None)["error"]
 
 
 def test_an_s3_file_of_options_is_priced_as_it_streams(hdb, tmp_path):
@@ -469,6 +472,22 @@ def test_an_s3_file_of_options_is_priced_as_it_streams(hdb, tmp_path):
     # its own output is never priced again
     ev["Records"][0]["s3"]["object"]["key"] = out_key
     assert "skipped" in lambda_handlers.black_scholes(ev, None)["priced"][0]
+    # Parquet in, asked for by name, the answer where asked; what cannot be read is said
+    parquet = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"spot": [42.0], "strike": [40.0], "years": [0.5], "rate": [0.1], "vol": [0.2],
+                             "kind": ["P"]}), parquet)
+    s3server.client().put_object(Bucket=s3server.bucket, Key="options/hull.parquet", Body=parquet.read_bytes())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TICKPLANT_S3_ENDPOINT", s3server.endpoint)
+        lambda_handlers._settings.cache_clear()
+        hull = lambda_handlers.black_scholes({"source": f"s3://{s3server.bucket}/options/hull.parquet",
+                                              "output": f"s3://{s3server.bucket}/elsewhere/hull.parquet"}, None)
+        bad = lambda_handlers.black_scholes({"source": f"s3://{s3server.bucket}/options/x.json"}, None)
+        lambda_handlers._settings.cache_clear()
+    assert hull["rows"] == 1 and hull["output"] == f"s3://{s3server.bucket}/elsewhere/hull.parquet"
+    body = s3server.client().get_object(Bucket=s3server.bucket, Key="elsewhere/hull.parquet")["Body"].read()
+    assert round(pq.read_table(pa.BufferReader(body)).column("price")[0].as_py(), 2) == 0.81
+    assert bad == {"error": f"s3://{s3server.bucket}/options/x.json: neither .csv nor .parquet"}
 
 
 def test_the_option_table_priced_by_the_named_query(world, hdb):

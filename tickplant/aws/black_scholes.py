@@ -62,12 +62,11 @@ def price_options(options: Any) -> list[dict[str, Any]]:
     if not options:
         return []
     names = list(dict.fromkeys(k for o in options for k in o))
-    table = pa.table({n: pa.array([_scalar(o.get(n)) for o in options], pa.string()) for n in names})
+    table = pa.table({n: _column([o.get(n) for o in options], as_text=n in INPUTS) for n in names})
     priced = price_table(table, keep=[n for n in names if n not in INPUTS])
     out = priced.to_pylist()
-    for problem in unpriceable(priced):
-        row = int(problem.split(":", 1)[0].split()[1]) - 1
-        out[row]["error"] = problem.split(": ", 1)[1]
+    for row, problem in unpriceable(priced):
+        out[row]["error"] = problem
     return out
 
 
@@ -118,9 +117,9 @@ def _price_stream(fs: Any, path: str, source: str, out_fs: Any, out_path: str) -
                 break
             table = pa.Table.from_batches([batch])
             priced = price_table(table, keep=[c for c in table.column_names if c not in INPUTS])
-            found = unpriceable(priced, first_row=rows + 1)
+            found = unpriceable(priced)
             unpriced += len(found)
-            problems.extend(found[: max(0, PROBLEMS_SHOWN - len(problems))])
+            problems.extend(f"row {rows + 1 + i}: {why}" for i, why in found[: max(0, PROBLEMS_SHOWN - len(problems))])
             if writer is None:
                 writer = pq.ParquetWriter(sink, priced.schema, compression="zstd")
             writer.write_table(priced.cast(writer.schema))
@@ -159,8 +158,15 @@ class _batches:
             self.stream.close()
 
 
-def _scalar(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _column(values: list[Any], as_text: bool) -> pa.Array:
+    """An input as text (read as a number by the pricing, a bad one that row's problem);
+    any other field as it came, or as text if its values are of mixed types."""
+    if not as_text:
+        try:
+            return pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+    return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
 def _split(url: str) -> tuple[str, str]:
