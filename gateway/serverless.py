@@ -101,6 +101,14 @@ class HistoryRouting:
     def nodes(self, kind: str = "rdb") -> list:
         return []
 
+    def announced(self, kind: str) -> list:
+        return []
+
+    def coverage(self, tables: Any) -> tuple[list[str], list[str]]:
+        """Nothing it should answer is missing: the open day is never its to answer."""
+        return [], [f"history only: the open day {self.open_date().isoformat()} is the plant's real-time "
+                    "database's, not in this gateway's answers"]
+
     def route(self, table: str, partitions: Any, exclude: Any = ()) -> Any:
         raise NoReplica("the serverless gateway has no real-time database")
 
