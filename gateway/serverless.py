@@ -57,8 +57,8 @@ class ServerlessError(RuntimeError):
 
 class HistoryRouting:
     """The gateway's routing with no RDB: no nodes, no metadata topic, the open day by the
-    plant's calendar (``eod_time``, ``eod_timezone``). A real-time day a statement needs is
-    refused (``route``) with the reason, so nothing is answered short."""
+    plant's calendar (``eod_time``, ``eod_timezone``). It serves no day itself: the days only
+    the RDB holds are ``unserved_dates``, which ``HistoryEngine`` leaves out saying so."""
 
     def __init__(self, settings: Settings, store: HdbStore | None = None):
         self.settings = settings
