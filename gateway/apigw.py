@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # Lambda's synchronous response payload limit (6 MB), for the whole JSON answer
 RESPONSE_LIMIT = 6 * 1024 * 1024
@@ -95,7 +98,13 @@ def call(app: Any, scope: dict[str, Any], body: bytes) -> HttpAnswer:
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
-        await app(scope, receive, send)
+        try:
+            await app(scope, receive, send)
+        except Exception:  # noqa: BLE001 - Starlette sends its 500 first, then raises for servers to log
+            log.exception("the app failed on %s %s", scope["method"], scope["path"])
+            if not chunks:
+                answer.status, answer.headers = 500, [("content-type", "application/json")]
+                chunks.append(json.dumps({"error": "internal error; the function's log has the details"}).encode())
 
     asyncio.run(run())
     answer.body = b"".join(chunks)

@@ -574,3 +574,16 @@ def test_the_package_builds_a_function_that_imports_and_answers(tmp_path):
                            "us-east-1", "--", str(out / "lambda.yaml")], capture_output=True, text=True,
                           timeout=120)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_an_app_that_fails_still_answers_one_line():
+    """Starlette sends its 500 and then raises (for a server to log): the function answers."""
+    from gateway.apigw import call, response_of, scope_of
+
+    async def failing(scope, receive, send):
+        raise RuntimeError("boom")
+
+    scope, body = scope_of(event("GET", "/v1/health", None))
+    resp = response_of(call(failing, scope, body))
+    assert resp["statusCode"] == 500 and json.loads(resp["body"]) == {
+        "error": "internal error; the function's log has the details"}
