@@ -585,3 +585,13 @@ def test_an_app_that_fails_still_answers_one_line():
     resp = response_of(call(failing, scope, body))
     assert resp["statusCode"] == 500 and json.loads(resp["body"]) == {
         "error": "internal error; the function's log has the details"}
+
+
+def test_an_answer_past_lambdas_response_limit_is_a_413_saying_so():
+    from gateway.apigw import RESPONSE_LIMIT, HttpAnswer, response_of
+
+    arrow = HttpAnswer(200, [("content-type", "application/vnd.apache.arrow.stream")], b"\x00" * (RESPONSE_LIMIT // 2))
+    resp = response_of(arrow)  # base64 makes it 4/3 as large: past the limit
+    assert resp["statusCode"] == 413 and "Lambda's response limit" in json.loads(resp["body"])["error"]
+    small = response_of(HttpAnswer(200, [("content-type", "application/vnd.apache.arrow.stream")], b"\x01\x02"))
+    assert small["isBase64Encoded"] and base64.b64decode(small["body"]) == b"\x01\x02"
