@@ -590,7 +590,7 @@ def test_an_app_that_fails_still_answers_one_line():
 def test_an_answer_past_lambdas_response_limit_is_a_413_saying_so():
     from gateway.apigw import RESPONSE_LIMIT, HttpAnswer, response_of
 
-    arrow = HttpAnswer(200, [("content-type", "application/vnd.apache.arrow.stream")], b"\x00" * (RESPONSE_LIMIT // 2))
+    arrow = HttpAnswer(200, [("content-type", "application/vnd.apache.arrow.stream")], b"\x00" * (RESPONSE_LIMIT * 4 // 5))
     resp = response_of(arrow)  # base64 makes it 4/3 as large: past the limit
     assert resp["statusCode"] == 413 and "Lambda's response limit" in json.loads(resp["body"])["error"]
     small = response_of(HttpAnswer(200, [("content-type", "application/vnd.apache.arrow.stream")], b"\x01\x02"))
