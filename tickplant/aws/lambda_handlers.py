@@ -7,6 +7,8 @@ Thin on purpose: each builds what it needs once per instance (settings from the
   history only (gateway/serverless.py).
 - ``black_scholes``: options in the event, or an S3 object of them -> prices and
   greeks (tickplant/aws/black_scholes.py).
+- ``s3_object_created``: an S3 file drop -> the batch loader, exactly once
+  (tickplant/aws/lambda_files.py).
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ from typing import Any
 
 from gateway import serverless
 from tickplant.aws import black_scholes as _black_scholes
+from tickplant.aws.lambda_files import s3_object_created  # noqa: F401 - S3 ObjectCreated -> the batch loader
 from tickplant.config import Settings
-
-# S3 ObjectCreated -> the batch loader: re-exported here once tickplant/aws/lambda_files.py is merged:
-# from tickplant.aws.lambda_files import s3_object_created  # noqa: F401  (lead: uncomment after the merge)
 
 
 @functools.cache

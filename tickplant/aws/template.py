@@ -213,8 +213,9 @@ Resources:
       NotificationConfiguration:
         LambdaConfigurations:
 {notifications}
-  # The S3 file drop -> batch loader function (tickplant.aws.lambda_handlers.s3_object_created)
-  # goes here beside these, with its own trigger, once tickplant/aws/lambda_files.py is merged.
+  # The S3 file drop -> batch loader function (tickplant.aws.lambda_handlers.s3_object_created, the
+  # same image) goes here beside these, with its own trigger and the VPC and MSK access it needs to publish:
+  # not written yet.
 {layer}
 Outputs:
   ApiUrl:
