@@ -6,7 +6,8 @@ what, asks them, and joins the answers. Ours does the same over HTTP:
     GET  /v1/health                  the plant as the gateway sees it
     GET  /v1/tables                  tables, columns, days in the RDB and the HDB
     POST /v1/sql  {"query": "..."}   a ClickHouse SELECT; ``trade`` = today + history, with ``date``
-    GET  /v1/rows/{table} (/v1/trades, /v1/quotes), /v1/last, /v1/bars, /v1/vwap, /v1/aj   named queries
+    GET  /v1/rows/{table} (/v1/trades, /v1/quotes), /v1/last, /v1/bars, /v1/vwap, /v1/aj, /v1/black_scholes
+                                     named queries
     WS   /v1/ws, GET /v1/subscribe/{source}                           live subscriptions
     GET  /docs, /openapi.json
 
@@ -47,6 +48,7 @@ from gateway.policy import authorize, check_subscription
 from gateway.querylog import QueryLog
 from gateway.routing import Routing
 from gateway.sql import Forbidden, SqlError, parse_select
+from ingest.eod import TradingCalendar
 from ingest.schemas import SchemaCatalog
 from sinks.hdb import HdbQuery, HdbQueryError
 from tickplant import internal, metrics
@@ -64,12 +66,13 @@ class SqlRequest(BaseModel):
 class Gateway:
     """What the routes share: the engine, the users, the query log."""
 
-    def __init__(self, settings: Settings, routing: Routing | None = None, users: Users | None = None):
+    def __init__(self, settings: Settings, routing: Routing | None = None, users: Users | None = None,
+                 engine_class: type[Engine] = Engine):
         self.settings = settings
         self.catalog = SchemaCatalog.load(settings.schemas_dir)
         self.routing = routing or Routing(settings)
         self.query_log = QueryLog(Path(settings.data_dir) / "gateway" / "query_log.jsonl")
-        self.engine = Engine(settings, self.routing, HdbQuery(settings, catalog=self.catalog),
+        self.engine = engine_class(settings, self.routing, HdbQuery(settings, catalog=self.catalog),
                              self.catalog, self.query_log)
         # what entitlements check against: the plant's tables and the query log, each with `date`
         self.table_columns = {**self.engine.tables, querylog.TABLE: [*querylog.COLUMNS, "date"]}
@@ -142,10 +145,15 @@ class Gateway:
             raise
         elapsed_ms = (time.monotonic() - started) * 1e3
         self.query_log.record(user.name, endpoint, statement, elapsed_ms, result.table.num_rows, "ok", 200)
-        extra = {"elapsed_ms": round(elapsed_ms, 3)}
+        extra: dict[str, Any] = {"elapsed_ms": round(elapsed_ms, 3)}
+        notes = sorted({n for infos in result.touched.values() for info in infos for n in info.get("notes", ())})
+        if notes:  # what the answer leaves out, said in it (gateway/serverless.py: the open day)
+            extra["notes"] = notes
         stages = {"parse": checked - started, **result.timing}  # parse: and plan, unless cached
         headers = {"X-Rows": str(result.table.num_rows), "X-Elapsed-Ms": f"{elapsed_ms:.3f}",
                    "Server-Timing": ", ".join(f"{k};dur={v * 1e3:.2f}" for k, v in stages.items())}
+        if notes:
+            headers["X-Tickplant-Notes"] = "; ".join(notes)
         body = output.chunks(result.table, kind, extra)
         if result.table.num_rows <= output.BATCH_ROWS:
             # One batch: sent in one piece. A stream would cost a hop to the thread pool per
@@ -273,8 +281,10 @@ def _outcome(status: int) -> str:
             429: "too many queries", 503: "unavailable"}.get(status, "error")
 
 
-def create_app(settings: Settings, routing: Routing | None = None, users: Users | None = None) -> FastAPI:
-    gw = Gateway(settings, routing, users)
+def create_app(settings: Settings, routing: Routing | None = None, users: Users | None = None,
+               engine_class: type[Engine] = Engine) -> FastAPI:
+    """The gateway's app; ``engine_class``: an Engine answering otherwise (gateway/serverless.py)."""
+    gw = Gateway(settings, routing, users, engine_class)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Iterator[None]:
@@ -434,6 +444,22 @@ def _named_routes(app: FastAPI, gw: Gateway) -> None:
            limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
         return gw.run_named(user, "aj", request, lambda: named.aj_query(
             syms, start, end, columns("trade"), columns("quote"), columns_, quote_columns, today()),
+            limit=limit, timeout=timeout, fmt=format)
+
+    calendar = TradingCalendar.from_settings(gw.settings)
+
+    @app.get("/v1/black_scholes", summary="Black-Scholes price and greeks of each option contract at a time")
+    def black_scholes(request: Request, user: UserDep, syms: str | None = Query(None, description="underlyings"),
+                      date: str | None = Query(None, description="the day, YYYY-MM-DD or 'today' (default)"),
+                      at: str | None = Query(None, description="valuation time: ISO, or HH:MM[:SS] UTC on the day "
+                                                               "(default: the day's close, or now)"),
+                      rate: str | None = Query(None, description="risk-free rate per year, continuously compounded"),
+                      div: str | None = Query(None, description="dividend yield per year (default 0)"),
+                      contracts: str | None = Query(None, description="comma-separated contracts; all if omitted"),
+                      limit: int | None = limit_q, timeout: float | None = timeout_q,
+                      format: str | None = fmt_q) -> Response:
+        return gw.run_named(user, "black_scholes", request, lambda: named.black_scholes_query(
+            syms, date, at, rate, div, contracts, today(), calendar.close_ns, time.time_ns()),
             limit=limit, timeout=timeout, fmt=format)
 
 

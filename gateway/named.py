@@ -11,11 +11,14 @@ history together. Ties of time go by publish order, as in kdb+: each orders by
 from __future__ import annotations
 
 import datetime as dt
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.seq import SEQ
 from sinks.hdb import AJ_SETTINGS, aj_sql, bars_sql, quote, sym_filter, vwap_sql
+from sinks.options import option_chain_sql
 
 
 class BadParameter(ValueError):
@@ -110,3 +113,45 @@ def aj_query(syms: str | None, start: str | None, end: str | None, trade_columns
     sql = aj_sql("trade", "quote", tcols, qcols, _where(lo, hi, parse_syms(syms)), one_day=lo == hi,
                  ordered=True)
     return NamedQuery(sql, settings=dict(AJ_SETTINGS), table="trade")
+
+
+def black_scholes_query(syms: str | None, date: str | None, at: str | None, rate: str | None, div: str | None,
+                        contracts: str | None, today: dt.date, close_ns: Callable[[dt.date], int],
+                        now_ns: int) -> NamedQuery:
+    """Black-Scholes prices and greeks of the ``option`` table's contracts on one day
+    (sinks/options.py): each contract's latest volatility mark and its underlying's quote
+    mid at ``at`` (an ISO time, or HH:MM[:SS] UTC on the day; default: the day's close, or
+    now on the open day), ``rate`` and ``div`` continuously compounded per year."""
+    day = parse_day("date", date, today) or today
+    at_ns = _instant(at, day) if at else min(close_ns(day), now_ns)
+    return NamedQuery(option_chain_sql("option", "quote", day, at_ns, _number("rate", rate, required=True),
+                                       _number("div", div) or 0.0, parse_syms(syms), parse_syms(contracts)),
+                      table="option")
+
+
+def _number(name: str, value: str | None, required: bool = False) -> float | None:
+    if value is None or value == "":
+        if required:
+            raise BadParameter(f"{name}= is required (per year, continuously compounded: 0.05 is 5%)")
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadParameter(f"{name}={value!r} is not a number") from None
+    if not math.isfinite(number) or abs(number) > 10:
+        raise BadParameter(f"{name}={value!r} is out of range (per year: 0.05 is 5%)")
+    return number
+
+
+def _instant(value: str, day: dt.date) -> int:
+    """``at=``: an ISO date-time (UTC unless it says), or a time of day (UTC) on ``day``."""
+    try:
+        if "T" in value or " " in value.strip():
+            when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        else:
+            when = dt.datetime.combine(day, dt.time.fromisoformat(value.strip()))
+    except ValueError:
+        raise BadParameter(f"at={value!r} is neither an ISO date-time nor HH:MM[:SS]") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp()) * 10**9 + when.microsecond * 1000

@@ -289,7 +289,10 @@ class HdbQuery:
         else:
             url = f"https://{self.store.bucket}.s3.{self.store.s3_region}.amazonaws.com/{key}"
         access, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        token = os.environ.get("AWS_SESSION_TOKEN")  # a role's credentials (Lambda, ECS, SSO) carry one
         creds = f"{quote(access)}, {quote(secret)}, " if access and secret else ""
+        if creds and token:
+            creds += f"{quote(token)}, "
         return f"s3({quote(url)}, {creds}'Parquet', {structure})"
 
     def source(self, table: str, start: dt.date | str | None = None, end: dt.date | str | None = None,

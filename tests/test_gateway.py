@@ -366,7 +366,7 @@ def test_tables_health_and_openapi(world):
     tables = {t["table"]: t for t in client.get("/v1/tables", headers={"X-API-Key": "alice-key"}).json()["tables"]}
     assert set(tables) == {"trade"}
     admin = {t["table"]: t for t in client.get("/v1/tables", headers={"X-API-Key": "ops-key"}).json()["tables"]}
-    assert set(admin) == {"trade", "quote", "query_log"}
+    assert set(admin) == {"trade", "quote", "option", "query_log"}
     assert [c["name"] for c in admin["query_log"]["columns"]][:2] == ["ts", "user"]
     assert [c["name"] for c in tables["trade"]["columns"]] == ["time", "sym", "price", "size", "date"]
     assert tables["trade"]["hdb_dates"] == [D1.isoformat()] and D2.isoformat() in tables["trade"]["rdb_dates"]
@@ -378,7 +378,7 @@ def test_tables_health_and_openapi(world):
     assert client.get("/v1/health", headers={"X-API-Key": "bob-key"}).json()["rdb_nodes"]
     spec = client.get("/openapi.json").json()
     assert {"/v1/sql", "/v1/trades", "/v1/quotes", "/v1/rows/trade", "/v1/rows/quote", "/v1/last", "/v1/bars",
-            "/v1/vwap", "/v1/aj"} <= set(spec["paths"])
+            "/v1/vwap", "/v1/aj", "/v1/black_scholes"} <= set(spec["paths"])
 
 
 def test_cli_query_through_a_gateway_process(world, tmp_path):

@@ -564,6 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ingest_commands(sub, common)
 
+    from tickplant.aws.package_cli import add_commands as add_package_commands
+
+    add_package_commands(sub, common)
+
     dlq = sub.add_parser("deadletters", parents=[common], help="rejected input and why")
     dlq.add_argument("--last", type=int, default=50)
     dlq.set_defaults(func=cmd_deadletters)
