@@ -14,6 +14,7 @@ up: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra
 
 bench: setup
@@ -22,6 +23,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 setup: $(VENV)/.installed
 
@@ -33,4 +35,4 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) .tickplant .pytest_cache
+	rm -rf $(VENV) .tickplant .pytest_cache .mypy_cache
