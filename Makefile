@@ -15,6 +15,7 @@ up: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra
 
 bench: setup
@@ -23,6 +24,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 setup: $(VENV)/.installed prometheus
 
@@ -39,4 +41,4 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) .tickplant .pytest_cache
+	rm -rf $(VENV) .tickplant .pytest_cache .mypy_cache

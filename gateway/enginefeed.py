@@ -211,6 +211,8 @@ class _get:
 
     def __init__(self, url: str, path: str, query: dict[str, str], timeout: float, headers: dict[str, str]):
         parts = urllib.parse.urlsplit(url)
+        if parts.hostname is None:
+            raise ValueError(f"engine url {url!r} has no host")
         self.headers = headers
         self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         self.target = f"{parts.path.rstrip('/')}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")

@@ -12,7 +12,7 @@ import decimal
 import io
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pyarrow as pa
@@ -89,7 +89,8 @@ def _rows_json(batch: pa.RecordBatch) -> bytes:
     if all(_simple(f.type) for f in batch.schema):
         import polars as pl  # on first use: importing it costs every process that imports this
 
-        return pl.from_arrow(batch).write_json().encode()
+        frame = cast(pl.DataFrame, pl.from_arrow(batch))  # a record batch reads as a frame, not a Series
+        return frame.write_json().encode()
     return orjson.dumps(batch.to_pylist(), default=json_default)
 
 

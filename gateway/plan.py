@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sqlglot import exp
 
@@ -103,7 +104,7 @@ def column_names(ast: exp.Expression) -> set[str] | None:
 
 
 def columns_needed(ast: exp.Expression, table_columns: list[str],
-                   names: set[str] | None | bool = False) -> list[str] | None:
+                   names: set[str] | None | Literal[False] = False) -> list[str] | None:
     """The table's columns the statement names (in table order); None = all of them.
 
     Conservative: a column name appearing anywhere counts, whatever it qualifies;
@@ -251,7 +252,7 @@ def _string_value(node: exp.Expression) -> str | None:
     return node.this if isinstance(node, exp.Literal) and node.is_string else None
 
 
-_FLIP = {exp.GT: exp.LT, exp.GTE: exp.LTE, exp.LT: exp.GT, exp.LTE: exp.GTE, exp.EQ: exp.EQ}
+_FLIP: dict[type[exp.Expr], type[exp.Expr]] = {exp.GT: exp.LT, exp.GTE: exp.LTE, exp.LT: exp.GT, exp.LTE: exp.GTE, exp.EQ: exp.EQ}
 
 
 def _apply(pred: exp.Expression, alias: str, sole: bool, need: TableNeed, visible: set[str]) -> None:
@@ -264,15 +265,15 @@ def _apply(pred: exp.Expression, alias: str, sole: bool, need: TableNeed, visibl
         col = _column(pred.this, alias, sole, visible)
         values = pred.expressions
         if col == "date":
-            days = [_date_value(v) for v in values]
-            if all(d is not None for d in days):
+            days = [d for v in values if (d := _date_value(v)) is not None]
+            if len(days) == len(values):  # every value a date
                 need.dates.tighten(days=set(days))
         elif col == "sym":
-            syms = [_string_value(v) for v in values]
-            if all(s is not None for s in syms):
+            syms = [s for v in values if (s := _string_value(v)) is not None]
+            if len(syms) == len(values):  # every value a string
                 need.syms = set(syms) if need.syms is None else need.syms & set(syms)
         return
-    kind = type(pred)
+    kind: type[exp.Expr] = type(pred)
     if kind not in _FLIP:
         return
     left, right = pred.this, pred.expression

@@ -226,6 +226,7 @@ class _Definition:
     def __init__(self, node: exp.Expression, kind: str):
         self.node = node
         self.kind = kind
+        self.scope: exp.Expr | None  # the subtree where the name means the definition
         if kind == "alias":
             self.scope = node.find_ancestor(exp.Select)
         elif kind == "with":
@@ -243,8 +244,8 @@ class _Definition:
         return _is_within(ref, self.scope)
 
 
-def _is_within(node: exp.Expression, ancestor: exp.Expression) -> bool:
-    parent = node
+def _is_within(node: exp.Expr, ancestor: exp.Expr) -> bool:
+    parent: exp.Expr | None = node
     while parent is not None:
         if parent is ancestor:
             return True

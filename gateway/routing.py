@@ -111,25 +111,29 @@ class Routing:
                 for msg in consumer.consume(500, timeout=0.2):
                     err = msg.error()
                     if err is not None:
+                        topic = msg.topic() or ""  # an error event may name no topic
                         if err.code() == KafkaError._PARTITION_EOF:
-                            self._eof.add(msg.topic())
+                            self._eof.add(topic)
                             if len(self._eof) == 2:
                                 self._caught_up.set()
                         elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                            self._eof.add(msg.topic())  # a plant never started: nothing to wait for
+                            self._eof.add(topic)  # a plant never started: nothing to wait for
                         continue
+                    raw_key, value = msg.key(), msg.value()
                     if msg.topic() == self.control_topic:
-                        if msg.key() == CONTROL_KEY and msg.value():
+                        if raw_key == CONTROL_KEY and value:
                             with self._lock:
-                                self.day.apply(json.loads(msg.value()))
+                                self.day.apply(json.loads(value))
                                 self._control_messages += 1
                         continue
-                    key = msg.key().decode()
+                    if raw_key is None:
+                        raise ValueError(f"{self.topic}@{msg.offset()}: a node record without a key")
+                    key = raw_key.decode()
                     with self._lock:
-                        if msg.value() is None:
+                        if value is None:
                             self._records.pop(key, None)
                         else:
-                            self._records[key] = json.loads(msg.value())
+                            self._records[key] = json.loads(value)
         finally:
             consumer.close()
 
@@ -210,7 +214,7 @@ class Routing:
                 route.nodes.setdefault(owner.url, set()).add(p)
             else:
                 with self._lock:
-                    load = sum(self._inflight.get(url, 0) for url in route.nodes)
+                    load: float = sum(self._inflight.get(url, 0) for url in route.nodes)
                 load += sum(n.reported_load for n in members if n.url in route.nodes)
                 if best is None or load < best[0]:
                     best = (load, route)

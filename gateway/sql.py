@@ -37,11 +37,13 @@ line/column. Whether a table exists and who may read it is
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.clickhouse import ClickHouse
 from sqlglot.errors import ParseError, TokenError
+from sqlglot.generators.clickhouse import ClickHouseGenerator
 
 from gateway import functions
 
@@ -53,9 +55,9 @@ class PlantClickHouse(ClickHouse):
     seconds of nanosecond times) and ``rand()`` became ``randCanonical()`` (a float in
     [0, 1): ``rand() % 10 = 0`` matched nothing)."""
 
-    class Generator(ClickHouse.Generator):
+    class Generator(ClickHouseGenerator):
         TRANSFORMS = {
-            **ClickHouse.Generator.TRANSFORMS,
+            **ClickHouseGenerator.TRANSFORMS,
             exp.IntDiv: lambda self, e: self.func("intDiv", e.this, e.expression),
             exp.Rand: lambda self, e: self.func("rand", e.this),
         }
@@ -144,6 +146,8 @@ def _parse_select(sql: str) -> exp.Expression:
     if len(statements) > 1:
         raise Forbidden(f"one statement per query; got {len(statements)} separated by ';'")
     ast = statements[0]
+    if not isinstance(ast, exp.Expression):  # every node class sqlglot builds is one
+        raise SqlError(f"cannot read the query: it parsed as a bare {type(ast).__name__}")
     if not _is_select(ast):
         raise Forbidden(f"only SELECT statements run; this is {_statement_kind(ast, tokens)}")
     for node in ast.walk():
@@ -187,7 +191,7 @@ def cte_names(ast: exp.Expression) -> set[str]:
     return {cte.alias for cte in ast.find_all(exp.CTE) if not cte.args.get("scalar")}
 
 
-def function_name(node: exp.Func) -> str | None:
+def function_name(node: exp.Expr) -> str | None:
     """The name ClickHouse will see for a function call node, or None for syntax.
 
     A function sqlglot does not model (Anonymous) is named by its identifier as
@@ -216,7 +220,10 @@ def is_fence(select: exp.Select) -> bool:
     return isinstance(value, exp.Literal) and value.this == FENCE_LIMIT and not select.args.get("offset")
 
 
-def strip_comments(ast: exp.Expression) -> exp.Expression:
+Node = TypeVar("Node", bound=exp.Expr)
+
+
+def strip_comments(ast: Node) -> Node:
     """Drop every comment in place: nothing the checks did not see reaches ClickHouse."""
     for node in ast.walk():
         node.comments = None
@@ -262,7 +269,7 @@ def parse_message(err: ParseError) -> str:
     return _ANSI.sub("", str(err))
 
 
-def _is_select(ast: exp.Expression) -> bool:
+def _is_select(ast: exp.Expr) -> bool:
     if isinstance(ast, exp.Subquery):
         return _is_select(ast.this)
     if isinstance(ast, exp.SetOperation):
@@ -270,13 +277,13 @@ def _is_select(ast: exp.Expression) -> bool:
     return isinstance(ast, exp.Select)
 
 
-def _statement_kind(ast: exp.Expression, tokens: list) -> str:
+def _statement_kind(ast: exp.Expr, tokens: list) -> str:
     if isinstance(ast, exp.Command):
         return str(ast.this).upper()
     return tokens[0].text.upper() if tokens else ast.key.upper()
 
 
-def check_node(node: exp.Expression) -> None:
+def check_node(node: exp.Expr) -> None:
     """Refuse one node of the tree if it is a construct users may not run (Forbidden)."""
     _check_reserved(node)
     if isinstance(node, _STATEMENTS):
@@ -333,9 +340,10 @@ def _check_in(node: exp.In) -> None:
     only = values[0] if len(values) == 1 else None
     while isinstance(only, exp.Paren):  # IN ((system.one)) reads the table like IN (system.one)
         only = only.this
-    bare = field is not None or isinstance(only, (exp.Column, exp.Dot, exp.Identifier, exp.Var, exp.Table))
-    if bare:
-        name = (field or only).sql(dialect=DIALECT)
+    bare = only if isinstance(only, (exp.Column, exp.Dot, exp.Identifier, exp.Var, exp.Table)) else None
+    named = field if field is not None else bare
+    if named is not None:
+        name = named.sql(dialect=DIALECT)
         raise Forbidden(
             f"IN {name}: a bare name after IN reads a table; "
             "use IN (SELECT ...) or a list of values"
@@ -361,7 +369,7 @@ def _check_aggregate_argument(name: str, node: exp.Func) -> None:
     _check_function(first.this)
 
 
-def _check_reserved(node: exp.Expression) -> None:
+def _check_reserved(node: exp.Expr) -> None:
     """No name or string, as the parser decoded it, may hold the engine's reserved prefix
     (``\\x5f\\x5ftickplant...`` in backquotes decodes to it; the raw text does not show it)."""
     for value in node.args.values():

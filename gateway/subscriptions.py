@@ -203,7 +203,7 @@ class Upstream:
         self.key: Key = (source.name, syms)
         self.loop = loop
         self.subs: set[_Sub] = set()
-        self.last: dict[str, dict[str, Any]] = {}  # the latest row per sym delivered so far
+        self.last: dict[str | None, dict[str, Any]] = {}  # the latest row per sym delivered so far
         self.ready: asyncio.Future[dict[int, int]] = loop.create_future()
         self.start_offsets: dict[int, int] = {}
         self.rows = 0

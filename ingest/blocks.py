@@ -107,10 +107,13 @@ class BlockReader:
         kinds = {name: (kind, nullable) for name, kind, nullable in self.writer_fields}
         # per reader field: ("column", name) or ("default", value)
         self.plan: list[tuple[str, str, Any]] = []
+        # the raw Arrow type of each reader column: its Avro primitive's (time stays an int64)
+        types = {}
         for f in reader.avro.get("fields", []):
             mine = _primitive(f["type"])
             if mine is None or "aliases" in f:
                 return  # aliases: fastavro matches fields by them too
+            types[f["name"]] = _PRIMITIVES[mine[0]]
             theirs = kinds.get(f["name"])
             if theirs is not None:
                 if theirs[0] != mine[0] or (theirs[1] and not mine[1]):
@@ -122,9 +125,7 @@ class BlockReader:
                 return  # fastavro refuses the message (no default): let it say so
         self.row_keys = [n for n, _, _ in self.writer_fields if any(p[1] == n for p in self.plan)]
         self.row_keys += [name for how, name, _ in self.plan if how == "default"]
-        # the raw Arrow type of each reader column: its Avro primitive's (time stays an int64)
-        self.types = {f["name"]: _PRIMITIVES[_primitive(f["type"])[0]]  # type: ignore[index]
-                      for f in reader.avro["fields"]}
+        self.types = types
         schema = {"type": "record", "name": "block",
                   "fields": [{"name": n, "type": t}  # unions as written: the branch order counts
                              for (n, _, _), t in zip(self.writer_fields, self.writer_types, strict=True)]}

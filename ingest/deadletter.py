@@ -162,8 +162,11 @@ class _Index:
             try:
                 _, high = watermarks(consumer, topic, 0)
                 for msg in read_ranges(consumer, topic, {0: (self.position, high)}):
+                    value = msg.value()
+                    if value is None:
+                        continue  # not a record of ours: nothing to deduplicate against
                     try:
-                        self.seen.add(json.loads(msg.value())["where"])
+                        self.seen.add(json.loads(value)["where"])
                     except (ValueError, KeyError, TypeError):
                         pass  # not a record of ours: nothing to deduplicate against
                 self.position = max(self.position, high)
@@ -177,6 +180,12 @@ def read_deadletters(settings: Settings, since_offset: int = 0) -> list[dict[str
     consumer = make_consumer(settings)
     try:
         _, high = watermarks(consumer, topic, 0)
-        return [json.loads(m.value()) for m in read_ranges(consumer, topic, {0: (since_offset, high)})]
+        letters = []
+        for msg in read_ranges(consumer, topic, {0: (since_offset, high)}):
+            value = msg.value()
+            if value is None:
+                raise ValueError(f"{topic}@{msg.offset()}: a dead letter without a value")
+            letters.append(json.loads(value))
+        return letters
     finally:
         consumer.close()

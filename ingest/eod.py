@@ -24,6 +24,7 @@ control topic inside its transaction, so a day is closed once.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import threading
@@ -153,8 +154,9 @@ def read_day_state(settings: Settings) -> DayState:
     try:
         _, high = watermarks(consumer, topic, 0)
         for msg in read_ranges(consumer, topic, {0: (0, high)}):
-            if msg.key() == CONTROL_KEY and msg.value():
-                state.apply(json.loads(msg.value()))
+            value = msg.value()
+            if msg.key() == CONTROL_KEY and value:
+                state.apply(json.loads(value))
     finally:
         consumer.close()
     return state
@@ -271,11 +273,11 @@ def roll_day(
 
     producer.begin_transaction()
     try:
-        header = [(CONTROL_HEADER, f"eod:{closing.isoformat()}".encode())]
+        header: list[tuple[str, str | bytes | None]] = [(CONTROL_HEADER, f"eod:{closing.isoformat()}".encode())]
         for table, topic in topics.items():
             for part in range(counts.get(topic, 0)):
                 producer.produce(topic, value=b"", partition=part, headers=header,
-                                 on_delivery=lambda err, msg, t=table: delivered(t, err, msg))
+                                 on_delivery=functools.partial(delivered, table))
         producer.flush(30)
         if errors or any(len(fences[t]) != counts.get(topics[t], 0) for t in topics):
             raise EodError(f"fences not all written: {errors or 'missing delivery reports'}")

@@ -214,6 +214,7 @@ def to_columns(schema: TableSchema, codec: RecordCodec, frame: Any) -> FrameColu
             if missing is _REQUIRED:
                 raise FrameError(f"{schema.name}: column {name} is missing (a {kind} field of table "
                                  f"{schema.name} with no default)")
+            isnull: np.ndarray | None
             if missing is None:
                 isnull = np.ones(n, bool)
                 values = _constant(_FILLER[kind], kind, n)

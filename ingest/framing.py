@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import array
 import io
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import fastavro
 import fastavro.schema
@@ -28,9 +28,12 @@ import pyarrow as pa
 try:
     import numpy as np
 except ImportError:  # numpy comes with pyarrow's and pandas' users; without it, fastavro alone
-    np = None
+    np = None  # type: ignore[assignment]  # optional module: the pure-Python paths check for None
 
 from ingest.schemas import SchemaCatalog, TableSchema
+
+if TYPE_CHECKING:
+    from confluent_kafka._types import HeadersType
 
 ROW_MAGIC = b"\xc3\x01"
 BLOCK_MAGIC = b"\xc3\xb1"
@@ -377,10 +380,10 @@ def encode_block(table: TableSchema, rows: list[dict[str, Any]]) -> bytes:
     return out.getvalue()
 
 
-def control_of(headers: list[tuple[str, bytes]] | None) -> str | None:
+def control_of(headers: HeadersType | None) -> str | None:
     """The control word of a fence message, None for a data message."""
     if headers:
-        for key, value in headers:
+        for key, value in headers.items() if isinstance(headers, dict) else headers:
             if key == CONTROL_HEADER:
                 return value.decode() if isinstance(value, bytes) else str(value)
     return None
@@ -417,7 +420,8 @@ class Decoder:
                 writer = TableSchema.from_dict(writer_avro, f"registry schema {fp.hex()}")
                 reader = self.catalog.tables.get(writer.name, writer)
                 w, r = codec_for(writer), codec_for(reader)
-                entry = (writer.name, w.parsed, r.parsed, w.block_parsed, r.block_parsed)
+                entry: tuple[str, Any, Any, Any, Any] = (
+                    writer.name, w.parsed, r.parsed, w.block_parsed, r.block_parsed)
                 self._resolvers[fp] = entry
                 return entry
         if own is not None:
@@ -471,7 +475,7 @@ class Decoder:
                 rows.extend(got[1])
         return rows, errors
 
-    def decode_each(self, values: list[bytes]) -> list[tuple[str, list[dict[str, Any]]] | DecodeError]:
+    def decode_each(self, values: Sequence[bytes | None]) -> list[tuple[str, list[dict[str, Any]]] | DecodeError]:
         """``decode`` of each message: (writer's table, rows), or the DecodeError it raises.
 
         For the live tail in zero-latency mode (a message per row, thousands a second):
@@ -498,7 +502,7 @@ class Decoder:
                         pass
                     else:
                         if body.tell() == len(value):
-                            keep((name, [row]))
+                            keep((name, [cast(dict[str, Any], row)]))  # a row schema is a record
                             continue
             try:
                 keep(self.decode(value))
@@ -506,7 +510,7 @@ class Decoder:
                 keep(exc)
         return out
 
-    def decode(self, value: bytes) -> tuple[str, list[dict[str, Any]]]:
+    def decode(self, value: bytes | None) -> tuple[str, list[dict[str, Any]]]:
         """(table name, rows) of one message value."""
         if value and value[:1] == b"\x00":
             magic, fp, start = self._confluent(value)
@@ -520,10 +524,12 @@ class Decoder:
         body = io.BytesIO(value)
         body.seek(start)
         try:
+            # fastavro types what it reads as any Avro value; a row schema is a record, a block
+            # schema an array of records
             if magic == ROW_MAGIC:
-                rows = [fastavro.schemaless_reader(body, writer, reader)]
+                rows = [cast(dict[str, Any], fastavro.schemaless_reader(body, writer, reader))]
             else:
-                rows = fastavro.schemaless_reader(body, writer_block, reader_block)
+                rows = cast(list[dict[str, Any]], fastavro.schemaless_reader(body, writer_block, reader_block))
         except Exception as exc:  # corrupt bytes raise EOFError, ValueError, UnicodeDecodeError...
             raise DecodeError(f"corrupt Avro body for table {name!r}: {type(exc).__name__}: {exc}") from exc
         if body.tell() != len(value):

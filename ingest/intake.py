@@ -49,7 +49,7 @@ class Intake:
              date: dt.date | None) -> list[dict[str, Any]]:
         """The rows of one message that the rules keep."""
         try:
-            got: tuple[str, list[dict[str, Any]]] | DecodeError = self.decoder.decode(value)  # type: ignore[arg-type]
+            got: tuple[str, list[dict[str, Any]]] | DecodeError = self.decoder.decode(value)
         except DecodeError as exc:
             got = exc
         return self._take(table, partition, offset, value, date, got)
@@ -96,7 +96,7 @@ class Intake:
         """The kept rows of (offset, value) messages of one partition and day, in order
         (decoded at once: ``Decoder.decode_each``)."""
         out: list[dict[str, Any]] = []
-        decoded = self.decoder.decode_each([value for _, value in items])  # type: ignore[misc]
+        decoded = self.decoder.decode_each([value for _, value in items])
         for (offset, value), got in zip(items, decoded, strict=True):
             out.extend(self._take(table, partition, offset, value, date, got))
         return out

@@ -68,7 +68,10 @@ class Registry:
     def writer(self, schema_id: int) -> tuple[dict[str, Any], bool]:
         """(the writer's table record schema, whether the message is a block) of an id."""
         try:
-            avro = json.loads(self.client.get_schema(schema_id).schema_str)
+            text = self.client.get_schema(schema_id).schema_str
+            if text is None:
+                raise ValueError("the registry gave it no schema text")
+            avro = json.loads(text)
         except Exception as exc:
             raise RegistryError(f"registry {self.url} has no schema id {schema_id}: {exc}") from exc
         fields = avro.get("fields", [])

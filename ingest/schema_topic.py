@@ -52,8 +52,11 @@ class SchemaTopic:
         if high <= self._position:
             return
         for msg in read_ranges(self._consumer, self.topic, {0: (self._position, high)}):
-            if msg.value():
-                self._known[bytes.fromhex(msg.key().decode())] = json.loads(msg.value())
+            key, value = msg.key(), msg.value()
+            if value:
+                if key is None:
+                    raise ValueError(f"{self.topic}@{msg.offset()}: a schema record without a key")
+                self._known[bytes.fromhex(key.decode())] = json.loads(value)
         self._position = high
 
     def lookup(self, fingerprint: bytes) -> dict[str, Any] | None:

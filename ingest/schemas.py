@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro.schema
 import pyarrow as pa
@@ -83,7 +83,8 @@ class TableSchema:
             parsed = fastavro.schema.parse_schema(avro, _write_hint=False)
         except Exception as exc:  # fastavro raises several types for bad schemas
             raise SchemaError(f"{source}: not a valid Avro schema: {exc}") from exc
-        table = cls(name=avro["name"], avro=avro, parsed=parsed, fingerprint=fingerprint(avro))
+        # fastavro types a parsed schema as any schema; a record's is a dict
+        table = cls(name=avro["name"], avro=avro, parsed=cast(dict[str, Any], parsed), fingerprint=fingerprint(avro))
         for f in avro["fields"]:
             base, _ = _base_type(f["type"])
             if base not in _ARROW_TYPES:
@@ -104,7 +105,7 @@ class TableSchema:
     @cached_property
     def block_parsed(self) -> dict[str, Any]:
         """The schema of a block message body: an Avro array of this record."""
-        return fastavro.schema.parse_schema({"type": "array", "items": self.avro}, _write_hint=False)
+        return cast(dict[str, Any], fastavro.schema.parse_schema({"type": "array", "items": self.avro}, _write_hint=False))
 
     @property
     def fields(self) -> list[dict[str, Any]]:

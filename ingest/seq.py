@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 SEQ = "seq"
 INDEX_BITS = 20
@@ -77,7 +78,7 @@ def seq_array(offset: int, kept: int | np.ndarray) -> np.ndarray:
     return (np.int64(offset) << INDEX_BITS) | index
 
 
-def seqs_of_offsets(offsets: np.ndarray) -> np.ndarray:
+def seqs_of_offsets(offsets: ArrayLike) -> np.ndarray:
     """``seq`` for rows known only by their message's offset, in log order (a message's rows
     together): the index is the row's rank among its message's rows. Exact unless some rows
     of a message were refused; for data kept before ``seq`` existed (the PDB's spill)."""

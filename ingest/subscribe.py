@@ -28,6 +28,7 @@ from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_counts, partition_for
 from tickplant.config import Settings
+from tickplant.kafka.message import position
 
 
 class Subscription:
@@ -99,7 +100,7 @@ class Subscription:
                     self.days = read_day_state(self.settings)  # the day the rows after it belong to
                 continue
             if self.intake is not None and self.days is not None:
-                part, offset = msg.partition(), msg.offset()
+                _, part, offset = position(msg)
                 rows = self.intake.rows(self.table, part, offset, msg.value(), self.days.date_of(self.table, part, offset))
                 if self.intake.pending:
                     self.errors.append(f"{self.topic}[{part}]@{offset}: {self.intake.pending.popitem()[1][0][2]}")

@@ -150,8 +150,8 @@ def create_topics(settings: Settings, wanted: dict[str, NewTopic], timeout: floa
         if not failed:
             break
         if attempt == CREATE_ATTEMPTS - 1:
-            name, exc = next(iter(failed.items()))
-            raise TopicError(f"could not create topic {name}: {exc}") from exc
+            name, error = next(iter(failed.items()))
+            raise TopicError(f"could not create topic {name}: {error}") from error
         time.sleep(1.0)
         missing = [nt for nt in missing if nt.topic in failed]
     return _wait_for_leaders(admin, list(wanted), timeout)

@@ -43,7 +43,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -147,8 +147,8 @@ class RowRules:
             # the common case in one expression: a sym seen before, a time in range, finite doubles
             # (x - x is 0 for a finite float, NaN for NaN and the infinities)
             where = home.get(sym) if type(sym) is str else -1
-            if where is None:
-                where = self._home(sym, limit)
+            if where is None:  # a str sym not seen before
+                where = self._home(cast(str, sym), limit)
             if (where >= 0 and (partition is None or where == partition)
                     and type(t) is int and 0 <= t <= top
                     and (not c0 or (v := row.get(c0)) is None or v - v == 0)

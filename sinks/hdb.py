@@ -137,7 +137,7 @@ class ClientPool:
     def _new(self) -> Any:
         import clickhouse_connect
 
-        extra = {} if self.url.startswith("chdb:") else {"autogenerate_session_id": False}  # concurrent queries
+        extra: dict[str, Any] = {} if self.url.startswith("chdb:") else {"autogenerate_session_id": False}  # concurrent queries
         return clickhouse_connect.get_client(dsn=self.url, **extra)
 
     @contextmanager

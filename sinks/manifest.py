@@ -13,6 +13,7 @@ in the log it came from (the EOD marker's offset ranges).
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
@@ -82,11 +83,12 @@ class Manifest:
             "written_at": self.written_at,
         }
 
-    def to_json(self) -> bytes:
+    # ``builtins.bytes``: in the class body ``bytes`` is the property above
+    def to_json(self) -> builtins.bytes:
         return json.dumps(self.to_dict(), indent=1).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes, where: str = "manifest") -> Manifest:
+    def from_json(cls, raw: builtins.bytes, where: str = "manifest") -> Manifest:
         try:
             d = json.loads(raw)
             if d.get("format") != FORMAT:

@@ -175,7 +175,7 @@ class _Run:
         return piece
 
     def close(self) -> None:
-        self.reader = None  # type: ignore[assignment]
+        self.reader = None
 
 
 def merge_runs(paths: list[Path], sorted_syms: pa.Array) -> Iterator[pa.Table]:

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -106,7 +106,7 @@ class SpillCache:
         self._lock = self._acquire(lock_timeout)
         self._recover()
 
-    def _acquire(self, timeout: float) -> object:
+    def _acquire(self, timeout: float) -> TextIO:
         """One PDB per cache: a second one waits (a handover) then gives up. The OS frees the
         lock when its holder dies, kill -9 included."""
         lock = open(self.dir / "lock", "w")  # noqa: SIM115 - held for the cache's life
@@ -186,7 +186,8 @@ class SpillCache:
         restarts ``since``: the days before it cannot be written from here.
         """
         spill = self.parts.setdefault((table, partition), PartitionSpill())
-        if spill.next is None or offset > spill.position:
+        position = spill.position  # not None once ``next`` is set
+        if spill.next is None or (position is not None and offset > position):
             if spill.next is not None:
                 log.warning("%s[%d]: capture resumes at %d, past %d: the log lost what was between",
                             table, partition, offset, spill.position)
@@ -242,6 +243,8 @@ class SpillCache:
             # one record batch a flush, as when every row came as a dict
             batch = pa.concat_tables(spill.pending_batches).combine_chunks()
             if spill.writer is None:
+                if spill.next is None:
+                    raise SpillError(f"{table}[{partition}]: rows to write before capture started")
                 part_dir = self._part_dir(table, partition)
                 part_dir.mkdir(parents=True, exist_ok=True)
                 seg = Segment(file=f"{spill.next:020d}-{uuid.uuid4().hex[:6]}.arrows", begin=spill.next, next=spill.next)
@@ -278,7 +281,7 @@ class SpillCache:
         for (table, part), spill in self.parts.items():
             self._close_segment(table, part, spill)
         self.commit()
-        self._lock.close()  # type: ignore[attr-defined]
+        self._lock.close()
 
     # -- days ------------------------------------------------------------------
 

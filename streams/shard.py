@@ -50,6 +50,7 @@ from rocksdict import (
 )
 
 from ingest.seq import INDEX_BITS, SEQ
+from streams.rawdb import scan, scan_keys
 from streams.resident import Budget, Resident
 
 APPLIED = b"Mapplied"
@@ -161,9 +162,7 @@ class Shard:
         self._latest: dict[tuple[str, str], pa.Table] = {}
         self.resident = Resident(resources.resident)
         self.days: dict[str, str] = {}
-        for key, value in self.db.items(from_key=b"M"):
-            if not key.startswith(b"M"):
-                break
+        for key, value in scan(self.db, b"M"):
             if key.startswith(ARROW):
                 schema = pa.ipc.read_schema(pa.py_buffer(value))
                 self.schemas[key[len(ARROW):]] = schema
@@ -230,8 +229,8 @@ class Shard:
             if defer and rows < SMALL_CHUNK_ROWS:
                 if self.applied == self.durable:
                     self._tail_since = time.monotonic()  # the oldest thing not on disk
-                if rows:
-                    self._to_tail(date, table)  # type: ignore[arg-type]
+                if table is not None and rows:
+                    self._to_tail(date, table)
                 self.applied = offset
                 if self._tail_rows >= TAIL_ROWS:
                     self.flush()
@@ -316,9 +315,7 @@ class Shard:
         stats = self._sym_stats(date, sym)
         prefix = _chunk_prefix(date, sym)
         keys, tables = [], []
-        for key, value in self.db.items(from_key=prefix + struct.pack(">q", stats.small_from)):
-            if not key.startswith(prefix):
-                break
+        for key, value in scan(self.db, prefix, prefix + struct.pack(">q", stats.small_from)):
             keys.append(key)
             tables.append(self._decode(value, key))
         stats.small = 0
@@ -368,9 +365,7 @@ class Shard:
     def syms(self, date: str) -> list[str]:
         out = []
         prefix = b"S" + date.encode()
-        for key in self.db.keys(from_key=prefix):
-            if not key.startswith(prefix):
-                break
+        for key in scan_keys(self.db, prefix):
             out.append(key[len(prefix):].decode())
         fresh = self._tail_syms.get(date, set()).difference(out)
         return sorted([*out, *fresh]) if fresh else out

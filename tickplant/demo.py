@@ -122,8 +122,9 @@ def run_demo(settings: Settings, day_seconds: float = 30.0, rate: float = 2000.0
         _session(plant, market, clock, rate, day_seconds, f"{yesterday} session")
         print(f"  {yesterday} closes; the plant's end-of-day timer fires at {EOD:%H:%M} UTC", flush=True)
         clock.jump_to(_ns(yesterday, EOD) - 1_000_000_000)
-        assert plant.scheduler is not None
-        _wait("end of day", lambda: bool(plant.scheduler.rolled), 60, plant)
+        scheduler = plant.scheduler
+        assert scheduler is not None  # the demo's plant runs the end-of-day timer
+        _wait("end of day", lambda: bool(scheduler.rolled), 60, plant)
         store = HdbStore.from_settings(demo)
         t0 = time.monotonic()
         _wait("the write-down", lambda: {yesterday} <= set(store.dates("trade")) and {yesterday} <= set(

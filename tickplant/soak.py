@@ -21,6 +21,7 @@ from pathlib import Path
 from gateway.client import Client, GatewayError
 from tickplant.config import Settings
 from tickplant.demo import scratch_settings
+from tickplant.kafka.broker import EmbeddedKafka
 from tickplant.plant import Plant
 from tickplant.status import rdb_lag
 from tickplant.textable import format_table
@@ -60,7 +61,7 @@ class Series:
 
 def processes(plant: Plant) -> dict[str, int | None]:
     out: dict[str, int | None] = {"plant+feed": os.getpid()}
-    if plant.broker and plant.broker.process:
+    if isinstance(plant.broker, EmbeddedKafka) and plant.broker.process:
         out["kafka"] = plant.broker.process.pid
     for child in plant.supervisor.children:
         out[child.name] = child.proc.pid if child.proc else None

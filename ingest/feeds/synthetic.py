@@ -82,9 +82,9 @@ class SyntheticMarket:
                 t_size.append(randrange(1, 20) * 100)
                 t_exchange.append(exchange)
         self._last_ns = now + n
-        trades = {"time": t_time, "sym": t_sym, "price": t_price, "size": t_size, "exchange": t_exchange,
+        trades: dict[str, list[Any]] = {"time": t_time, "sym": t_sym, "price": t_price, "size": t_size, "exchange": t_exchange,
                   "cond": [""] * len(t_time)}
-        quotes = {"time": q_time, "sym": q_sym, "bid": q_bid, "ask": q_ask, "bsize": q_bsize, "asize": q_asize,
+        quotes: dict[str, list[Any]] = {"time": q_time, "sym": q_sym, "bid": q_bid, "ask": q_ask, "bsize": q_bsize, "asize": q_asize,
                   "exchange": q_exchange}
         return trades, quotes
 

@@ -75,10 +75,11 @@ def _field_source(name: str, avro_type: Any) -> str | None:
 
 def _compile(avro: dict[str, Any]) -> Callable[[dict[str, Any]], bytes] | None:
     """One function writing a whole record (no call per field), or None if a field is not flat."""
-    sources = [_field_source(f["name"], f["type"]) for f in avro.get("fields", [])]
-    if any(src is None for src in sources):
+    fields = avro.get("fields", [])
+    sources = [src for f in fields if (src := _field_source(f["name"], f["type"])) is not None]
+    if len(sources) != len(fields):
         return None
-    body = "\n".join("    " + line for src in sources for line in src.splitlines())  # type: ignore[union-attr]
+    body = "\n".join("    " + line for src in sources for line in src.splitlines())
     code = f"def encode(row):\n    out = []\n{body}\n    return b''.join(out)\n"
     scope: dict[str, Any] = {"_zigzag": long_bytes, "_double": _DOUBLE, "_fallback": _fallback}
     exec(compile(code, f"<encoder of {avro.get('name')}>", "exec"), scope)  # noqa: S102 - made from the schema's field types

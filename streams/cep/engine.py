@@ -97,8 +97,9 @@ class PartitionEngine:
     def snapshot(self, sym: str) -> dict[str, Any] | None:
         """The analytics record of a sym now (what rte.analytics carries), or None if unknown."""
         state = self.store.syms.get(sym)
-        if state is None:
-            return None
+        return None if state is None else self._record(sym, state)
+
+    def _record(self, sym: str, state: dict[str, Any]) -> dict[str, Any]:
         record: dict[str, Any] = {"time": state["time"], "sym": sym, "date": self._day()}
         for a in self.analytics:
             record.update(a.snapshot(state.get(a.name) or a.initial()))
@@ -208,7 +209,7 @@ class PartitionEngine:
             outputs.append(Output(seq, "bars", bar["sym"].encode(), self.bars_encoder.encode(bar)))
             seq += 1
         for sym in sorted(emitted):
-            record = self.snapshot(sym)
+            record = self._record(sym, self.store.syms[sym])  # changed: it has a state (none is dropped)
             outputs.append(Output(seq, "analytics", sym.encode(), self.analytics_encoder.encode(record)))
             seq += 1
         self.counters.bars += len(closed)

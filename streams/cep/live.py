@@ -117,9 +117,9 @@ class LiveFeed:
             listeners = [listener for listener in self._listeners if listener.output == output]
         if not listeners:
             return
-        rows = [r for r in rows if r is not None]
+        present = [r for r in rows if r is not None]
         for listener in listeners:
-            mine = rows if listener.syms is None else [r for r in rows if r["sym"] in listener.syms]
+            mine = present if listener.syms is None else [r for r in present if r["sym"] in listener.syms]
             if mine:
                 loop = listener.loop
                 handed = self._handed.get(loop)

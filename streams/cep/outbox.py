@@ -72,8 +72,11 @@ def last_committed_seq(settings: Settings, topics: list[str], partition: int) ->
                 start = max(low, high - window)
                 found = -1
                 for msg in read_ranges(consumer, topic, {partition: (start, high)}):
-                    for key, value in msg.headers() or ():
+                    headers = msg.headers() or []
+                    for key, value in headers.items() if isinstance(headers, dict) else headers:
                         if key == SEQ_HEADER:
+                            if value is None:
+                                raise ValueError(f"{topic}[{partition}]@{msg.offset()}: an empty {SEQ_HEADER} header")
                             found = max(found, int(value))
                 if found >= 0 or start <= low:
                     best = max(best, found)

@@ -36,6 +36,8 @@ from typing import Any
 
 from rocksdict import Options, Rdict, WriteBatch
 
+from streams.rawdb import scan
+
 KINDS = ("bars", "analytics")
 
 
@@ -96,9 +98,7 @@ class PartitionStore:
                 time.sleep(0.1)
         self.offsets: dict[str, int] = {}
         self.days: dict[str, str] = {}
-        for key, value in self.db.items(from_key=b"M"):
-            if not key.startswith(b"M"):
-                break
+        for key, value in scan(self.db, b"M"):
             if key.startswith(b"Moff "):
                 self.offsets[key[5:].decode()] = int(value)
             elif key.startswith(b"Mday "):
@@ -110,18 +110,15 @@ class PartitionStore:
         raw = self.db.get(b"Mdirty")
         self.dirty: set[str] = set(_load(raw)) if raw is not None else set()
         self.syms: dict[str, dict[str, Any]] = {}
-        for key, value in self.db.items(from_key=b"S"):
-            if not key.startswith(b"S"):
-                break
+        for key, value in scan(self.db, b"S"):
             self.syms[key[1:].decode()] = _load(value)
         self._outbox_low = self._first_outbox()
         self.published_upto = self._outbox_low - 1  # outputs below the outbox are known committed
 
     def _first_outbox(self) -> int:
-        for key, _ in self.db.items(from_key=b"O"):
-            if key.startswith(b"O"):
-                return struct.unpack(">q", key[1:9])[0]
-            break
+        for key, _ in scan(self.db, b"O"):
+            seq: int = struct.unpack(">q", key[1:9])[0]
+            return seq
         return self.next_seq
 
     def offset(self, table: str) -> int:
@@ -130,9 +127,7 @@ class PartitionStore:
     def pending(self) -> list[Output]:
         """The outbox: outputs written here that Kafka may not have committed yet."""
         out = []
-        for key, value in self.db.items(from_key=b"O"):
-            if not key.startswith(b"O"):
-                break
+        for key, value in scan(self.db, b"O"):
             out.append(Output.decode(struct.unpack(">q", key[1:9])[0], value))
         return out
 
@@ -181,9 +176,7 @@ class PartitionStore:
         prefix = b"B" + date.encode() + b"\x00" + sym.encode() + b"\x00"
         first = prefix + struct.pack(">q", start if start is not None else -(1 << 63))
         out = []
-        for key, value in self.db.items(from_key=first):
-            if not key.startswith(prefix):
-                break
+        for _, value in scan(self.db, prefix, first):
             bar = _load(value)
             if end is not None and bar["time"] >= end:
                 break

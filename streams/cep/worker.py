@@ -90,6 +90,7 @@ from streams.observed import add_metrics_page, cep_samples
 from streams.rdb import LatencySample, rss_bytes
 from tickplant import metrics
 from tickplant.config import Settings
+from tickplant.kafka.message import position
 from tickplant.observe import observe_role
 
 log = logging.getLogger("tickplant.cep")
@@ -309,7 +310,8 @@ class CepWorker:
                 by_part: dict[int, dict[str, list[Any]]] = {}
                 for msg in messages:
                     if msg.error() is None:
-                        by_part.setdefault(msg.partition(), {}).setdefault(topics[msg.topic()], []).append(msg)
+                        topic, part, _ = position(msg)
+                        by_part.setdefault(part, {}).setdefault(topics[topic], []).append(msg)
                 self.reads += 1
                 live = len(messages) < SMALL_READ
                 self._apply(by_part)
@@ -361,7 +363,8 @@ class CepWorker:
         if closed and self.live.wants("bars"):
             self._live_out["bars"].extend(closed)
         if changed and self.live.wants("analytics"):
-            self._live_out["analytics"].extend(engine.snapshot(sym) for sym in sorted(changed))
+            self._live_out["analytics"].extend(
+                record for sym in sorted(changed) if (record := engine.snapshot(sym)) is not None)
 
     def _flush_live(self) -> None:
         """One hand-over per output for a whole read (every partition's changes): waking the web
