@@ -124,15 +124,20 @@ def black_scholes_query(syms: str | None, date: str | None, at: str | None, rate
     now on the open day), ``rate`` and ``div`` continuously compounded per year."""
     day = parse_day("date", date, today) or today
     at_ns = _instant(at, day) if at else min(close_ns(day), now_ns)
-    return NamedQuery(option_chain_sql("option", "quote", day, at_ns, _number("rate", rate, required=True),
+    return NamedQuery(option_chain_sql("option", "quote", day, at_ns, _required_number("rate", rate),
                                        _number("div", div) or 0.0, parse_syms(syms), parse_syms(contracts)),
                       table="option")
 
 
-def _number(name: str, value: str | None, required: bool = False) -> float | None:
+def _required_number(name: str, value: str | None) -> float:
+    number = _number(name, value)
+    if number is None:
+        raise BadParameter(f"{name}= is required (per year, continuously compounded: 0.05 is 5%)")
+    return number
+
+
+def _number(name: str, value: str | None) -> float | None:
     if value is None or value == "":
-        if required:
-            raise BadParameter(f"{name}= is required (per year, continuously compounded: 0.05 is 5%)")
         return None
     try:
         number = float(value)

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -38,7 +38,7 @@ from gateway.app import create_app
 from gateway.engine import Engine, QueryFailed
 from gateway.plan import TableNeed
 from gateway.querylog import QueryLog
-from gateway.routing import NoReplica
+from gateway.routing import NoReplica, Routing
 from ingest.eod import TradingCalendar
 from sinks.store import HdbStore
 from tickplant.config import Settings, load_settings
@@ -128,7 +128,7 @@ class HistoryEngine(Engine):
     (``notes``, in the answer and its ``X-Tickplant-Notes`` header); one that asks for
     nothing but such days is refused (400) saying so, and where to ask."""
 
-    routing: HistoryRouting
+    routing: HistoryRouting  # type: ignore[assignment]  # Routing's stand-in: the same calls, no Kafka
 
     def _realtime(self, need: TableNeed, columns: list[str] | None, view: Any,
                   deadline: float) -> tuple[list[tuple[dt.date, pa.Table]], list[dt.date], dict[str, Any]]:
@@ -221,7 +221,8 @@ class ServerlessGateway:
             self.users_object = UsersObject(settings.gateway_users_file, local, settings)
             settings = settings.replace(gateway_users_file=str(local))
         self.settings = settings
-        self.app = create_app(settings, routing=HistoryRouting(settings), engine_class=HistoryEngine)
+        # HistoryRouting answers the calls the gateway makes of its Routing, without Kafka
+        self.app = create_app(settings, routing=cast(Routing, HistoryRouting(settings)), engine_class=HistoryEngine)
         gw = self.app.state.gateway
         gw.query_log = gw.engine.query_log = LambdaQueryLog(gw.query_log.path)
 

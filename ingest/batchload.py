@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from ingest.batchconvert import Converter
 from ingest.batchread import ObjectReader, Rejected
@@ -209,7 +209,7 @@ def _abort(tp: Tickerplant) -> None:
 
 def _why(exc: KafkaException) -> str:
     error = exc.args[0] if exc.args else None
-    text = error.str() if hasattr(error, "str") else str(exc)
+    text = error.str() if isinstance(error, KafkaError) else str(exc)
     if "fenced" in text.lower():
         return f"another loader took this object over ({text}); its load continues there"
     return text

@@ -182,7 +182,10 @@ class ObjectReader:
                     lines[lines >= line] += 1
                     mine.append(self._skipped(line, text))
             next_line = int(lines[-1]) + 1 if raw.num_rows else next_line
-            yield self._finish(index, raw, lambda i, lines=lines: f"{self.ref.url}:{lines[i]}", mine, layout)
+            def at_line(i: int, lines: Any = lines) -> str:
+                return f"{self.ref.url}:{lines[i]}"
+
+            yield self._finish(index, raw, at_line, mine, layout)
             index += 1
         self.checksum = stream.drain()
         if skipped or index == 0:  # lines after the last row, or no rows at all: a last chunk of them
@@ -204,7 +207,10 @@ class ObjectReader:
         batches = file.iter_batches(batch_size=min(self.chunk_rows, 65_536), columns=list(layout.read))
         index = 0
         for raw, start in _chunks_of(batches, self.chunk_rows):
-            yield self._finish(index, raw, lambda i, start=start: f"{self.ref.url}#row={start + i + 1}", [], layout)
+            def at_row(i: int, start: int = start) -> str:
+                return f"{self.ref.url}#row={start + i + 1}"
+
+            yield self._finish(index, raw, at_row, [], layout)
             index += 1
         if index == 0:
             empty = pa.table({name: pa.array([], file.schema_arrow.field(name).type) for name in layout.read})

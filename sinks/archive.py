@@ -52,6 +52,7 @@ from sinks.archive_manifest import (
 from sinks.archive_store import ArchiveError, ArchiveStore, FileOut, archive_root
 from sinks.writedown import FAILPOINT_ENV
 from tickplant.config import Settings
+from tickplant.kafka.message import position
 
 log = logging.getLogger("tickplant.archive")
 
@@ -167,19 +168,23 @@ class DayArchiver:
             if self.stopping.is_set():
                 raise ArchiveStopped(f"stopped while archiving {table} {date}")
             value = msg.value()
+            _, _, offset = position(msg)
             if chunk is not None and chunk.message_bytes >= self.file_bytes:
                 self._close(chunk, into)
                 chunk = None
             if chunk is None:
-                chunk = self._open_chunk = self._open(table, date, part, len(into.files), msg.offset())
+                chunk = self._open_chunk = self._open(table, date, part, len(into.files), offset)
             kind, ts = msg.timestamp()
-            chunk.writer.append(encode_message(part, msg.offset(), ts, kind, msg.key(), value, msg.headers()))
+            headers = msg.headers()
+            pairs = [(k, v if v is None else bytes(v, "utf-8") if isinstance(v, str) else v)
+                     for k, v in (headers.items() if isinstance(headers, dict) else headers or [])]
+            chunk.writer.append(encode_message(part, offset, ts, kind, msg.key(), value, pairs or None))
             chunk.message_bytes += len(value or b"") + len(msg.key() or b"")
             chunk.messages += 1
-            chunk.last_offset = msg.offset()
+            chunk.last_offset = offset
             into.messages += 1
-            into.first_offset = msg.offset() if into.first_offset is None else into.first_offset
-            into.last_offset = msg.offset()
+            into.first_offset = offset if into.first_offset is None else into.first_offset
+            into.last_offset = offset
             if value and value[:2] in (ROW_MAGIC, BLOCK_MAGIC) and len(value) >= HEADER_LEN:
                 fingerprints.add(value[2:HEADER_LEN])
             elif value and value[:1] == b"\x00" and len(value) >= 5:

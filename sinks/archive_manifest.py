@@ -13,6 +13,7 @@ registry.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
@@ -103,11 +104,11 @@ class ArchiveManifest:
             "written_at": self.written_at,
         }
 
-    def to_json(self) -> bytes:
+    def to_json(self) -> builtins.bytes:  # builtins': ``bytes`` here is the size property
         return json.dumps(self.to_dict(), indent=1, sort_keys=False).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes, where: str) -> ArchiveManifest:
+    def from_json(cls, raw: builtins.bytes, where: str) -> ArchiveManifest:
         try:
             d = json.loads(raw)
             if d.get("format") != FORMAT:

@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 import io
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 
@@ -94,7 +94,8 @@ class ArchiveSource:
         """A partition's archived messages as stored (partition, offset, timestamp, key, value, headers)."""
         part = self.manifest.partitions.get(partition)
         for entry in part.files if part else []:
-            yield from fastavro.reader(io.BytesIO(self.read_file(entry)))
+            for record in fastavro.reader(io.BytesIO(self.read_file(entry))):
+                yield cast(dict[str, Any], record)  # MESSAGE_SCHEMA is a record: each is a dict
 
     def messages(self, table: str, ranges: dict[int, tuple[int, int]]) -> Iterator[LogMessage]:
         if table != self.manifest.table:

@@ -124,7 +124,7 @@ class _StateCollector(Collector):
     def add(self, source: Source) -> None:
         ref: Callable[[], Source | None]
         try:
-            ref = weakref.WeakMethod(source)  # type: ignore[arg-type]  # a bound method: dies with its object
+            ref = weakref.WeakMethod(source)  # a bound method: dies with its object
         except TypeError:
             ref = lambda: source  # noqa: E731 - a plain function lives as long as the process
         with self._lock:  # the sources of objects gone are dropped here too (a test makes thousands)
@@ -156,10 +156,10 @@ class _StateCollector(Collector):
         for name, series in values.items():
             kind, doc, names = STATE[name]
             make = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            family = make(name, doc, labels=list(names))
+            metric = make(name, doc, labels=list(names))
             for key, value in series.items():
-                family.add_metric(list(key), value)
-            yield family
+                metric.add_metric(list(key), value)
+            yield metric
 
 
 _STATE = _StateCollector()
