@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -99,7 +99,11 @@ class Gateway:
     @property
     def users(self) -> Users:
         """The users in force: the users file as last read (it is watched), or those given."""
-        return self._fixed_users if self.users_file is None else self.users_file.current()
+        if self.users_file is not None:
+            return self.users_file.current()
+        if self._fixed_users is None:  # __init__ gives one or the other
+            raise RuntimeError("the gateway has neither a users file nor users")
+        return self._fixed_users
 
     @property
     def users_version(self) -> int:
@@ -287,7 +291,7 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
     gw = Gateway(settings, routing, users, engine_class)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> Iterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not gw.routing._thread.is_alive():
             gw.routing.start()
         hub = getattr(app.state, "hub", None)

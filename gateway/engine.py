@@ -219,7 +219,7 @@ class Engine:
                    tuple(columns or ()), need.dates.lo, need.dates.hi,
                    frozenset(need.dates.days) if need.dates.days is not None else None)
             keyed.append(PlannedRef(_swap(ref, i), need, columns, key))
-        logs = []
+        logs: list[Any] = []
         for ref in _query_log_refs(ast):
             if self.query_log is None:
                 raise QueryFailed(400, "this gateway keeps no query log")

@@ -49,11 +49,14 @@ def read_metadata(settings: Settings, include_stale: bool = False) -> dict[str, 
     try:
         _, high = watermarks(consumer, topic, 0)
         for msg in read_ranges(consumer, topic, {0: (0, high)}):
-            key = msg.key().decode()
-            if msg.value() is None:
+            raw_key, value = msg.key(), msg.value()
+            if raw_key is None:
+                raise ValueError(f"{topic}@{msg.offset()}: a node record without a key (the node's id)")
+            key = raw_key.decode()
+            if value is None:
                 nodes.pop(key, None)
             else:
-                nodes[key] = json.loads(msg.value())
+                nodes[key] = json.loads(value)
     finally:
         consumer.close()
     now = time.time()

@@ -109,8 +109,9 @@ class ControlFollower:
                 if err is not None:
                     at_end = at_end or err.code() == KafkaError._PARTITION_EOF
                     continue
-                if msg.key() == CONTROL_KEY and msg.value():
-                    self.state.apply(json.loads(msg.value()))
+                value = msg.value()
+                if msg.key() == CONTROL_KEY and value:
+                    self.state.apply(json.loads(value))
                     applied += 1
             if not until_end or at_end:
                 return applied

@@ -68,7 +68,9 @@ def log_ends(settings: Settings, tables: set[str]) -> dict[tuple[str, int], int]
 def node_figures(record: dict[str, Any], ends: dict[tuple[str, int], int],
                  previous: NodeFigures | None = None) -> NodeFigures:
     """One metadata record as figures; ``previous`` (the same node's last figures) gives CPU use."""
-    rows, lag, partitions, days = 0, 0, set(), []
+    rows, lag = 0, 0
+    partitions: set[int] = set()
+    days: list[Any] = []
     for table, held in record.get("tables", {}).items():
         applied = held.get("applied", {})
         for p in held.get("partitions", []):

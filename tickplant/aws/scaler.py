@@ -126,9 +126,13 @@ class Scaler:
             want = bool(risky)
             if want == protected:
                 continue
-            why = (f"node {node.node} alone holds {len(risky)} shard-days, e.g. {risky[0][0]}[{risky[0][1]}] "
-                   f"{risky[0][2]}" if risky else f"node {node.node} holds no data only it keeps" if node
-                   else "its node has left and its partitions are served elsewhere")
+            if node is None:
+                why = "its node has left and its partitions are served elsewhere"
+            elif risky:
+                why = (f"node {node.node} alone holds {len(risky)} shard-days, e.g. {risky[0][0]}[{risky[0][1]}] "
+                       f"{risky[0][2]}")
+            else:
+                why = f"node {node.node} holds no data only it keeps"
             if self.dry_run:
                 self.say(f"dry run: would {'protect' if want else 'unprotect'} {iid}: {why}")
                 continue
