@@ -28,6 +28,7 @@ from bench.promserver import (
     dashboard_queries,
     plant_config,
 )
+from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames
 from tickplant.config import ConfigError, load_settings
 from tickplant.logs import JsonFormatter, setup_logging
@@ -93,7 +94,7 @@ def prometheus(plant: MeteredPlant, tmp_path_factory: pytest.TempPathFactory) ->
         yield server
 
 
-def test_every_role_serves_its_families_and_rows_in_grows(plant: MeteredPlant) -> None:
+def test_every_role_serves_its_families_and_rows_in_grows(plant: MeteredPlant, catalog: SchemaCatalog) -> None:
     scraped = {job: scrape(plant.metrics_url(job)) for job in plant.targets}
     for job, wanted in FAMILIES.items():
         names = set(scraped[job])
@@ -105,7 +106,7 @@ def test_every_role_serves_its_families_and_rows_in_grows(plant: MeteredPlant) -
     rdb = scraped["rdb"]
     assert value(rdb, "tickplant_memory_budget_bytes", role="rdb") == plant.settings.rdb_memory_mb << 20
     lag = {(s.labels["table"], s.labels["partition"]) for s in rdb["tickplant_consumer_lag_messages"].samples}
-    assert lag == {(t, str(p)) for t in ("trade", "quote") for p in range(plant.settings.partitions)}
+    assert lag == {(t, str(p)) for t in catalog.names for p in range(plant.settings.partitions)}  # every table
     assert all(s.value == 1 for s in rdb["tickplant_caught_up"].samples)  # up --detach waits for serving
     assert value(rdb, "tickplant_rocksdb_bytes") > 0
 
