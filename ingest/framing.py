@@ -30,7 +30,8 @@ try:
 except ImportError:  # numpy comes with pyarrow's and pandas' users; without it, fastavro alone
     np = None  # type: ignore[assignment]  # optional module: the pure-Python paths check for None
 
-from ingest.schemas import SchemaCatalog, TableSchema
+from ingest.rowcode import NotExact, compile_record, flat_kind, long_bytes
+from ingest.schemas import SchemaCatalog, TableSchema, plain
 
 if TYPE_CHECKING:
     from confluent_kafka._types import HeadersType
@@ -67,7 +68,6 @@ CONFLUENT_ID = b"cf:"  # resolver keys of Confluent schema ids, apart from finge
 
 FAST_MIN_ROWS = 100  # fewer rows: fastavro is quicker (numpy costs ~0.2 ms a call)
 _MAX_STRING_BYTES = 256  # a longer string would make its padded matrix too wide
-_KINDS = ("long", "int", "double", "string", "boolean")
 _UNION_TYPES: dict[str, tuple[type, ...]] = {
     "long": (int,), "int": (int,), "double": (int, float), "string": (str,), "boolean": (bool,),
 }
@@ -89,22 +89,6 @@ if np is not None:
     )}
 
 
-_ONE_BYTE = [bytes([i]) for i in range(128)]
-
-
-def long_bytes(value: int) -> bytes:
-    """Avro's zigzag varint of one long (most are one byte: lengths, small counts)."""
-    z = ((value << 1) ^ (value >> 63)) & 0xFFFFFFFFFFFFFFFF
-    if z < 128:
-        return _ONE_BYTE[z]
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 _REQUIRED = object()
 
 
@@ -115,14 +99,11 @@ def _plan(avro: dict[str, Any]) -> list[tuple[str, str, int | None, Any]] | None
     plan = []
     for f in avro.get("fields", []):
         t = f["type"]
-        if isinstance(t, str) and t in _KINDS:
-            kind, null_index = t, None
-        elif isinstance(t, list) and len(t) == 2 and "null" in t:
+        kind, null_index = flat_kind(t), None
+        if kind is None and isinstance(t, list) and len(t) == 2 and "null" in t:
             null_index = t.index("null")
-            kind = t[1 - null_index]
-            if not (isinstance(kind, str) and kind in _KINDS):
-                return None
-        else:
+            kind = flat_kind(t[1 - null_index])
+        if kind is None:
             return None
         # as fastavro's write_record: datum.get(name, field.get("default"))
         missing = f["default"] if "default" in f else (None if null_index is not None else _REQUIRED)
@@ -248,11 +229,33 @@ class RecordCodec:
 
     def __init__(self, table: TableSchema):
         # parse_schema's hint lets schemaless_writer skip re-parsing on every call
-        self.parsed = fastavro.parse_schema(table.avro)
-        self.block_parsed = fastavro.parse_schema({"type": "array", "items": table.avro})
+        self.parsed = fastavro.parse_schema(plain(table.avro))
+        self.block_parsed = fastavro.parse_schema({"type": "array", "items": plain(table.avro)})
         self.row_header = ROW_MAGIC + table.fingerprint
         self.block_header = BLOCK_MAGIC + table.fingerprint
         self.plan = _plan(table.avro) if np is not None else None
+        self._write = compile_record(table.avro)  # None: a field type outside the flat kinds
+
+    def exact(self, row: dict[str, Any]) -> bytes | None:
+        """The record's Avro bytes by the compiled writer (``ingest.rowcode``), or None when
+        fastavro must see the row (a value of another type than its field's, a missing field)."""
+        if self._write is None:
+            return None
+        try:
+            return self._write(row)
+        except NotExact:
+            return None
+
+    def record(self, row: dict[str, Any]) -> bytes:
+        """The record's Avro bytes, as fastavro writes them; fastavro's error if it refuses it."""
+        if self._write is not None:
+            try:
+                return self._write(row)
+            except NotExact:
+                pass
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, self.parsed, row)
+        return out.getvalue()
 
     def block(self, records: bytes, count: int) -> bytes:
         """A block message from ``count`` encoded records laid back to back."""
@@ -362,10 +365,10 @@ class DecodeError(ValueError):
 
 
 def encode_row(table: TableSchema, row: dict[str, Any]) -> bytes:
-    out = io.BytesIO()
-    out.write(ROW_MAGIC + table.fingerprint)
-    fastavro.schemaless_writer(out, codec_for(table).parsed, row)
-    return out.getvalue()
+    """A row message (single-object encoding): the one Avro writer of a row, the log's and
+    the engine's outputs' alike."""
+    codec = codec_for(table)
+    return codec.row_header + codec.record(row)
 
 
 def encode_block(table: TableSchema, rows: list[dict[str, Any]]) -> bytes:
@@ -374,10 +377,7 @@ def encode_block(table: TableSchema, rows: list[dict[str, Any]]) -> bytes:
         fast = codec.records(rows)
         if fast is not None:
             return codec.block(fast[0].tobytes(), len(rows))
-    out = io.BytesIO()
-    out.write(BLOCK_MAGIC + table.fingerprint)
-    fastavro.schemaless_writer(out, codec.block_parsed, rows)
-    return out.getvalue()
+    return codec.block(b"".join([codec.record(r) for r in rows]), len(rows))
 
 
 def control_of(headers: HeadersType | None) -> str | None:

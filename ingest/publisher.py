@@ -11,12 +11,12 @@ never nowhere.
 
 Rows are encoded many at a time (a publish call's rows in zero-latency mode,
 ``ENCODE_BATCH`` waiting rows in batch mode) by ``ingest.framing``'s
-column-wise encoder, or row by row by fastavro when it cannot take them.
+column-wise encoder, or row by row (``RecordCodec.record``: the compiled writer of
+``ingest.rowcode``, fastavro for what it does not take) when it cannot take them.
 """
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections import defaultdict
@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import fastavro
 from confluent_kafka import KafkaError, Producer
 
 from ingest.deadletter import DeadLetters
@@ -387,26 +386,23 @@ class Tickerplant:
             first = last
 
     def _encode_slow(self, schema: TableSchema, codec: RecordCodec, rows: list[dict[str, Any]], parts: list[int]) -> None:
-        """Row by row with fastavro: rows it refuses go to the dead-letter topic."""
-        outs: dict[int, tuple[io.BytesIO, list[int]]] = {}
-        write = fastavro.schemaless_writer
+        """Row by row (``RecordCodec.record``): rows fastavro refuses go to the dead-letter topic."""
+        outs: dict[int, tuple[list[bytes], list[int]]] = {}
+        record = codec.record
         for row, part in zip(rows, parts, strict=True):
-            got = outs.get(part)
-            if got is None:
-                got = outs[part] = (io.BytesIO(), [])
-            out, ends = got
-            pos = out.tell()
             try:
-                write(out, codec.parsed, row)
+                data = record(row)
             except Exception as exc:  # fastavro: ValueError, TypeError, AttributeError...
-                out.seek(pos)
-                out.truncate()
                 self._reject(schema, row, exc)
                 continue
-            ends.append(out.tell())
-        for part, (out, ends) in outs.items():
-            if ends:
-                self._add(schema, part, out.getvalue(), ends)
+            got = outs.get(part)
+            if got is None:
+                got = outs[part] = ([], [])
+            chunks, ends = got
+            chunks.append(data)
+            ends.append((ends[-1] if ends else 0) + len(data))
+        for part, (chunks, ends) in outs.items():
+            self._add(schema, part, b"".join(chunks), ends)
 
     def _add(self, schema: TableSchema, part: int, data: bytes, ends: Any) -> None:
         """Append encoded rows (``ends``: each one's end offset in ``data``) to the

@@ -47,6 +47,22 @@ def fingerprint(schema: dict[str, Any]) -> bytes:
     return struct.pack("<Q", int(hex_digest, 16))
 
 
+def _plain_type(avro_type: Any) -> Any:
+    if isinstance(avro_type, dict) and "logicalType" in avro_type and isinstance(avro_type.get("type"), str):
+        return avro_type["type"]
+    if isinstance(avro_type, list):
+        return [_plain_type(t) for t in avro_type]
+    return avro_type
+
+
+def plain(avro: dict[str, Any]) -> dict[str, Any]:
+    """The record without its fields' logical types (``time``'s ``timestamp-nanos``): the same
+    bytes and the same fingerprint (the canonical form drops them), and what the plant's
+    readers decode with, so a row's time stays the int64 of ns whatever a library makes of
+    the logical type (fastavro 1.13 ignores ``timestamp-nanos``; a later one may not)."""
+    return {**avro, "fields": [{**f, "type": _plain_type(f["type"])} for f in avro.get("fields", [])]}
+
+
 def _base_type(avro_type: Any) -> tuple[str, bool]:
     """(primitive name, nullable) of a field type; ["null", T] is a nullable T."""
     if isinstance(avro_type, list):
@@ -80,7 +96,7 @@ class TableSchema:
             raise SchemaError(f"{source}: a field may not be named {SEQ!r}: the readers of the log add it "
                               f"(the row's place in the log, ingest.seq)")
         try:
-            parsed = fastavro.schema.parse_schema(avro, _write_hint=False)
+            parsed = fastavro.schema.parse_schema(plain(avro), _write_hint=False)
         except Exception as exc:  # fastavro raises several types for bad schemas
             raise SchemaError(f"{source}: not a valid Avro schema: {exc}") from exc
         # fastavro types a parsed schema as any schema; a record's is a dict
@@ -105,7 +121,7 @@ class TableSchema:
     @cached_property
     def block_parsed(self) -> dict[str, Any]:
         """The schema of a block message body: an Avro array of this record."""
-        return cast(dict[str, Any], fastavro.schema.parse_schema({"type": "array", "items": self.avro}, _write_hint=False))
+        return cast(dict[str, Any], fastavro.schema.parse_schema({"type": "array", "items": plain(self.avro)}, _write_hint=False))
 
     @property
     def fields(self) -> list[dict[str, Any]]:

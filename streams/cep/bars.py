@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.cep.encode import saturated
+from streams.cep.longs import saturated
 
 # an open bar: [bucket, open, high, low, close, volume, trades, notional]
 Bar = list[Any]

@@ -31,10 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest.framing import encode_row
 from ingest.schemas import TableSchema
 from streams.cep.analytics import Analytic
 from streams.cep.bars import BarBook
-from streams.cep.encode import RecordEncoder
 from streams.cep.store import Output, PartitionStore
 
 log = logging.getLogger("tickplant.cep")
@@ -76,8 +76,6 @@ class PartitionEngine:
             self.by_table.setdefault(a.table, []).append(a)
         self.bars_schema = bars_schema
         self.analytics_schema = analytics_schema
-        self.bars_encoder = RecordEncoder(bars_schema)
-        self.analytics_encoder = RecordEncoder(analytics_schema)
         self.book = BarBook(width_ns, grace_ns, store.bars)
         self.counters = Counters()
         # called after each store write with the bars it closed and the syms it changed: the live feed
@@ -206,11 +204,11 @@ class PartitionEngine:
         seq = self.store.next_seq
         outputs: list[Output] = []
         for bar in closed:
-            outputs.append(Output(seq, "bars", bar["sym"].encode(), self.bars_encoder.encode(bar)))
+            outputs.append(Output(seq, "bars", bar["sym"].encode(), encode_row(self.bars_schema, bar)))
             seq += 1
         for sym in sorted(emitted):
             record = self._record(sym, self.store.syms[sym])  # changed: it has a state (none is dropped)
-            outputs.append(Output(seq, "analytics", sym.encode(), self.analytics_encoder.encode(record)))
+            outputs.append(Output(seq, "analytics", sym.encode(), encode_row(self.analytics_schema, record)))
             seq += 1
         self.counters.bars += len(closed)
         self.counters.analytics += len(emitted)

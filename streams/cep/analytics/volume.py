@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from streams.cep.analytics import Analytic, register
-from streams.cep.encode import saturated
+from streams.cep.longs import saturated
 
 
 @register
