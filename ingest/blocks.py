@@ -11,7 +11,7 @@ gets ``None`` and the caller decodes the message as before (``Decoder.decode``),
 which also gives the exact DecodeError of a corrupt one:
 
 - the writer's fields are plain primitives (long, int, double, float, string)
-  or ["null", T] unions of them (no logical types, no records);
+  or ["null", T] unions of them (no records; a logical type is read as its primitive);
 - each reader field (without aliases) is in the writer with the same
   primitive (a nullable reader of a plain writer column is fine), or absent
   from it with a default (filled in, as fastavro's resolution does) —
@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 
 from ingest.framing import VARINT_LIMITS, long_bytes
-from ingest.schemas import TableSchema
+from ingest.schemas import TableSchema, plain
 
 # no boolean: a byte other than 0 or 1 may read differently here and in fastavro
 _PRIMITIVES = {"long": pa.int64(), "int": pa.int32(), "double": pa.float64(), "float": pa.float32(),
@@ -97,8 +97,9 @@ class BlockReader:
         self.ok = False
         self.writer_fields: list[tuple[str, str, bool]] = []
         self.null_branches: list[int] = []  # per writer field: where null is in its union, -1 if none
-        self.writer_types = [f["type"] for f in writer.avro.get("fields", [])]
-        for f in writer.avro.get("fields", []):
+        writer_fields = plain(writer.avro).get("fields", [])  # logical types: the same bytes, read raw
+        self.writer_types = [f["type"] for f in writer_fields]
+        for f in writer_fields:
             got = _primitive(f["type"])
             if got is None:
                 return
@@ -109,7 +110,7 @@ class BlockReader:
         self.plan: list[tuple[str, str, Any]] = []
         # the raw Arrow type of each reader column: its Avro primitive's (time stays an int64)
         types = {}
-        for f in reader.avro.get("fields", []):
+        for f in plain(reader.avro).get("fields", []):
             mine = _primitive(f["type"])
             if mine is None or "aliases" in f:
                 return  # aliases: fastavro matches fields by them too
