@@ -1,7 +1,8 @@
 # The two commands: `make up` runs the plant, `make test` runs the tests.
 # Each sets up what it needs first: a virtualenv in .venv with the project
 # and its test tools, and the Kafka broker jars from Maven Central (and QuestDB's,
-# for the side-by-side benchmark and its test), and as root Debian's prometheus
+# for the side-by-side benchmark and its test; a schema registry, Apicurio, for the
+# registry mode's test), and as root Debian's prometheus
 # package for the metrics tests.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -37,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/tickplant install --questdb
+	$(BIN)/tickplant install --questdb --schema-registry
 	touch $@
 
 clean:

@@ -217,6 +217,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         from tickplant.peer.questdb import ensure_jar
 
         print(f"QuestDB jar ready: {ensure_jar(quiet=not args.verbose)}")
+    if args.schema_registry:
+        from tickplant.kafka.registry_server import ensure_registry
+
+        print(f"schema registry (Apicurio) ready: {ensure_registry(quiet=not args.verbose)}")
     return 0
 
 
@@ -482,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     install = sub.add_parser("install", parents=[common], help="fetch the Kafka broker jars (Maven)")
     install.add_argument("--questdb", action="store_true",
                          help="also QuestDB's server jar, for the side-by-side benchmark (python -m bench peer)")
+    install.add_argument("--schema-registry", action="store_true",
+                         help="also build a Confluent-compatible schema registry (Apicurio; tickplant registry run)")
     install.set_defaults(func=cmd_install)
     eod = sub.add_parser("eod", parents=[common], help="roll the open day over now")
     eod.add_argument("--schedule", action="store_true",
@@ -567,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tickplant.aws.package_cli import add_commands as add_package_commands
 
     add_package_commands(sub, common)
+    from tickplant.registry_cli import add_commands as add_registry_commands
+
+    add_registry_commands(sub, common)
 
     dlq = sub.add_parser("deadletters", parents=[common], help="rejected input and why")
     dlq.add_argument("--last", type=int, default=50)
