@@ -9,6 +9,11 @@
   the first tick applied to the last. Baseline: a bare confluent-kafka
   consumer reading the same messages of both topics (bytes only, no decode),
   in the same run.
+- Output encoding: the engine's records (rte.analytics of a busy sym, closed bars)
+  written by the log's one row writer (``ingest.framing.encode_row``, compiled per
+  schema in ``ingest/rowcode.py``) against fastavro writing the same records with
+  the schema parsed once, in the same run: the writer the engine's outputs
+  would otherwise cost.
 - Latency: ticks (quotes and trades) published in zero-latency mode at 10k/s,
   stamped with the wall clock, for a 2 s warm-up and then the measured
   seconds. Three figures from the same ticks: a WebSocket client of the
@@ -160,6 +165,48 @@ def bench_throughput(base: Settings, catalog: SchemaCatalog, ticks: int, tmp: Pa
                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; baseline: raw confluent-kafka consumer, no decode")
 
 
+def bench_output_encoding(records: int = 20_000) -> Result:
+    import io
+
+    import fastavro
+
+    from ingest.framing import codec_for, encode_row
+    from tickplant.config import REPO_ROOT
+
+    rte = SchemaCatalog.load(REPO_ROOT / "schemas" / "rte")
+    analytics, bars = rte["analytics"], rte["bars"]
+    names = [f["name"] for f in analytics.avro["fields"]]
+    record = {name: None for name in names} | {
+        "time": time.time_ns(), "sym": "AAPL", "date": "2026-12-07", "last_price": 189.5, "last_size": 100,
+        "last_time": time.time_ns(), "open": 188.0, "high": 190.25, "low": 187.5, "volume": 1_234_567,
+        "trades": 8_812, "vwap": 189.01, "bid": 189.49, "ask": 189.51, "mid": 189.5, "spread": 0.02}
+    record = {k: v for k, v in record.items() if k in names} | {n: None for n in names if n not in record}
+    bar = {"time": time.time_ns(), "sym": "AAPL", "date": "2026-12-07", "end": time.time_ns() + 60 * 10**9,
+           "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 10, "trades": 2, "vwap": 1.25,
+           "closed_by": "next"}
+    work = [(analytics, record), (bars, bar)] * (records // 2)
+
+    def ours() -> float:
+        start = time.perf_counter()
+        for table, r in work:
+            encode_row(table, r)
+        return time.perf_counter() - start
+
+    def fastavros() -> float:
+        start = time.perf_counter()
+        for table, r in work:
+            out = io.BytesIO()
+            out.write(codec_for(table).row_header)
+            fastavro.schemaless_writer(out, codec_for(table).parsed, r)
+        return time.perf_counter() - start
+
+    mine, theirs = min(ours() for _ in range(3)), min(fastavros() for _ in range(3))
+    return Result("CEP output records encoded (rte.analytics and rte.bars, one each in turn)", len(work) / mine,
+                  len(work) / theirs, "", None, "records/s",
+                  f"{1e6 * mine / len(work):.2f} us a record, fastavro {1e6 * theirs / len(work):.2f}; best of 3; "
+                  f"baseline: fastavro, schema parsed once; load average {os.getloadavg()[0]:.1f}")
+
+
 def bench_latency(base: Settings, catalog: SchemaCatalog, tmp: Path, rate: int = 10_000,
                   seconds: float = 10.0) -> list[Result]:
     settings = base.replace(topic_prefix=f"ceplat{rate}.", data_dir=tmp / f"latency-{rate}")
@@ -255,7 +302,8 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
     tmp = Path(tempfile.mkdtemp(prefix="tpbench-cep-"))
     catalog = SchemaCatalog.load(settings.schemas_dir)
     report = Report()
-    steps = [lambda: [bench_throughput(settings, catalog, ticks, tmp)],
+    steps = [lambda: [bench_output_encoding()],
+             lambda: [bench_throughput(settings, catalog, ticks, tmp)],
              lambda: bench_latency(settings, catalog, tmp)]
     try:
         for step in steps:
