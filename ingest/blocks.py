@@ -11,7 +11,8 @@ gets ``None`` and the caller decodes the message as before (``Decoder.decode``),
 which also gives the exact DecodeError of a corrupt one:
 
 - the writer's fields are plain primitives (long, int, double, float, string)
-  or ["null", T] unions of them (no records; a logical type is read as its primitive);
+  or ["null", T] unions of them (no records; of logical types only timestamp-nanos,
+  read as its long);
 - each reader field (without aliases) is in the writer with the same
   primitive (a nullable reader of a plain writer column is fine), or absent
   from it with a default (filled in, as fastavro's resolution does) —

@@ -47,19 +47,23 @@ def fingerprint(schema: dict[str, Any]) -> bytes:
     return struct.pack("<Q", int(hex_digest, 16))
 
 
+NANOS_TYPES = ("timestamp-nanos", "local-timestamp-nanos")  # Avro 1.12's
+
+
 def _plain_type(avro_type: Any) -> Any:
-    if isinstance(avro_type, dict) and "logicalType" in avro_type and isinstance(avro_type.get("type"), str):
-        return avro_type["type"]
+    if isinstance(avro_type, dict) and avro_type.get("logicalType") in NANOS_TYPES and avro_type.get("type") == "long":
+        return "long"
     if isinstance(avro_type, list):
         return [_plain_type(t) for t in avro_type]
     return avro_type
 
 
 def plain(avro: dict[str, Any]) -> dict[str, Any]:
-    """The record without its fields' logical types (``time``'s ``timestamp-nanos``): the same
-    bytes and the same fingerprint (the canonical form drops them), and what the plant's
-    readers decode with, so a row's time stays the int64 of ns whatever a library makes of
-    the logical type (fastavro 1.13 ignores ``timestamp-nanos``; a later one may not)."""
+    """The record without its fields' nanosecond logical types (``time``'s ``timestamp-nanos``):
+    the same bytes and the same fingerprint (the canonical form drops logical types), and what
+    the plant's readers and writers parse, so a row's time stays the int64 of ns whatever a
+    library makes of the type (fastavro 1.13 ignores it; a later one may make datetimes, which
+    cannot hold nanoseconds). Other logical types are left to fastavro, as before."""
     return {**avro, "fields": [{**f, "type": _plain_type(f["type"])} for f in avro.get("fields", [])]}
 
 
