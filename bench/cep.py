@@ -70,7 +70,7 @@ class BenchCep:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{node}.log"
-        self.argv = [sys.executable, "-m", "streams.cep.cli", "cep", "run", "--id", node, "--port", str(self.port)]
+        self.argv = [sys.executable, "-m", "tickplant", "cep", "run", "--id", node, "--port", str(self.port)]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> float:
