@@ -9,7 +9,7 @@ what, asks them, and joins the answers. Ours does the same over HTTP:
     GET  /v1/rows/{table} (/v1/trades, /v1/quotes), /v1/last, /v1/bars, /v1/vwap, /v1/aj, /v1/black_scholes
                                      named queries
     WS   /v1/ws, GET /v1/subscribe/{source}                           live subscriptions
-    GET  /docs, /openapi.json
+    GET  /console, /docs, /openapi.json   the web console, the OpenAPI page (gateway/console.py)
 
 Answers are JSON (default), CSV or an Arrow IPC stream by the Accept header (or
 ``format=``), streamed batch by batch. Every request is authenticated
@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 
 from gateway import named, output, querylog
 from gateway.auth import Unauthorized, User, Users, UsersFile
+from gateway.console import mount_console
 from gateway.engine import Answer, Engine, Plan, QueryFailed
 from gateway.metered import add_metrics_route, gateway_samples, metered, note_user
 from gateway.policy import authorize, check_subscription
@@ -305,8 +306,9 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
             gw.routing.close()
 
     app = FastAPI(title="tickplant gateway", version="1", lifespan=lifespan,
-                  description=__doc__.split("\n\n")[0])
+                  description=__doc__.split("\n\n")[0], docs_url=None, redoc_url=None)  # /docs: mount_console
     app.state.gateway = gw
+    mount_console(app)
 
     async def failed(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=_status(exc))
