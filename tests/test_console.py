@@ -1,0 +1,286 @@
+"""The web console in a real browser: Debian's Chromium, headless, driven by selenium, with
+every address but loopback unresolvable; after each step the browser's own record of its
+requests must show nothing but the gateway. A small plant: one RDB worker holding today,
+the gateway on uvicorn with a users file.
+
+``TICKPLANT_CONSOLE_SCREENSHOT=docs/console.png`` saves the README's picture on the way."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from procs import Worker, wait_until
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
+
+from gateway import console_assets
+from gateway.app import create_app
+from gateway.auth import Users, hash_key
+from ingest.eod import open_first_day
+from ingest.feeds.synthetic import SyntheticMarket
+from ingest.publisher import Tickerplant
+from tickplant.clock import ManualClock
+from tickplant.kafka.broker import free_port
+
+T0 = int(dt.datetime(2026, 11, 23, 9, 30, tzinfo=dt.UTC).timestamp() * 1e9)
+KEY = "ops-console-key-0123"
+USERS = {"users": {"ops": {"keys": [hash_key(KEY)], "admin": True}}}
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+class Plant:
+    def __init__(self, url: str, market: SyntheticMarket, tp_settings: Any, catalog: Any):
+        self.url = url
+        self.market = market
+        self.settings = tp_settings
+        self.catalog = catalog
+        self.http = httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=30)
+
+    def sql(self, query: str) -> dict[str, Any]:
+        resp = self.http.post("/v1/sql", json={"query": query})
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def count_today(self) -> int:
+        """Today's trades, or -1 while the gateway sees no RDB node yet (503)."""
+        resp = self.http.post("/v1/sql", json={"query": "SELECT count() AS n FROM trade WHERE date = today()"})
+        return resp.json()["rows"][0]["n"] if resp.status_code == 200 else -1
+
+    def publish(self, trades: list[dict[str, Any]]) -> None:
+        with Tickerplant(self.settings, self.catalog, mode="batch") as tp:
+            tp.publish_rows("trade", trades)
+
+
+@pytest.fixture(scope="module")
+def plant(broker, catalog, tmp_path_factory) -> Iterator[Plant]:
+    """Today's trades in one RDB worker (a few minutes of them, for bars), the gateway in a thread."""
+    tmp = tmp_path_factory.mktemp("console")
+    settings = broker.settings.replace(topic_prefix=f"c{uuid.uuid4().hex[:8]}.", data_dir=tmp / "plant",
+                                       batch_interval_ms=20)
+    clock = ManualClock(T0)
+    open_first_day(settings, catalog, clock)
+    market = SyntheticMarket(syms=4, seed=11, clock=clock)
+    trades: list[dict[str, Any]] = []
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        for _ in range(12):  # four minutes: several bars per sym
+            t, q = market.events(80)
+            tp.publish_rows("quote", q)
+            tp.publish_rows("trade", t)
+            trades += t
+            clock.advance(20)
+    worker = Worker(settings, "rdb-console", tmp).start()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, users=Users.from_dict(USERS)), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    try:
+        worker.wait_serving()
+        thread.start()
+        wait_until(lambda: server.started, 30, "the gateway to start")
+        p = Plant(f"http://127.0.0.1:{port}", market, settings, catalog)
+        wait_until(lambda: p.count_today() == len(trades), 60, "today's trades in the RDB", worker.log_tail)
+        yield p
+        p.http.close()
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        worker.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(plant: Plant) -> Iterator[WebDriver]:
+    assert CHROMIUM and CHROMEDRIVER, "chromium and chromedriver are not installed: make setup installs them (as root)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                # no name resolves but loopback's: a page asking the internet for anything fails
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-default-apps", "--disable-extensions"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_script_timeout(20)
+    try:
+        driver.get(plant.url + "/console")
+        yield driver
+    finally:
+        driver.quit()
+
+
+def errors_logged(driver: WebDriver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def requests_elsewhere(driver: WebDriver, origin: str) -> list[str]:
+    """Every URL the browser asked for, by its network log and the page's resource timing,
+    that is not the gateway's (data: and blob: URLs are the page's own)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    urls += driver.execute_script("return performance.getEntries().map(e => e.name)"
+                                  ".filter(n => /^[a-z]+:/.test(n))")
+    return [u for u in urls if not (u.startswith(origin + "/") or u == origin or u.startswith(("data:", "blob:")))]
+
+
+def wait_text(driver: WebDriver, element_id: str, want: str, timeout: float = 20) -> str:
+    box: list[str] = []
+
+    def found() -> bool:
+        box[:] = [driver.find_element(By.ID, element_id).text]
+        return want in box[0]
+
+    wait_until(found, timeout, f"{want!r} in #{element_id}", lambda: repr(box))
+    return box[0]
+
+
+def grid(driver: WebDriver, element_id: str) -> tuple[list[str], list[list[str]]]:
+    return driver.execute_script("""
+        const t = document.querySelector('#' + arguments[0] + ' table');
+        if (!t) return [[], []];
+        return [[...t.tHead.rows[0].cells].map(c => c.textContent),
+                [...t.tBodies[0].rows].map(r => [...r.cells].map(c => c.textContent))];""", element_id)
+
+
+def run_query(driver: WebDriver, query: str) -> str:
+    driver.execute_script("document.querySelector('.CodeMirror').CodeMirror.setValue(arguments[0])", query)
+    driver.find_element(By.CSS_SELECTOR, ".CodeMirror textarea").send_keys("\ue009\ue007")  # Ctrl+Enter
+    return wait_text(driver, "query-status", " rows in ")
+
+
+def painted(driver: WebDriver) -> int:
+    """Pixels of the chart's canvases that are not background: what the chart drew."""
+    return driver.execute_script("""
+        let n = 0;
+        for (const c of document.querySelectorAll('#chart canvas')) {
+          if (!c.width || !c.height) continue;
+          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+          for (let i = 0; i < d.length; i += 4) if (d[i + 3] && (d[i] < 200 || d[i + 1] < 200 || d[i + 2] < 200)) n++;
+        }
+        return n;""")
+
+
+def test_the_console_loads_offline_and_takes_the_key(plant: Plant, browser: WebDriver) -> None:
+    assert console_assets.verify() == [], "the vendored assets are not what console/package-lock.json pins"
+    wait_text(browser, "key-status", "enter your API key")  # a users file: nothing shown without a key
+    browser.find_element(By.ID, "key").send_keys(KEY)
+    browser.find_element(By.ID, "key-use").click()
+    wait_text(browser, "key-status", "key accepted")
+    sources = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "live-source")).options]
+    assert {"trade", "quote", "bars", "analytics"} <= set(sources) and "query_log" not in sources
+    assert Select(browser.find_element(By.ID, "live-source")).first_selected_option.get_attribute("value") == "trade"
+    assert browser.execute_script("return sessionStorage.getItem('tickplant.apiKey')") == KEY
+    assert browser.execute_script("return typeof CodeMirror === 'function' && typeof LightweightCharts === 'object'")
+    assert errors_logged(browser) == []
+    assert requests_elsewhere(browser, plant.url) == []
+
+
+def test_a_query_renders_the_rows_of_v1_sql_and_goes_into_history(plant: Plant, browser: WebDriver) -> None:
+    query = ("SELECT sym, count() AS n, sum(size) AS volume, round(sum(price * size) / sum(size), 4) AS vwap "
+             "FROM trade WHERE date = today() GROUP BY sym ORDER BY sym")
+    status = run_query(browser, query)
+    want = plant.sql(query)
+    assert status.startswith(f"{want['count']} rows in ")
+    header, rows = grid(browser, "grid")
+    assert header == ["sym", "n", "volume", "vwap"]
+    assert [[r[0], int(r[1]), int(r[2]), float(r[3])] for r in rows] == \
+           [[r["sym"], r["n"], r["volume"], r["vwap"]] for r in want["rows"]]
+    assert browser.execute_script("return JSON.parse(localStorage.getItem('tickplant.history'))[0]") == query
+    # completion offers the table's columns from /v1/tables
+    hints = browser.execute_script("""
+        const cm = document.querySelector('.CodeMirror').CodeMirror;
+        cm.setValue('SELECT pri FROM trade'); cm.setCursor({line: 0, ch: 10});
+        cm.execCommand('autocomplete');
+        return [...document.querySelectorAll('.CodeMirror-hint')].map(e => e.textContent);""")
+    assert "price" in hints
+    assert errors_logged(browser) == []
+    assert requests_elsewhere(browser, plant.url) == []
+
+
+def test_a_chart_draws_lines_and_candles(plant: Plant, browser: WebDriver) -> None:
+    run_query(browser, "SELECT time, sym, price FROM trade WHERE date = today() ORDER BY time")
+    wait_until(lambda: painted(browser) > 500, 10, "the line chart drawn", lambda: str(painted(browser)))
+    assert wait_text(browser, "chart-note", "price:")
+    bars = ("SELECT toStartOfMinute(time) AS bar, sym, argMin(price, time) AS open, max(price) AS high, "
+            "min(price) AS low, argMax(price, time) AS close FROM trade WHERE date = today() GROUP BY bar, sym "
+            "ORDER BY bar, sym")
+    run_query(browser, bars)
+    want = plant.sql(bars)["rows"]
+    first = sorted({r["sym"] for r in want})[0]
+    note = wait_text(browser, "chart-note", "candles")
+    assert note == f"candles of {first}: {sum(r['sym'] == first for r in want)} points"
+    wait_until(lambda: painted(browser) > 300, 10, "the candles drawn", lambda: str(painted(browser)))
+    assert errors_logged(browser) == []
+    assert requests_elsewhere(browser, plant.url) == []
+
+
+def test_live_rows_published_during_the_test_arrive(plant: Plant, browser: WebDriver) -> None:
+    browser.find_element(By.CSS_SELECTOR, "#tabs button[data-tab=live]").click()
+    Select(browser.find_element(By.ID, "live-source")).select_by_value("trade")
+    browser.find_element(By.ID, "live-start").click()
+    wait_text(browser, "live-status", "snapshot of 4 syms")
+    published: list[dict[str, Any]] = []
+    for _ in range(3):
+        trades, _quotes = plant.market.events(40)
+        plant.publish(trades)
+        published += trades
+    wait_text(browser, "live-count", f"{len(published)} rows received")
+    header, latest = grid(browser, "live-latest")
+    last = {t["sym"]: t for t in published}
+    got = {r[header.index("sym")]: r for r in latest}
+    for sym, t in last.items():
+        assert float(got[sym][header.index("price")]) == t["price"]
+        assert got[sym][header.index("time")].startswith(
+            dt.datetime.fromtimestamp(t["time"] / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    _h, updates = grid(browser, "live-updates")
+    assert len(updates) == len(published)
+    shot = os.environ.get("TICKPLANT_CONSOLE_SCREENSHOT")
+    if shot:
+        browser.find_element(By.CSS_SELECTOR, "#tabs button[data-tab=query]").click()
+        run_query(browser, "SELECT toStartOfMinute(time) AS bar, sym, argMin(price, time) AS open, max(price) AS high, "
+                           "min(price) AS low, argMax(price, time) AS close, sum(size) AS volume FROM trade "
+                           "WHERE date = today() GROUP BY bar, sym ORDER BY bar, sym")
+        browser.save_screenshot(str(Path(shot)))
+        browser.find_element(By.CSS_SELECTOR, "#tabs button[data-tab=live]").click()
+    browser.find_element(By.ID, "live-stop").click()
+    wait_text(browser, "live-status", "stopped")
+    assert errors_logged(browser) == []
+    assert requests_elsewhere(browser, plant.url) == []
+
+
+def test_plant_health_and_the_query_log(plant: Plant, browser: WebDriver) -> None:
+    browser.find_element(By.CSS_SELECTOR, "#tabs button[data-tab=plant]").click()
+    wait_text(browser, "health", "RDB nodes")
+    assert "rdb-console" in browser.find_element(By.ID, "health").text
+    browser.find_element(By.CSS_SELECTOR, "#tabs button[data-tab=log]").click()
+    wait_text(browser, "log-status", "latest ")
+    header, rows = grid(browser, "log-grid")
+    assert header[:3] == ["ts", "user", "endpoint"]
+    assert any(r[1] == "ops" and "GROUP BY sym ORDER BY sym" in r[7] for r in rows)  # the console's own query
+    assert errors_logged(browser) == []
+    assert requests_elsewhere(browser, plant.url) == []
+
+
+def test_docs_render_swagger_ui_offline(plant: Plant, browser: WebDriver) -> None:
+    browser.get(plant.url + "/docs")
+    wait_until(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock")) > 5, 20,
+               "Swagger UI's operations")
+    assert "/v1/sql" in browser.find_element(By.CSS_SELECTOR, ".swagger-ui").text
+    assert errors_logged(browser) == []
+    assert requests_elsewhere(browser, plant.url) == []
