@@ -31,7 +31,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # built from a copy: setuptools builds in the tree and would reuse a stale build/
     source = root / "source"
     shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(
-        ".*", "build", "*.egg-info", "__pycache__", "tests", "bench", "docker"))
+        ".*", "build", "*.egg-info", "__pycache__", "tests", "bench", "docker", "node_modules"))
     wheels = root / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
@@ -73,6 +73,19 @@ def test_the_wheel_carries_the_schemas_and_runs_from_elsewhere(installed: Path, 
     found = json.loads(answer.stdout)
     assert not found["module"].startswith(str(REPO_ROOT)), f"imported from the checkout: {found['module']}"
     assert {"trade", "quote"} <= set(found["tables"])
+
+
+def test_the_wheel_carries_the_web_consoles_page_and_libraries(installed: Path, tmp_path: Path) -> None:
+    probe = (
+        "import json; from gateway import console_assets as c;"
+        "want = [c.STATIC_DIR / 'console' / n for n in ('index.html', 'console.js', 'console.css')]"
+        " + [c.VENDOR_DIR / f.package / f.name for f in c.FILES];"
+        "print(json.dumps({'dir': str(c.STATIC_DIR), 'missing': [str(p) for p in want if not p.exists()]}))"
+    )
+    answer = run_installed(installed, "-c", probe, cwd=tmp_path)
+    assert answer.returncode == 0, answer.stderr
+    found = json.loads(answer.stdout)
+    assert not found["dir"].startswith(str(REPO_ROOT)) and found["missing"] == []
 
 
 def test_the_installed_cli_answers(installed: Path, tmp_path: Path) -> None:

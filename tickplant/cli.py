@@ -217,6 +217,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         from tickplant.peer.questdb import ensure_jar
 
         print(f"QuestDB jar ready: {ensure_jar(quiet=not args.verbose)}")
+    if args.console:
+        from gateway.console_cli import install_console
+
+        print(install_console())
     return 0
 
 
@@ -482,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     install = sub.add_parser("install", parents=[common], help="fetch the Kafka broker jars (Maven)")
     install.add_argument("--questdb", action="store_true",
                          help="also QuestDB's server jar, for the side-by-side benchmark (python -m bench peer)")
+    install.add_argument("--console", action="store_true",
+                         help="also rebuild the web console's browser libraries (npm ci in console/)")
     install.set_defaults(func=cmd_install)
     eod = sub.add_parser("eod", parents=[common], help="roll the open day over now")
     eod.add_argument("--schedule", action="store_true",
