@@ -73,29 +73,31 @@ def plant(broker, catalog, tmp_path_factory) -> Iterator[Plant]:
                                        batch_interval_ms=20)
     clock = ManualClock(T0)
     open_first_day(settings, catalog, clock)
-    market = SyntheticMarket(syms=4, seed=11, clock=clock)
-    trades: list[dict[str, Any]] = []
-    with Tickerplant(settings, catalog, mode="batch") as tp:
-        for _ in range(12):  # four minutes: several bars per sym
-            t, q = market.events(80)
-            tp.publish_rows("quote", q)
-            tp.publish_rows("trade", t)
-            trades += t
-            clock.advance(20)
-    worker = Worker(settings, "rdb-console", tmp).start()
+    worker = Worker(settings, "rdb-console", tmp).start()  # starts while the rows are published
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, users=Users.from_dict(USERS)), host="127.0.0.1",
                                            port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     try:
-        worker.wait_serving()
         thread.start()
+        market = SyntheticMarket(syms=4, seed=11, clock=clock)
+        trades: list[dict[str, Any]] = []
+        with Tickerplant(settings, catalog, mode="batch") as tp:
+            for _ in range(12):  # four minutes: several bars per sym
+                t, q = market.events(80)
+                tp.publish_rows("quote", q)
+                tp.publish_rows("trade", t)
+                trades += t
+                clock.advance(20)
+        worker.wait_serving()
         wait_until(lambda: server.started, 30, "the gateway to start")
         p = Plant(f"http://127.0.0.1:{port}", market, settings, catalog)
         wait_until(lambda: p.count_today() == len(trades), 60, "today's trades in the RDB", worker.log_tail)
         yield p
         p.http.close()
     finally:
+        if worker.proc and worker.proc.poll() is None:
+            worker.proc.terminate()  # its shutdown overlaps the gateway's
         server.should_exit = True
         thread.join(15)
         worker.stop()
