@@ -204,13 +204,18 @@ def test_a_query_renders_the_rows_of_v1_sql_and_goes_into_history(plant: Plant, 
     assert [[r[0], int(r[1]), int(r[2]), float(r[3])] for r in rows] == \
            [[r["sym"], r["n"], r["volume"], r["vwap"]] for r in want["rows"]]
     assert browser.execute_script("return JSON.parse(localStorage.getItem('tickplant.history'))[0]") == query
-    # completion offers the table's columns from /v1/tables
-    hints = browser.execute_script("""
-        const cm = document.querySelector('.CodeMirror').CodeMirror;
-        cm.setValue('SELECT pri FROM trade'); cm.setCursor({line: 0, ch: 10});
-        cm.execCommand('autocomplete');
-        return [...document.querySelectorAll('.CodeMirror-hint')].map(e => e.textContent);""")
-    assert "price" in hints
+    # completion offers the columns of the table after FROM (from /v1/tables) as you type
+    browser.execute_script("document.querySelector('.CodeMirror').CodeMirror.setValue('')")
+    browser.find_element(By.CSS_SELECTOR, ".CodeMirror textarea").send_keys("SELECT sym FROM trade WHERE pri")
+    hints: list[str] = []
+
+    def offered() -> bool:
+        hints[:] = browser.execute_script(
+            "return [...document.querySelectorAll('.CodeMirror-hint')].map(e => e.textContent)")
+        return "price" in hints
+
+    wait_until(offered, 10, "price among the completions", lambda: repr(hints))
+    browser.find_element(By.CSS_SELECTOR, ".CodeMirror textarea").send_keys("\ue00c")  # Escape
     assert errors_logged(browser) == []
     assert requests_elsewhere(browser, plant.url) == []
 
