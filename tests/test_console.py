@@ -38,7 +38,8 @@ from tickplant.kafka.broker import free_port
 
 T0 = int(dt.datetime(2026, 11, 23, 9, 30, tzinfo=dt.UTC).timestamp() * 1e9)
 KEY = "ops-console-key-0123"
-USERS = {"users": {"ops": {"keys": [hash_key(KEY)], "admin": True}}}
+USERS = {"users": {"ops": {"keys": [hash_key(KEY)], "admin": True},
+                   "alice": {"keys": [hash_key("alice-console-key-01")], "tables": {"trade": {"columns": ["time", "sym", "price"]}}}}}
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
@@ -281,6 +282,27 @@ def test_plant_health_and_the_query_log(plant: Plant, browser: WebDriver) -> Non
     assert header[:3] == ["ts", "user", "endpoint"]
     assert any(r[1] == "ops" and "GROUP BY sym ORDER BY sym" in r[7] for r in rows)  # the console's own query
     assert errors_logged(browser) == []
+    assert requests_elsewhere(browser, plant.url) == []
+
+
+def test_another_key_sees_only_its_grants(plant: Plant, browser: WebDriver) -> None:
+    browser.find_element(By.ID, "key-forget").click()
+    wait_text(browser, "key-status", "enter your API key")
+    browser.find_element(By.ID, "key").send_keys("alice-console-key-01")
+    browser.find_element(By.ID, "key-use").click()
+    wait_text(browser, "key-status", "key accepted")
+    tables = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "live-source")).options]
+    assert "trade" in tables and "quote" not in tables
+    browser.find_element(By.CSS_SELECTOR, "#tabs button[data-tab=log]").click()
+    assert "for admins" in wait_text(browser, "log-status", "query log")  # said, not asked for
+    browser.find_element(By.CSS_SELECTOR, "#tabs button[data-tab=query]").click()
+    browser.execute_script("document.querySelector('.CodeMirror').CodeMirror.setValue(arguments[0])",
+                           "SELECT sym, size FROM trade")
+    browser.find_element(By.ID, "run").click()
+    status = wait_text(browser, "query-status", "403: ")
+    assert "size" in status
+    # the one error the browser logged is that refusal
+    assert [e for e in errors_logged(browser) if "/v1/sql" not in e or " 403 " not in e] == []
     assert requests_elsewhere(browser, plant.url) == []
 
 
