@@ -254,8 +254,9 @@ def test_live_rows_published_during_the_test_arrive(plant: Plant, browser: WebDr
     got = {r[header.index("sym")]: r for r in latest}
     for sym, t in last.items():
         assert float(got[sym][header.index("price")]) == t["price"]
-        assert got[sym][header.index("time")].startswith(
-            dt.datetime.fromtimestamp(t["time"] / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        seconds, ns = divmod(t["time"], 10**9)  # to the nanosecond: the time is not read as a float
+        want = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
+        assert got[sym][header.index("time")] == want
     _h, updates = grid(browser, "live-updates")
     assert len(updates) == len(published)
     shot = os.environ.get("TICKPLANT_CONSOLE_SCREENSHOT")

@@ -28,7 +28,7 @@ async function api(path, options) {
   const resp = await fetch(path, opts);
   const text = await resp.text();
   let body;
-  try { body = JSON.parse(text); } catch (_) { body = { error: text }; }
+  try { body = parseExact(text); } catch (_) { body = { error: text }; }
   if (!resp.ok) {
     const err = new Error(`${resp.status}: ${(body && body.error) || resp.statusText}`);
     err.status = resp.status;
@@ -55,6 +55,7 @@ const TIME_TYPE = /^(timestamp|date)/i;
 // seconds since the epoch of an ISO time ("2026-11-22T09:30:00.123456789Z": the gateway's
 // JSON keeps nanoseconds, which Date.parse does not take), a date, or int nanoseconds
 function toSeconds(v) {
+  if (typeof v === "string" && /^-?\d+$/.test(v)) v = Number(v);
   if (typeof v === "number") return v > 1e14 ? v / 1e9 : v;
   const m = /^(\d{4})-(\d\d)-(\d\d)(?:[T ](\d\d):(\d\d):(\d\d)(\.\d+)?)?/.exec(String(v));
   if (!m) return NaN;
@@ -63,13 +64,41 @@ function toSeconds(v) {
 }
 
 function isoOfNs(ns) {
-  const ms = Math.floor(ns / 1e6);
-  const frac = String(Math.round(ns % 1e9)).padStart(9, "0");
-  return new Date(ms).toISOString().slice(0, 19) + "." + frac + "Z";
+  const b = BigInt(ns);
+  const frac = (b % 1000000000n).toString().padStart(9, "0");
+  return new Date(Number(b / 1000000n)).toISOString().slice(0, 19) + "." + frac + "Z";
 }
 
 function looksLikeNsTime(key, v) {
-  return typeof v === "number" && v > 1e17 && v < 1e19 && /time|start|end|^ts$/i.test(key);
+  const big = (typeof v === "number" && v > 1e17 && v < 1e19) || (typeof v === "string" && /^\d{18,19}$/.test(v));
+  return big && /time|start|end|^ts$/i.test(key);
+}
+
+// JSON whose integers past 2^53 (ns times, large sums) stay exact: outside strings, an
+// integer of 16 or more digits is read as a string of its digits
+function parseExact(text) {
+  let out = "";
+  let from = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      if (c === "\\") i++;
+      else if (c === '"') inString = false;
+    } else if (c === '"') {
+      inString = true;
+    } else if ((c >= "0" && c <= "9") || c === "-") {
+      let j = i + 1;
+      while (j < text.length && text[j] >= "0" && text[j] <= "9") j++;
+      const isInteger = !".eE".includes(text[j] || " ");
+      if (isInteger && j - i - (c === "-" ? 1 : 0) >= 16) {
+        out += text.slice(from, i) + '"' + text.slice(i, j) + '"';
+        from = j;
+      }
+      i = j - 1;
+    }
+  }
+  return JSON.parse(out + text.slice(from));
 }
 
 // -- a grid -----------------------------------------------------------------
@@ -254,8 +283,9 @@ function drawChart() {
   for (const [g, rows] of groups) {
     if (series >= COLORS.length) break;
     const pointsOf = (r) => kind === "candles"
-      ? { time: toSeconds(r[time.name]), open: r[bars.open], high: r[bars.high], low: r[bars.low], close: r[bars.close] }
-      : { time: toSeconds(r[time.name]), value: r[yName] };
+      ? { time: toSeconds(r[time.name]), open: Number(r[bars.open]), high: Number(r[bars.high]),
+          low: Number(r[bars.low]), close: Number(r[bars.close]) }
+      : { time: toSeconds(r[time.name]), value: r[yName] === null ? null : Number(r[yName]) };
     const data = [];
     for (const p of rows.map(pointsOf).filter((p) => Number.isFinite(p.time)).sort((a, b) => a.time - b.time)) {
       if (kind === "line" && (p.value === null || p.value === undefined)) continue;
@@ -309,7 +339,7 @@ function showLive() {
 function onLiveEvent(live, block) {
   const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
   if (!data) return;  // a keepalive comment
-  const msg = JSON.parse(data);
+  const msg = parseExact(data);
   const rowKey = (r) => (r.sym === undefined ? "" : r.sym);
   if (msg.type === "snapshot") {
     for (const r of msg.rows) live.latest.set(rowKey(r), r);
