@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from procs import Worker, wait_until
+from procs import Cep, Worker, wait_until
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -44,9 +44,10 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 class Plant:
-    def __init__(self, url: str, market: SyntheticMarket, tp_settings: Any, catalog: Any):
+    def __init__(self, url: str, market: SyntheticMarket, clock: ManualClock, tp_settings: Any, catalog: Any):
         self.url = url
         self.market = market
+        self.clock = clock
         self.settings = tp_settings
         self.catalog = catalog
         self.http = httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=30)
@@ -68,13 +69,15 @@ class Plant:
 
 @pytest.fixture(scope="module")
 def plant(broker, catalog, tmp_path_factory) -> Iterator[Plant]:
-    """Today's trades in one RDB worker (a few minutes of them, for bars), the gateway in a thread."""
+    """Today's trades in one RDB worker (a few minutes of them, for bars), the engine (one CEP
+    worker, one-minute bars), the gateway in a thread."""
     tmp = tmp_path_factory.mktemp("console")
     settings = broker.settings.replace(topic_prefix=f"c{uuid.uuid4().hex[:8]}.", data_dir=tmp / "plant",
                                        batch_interval_ms=20)
     clock = ManualClock(T0)
     open_first_day(settings, catalog, clock)
     worker = Worker(settings, "rdb-console", tmp).start()  # starts while the rows are published
+    cep = Cep(settings, "cep-console", tmp).start()
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, users=Users.from_dict(USERS)), host="127.0.0.1",
                                            port=port, log_level="warning"))
@@ -92,16 +95,20 @@ def plant(broker, catalog, tmp_path_factory) -> Iterator[Plant]:
                 clock.advance(20)
         worker.wait_serving()
         wait_until(lambda: server.started, 30, "the gateway to start")
-        p = Plant(f"http://127.0.0.1:{port}", market, settings, catalog)
+        p = Plant(f"http://127.0.0.1:{port}", market, clock, settings, catalog)
         wait_until(lambda: p.count_today() == len(trades), 60, "today's trades in the RDB", worker.log_tail)
+        wait_until(lambda: cep.status() is not None and p.http.get("/v1/health").json()["cep_nodes"], 60,
+                   "the engine serving, seen by the gateway", cep.log_tail)
         yield p
         p.http.close()
     finally:
-        if worker.proc and worker.proc.poll() is None:
-            worker.proc.terminate()  # its shutdown overlaps the gateway's
+        for child in (worker, cep):
+            if child.proc and child.proc.poll() is None:
+                child.proc.terminate()  # their shutdown overlaps the gateway's
         server.should_exit = True
         thread.join(15)
         worker.stop()
+        cep.stop()
 
 
 @pytest.fixture(scope="module")
@@ -273,10 +280,49 @@ def test_live_rows_published_during_the_test_arrive(plant: Plant, browser: WebDr
     assert requests_elsewhere(browser, plant.url) == []
 
 
+def test_the_engines_bars_arrive_live(plant: Plant, browser: WebDriver) -> None:
+    """A minute of trades, then trades past its end: the engine closes the minute's bars, and
+    the live view shows each sym's bar as the trades make it (open, high, low, close, volume)."""
+    Select(browser.find_element(By.ID, "live-source")).select_by_value("bars")
+    browser.find_element(By.ID, "live-start").click()
+    wait_text(browser, "live-status", "snapshot of")
+    now_s = plant.clock.now_ns() // 10**9
+    plant.clock.advance(60 - now_s % 60 + 5)  # into the next minute
+    minute, made = (plant.clock.now_ns() // 60 // 10**9) * 60 * 10**9, []
+    for _ in range(3):
+        made += plant.market.events(40)[0]
+    plant.publish(made)
+    plant.clock.advance(90)  # past the minute's end and the engine's grace: its bars close
+    later: list[dict[str, Any]] = []
+    while {t["sym"] for t in later} != {t["sym"] for t in made}:
+        later += plant.market.events(40)[0]
+    plant.publish(later)
+    stamp = dt.datetime.fromtimestamp(minute / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000000000Z")
+
+    def bars_of_the_minute() -> dict[str, list[str]]:
+        header, rows = grid(browser, "live-latest")
+        return {r[header.index("sym")]: r for r in rows if r[header.index("time")] == stamp} if rows else {}
+
+    syms = {t["sym"] for t in made}
+    wait_until(lambda: set(bars_of_the_minute()) == syms, 30, f"the bars of {stamp}",
+               lambda: repr(grid(browser, "live-latest")))
+    header, _rows = grid(browser, "live-latest")
+    got = bars_of_the_minute()
+    for sym in syms:
+        ticks = [t for t in made if t["sym"] == sym]
+        want = [ticks[0]["price"], max(t["price"] for t in ticks), min(t["price"] for t in ticks), ticks[-1]["price"],
+                sum(t["size"] for t in ticks)]
+        assert [float(got[sym][header.index(c)]) for c in ("open", "high", "low", "close", "volume")] == want, sym
+    browser.find_element(By.ID, "live-stop").click()
+    wait_text(browser, "live-status", "stopped")
+    assert errors_logged(browser) == []
+    assert requests_elsewhere(browser, plant.url) == []
+
+
 def test_plant_health_and_the_query_log(plant: Plant, browser: WebDriver) -> None:
     browser.find_element(By.CSS_SELECTOR, "#tabs button[data-tab=plant]").click()
     wait_text(browser, "health", "RDB nodes")
-    assert "rdb-console" in browser.find_element(By.ID, "health").text
+    assert {"rdb-console", "cep-console"} <= set(browser.find_element(By.ID, "health").text.split())
     browser.find_element(By.CSS_SELECTOR, "#tabs button[data-tab=log]").click()
     wait_text(browser, "log-status", "latest ")
     header, rows = grid(browser, "log-grid")
