@@ -143,7 +143,7 @@ function columnsOf(rows) {
 // -- the editor, completion, history ----------------------------------------
 
 const editor = CodeMirror.fromTextArea($("editor"), {
-  mode: "text/x-sql", lineNumbers: true, matchBrackets: true, indentWithTabs: false,
+  mode: "text/x-sql", lineNumbers: true, lineWrapping: true, matchBrackets: true, indentWithTabs: false,
   extraKeys: { "Ctrl-Enter": () => runQuery(), "Cmd-Enter": () => runQuery(), "Ctrl-Space": "autocomplete" },
   hintOptions: { tables: {}, completeSingle: false },
 });
