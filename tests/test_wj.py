@@ -166,7 +166,7 @@ def run_sql(catalog: Any, trades: pd.DataFrame, quotes: pd.DataFrame, lo: int, h
 tick = st.tuples(st.sampled_from([D1, D1, D2]), st.sampled_from(SYMS), st.integers(0, 24))
 
 
-@hsettings(max_examples=40, deadline=None, database=None)
+@hsettings(max_examples=30, deadline=None, database=None)
 @given(trades=st.lists(tick, min_size=1, max_size=25), quotes=st.lists(tick, min_size=1, max_size=60),
        lo=st.integers(-10, 6), width=st.integers(0, 12), unit=st.sampled_from([1, 1000, 250 * 10**6]))
 def test_wj_and_wj1_sql_match_numpy(catalog, trades, quotes, lo, width, unit):
