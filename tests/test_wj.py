@@ -18,6 +18,7 @@ import datetime as dt
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -245,23 +246,19 @@ USERS = {"users": {
 }}
 
 
-class Gateway:
-    """The gateway's app on a real uvicorn server in a thread, on a free port."""
-
-    def __init__(self, app: Any):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Gateway:
-        self.thread.start()
-        wait_until(lambda: self.server.started, 20, "uvicorn to start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
+@contextmanager
+def served(app: Any) -> Iterator[str]:
+    """``app`` on a real uvicorn server in a thread, on a free port: its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 20, "uvicorn to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
 
 
 @pytest.fixture(scope="module")
@@ -286,10 +283,10 @@ def plant(broker, catalog, tmp_path_factory) -> Iterator[tuple[Any, str, dict]]:
         wait_until(lambda: all(sum(worker.client.count(t, date=D2.isoformat()).values()) == len(f)
                                for t, f in zip(("trade", "quote"), days[D2], strict=True)),
                    60, "today in the RDB", worker.log_tail)
-        with Gateway(create_app(settings, users=Users.from_dict(USERS))) as gw, \
-                Client(gw.url, api_key="ops-key-000000000", timeout=60) as ops:
+        with served(create_app(settings, users=Users.from_dict(USERS))) as url, \
+                Client(url, api_key="ops-key-000000000", timeout=60) as ops:
             wait_until(lambda: ops.health()["rdb_nodes"], 30, "the gateway to see the RDB")
-            yield settings, gw.url, days
+            yield settings, url, days
     finally:
         worker.stop()
 
