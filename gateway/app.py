@@ -6,7 +6,7 @@ what, asks them, and joins the answers. Ours does the same over HTTP:
     GET  /v1/health                  the plant as the gateway sees it
     GET  /v1/tables                  tables, columns, days in the RDB and the HDB
     POST /v1/sql  {"query": "..."}   a ClickHouse SELECT; ``trade`` = today + history, with ``date``
-    GET  /v1/rows/{table} (/v1/trades, /v1/quotes), /v1/last, /v1/bars, /v1/vwap, /v1/aj, /v1/black_scholes
+    GET  /v1/rows/{table} (/v1/trades, /v1/quotes), /v1/last, /v1/bars, /v1/vwap, /v1/aj, /v1/wj, /v1/black_scholes
                                      named queries
     WS   /v1/ws, GET /v1/subscribe/{source}                           live subscriptions
     GET  /console, /docs, /openapi.json   the web console, the OpenAPI page (gateway/console.py)
@@ -40,7 +40,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from gateway import named, output, querylog
+from gateway import named, output, querylog, windowjoin
 from gateway.auth import Unauthorized, User, Users, UsersFile
 from gateway.console import mount_console
 from gateway.engine import Answer, Engine, Plan, QueryFailed
@@ -450,6 +450,22 @@ def _named_routes(app: FastAPI, gw: Gateway) -> None:
            limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
         return gw.run_named(user, "aj", request, lambda: named.aj_query(
             syms, start, end, columns("trade"), columns("quote"), columns_, quote_columns, today()),
+            limit=limit, timeout=timeout, fmt=format)
+
+    @app.get("/v1/wj", summary="kdb+'s window join: aggregates of each trade's sym's quotes in a window around it")
+    def wj(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
+           end: str | None = end_q,
+           lo: str | None = Query(None, description="window start, from each trade's time: -2s, -500ms, 0, "
+                                                    "-0D00:00:02 (a bare number: ms)"),
+           hi: str | None = Query(None, description="window end, from each trade's time (included)"),
+           aggs: str | None = Query(None, description="[name:]function:quote column, comma-separated: "
+                                                      "count, first, last, min, max, avg, sum (e.g. max:ask,min:bid)"),
+           mode: str | None = Query(None, description="wj (default: the quote prevailing at the start counts) "
+                                                      "or wj1 (only quotes in the window)"),
+           columns_: str | None = Query(None, alias="columns", description="trade columns"),
+           limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
+        return gw.run_named(user, "wj", request, lambda: windowjoin.wj_query(
+            gw.catalog["trade"], gw.catalog["quote"], syms, start, end, lo, hi, aggs, mode, columns_, today()),
             limit=limit, timeout=timeout, fmt=format)
 
     calendar = TradingCalendar.from_settings(gw.settings)

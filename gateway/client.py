@@ -155,6 +155,15 @@ class Client:
         return self._named("/v1/aj", limit, timeout, syms=syms, start=start, end=end, columns=columns,
                            quote_columns=quote_columns)
 
+    def wj(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None, *,
+           lo: str | int, hi: str | int, aggs: Sequence[str] | str, mode: str = "wj",
+           columns: Sequence[str] | None = None, limit: int | None = None, timeout: float | None = None) -> pa.Table:
+        """kdb+'s window join: each trade with ``aggs`` (``"max:ask"``, ``"lo_bid:min:bid"``,
+        ``"count"``) over its sym's quotes in ``[time + lo, time + hi]`` (``"-2s"``, ``"500ms"``; a
+        number: ms); ``mode="wj1"``: only the quotes in the window, not the one prevailing at its start."""
+        return self._named("/v1/wj", limit, timeout, syms=syms, start=start, end=end, lo=str(lo), hi=str(hi),
+                           aggs=aggs, mode=mode, columns=columns)
+
     def tables(self) -> list[dict[str, Any]]:
         return self._send("GET", "/v1/tables").json()["tables"]
 
