@@ -289,7 +289,7 @@ def test_server_sent_events_and_errors(settings: Settings, catalog: SchemaCatalo
         assert json.loads(ws.recv(timeout=10))["reason"].startswith("bad JSON")
         ws.send(json.dumps({"op": "subscribe", "source": "nosuch", "syms": ["AAPL"]}))
         error = json.loads(ws.recv(timeout=10))
-        assert error == {"type": "error", "source": "nosuch",
+        assert error == {"type": "error", "source": "nosuch", "status": 404,
                          "reason": f"unknown source 'nosuch'; sources: {sources}"}
         ws.send(json.dumps({"op": "subscribe", "source": "trade", "syms": "AAPL"}))  # a string is a list
         assert subscribe_reply(ws)["type"] == "snapshot"
@@ -393,7 +393,7 @@ def test_authorize_refuses_a_source_over_websocket_and_sse(settings: Settings, c
         with connect(gateway.ws_url) as ws:
             ws.send(json.dumps({"op": "subscribe", "source": "quote", "syms": ["IBM"]}))
             assert json.loads(ws.recv(timeout=10)) == {
-                "type": "error", "source": "quote", "reason": "not authorized for 'quote': quotes are for alice only"}
+                "type": "error", "source": "quote", "status": 403, "reason": "not authorized for 'quote': quotes are for alice only"}
             assert subscribe(ws, "trade", ["IBM"])["rows"] == []
             assert gateway.hub.upstream_count == 1  # the refused one never got an upstream
         with connect(gateway.ws_url, additional_headers={"x-user": "alice"}) as ws:
