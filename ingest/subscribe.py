@@ -117,13 +117,13 @@ class Subscription:
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.errors.append(f"{self.topic}: {err}")
                 continue
-            self.positions[msg.partition()] = msg.offset() + 1
+            _, part, offset = position(msg)
+            self.positions[part] = offset + 1
             if control_of(msg.headers()):
                 if self.intake is not None:
                     self.days = read_day_state(self.settings)  # the day the rows after it belong to
                 continue
             if self.intake is not None and self.days is not None:
-                _, part, offset = position(msg)
                 rows = self.intake.rows(self.table, part, offset, msg.value(), self.days.date_of(self.table, part, offset))
                 if self.intake.pending:
                     self.errors.append(f"{self.topic}[{part}]@{offset}: {self.intake.pending.popitem()[1][0][2]}")
@@ -132,7 +132,7 @@ class Subscription:
                 try:
                     _, rows = self.decoder.decode(msg.value())
                 except ValueError as exc:
-                    self.errors.append(f"{self.topic}[{msg.partition()}]@{msg.offset()}: {exc}")
+                    self.errors.append(f"{self.topic}[{part}]@{offset}: {exc}")
                     continue
             if self.syms is None:
                 out.extend(rows)

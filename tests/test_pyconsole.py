@@ -1,0 +1,188 @@
+"""Users' own tools on a real plant: ``Client.subscribe`` (resuming across a killed gateway and a
+dropped connection), the ``%%tp`` IPython magic, and the ``tickplant sql`` console.
+
+Two ``tickplant gateway run`` processes, each on its own loopback address, on the session's
+broker with a users file: alice may read every table whole, bob only some of trade's columns
+(so he may query trade but not subscribe to it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from procs import plant_env, wait_until
+
+from gateway.client import Client, GatewayError
+from gateway.subscribe_client import Batch
+from ingest.eod import open_first_day
+from ingest.publisher import Tickerplant
+from ingest.schemas import SchemaCatalog
+from ingest.topics import partition_for
+from tickplant.config import Settings
+from tickplant.kafka.broker import EmbeddedKafka, free_port
+
+ALICE = "alice-key-0123456789abcdef"
+BOB = "bob-key-0123456789abcdef0"
+USERS = f"""
+[users.alice]
+keys = ["{ALICE}"]
+tables = {{ "*" = {{}} }}
+
+[users.bob]
+keys = ["{BOB}"]
+[users.bob.tables.trade]
+columns = ["time", "sym", "price"]
+"""
+
+
+@dataclass
+class Plant:
+    settings: Settings
+    catalog: SchemaCatalog
+    urls: list[str]
+    procs: dict[str, subprocess.Popen]
+    env: dict[str, str]
+
+    def kill(self, url: str) -> None:
+        proc = self.procs[url]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with Client(url, api_key=ALICE, timeout=5) as client:
+            return client.sql("SELECT 1 AS x").to_pylist() == [{"x": 1}]
+    except GatewayError:
+        time.sleep(0.2)
+        return False
+
+
+@pytest.fixture(scope="module")
+def plant(broker: EmbeddedKafka, catalog: SchemaCatalog, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
+    root = tmp_path_factory.mktemp("pyconsole")
+    settings = broker.settings.replace(topic_prefix=f"pc{uuid.uuid4().hex[:8]}.", data_dir=root / "shared")
+    open_first_day(settings, catalog)
+    users = root / "users.toml"
+    users.write_text(USERS)
+    port = free_port()
+    procs: dict[str, subprocess.Popen] = {}
+    urls = [f"http://{host}:{port}" for host in ("127.0.0.2", "127.0.0.3")]
+    env = {**plant_env(settings), "TICKPLANT_GATEWAY_USERS_FILE": str(users)}
+    try:
+        for n, url in enumerate(urls):
+            host_env = {**env, "TICKPLANT_DATA_DIR": str(root / f"host{n}"),
+                        "TICKPLANT_GATEWAY_HOST": url.split("//")[1].split(":")[0], "TICKPLANT_GATEWAY_PORT": str(port),
+                        "TICKPLANT_INTERNAL_SECRET": "one-secret-for-the-plant"}
+            log = open(root / f"gateway-{n}.log", "wb")
+            procs[url] = subprocess.Popen([sys.executable, "-m", "tickplant", "gateway", "run", "--id", f"gw-{n}"],
+                                          env=host_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        for url in urls:
+            wait_until(lambda u=url: _answers(u), 90, f"the gateway at {url}",
+                       lambda: (root / "gateway-0.log").read_text()[-2000:])
+        yield Plant(settings, catalog, urls, procs, env)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def trade(i: int, sym: str) -> dict[str, Any]:
+    return {"time": time.time_ns(), "sym": sym, "price": 100.0 + i / 100, "size": i, "exchange": "N", "cond": ""}
+
+
+class Collector(threading.Thread):
+    """Iterates a subscription in the background, keeping every batch."""
+
+    def __init__(self, sub: Any):
+        super().__init__(daemon=True)
+        self.sub = sub
+        self.batches: list[Batch] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for batch in self.sub:
+                self.batches.append(batch)
+        except BaseException as exc:  # the test reads it
+            self.error = exc
+
+    def sizes(self) -> list[int]:
+        return [r["size"] for b in self.batches if b.kind == "update" for r in b.rows]
+
+
+def test_subscribe_resumes_across_a_killed_gateway_and_a_dropped_connection_each_row_once(plant: Plant) -> None:
+    syms = ["AAPL", "MSFT", "IBM"]
+    with Client(plant.urls, api_key=ALICE) as client, client.subscribe("trade", ["AAPL", "MSFT"]) as sub:
+        first = sub.next(timeout=0)
+        assert first is not None and first.kind == "snapshot" and first.source == "trade"
+        collector = Collector(sub)
+        collector.start()
+        rows = [trade(i, syms[i % 3]) for i in range(600)]
+        want = [r["size"] for r in rows if r["sym"] != "IBM"]
+        with Tickerplant(plant.settings, plant.catalog, mode="zero") as tp:
+            def publish(part: list[dict[str, Any]]) -> None:
+                for k in range(0, len(part), 20):
+                    tp.publish_rows("trade", part[k:k + 20])
+                    tp.flush()
+                    time.sleep(0.01)
+
+            publish(rows[:200])
+            wait_until(lambda: len(collector.sizes()) >= 60, 30, "rows through the first gateway",
+                       lambda: str(collector.error))
+            serving = sub.url
+            feeder = threading.Thread(target=publish, args=(rows[200:400],))
+            feeder.start()
+            plant.kill(serving)  # mid-stream: rows keep coming while the client finds the other gateway
+            feeder.join()
+            wait_until(lambda: sub.reconnects >= 1, 30, "the subscription to resume", lambda: str(collector.error))
+            assert sub.url != serving
+            # now the connection itself drops (a proxy cut it): the same gateway takes the resume
+            publish(rows[400:500])
+            sub._ws.socket.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+            publish(rows[500:])
+            wait_until(lambda: len(collector.sizes()) >= len(want), 30, "every row",
+                       lambda: f"{len(collector.sizes())} of {len(want)}; {collector.error}")
+    collector.join(10)
+    assert collector.error is None, collector.error
+    assert sub.reconnects == 2
+    got = collector.sizes()
+    assert sorted(got) == want  # each row once
+    for sym in ("AAPL", "MSFT"):  # a sym's rows in publish order (a sym lives in one partition)
+        mine = [r["size"] for b in collector.batches if b.kind == "update" for r in b.rows if r["sym"] == sym]
+        assert mine == [r["size"] for r in rows if r["sym"] == sym]
+    assert not [b for b in collector.batches if b.kind == "snapshot"]  # resumed: no second snapshot
+    frame = collector.batches[-1].to_pandas()
+    assert str(frame["time"].dtype) == "datetime64[ns, UTC]" and set(frame["sym"]) <= {"AAPL", "MSFT"}
+
+
+def test_subscribe_refusals_raise_gateway_error(plant: Plant) -> None:
+    live = [u for u in plant.urls if plant.procs[u].poll() is None]
+    with Client(live, api_key=BOB) as bob, pytest.raises(GatewayError) as refused:
+        bob.subscribe("trade", ["AAPL"])
+    assert refused.value.status == 403 and "not authorized for 'trade'" in refused.value.reason
+    with Client(live, api_key=ALICE) as alice:
+        with pytest.raises(GatewayError) as unknown:
+            alice.subscribe("trades")
+        assert unknown.value.status == 404 and "unknown source 'trades'" in unknown.value.reason
+        with pytest.raises(GatewayError) as beyond:
+            alice.subscribe("trade", ["AAPL"], resume={partition_for("AAPL", plant.settings.partitions): 10**12})
+        assert beyond.value.status == 400 and "is outside the log" in beyond.value.reason
+    with Client(live) as nobody, pytest.raises(GatewayError) as anonymous:
+        nobody.subscribe("trade")
+    assert anonymous.value.status == 401
