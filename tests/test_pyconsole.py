@@ -186,3 +186,33 @@ def test_subscribe_refusals_raise_gateway_error(plant: Plant) -> None:
     with Client(live) as nobody, pytest.raises(GatewayError) as anonymous:
         nobody.subscribe("trade")
     assert anonymous.value.status == 401
+
+
+def test_tp_cell_magic_in_a_real_ipython_shell(plant: Plant, monkeypatch: pytest.MonkeyPatch) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    live = [u for u in plant.urls if plant.procs[u].poll() is None]
+    monkeypatch.setenv("TICKPLANT_GATEWAY_URL", ",".join(live))
+    monkeypatch.setenv("TICKPLANT_API_KEY", ALICE)
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_line_magic("load_ext", "gateway.magic")
+        # the gateway from the environment
+        answer = shell.run_cell("%%tp squares --limit 10\nSELECT arrayJoin([1, 2, 3]) AS n, n * n AS sq\n;\n")
+        assert answer.success, answer.error_in_exec
+        assert answer.result.to_dict("list") == {"n": [1, 2, 3], "sq": [1, 4, 9]}
+        assert shell.user_ns["squares"] is answer.result
+        tables = shell.run_cell("%%tp\nSELECT name FROM (SELECT 'trade' AS name UNION ALL SELECT 'quote') ORDER BY name")
+        assert list(tables.result["name"]) == ["quote", "trade"]
+        # %tp_connect switches user: bob may not read quote; one line, and the cell fails
+        shell.run_line_magic("tp_connect", f"{live[0]} --key {BOB}")
+        refused = shell.run_cell("%%tp\nSELECT bid FROM quote WHERE date = today()")
+        assert not refused.success
+        error = str(refused.error_in_exec)
+        assert error.startswith("403 ") and "quote" in error and "\n" not in error
+        assert refused.error_in_exec._render_traceback_() == [f"tickplant: {error}"]
+        bad = shell.run_cell("%%tp --rows 3\nSELECT 1")
+        assert not bad.success and "unknown option --rows" in str(bad.error_in_exec)
+    finally:
+        shell.run_line_magic("unload_ext", "gateway.magic")
+        InteractiveShell.clear_instance()
