@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -216,3 +217,70 @@ def test_tp_cell_magic_in_a_real_ipython_shell(plant: Plant, monkeypatch: pytest
     finally:
         shell.run_line_magic("unload_ext", "gateway.magic")
         InteractiveShell.clear_instance()
+
+
+def test_sql_console_through_prompt_toolkit_pipes(plant: Plant, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from prompt_toolkit.completion import CompleteEvent
+    from prompt_toolkit.document import Document
+    from prompt_toolkit.history import FileHistory
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from gateway.sqlconsole import Console, interact, make_session
+
+    live = [u for u in plant.urls if plant.procs[u].poll() is None]
+    history = tmp_path / "history"
+    with Client(live, api_key=ALICE) as client, create_pipe_input() as keys:
+        console = Console(client)
+        session = make_session(console, str(history), input=keys, output=DummyOutput())
+        complete = session.completer
+
+        def words(text: str) -> list[str]:
+            return [c.text for c in complete.get_completions(Document(text), CompleteEvent())]
+
+        assert "price" in words("SELECT pri") and "trade" in words("SELECT * FROM tra")
+        assert words("SELECT trade.si") == ["size"]
+        assert "toStartOfMinute" in words("SELECT toStartOfMin")
+        assert "file" not in words("SELECT fil")  # a denied function is not offered
+        def type_keys() -> None:
+            keys.send_text("SELECT arrayJoin([1, 2, 3]) AS n,\r"   # Enter without ';': the statement goes on
+                           "  n * 10 AS tens;\r"
+                           "SELECT nosuchfunction(1);\r"
+                           "\\tables\r"
+                           "\\form\t")                              # Tab completes the command
+            wait_until(lambda: session.default_buffer.text == "\\format", 10, "Tab to complete \\form")
+            keys.send_text(" csv\r"
+                           "SELECT 'a,b' AS s;\r"
+                           "\\format yaml\r"
+                           "\\q\r"
+                           "SELECT 'never run' AS x;\r")
+
+        typist = threading.Thread(target=type_keys, daemon=True)
+        typist.start()
+        interact(console, session)
+        typist.join(10)
+    out, err = capsys.readouterr()
+    assert [line.split() for line in out.splitlines()[:6]] == [
+        ["n", "tens"], ["-", "----"], ["1", "10"], ["2", "20"], ["3", "30"], ["3", "row(s)"]]
+    assert out.count("Time: ") == 2 and "never run" not in out
+    assert 'format: csv\n"s"\n"a,b"\n' in out
+    assert any(line.startswith("trade ") for line in out.splitlines()) and "quote" in out
+    errors = err.splitlines()
+    assert len(errors) == 2 and errors[0].startswith("error: 400 ") and "nosuchfunction" in errors[0]
+    assert errors[1] == "error: \\format takes one of table, csv, json, not 'yaml'"
+    assert console.failed == 2
+    kept = list(FileHistory(str(history)).load_history_strings())  # newest first, as Up recalls them
+    assert kept[-1] == "SELECT arrayJoin([1, 2, 3]) AS n,\n  n * 10 AS tens;" and kept[0] == "\\q"
+
+
+def test_sql_console_reads_a_pipe_without_prompting(plant: Plant) -> None:
+    live = [u for u in plant.urls if plant.procs[u].poll() is None]
+    script = "\\format json\nSELECT 1 AS one;\nSELECT bid FROM quote WHERE date = today();\nSELECT 2\n  AS two"
+    done = subprocess.run([sys.executable, "-m", "tickplant", "sql", "--url", ",".join(live), "--key", BOB],
+                          input=script, env=plant.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr  # one statement was refused
+    assert done.stdout.splitlines() == ['{"one": 1}', '{"two": 2}']  # answers only: the times are on stderr
+    errors = [line for line in done.stderr.splitlines() if not line.startswith(("Time: ", "format: json"))]
+    assert len(errors) == 1 and errors[0].startswith("error: 403 ") and "quote" in errors[0]
+    assert done.stderr.count("Time: ") == 2
