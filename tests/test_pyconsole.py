@@ -7,6 +7,7 @@ broker with a users file: alice may read every table whole, bob only some of tra
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from procs import plant_env, wait_until
 
@@ -284,3 +286,42 @@ def test_sql_console_reads_a_pipe_without_prompting(plant: Plant) -> None:
     errors = [line for line in done.stderr.splitlines() if not line.startswith(("Time: ", "format: json"))]
     assert len(errors) == 1 and errors[0].startswith("error: 403 ") and "quote" in errors[0]
     assert done.stderr.count("Time: ") == 2
+
+
+def test_a_kept_position_resumes_over_sse_and_in_a_new_client(plant: Plant) -> None:
+    live = [u for u in plant.urls if plant.procs[u].poll() is None]
+    rows = [trade(10_000 + i, "AAPL") for i in range(30)]
+    with Client(live, api_key=ALICE) as client:
+        with client.subscribe("trade", ["AAPL"]) as sub:
+            snapshot = sub.next(timeout=0)
+            assert snapshot is not None and snapshot.kind == "snapshot" and snapshot.position
+            kept = dict(snapshot.position)
+        with Tickerplant(plant.settings, plant.catalog, mode="zero") as tp:
+            tp.publish_rows("trade", rows)
+            tp.flush()
+        sizes = [r["size"] for r in rows]
+        # a new subscription given the kept position: those rows, no snapshot
+        with client.subscribe("trade", ["AAPL"], resume=kept) as again:
+            got: list[int] = []
+            while len(got) < len(sizes):
+                batch = again.next(timeout=20)
+                assert batch is not None and batch.kind == "update", got
+                got += [r["size"] for r in batch.rows]
+            assert got == sizes
+        # the same over Server-Sent Events: ?resume=partition:offset,...
+        resume = ",".join(f"{p}:{o}" for p, o in kept.items())
+        with httpx.stream("GET", f"{live[0]}/v1/subscribe/trade", params={"syms": "AAPL", "resume": resume},
+                          headers={"Authorization": f"Bearer {ALICE}"}, timeout=20) as resp:
+            assert resp.status_code == 200
+            events: list[tuple[str, dict[str, Any]]] = []
+            event = ""
+            for line in resp.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    events.append((event, json.loads(line[6:])))
+                    if sum(len(m.get("rows", [])) for _, m in events) >= len(sizes):
+                        break
+        assert events[0] == ("resumed", {"type": "resumed", "source": "trade", "syms": ["AAPL"],
+                                         "position": {str(p): o for p, o in kept.items()}})
+        assert [r["size"] for kind, m in events[1:] if kind == "update" for r in m["rows"]] == sizes
