@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from procs import plant_env, wait_until
+from procs import plant_env, stop_group, wait_until
 
 from gateway.client import Client, GatewayError
 from gateway.subscribe_client import Batch
@@ -96,13 +96,7 @@ def plant(broker: EmbeddedKafka, catalog: SchemaCatalog, tmp_path_factory: pytes
         yield Plant(settings, catalog, urls, procs, env)
     finally:
         for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_group(proc)
 
 
 def trade(i: int, sym: str) -> dict[str, Any]:
