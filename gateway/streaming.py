@@ -16,7 +16,9 @@
   message, the event name being the message's type; before the stream starts,
   an unknown source (or its missing topic) is a 404, bad syms a 400, a broker
   failure a 503 (``{"error": ...}``). A dropped slow client gets its error
-  event, then the stream ends.
+  event, then the stream ends. An event with a position has it as its ``id``
+  (``0:17,3:5``), so a browser's EventSource, reconnecting with
+  ``Last-Event-ID``, resumes where it was (``resume`` given wins).
 
 ``authorize(request_or_websocket, source)`` (optional, may be a coroutine) is
 called before every subscription; raising refuses it (the exception's text,
@@ -81,6 +83,9 @@ def _refusal_status(exc: BaseException) -> int:
         text = str(exc)
         return 404 if text.startswith("unknown source") or text.endswith("does not exist") else 400
     return 403
+
+
+_POSITION = '"position":{'
 
 
 def _message_type(text: str) -> str:
@@ -192,7 +197,18 @@ async def _events(outbox: Outbox) -> AsyncIterator[str]:
             continue
         if text is None:
             return
-        yield f"event: {_message_type(text)}\ndata: {text}\n\n"
+        event_id = _event_id(text)
+        yield f"event: {_message_type(text)}\n{event_id}data: {text}\n\n"
+
+
+def _event_id(text: str) -> str:
+    """``id: 0:17,3:5\n`` from a message's position, found without a parse: it precedes the
+    rows, and the only text before it is the source's and syms' (quoted) names."""
+    at = text.find(_POSITION)
+    if at < 0:
+        return ""
+    end = text.find("}", at)
+    return "id: " + text[at + len(_POSITION):end].replace('"', "") + "\n"
 
 
 class _EventStream(StreamingResponse):
@@ -239,7 +255,7 @@ def make_router(hub: Hub, authorize: Authorize | None = None,
             return JSONResponse({"error": f"not authorized for {source!r}: {_reason(exc)}"}, status_code=403)
         outbox = hub.connect()
         try:
-            await hub.subscribe(outbox, source, syms, resume or None)
+            await hub.subscribe(outbox, source, syms, resume or request.headers.get("last-event-id") or None)
         except (SourceError, UpstreamError) as exc:
             hub.disconnect(outbox)
             return JSONResponse({"error": str(exc)}, status_code=_refusal_status(exc))

@@ -155,6 +155,8 @@ class LiveSubscription:
         if self._ws is not None:
             self._ws.close()
         self._ws, self.url = ws, url
+        if self._closed:  # closed from another thread while this connection was being made
+            ws.close()
         if reply is not None:
             self._ready.append(reply)
 

@@ -307,15 +307,36 @@ def test_a_kept_position_resumes_over_sse_and_in_a_new_client(plant: Plant) -> N
         with httpx.stream("GET", f"{live[0]}/v1/subscribe/trade", params={"syms": "AAPL", "resume": resume},
                           headers={"Authorization": f"Bearer {ALICE}"}, timeout=20) as resp:
             assert resp.status_code == 200
-            events: list[tuple[str, dict[str, Any]]] = []
-            event = ""
+            events: list[tuple[str, str, dict[str, Any]]] = []
+            event = event_id = ""
             for line in resp.iter_lines():
                 if line.startswith("event: "):
                     event = line[7:]
+                elif line.startswith("id: "):
+                    event_id = line[4:]
                 elif line.startswith("data: "):
-                    events.append((event, json.loads(line[6:])))
-                    if sum(len(m.get("rows", [])) for _, m in events) >= len(sizes):
+                    events.append((event, event_id, json.loads(line[6:])))
+                    if sum(len(m.get("rows", [])) for _, _, m in events) >= len(sizes):
                         break
-        assert events[0] == ("resumed", {"type": "resumed", "source": "trade", "syms": ["AAPL"],
-                                         "position": {str(p): o for p, o in kept.items()}})
-        assert [r["size"] for kind, m in events[1:] if kind == "update" for r in m["rows"]] == sizes
+        assert events[0] == ("resumed", resume, {"type": "resumed", "source": "trade", "syms": ["AAPL"],
+                                                 "position": {str(p): o for p, o in kept.items()}})
+        assert [r["size"] for kind, _, m in events[1:] if kind == "update" for r in m["rows"]] == sizes
+        # each event's id is its position: EventSource's Last-Event-ID resumes after it
+        last_id = events[-1][1]
+        assert last_id == ",".join(f"{p}:{o}" for p, o in events[-1][2]["position"].items()) != resume
+        with Tickerplant(plant.settings, plant.catalog, mode="zero") as tp:
+            tp.publish_rows("trade", [trade(20_000, "AAPL")])
+            tp.flush()
+        with httpx.stream("GET", f"{live[0]}/v1/subscribe/trade", params={"syms": "AAPL"}, timeout=20,
+                          headers={"Authorization": f"Bearer {ALICE}", "Last-Event-ID": last_id}) as resp:
+            data = [json.loads(line[6:]) for line in _first_lines(resp, 2) if line.startswith("data: ")]
+        assert data[0]["type"] == "resumed" and [r["size"] for r in data[1]["rows"]] == [20_000]
+
+
+def _first_lines(resp: httpx.Response, events: int) -> list[str]:
+    lines: list[str] = []
+    for line in resp.iter_lines():
+        lines.append(line)
+        if sum(x.startswith("data: ") for x in lines) == events:
+            break
+    return lines
