@@ -36,6 +36,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from gateway.client import GatewayError
+from gateway.watch import ws_url
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,6 @@ class Batch:
 
     def to_pandas(self) -> Any:
         return self.to_arrow().to_pandas()
-
-
-def ws_url(url: str) -> str:
-    """The gateway's WebSocket route at ``url`` (http -> ws, https -> wss)."""
-    if url.startswith("https://"):
-        return "wss://" + url[len("https://"):] + "/v1/ws"
-    if url.startswith("http://"):
-        return "ws://" + url[len("http://"):] + "/v1/ws"
-    raise GatewayError(400, f"gateway URL must start with http:// or https://, not {url!r}")
 
 
 class LiveSubscription:

@@ -267,6 +267,7 @@ def test_server_sent_events_and_errors(settings: Settings, catalog: SchemaCatalo
             assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
             lines = resp.iter_lines()
             assert next(lines) == "event: snapshot"
+            assert next(lines).startswith("id: ")  # its position: where Last-Event-ID resumes
             assert json.loads(next(lines).removeprefix("data: "))["rows"] == []
             quotes = [{"time": T0 + i, "sym": s, "bid": 1.0 + i, "ask": 1.1 + i, "bsize": 1, "asize": 2,
                        "exchange": "N"} for i, s in enumerate(["IBM", "ZZZ", "IBM"])]
