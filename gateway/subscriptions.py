@@ -39,7 +39,7 @@ real-time engine's derived topic ``<prefix>rte.<name>``), for a set of syms.
   "slow consumer: ..."}``, its subscriptions are released, and the others'
   delivery never waits on it (putting into an outbox never blocks).
 - **A client that falls behind gets bigger messages, not more.** Updates of
-  one source waiting in an outbox go out merged into one message (up to
+  one subscription waiting in an outbox go out merged into one message (up to
   ``MERGE_ROWS`` rows), so the per-message cost is paid once per send; a
   client that keeps up gets each batch alone, at once.
 - **Cancellation is immediate.** Unsubscribing or disconnecting detaches the
