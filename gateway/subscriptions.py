@@ -175,7 +175,7 @@ class Outbox:
     async def get(self) -> str | None:
         """The next message to send; None once the outbox is closed and drained.
 
-        Updates of one source waiting back to back go out as one message (up to
+        Updates of one subscription waiting back to back go out as one message (up to
         ``MERGE_ROWS`` rows): a client that falls behind gets fewer, larger
         messages instead of paying the per-message cost for each; one that keeps
         up gets each update alone, at once."""
