@@ -563,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_watch_commands(sub, common)
 
+    from gateway.sqlconsole import add_commands as add_sql_commands
+
+    add_sql_commands(sub, common)
+
     from tickplant.aws.cli import add_commands as add_aws_commands
 
     add_aws_commands(sub, common)
