@@ -151,7 +151,7 @@ class RdbViews:
 
     async def local_ipc(self, kind: str, table: str, request: Any) -> bytearray:
         """This worker's own rows (``local=1``: the gateway routes) as an Arrow stream, read
-        and serialised in one executor call: a thread hand-off each cost ~0.5 ms under load."""
+        and serialised in one executor call: each thread hand-off waits for a CPU under load."""
         query = self.parse(table, request)
         schema = self.worker.catalog[table].stored_schema  # with seq
         shards = self.held(table, request.query.get("partitions"))

@@ -355,7 +355,7 @@ class Shard:
     def _disk_chunks(self, date: str, syms: list[str] | None) -> dict[str, list[pa.Table]]:
         """The day's chunks on disk by sym. One RocksDB iterator for the whole read, moved
         from sym to sym (a day's syms are contiguous keys: all of them are one sweep): a
-        fresh iterator per sym cost ~15 us, as much as reading a sym's chunk."""
+        fresh iterator per sym costs as much as reading a sym's chunk."""
         by_sym: dict[str, list[pa.Table]] = {}
         it = self.db.iter()
         # all syms: one sweep of the day, each chunk's sym read off its key

@@ -1,15 +1,13 @@
 """What the RDB and the CEP workers share: a group kept by Faust, a reader thread, the day.
 
-A Faust event per Kafka message caps a worker at a few thousand messages a
-second (zero-latency mode sends a message per row), so a worker's rows are
-read by a plain consumer thread that takes at once whatever is fetched; Faust
-keeps the group on a membership topic, its rebalances, the HTTP views and the
-timers (streams/group.py). A role says what a partition of the group holds,
-where its reader starts and what it does with a read; this module does the rest
-the same way for both: who holds what, the read loop, the fences' days, the
-housekeeping timer and the metadata record it publishes.
+A Faust event per Kafka message costs more than a zero-latency stream (a message
+per row) leaves, so a worker's rows are read by a plain consumer thread that takes
+at once whatever is fetched; Faust keeps the group on a membership topic, its
+rebalances, the HTTP views and the timers (streams/group.py). A role says what a
+partition of the group holds, where its reader starts and what it does with a read;
+the rest is done here the same way for both: who holds what, the read loop, the
+fences' days, the housekeeping timer and the metadata record it publishes.
 """
-
 from __future__ import annotations
 
 import asyncio
