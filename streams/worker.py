@@ -8,6 +8,7 @@ partition of the group holds, where its reader starts and what it does with a re
 the rest is done here the same way for both: who holds what, the read loop, the
 fences' days, the housekeeping timer and the metadata record it publishes.
 """
+
 from __future__ import annotations
 
 import asyncio
