@@ -18,7 +18,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from gateway.subscriptions import MERGE_ROWS, Outbox, dumps
-from streams.rdb import LatencySample
+from streams.latency import LatencySample
 
 # a message: an update of a subscription with some rows, or a control message (no rows);
 # a subscription is a source and its syms; one read from the log stamps its updates with
