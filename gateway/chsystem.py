@@ -236,7 +236,7 @@ def _system_tables(tables: dict[str, pa.Schema], settings: list[Setting]) -> dic
                                 "comment": "", "is_in_partition_key": 0, "is_in_sorting_key": 0,
                                 "is_in_primary_key": 0, "is_in_sampling_key": 0, "compression_codec": "",
                                 "numeric_precision": None, "numeric_scale": None, "datetime_precision": None,
-                                "character_octet_length": None})
+                                "numeric_precision_radix": None, "character_octet_length": None})
     catalog = functions.catalog()
     fn_rows = [{"name": f.name, "is_aggregate": int(f.kind == "aggregate"), "case_insensitive": int(f.case_insensitive),
                 "alias_to": f.alias_to, "create_query": "", "origin": "System", "description": ""}
@@ -264,7 +264,7 @@ _COLUMNS_SCHEMA = pa.schema([
     ("comment", pa.string()), ("is_in_partition_key", pa.uint8()), ("is_in_sorting_key", pa.uint8()),
     ("is_in_primary_key", pa.uint8()), ("is_in_sampling_key", pa.uint8()), ("compression_codec", pa.string()),
     ("numeric_precision", pa.uint64()), ("numeric_scale", pa.uint64()), ("datetime_precision", pa.uint64()),
-    ("character_octet_length", pa.uint64()),
+    ("numeric_precision_radix", pa.uint64()), ("character_octet_length", pa.uint64()),
 ])
 
 

@@ -302,6 +302,7 @@ def _go_probe() -> Path:
     return out
 
 
+@pytest.mark.timeout(900)  # the first run downloads the driver's modules and builds the program
 def test_go_driver_over_http(plant):
     probe = _go_probe()
     sql = "SELECT sym, count() AS n, max(price) AS high FROM trade WHERE date = today() GROUP BY sym ORDER BY sym"
@@ -311,7 +312,7 @@ def test_go_driver_over_http(plant):
     assert out.returncode == 0, out.stdout + out.stderr
     assert lines[0] == "ping ok" and lines[1].startswith("version ")
     assert lines[2] == "tables trade"  # bob's tables only
-    assert lines[3] == "columns sym:String,n:UInt64,high:Float64"
+    assert lines[3] == "columns sym:LowCardinality(String),n:UInt64,high:Float64"
     today = plant.trades(D2).groupby("sym").agg(n=("size", "size"), high=("price", "max")).reset_index()
     first = today.iloc[0]
     assert lines[4] == f"row {first.sym}|{first.n}|{first.high}"
@@ -333,6 +334,7 @@ def _jdbc_classpath() -> str:
     return os.pathsep.join(str(p) for p in sorted(jars.glob("*.jar")))
 
 
+@pytest.mark.timeout(900)  # the first run fetches the driver's jars from Maven Central
 def test_jdbc_driver(plant):
     classpath = _jdbc_classpath()
     url = f"jdbc:clickhouse://{plant.host}:{plant.port}/default"
@@ -341,7 +343,8 @@ def test_jdbc_driver(plant):
                           ALICE_KEY, sql], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
-    assert "tables trade" in lines, out.stdout  # alice: trade only
+    assert "tables quote,trade" in lines, out.stdout  # alice's tables
+    assert "columns time:DateTime64(9, 'UTC'),sym:String,price:Float64,size:Int64,date:Date32" in lines  # her columns
     visible = pd.concat([plant.trades(D2)])
     visible = visible[visible.exchange.isin(["N", "Q"])]
     counts = visible.sym.value_counts().sort_index()
