@@ -326,12 +326,17 @@ def test_go_driver_over_http(plant):
 
 
 def _jdbc_classpath() -> str:
-    """clickhouse-jdbc 0.10.0 and its dependencies from Maven Central (tests/jdbc/pom.xml), once."""
+    """clickhouse-jdbc 0.10.0 and its dependencies from Maven Central (tests/jdbc/pom.xml), and
+    tests/jdbc/Probe.java compiled against them, once."""
     jars = CLIENTS / "jdbc"
     if not (jars / "jdbc-v2-0.10.0.jar").exists():
         subprocess.run(["mvn", "-q", "-B", "-f", str(REPO / "tests" / "jdbc" / "pom.xml"),
                         "dependency:copy-dependencies", f"-DoutputDirectory={jars}"], check=True, timeout=600)
-    return os.pathsep.join(str(p) for p in sorted(jars.glob("*.jar")))
+    classpath = os.pathsep.join(str(p) for p in sorted(jars.glob("*.jar")))
+    source, classes = REPO / "tests" / "jdbc" / "Probe.java", CLIENTS / "jdbc-probe"
+    if not (classes / "Probe.class").exists() or (classes / "Probe.class").stat().st_mtime < source.stat().st_mtime:
+        subprocess.run(["javac", "-cp", classpath, "-d", str(classes), str(source)], check=True, timeout=300)
+    return classpath + os.pathsep + str(classes)
 
 
 @pytest.mark.timeout(900)  # the first run fetches the driver's jars from Maven Central
@@ -339,7 +344,7 @@ def test_jdbc_driver(plant):
     classpath = _jdbc_classpath()
     url = f"jdbc:clickhouse://{plant.host}:{plant.port}/default"
     sql = "SELECT sym, count() AS n FROM trade WHERE date = today() GROUP BY sym ORDER BY sym"
-    out = subprocess.run(["java", "-cp", classpath, str(REPO / "tests" / "jdbc" / "Probe.java"), url, "alice",
+    out = subprocess.run(["java", "-cp", classpath, "Probe", url, "alice",
                           ALICE_KEY, sql], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()

@@ -1,7 +1,7 @@
 // The ClickHouse JDBC driver (com.clickhouse:clickhouse-jdbc 0.10.0) against the gateway's
 // ClickHouse HTTP interface: connect, list the tables through DatabaseMetaData, run the
 // query given, then a refused one; one fact per line for tests/test_clickhouse_http.py.
-// Run: java -cp <the driver's jars> Probe.java URL USER KEY QUERY
+// Run: java -cp <the driver's jars> Probe.java URL USER KEY QUERY (or compiled: javac, then java Probe)
 import java.sql.Connection;
 import java.sql.DatabaseMetaData;
 import java.sql.DriverManager;
