@@ -30,6 +30,7 @@ import base64
 import binascii
 import gzip
 import json
+import re
 import time
 import uuid
 import zlib
@@ -198,8 +199,15 @@ def authenticate(gw: Gateway, name: str | None, key: str | None) -> User:
     return user
 
 
+_BROWSING = re.compile(r"(?is)^\s*(SHOW|DESCRIBE|DESC)\s")
+_TRAILING_FORMAT = re.compile(r"(?is)^(.*?)\s+FORMAT\s+(\w+)\s*;?\s*$")
+
+
 def split_format(text: str) -> tuple[str, str | None]:
     """The statement without a trailing ``FORMAT x`` (and ``;``), and x."""
+    if _BROWSING.match(text):  # sqlglot reads these as one word and a string: no tokens to look at
+        found = _TRAILING_FORMAT.match(text)
+        return (found.group(1), found.group(2)) if found else (text, None)
     try:
         tokens = sqlglot.Dialect.get_or_raise(DIALECT).tokenize(text)
     except (TokenError, ParseError):
@@ -328,10 +336,14 @@ class ClickHouseDoor:
 
     def _run(self, user: User, sql: str, opts: Options) -> tuple[pa.Table, bool]:
         """The statement's rows, and whether the gateway's query log has it already."""
-        ast = chsystem.parse(sql)
+        ast = chsystem.parse(chsystem.as_select(sql))
         if ast is not None and chsystem.mentions_system(ast):
-            return chsystem.answer(ast, user, self.server, table_schemas(self.gw, user), settings_table(self.gw),
-                                   time.time), False
+            tables = table_schemas(self.gw, user)
+            rows = chsystem.answer(ast, user, self.server, tables, settings_table(self.gw), time.time)
+            described = chsystem.described(sql)
+            if described is not None and not rows.num_rows:  # as ClickHouse: no such table
+                raise SqlError(f"unknown table {described!r}; your tables: {', '.join(sorted(tables))}")
+            return rows, False
         try:
             answer, _, _ = self.gw.run(user, ENDPOINT, plant_statement(sql, ast), limit=opts.limit,
                                        timeout=opts.timeout)

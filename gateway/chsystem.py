@@ -18,6 +18,7 @@ browsing client sees the tables it can query.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,32 @@ def engine_server(started: float) -> Server:
         text = chdb.query("SELECT version(), revision()", "TSV").bytes().decode()
     version, revision = text.strip().split("\t")
     return Server(version, int(revision), started)
+
+
+_DESCRIBE = re.compile(r"(?is)^\s*(?:DESCRIBE|DESC)\s+(?:TABLE\s+)?(?:`?(\w+)`?\s*\.\s*)?`?(\w+)`?\s*;?\s*$")
+_SHOW_TABLES = re.compile(r"(?is)^\s*SHOW\s+TABLES(?:\s+(?:FROM|IN)\s+`?(\w+)`?)?\s*;?\s*$")
+_SHOW_DATABASES = re.compile(r"(?is)^\s*SHOW\s+DATABASES\s*;?\s*$")
+
+
+def as_select(sql: str) -> str:
+    """``DESCRIBE [TABLE] t``, ``SHOW TABLES [FROM db]`` and ``SHOW DATABASES`` (what clients
+    browse with) as the SELECT over ``system`` that answers them; any other text as it is."""
+    if match := _DESCRIBE.match(sql):
+        db, table = match.group(1) or DATABASE, match.group(2)
+        return ("SELECT name, type, '' AS default_type, '' AS default_expression, comment, "
+                "'' AS codec_expression, '' AS ttl_expression FROM system.columns "
+                f"WHERE database = '{db}' AND table = '{table}' ORDER BY position")
+    if match := _SHOW_TABLES.match(sql):
+        return f"SELECT name FROM system.tables WHERE database = '{match.group(1) or DATABASE}' ORDER BY name"
+    if _SHOW_DATABASES.match(sql):
+        return "SELECT name FROM system.databases ORDER BY name"
+    return sql
+
+
+def described(sql: str) -> str | None:
+    """The table a ``DESCRIBE`` names, or None for any other statement."""
+    match = _DESCRIBE.match(sql)
+    return match.group(2) if match else None
 
 
 def mentions_system(ast: exp.Expression) -> bool:

@@ -46,12 +46,8 @@ from test_entitlements import (
     UNKNOWN_TABLE,
     USERS_TOML,
 )
+from twodays import publish_two_days
 
-from ingest.eod import open_first_day, roll_day
-from ingest.feeds.synthetic import SyntheticMarket
-from ingest.publisher import Tickerplant
-from sinks.backfill import backfill
-from tickplant.clock import ManualClock
 from tickplant.kafka.broker import free_port
 
 T0 = int(dt.datetime(2026, 11, 22, 9, 30, tzinfo=dt.UTC).timestamp() * 1e9)
@@ -88,22 +84,7 @@ def plant(broker, catalog, tmp_path_factory) -> Plant:
     tmp = tmp_path_factory.mktemp("chhttp")
     settings = broker.settings.replace(topic_prefix=f"ch{uuid.uuid4().hex[:8]}.", data_dir=tmp / "plant",
                                        batch_interval_ms=20)
-    clock = ManualClock(T0)
-    open_first_day(settings, catalog, clock)
-    market = SyntheticMarket(syms=6, seed=7, clock=clock)
-    published: dict = {}
-    for day in (D1, D2):
-        if day == D2:
-            clock.advance(15 * 3600)
-            roll_day(settings, catalog, clock)
-            clock.advance(9 * 3600)
-        trades, quotes = market.events(600)
-        with Tickerplant(settings, catalog, mode="batch") as tp:
-            tp.publish_rows("quote", quotes)
-            tp.publish_rows("trade", trades)
-        published[day] = {"trade": trades, "quote": quotes}
-    for table in ("trade", "quote"):
-        backfill(settings, table, D1, catalog=catalog)
+    published = publish_two_days(settings, catalog, T0, (D1, D2), syms=6, seed=7, events=600)
     worker = Worker(settings, "rdb-ch1", tmp).start()
     users = tmp / "users.toml"
     users.write_text(USERS_TOML)
@@ -177,6 +158,10 @@ def test_clickhouse_connect_entitlements_and_refusal_reason(plant):
     cols = alice.query("SELECT name, type FROM system.columns WHERE table = 'trade' ORDER BY position").result_rows
     assert [c[0] for c in cols] == ["time", "sym", "price", "size", "date"]
     assert dict(cols)["price"] == "Float64" and dict(cols)["date"] == "Date32"
+    assert [r[:2] for r in alice.query("DESCRIBE TABLE default.trade").result_rows] == cols
+    assert [r[0] for r in alice.query("SHOW TABLES").result_rows] == ["quote", "trade"]
+    with pytest.raises(Exception, match=r"unknown table 'quote'; your tables: trade"):
+        bob.query("DESCRIBE quote")
     with pytest.raises(Exception, match="Authentication failed"):
         client(plant, "alice", BOB_KEY)  # bob's key is not alice's
 
@@ -247,7 +232,7 @@ def test_ping_formats_settings_and_auth_ways(plant):
 ANSWERED_HERE = {
     "SELECT * FROM system.tables", "SELECT * FROM `system`.`tables`", "SELECT version()", "SELECT currentUser()",
     "SELECT hostName()", "SELECT * FROM trade FORMAT JSON", "SELECT * FROM default.trade",
-    'SELECT * FROM "default"."trade"',
+    'SELECT * FROM "default"."trade"', "DESCRIBE trade", "SHOW TABLES",
 }
 # refused here with the door's own reason
 REASON_HERE = {
