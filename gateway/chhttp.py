@@ -46,7 +46,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from gateway import chcompress, chformats, chsystem, querylog
-from gateway.app import Gateway, _outcome, _status
+from gateway.app import Gateway, _outcome, _status, limit_body
 from gateway.auth import Unauthorized, User
 from gateway.sql import DIALECT, Forbidden, SqlError, render
 
@@ -382,6 +382,7 @@ def create_clickhouse_app(gw: Gateway) -> FastAPI:
     app = FastAPI(title="tickplant gateway: ClickHouse HTTP interface", docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.gateway = gw
+    app.add_middleware(limit_body, max_bytes=gw.settings.gateway_max_statement_bytes + 4096)
 
     @app.get("/ping")
     def ping() -> Response:

@@ -218,6 +218,11 @@ def test_ping_formats_settings_and_auth_ways(plant):
     # limits: a client may lower the gateway's, and unknown settings are refused by name
     status, headers, body = plant.get({"query": "SELECT * FROM trade", "max_result_rows": "5"}, root)
     assert status == 413 and headers["X-ClickHouse-Exception-Code"] == "396", body
+    status, _, body = plant.get({"query": "SELECT count() FROM trade", "max_result_rows": "0",
+                                 "max_execution_time": "86400"}, root)  # 0 and above: the gateway's own
+    assert status == 200 and body.strip() == str(sum(len(plant.trades(d)) for d in (D1, D2))).encode()
+    status, _, body = plant.get({}, root, body=b"SELECT 1 -- " + b"x" * 80_000)  # past gateway_max_statement_bytes
+    assert status == 413, body
     status, headers, body = plant.get({"query": "SELECT 1", "max_partitions_to_read": "5"}, root)
     assert status == 400 and b"Code: 115." in body and b"max_partitions_to_read" in body
     status, headers, body = plant.get({"query": "SELECT 1"}, {"X-ClickHouse-User": "root", "X-ClickHouse-Key": "nope"})
