@@ -66,7 +66,8 @@ NO_EFFECT = {
 }
 # accepted only with these values (ClickHouse's defaults, the only behaviour here)
 FIXED = {"decompress": ("0",), "extremes": ("0",), "result_overflow_mode": ("throw",),
-         "session_timezone": ("", "UTC", "Etc/UTC"), "database": ("", chsystem.DATABASE)}
+         "session_timezone": ("", "UTC", "Etc/UTC"), "database": ("", chsystem.DATABASE),
+         "network_compression_method": ("LZ4", "lz4")}
 LIMITS = ("max_result_rows", "max_execution_time")
 CREDENTIALS = ("user", "password")
 

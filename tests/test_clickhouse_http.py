@@ -307,7 +307,11 @@ def test_go_driver_over_http(plant):
     first = today.iloc[0]
     assert lines[4] == f"row {first.sym}|{first.n}|{first.high}"
     assert lines[-1] == f"rows {len(today)}"
-    denied = subprocess.run([str(probe), f"{plant.host}:{plant.port}", "bob", BOB_KEY, "SELECT * FROM quote"],
+    # again with the answers in ClickHouse's LZ4 blocks (compress=1): the driver checks their CityHash
+    lz4 = subprocess.run([str(probe), f"{plant.host}:{plant.port}", "bob", BOB_KEY, sql, "lz4"],
+                         capture_output=True, text=True, timeout=60)
+    assert lz4.returncode == 0 and lz4.stdout.splitlines()[3:] == lines[3:], lz4.stdout + lz4.stderr
+    denied = subprocess.run([str(probe), f"{plant.host}:{plant.port}", "bob", BOB_KEY, "SELECT * FROM quote", "lz4"],
                             capture_output=True, text=True, timeout=60)
     assert denied.returncode == 1 and "user 'bob' has no grant on table 'quote'" in denied.stdout
 

@@ -14,16 +14,20 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 5 {
-		fmt.Fprintln(os.Stderr, "usage: chprobe HOST:PORT USER KEY QUERY")
+	if len(os.Args) != 5 && !(len(os.Args) == 6 && os.Args[5] == "lz4") {
+		fmt.Fprintln(os.Stderr, "usage: chprobe HOST:PORT USER KEY QUERY [lz4]")
 		os.Exit(2)
 	}
-	conn, err := clickhouse.Open(&clickhouse.Options{
+	options := &clickhouse.Options{
 		Addr:        []string{os.Args[1]},
 		Protocol:    clickhouse.HTTP,
 		Auth:        clickhouse.Auth{Database: "default", Username: os.Args[2], Password: os.Args[3]},
 		DialTimeout: 10 * time.Second,
-	})
+	}
+	if len(os.Args) == 6 { // answers in ClickHouse's LZ4 blocks (compress=1), checksums checked
+		options.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
+	}
+	conn, err := clickhouse.Open(options)
 	if err != nil {
 		fail("open", err)
 	}
