@@ -127,13 +127,16 @@ class Gateway:
                 self._plans.popitem(last=False)
         return plan
 
-    def answer(self, user: User, endpoint: str, statement: str, request: Request, *,
-               limit: int | None = None, timeout: float | None = None, settings: dict[str, Any] | None = None,
-               rdb_view: str = "rows", fmt: str | None = None) -> Response:
-        """Parse, authorise, run, log and stream one statement; errors are logged and raised."""
+    def run(self, user: User, endpoint: str, statement: str, *, limit: int | None = None,
+            timeout: float | None = None, settings: dict[str, Any] | None = None, rdb_view: str = "rows",
+            check: Callable[[], Any] | None = None) -> tuple[Answer, float, float]:
+        """Parse, authorise, run and log one statement: its answer, milliseconds taken and
+        seconds to plan; errors are logged and raised. ``check``: the caller's own checks of
+        the request (its format), run first and refused and logged like the rest."""
         started = time.monotonic()
         try:
-            kind = output.media_type(request.headers.get("accept"), fmt)
+            if check is not None:
+                check()
             size = len(statement.encode())
             if size > self.settings.gateway_max_statement_bytes:
                 raise QueryFailed(413, f"the statement has {size:,} bytes; at most "
@@ -150,11 +153,22 @@ class Gateway:
             raise
         elapsed_ms = (time.monotonic() - started) * 1e3
         self.query_log.record(user.name, endpoint, statement, elapsed_ms, result.table.num_rows, "ok", 200)
+        return result, elapsed_ms, checked - started
+
+    def answer(self, user: User, endpoint: str, statement: str, request: Request, *,
+               limit: int | None = None, timeout: float | None = None, settings: dict[str, Any] | None = None,
+               rdb_view: str = "rows", fmt: str | None = None) -> Response:
+        """``run``, the answer streamed in the format the request asks for."""
+        kinds: list[str] = []
+        result, elapsed_ms, planned = self.run(
+            user, endpoint, statement, limit=limit, timeout=timeout, settings=settings, rdb_view=rdb_view,
+            check=lambda: kinds.append(output.media_type(request.headers.get("accept"), fmt)))
+        kind = kinds[0]
         extra: dict[str, Any] = {"elapsed_ms": round(elapsed_ms, 3)}
         notes = sorted({n for infos in result.touched.values() for info in infos for n in info.get("notes", ())})
         if notes:  # what the answer leaves out, said in it (gateway/serverless.py: the open day)
             extra["notes"] = notes
-        stages = {"parse": checked - started, **result.timing}  # parse: and plan, unless cached
+        stages = {"parse": planned, **result.timing}  # parse: and plan, unless cached
         headers = {"X-Rows": str(result.table.num_rows), "X-Elapsed-Ms": f"{elapsed_ms:.3f}",
                    "Server-Timing": ", ".join(f"{k};dur={v * 1e3:.2f}" for k, v in stages.items())}
         if notes:
