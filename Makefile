@@ -3,12 +3,13 @@
 # and its test tools, and the Kafka broker jars from Maven Central (and QuestDB's,
 # for the side-by-side benchmark and its test; a schema registry, Apicurio, for the
 # registry mode's test), and as root Debian's prometheus
-# package for the metrics tests.
+# package for the metrics tests, and Debian's chromium + chromium-driver for the web
+# console's browser tests; the console's npm packages are rebuilt from their lockfile.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: up test setup prometheus bench lint clean
+.PHONY: up test setup prometheus chromium bench lint clean
 
 up: setup
 	$(BIN)/tickplant up
@@ -27,18 +28,22 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-setup: $(VENV)/.installed prometheus
+setup: $(VENV)/.installed prometheus chromium
 
 # Debian's prometheus (server + promtool) for the metrics tests, when run as root (CI);
 # quick when already there, and it leaves no service running
 prometheus:
 	@sh deploy/prometheus/install-debian.sh
 
-$(VENV)/.installed: pyproject.toml
+# Debian's Chromium and chromedriver for tests/test_console.py, when run as root (CI)
+chromium:
+	@sh console/install-chromium-debian.sh
+
+$(VENV)/.installed: pyproject.toml console/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/tickplant install --questdb --schema-registry
+	$(BIN)/tickplant install --questdb --console --schema-registry
 	touch $@
 
 clean:

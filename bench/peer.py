@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import Report, Result, fresh, run_alone
+from gateway.windowjoin import parse_aggs, wj_sql
 from ingest.eod import open_first_day, roll_day
 from ingest.feeds.synthetic import EXCHANGES, sym_names
 from ingest.publisher import Tickerplant
@@ -126,6 +127,41 @@ class Question:
     history: bool = True  # also asked of a past day
 
 
+# The window join, kdb+'s wj1 over [time - 2 s, time]: the max ask, min bid and count of each trade's
+# sym's quotes. QuestDB 9.2.2 has no WINDOW JOIN (it came later) and its window functions look back only
+# (no FOLLOWING), so it is asked the same as windowed aggregates over trades and quotes in one time
+# series, quotes before trades at an equal time, read at the trades' rows.
+WJ_AGGS = "ask_hi:max:ask,bid_lo:min:bid,count"
+_QDB_WJ = """SELECT sym, time, price, ask_hi, bid_lo, cnt AS count FROM (
+    SELECT kind, sym, time, price,
+           max(ask) OVER (PARTITION BY sym ORDER BY time RANGE BETWEEN '2' SECOND PRECEDING AND CURRENT ROW) ask_hi,
+           min(bid) OVER (PARTITION BY sym ORDER BY time RANGE BETWEEN '2' SECOND PRECEDING AND CURRENT ROW) bid_lo,
+           count(bid) OVER (PARTITION BY sym ORDER BY time RANGE BETWEEN '2' SECOND PRECEDING AND CURRENT ROW) cnt
+    FROM ((SELECT 'q' kind, sym, time, bid, ask, null::double price FROM quote WHERE time IN '{day}'%s
+           UNION ALL
+           SELECT 't' kind, sym, time, null::double bid, null::double ask, price FROM trade WHERE time IN '{day}'%s)
+          ORDER BY time, kind) timestamp(time)
+) WHERE kind = 't'"""
+
+
+def wj_questions(one_sym: str) -> list[Question]:
+    only = f" AND sym = '{one_sym}'"
+    aggs = parse_aggs(WJ_AGGS, ["bid", "ask"], ["bid", "ask"], ["date", "sym", "time", "price"])
+    plant_wj = wj_sql("trade", "quote", ["price"], aggs, "{d}", -2 * 10**9, 0, "wj1")
+    return [
+        Question("window join (wj1, 2 s before), max ask - min bid by sym",
+                 f"SELECT sym, count() AS n, sum(count) AS quotes, avg(ask_hi - bid_lo) AS range FROM ({plant_wj}) "
+                 "GROUP BY sym ORDER BY sym",
+                 f"SELECT sym, count() n, sum(count) quotes, avg(ask_hi - bid_lo) range FROM ({_QDB_WJ % ('', '')}) "
+                 "ORDER BY sym",
+                 key=("sym",), exact=("n",), approx=("quotes", "range"), tolerance=1e-3),
+        Question(f"window join (wj1, 2 s before), rows of one sym ({one_sym})",
+                 f"GET /v1/wj?syms={one_sym}&start={{start}}&lo=-2s&hi=0s&mode=wj1&aggs={WJ_AGGS}&columns=price",
+                 _QDB_WJ % (only, only),
+                 key=(), exact=(), approx=("price", "ask_hi", "bid_lo", "count"), tolerance=1e-4),
+    ]
+
+
 def questions(one_sym: str) -> list[Question]:
     d_t = "(SELECT sym, time, price, size FROM trade WHERE {d}%s)"
     d_q = "(SELECT sym, time, bid, ask FROM quote WHERE {d}%s)"
@@ -179,6 +215,7 @@ def questions(one_sym: str) -> list[Question]:
                  f"'{{day}}' AND sym = '{one_sym}') t ASOF JOIN (quote WHERE time IN '{{day}}' AND sym = "
                  f"'{one_sym}') q ON (sym)",
                  key=(), exact=("size",), approx=("price", "bid", "ask"), tolerance=1e-4),
+        *wj_questions(one_sym),
     ]
 
 
@@ -363,7 +400,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
                     continue
                 timings: list[dict[str, float]] = []
                 if q.plant.startswith("GET "):
-                    path = q.plant[4:]
+                    path = q.plant[4:].format(start="today" if when == "today" else DAY)
 
                     def ask_plant(p: str = path, keep: list = timings) -> httpx.Response:
                         resp = plant.get(p)
@@ -405,8 +442,9 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
             f"time stamp; QuestDB {questdb_version()} (WAL tables, TIMESTAMP_NS, SYMBOL syms) and the plant (1 RDB worker, "
             f"the gateway, {s.partitions} partitions) on the same machine; medians of "
             f"{repeat} runs, alternated; every answer pair checked (counts exact, sums within tolerance); value = "
-            "the plant, baseline = QuestDB, ratio = plant time / QuestDB time. Window join: not asked (QuestDB "
-            "9.2.2 has no window join; the plant has none either)")
+            "the plant, baseline = QuestDB, ratio = plant time / QuestDB time. Window join: the plant's /v1/wj "
+            "(mode=wj1) beside QuestDB's windowed aggregates over trades and quotes in one time series (9.2.2 "
+            "has no WINDOW JOIN, and looks back only)")
     finally:
         for child in reversed(children):
             child.stop()

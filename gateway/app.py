@@ -6,10 +6,10 @@ what, asks them, and joins the answers. Ours does the same over HTTP:
     GET  /v1/health                  the plant as the gateway sees it
     GET  /v1/tables                  tables, columns, days in the RDB and the HDB
     POST /v1/sql  {"query": "..."}   a ClickHouse SELECT; ``trade`` = today + history, with ``date``
-    GET  /v1/rows/{table} (/v1/trades, /v1/quotes), /v1/last, /v1/bars, /v1/vwap, /v1/aj, /v1/black_scholes
+    GET  /v1/rows/{table} (/v1/trades, /v1/quotes), /v1/last, /v1/bars, /v1/vwap, /v1/aj, /v1/wj, /v1/black_scholes
                                      named queries
     WS   /v1/ws, GET /v1/subscribe/{source}                           live subscriptions
-    GET  /docs, /openapi.json
+    GET  /console, /docs, /openapi.json   the web console, the OpenAPI page (gateway/console.py)
 
 Answers are JSON (default), CSV or an Arrow IPC stream by the Accept header (or
 ``format=``), streamed batch by batch. Every request is authenticated
@@ -40,8 +40,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from gateway import named, output, querylog
+from gateway import named, output, querylog, windowjoin
 from gateway.auth import Unauthorized, User, Users, UsersFile
+from gateway.console import mount_console
 from gateway.engine import Answer, Engine, Plan, QueryFailed
 from gateway.metered import add_metrics_route, gateway_samples, metered, note_user
 from gateway.policy import authorize, check_subscription
@@ -126,13 +127,16 @@ class Gateway:
                 self._plans.popitem(last=False)
         return plan
 
-    def answer(self, user: User, endpoint: str, statement: str, request: Request, *,
-               limit: int | None = None, timeout: float | None = None, settings: dict[str, Any] | None = None,
-               rdb_view: str = "rows", fmt: str | None = None) -> Response:
-        """Parse, authorise, run, log and stream one statement; errors are logged and raised."""
+    def run(self, user: User, endpoint: str, statement: str, *, limit: int | None = None,
+            timeout: float | None = None, settings: dict[str, Any] | None = None, rdb_view: str = "rows",
+            check: Callable[[], Any] | None = None) -> tuple[Answer, float, float]:
+        """Parse, authorise, run and log one statement: its answer, milliseconds taken and
+        seconds to plan; errors are logged and raised. ``check``: the caller's own checks of
+        the request (its format), run first and refused and logged like the rest."""
         started = time.monotonic()
         try:
-            kind = output.media_type(request.headers.get("accept"), fmt)
+            if check is not None:
+                check()
             size = len(statement.encode())
             if size > self.settings.gateway_max_statement_bytes:
                 raise QueryFailed(413, f"the statement has {size:,} bytes; at most "
@@ -149,11 +153,22 @@ class Gateway:
             raise
         elapsed_ms = (time.monotonic() - started) * 1e3
         self.query_log.record(user.name, endpoint, statement, elapsed_ms, result.table.num_rows, "ok", 200)
+        return result, elapsed_ms, checked - started
+
+    def answer(self, user: User, endpoint: str, statement: str, request: Request, *,
+               limit: int | None = None, timeout: float | None = None, settings: dict[str, Any] | None = None,
+               rdb_view: str = "rows", fmt: str | None = None) -> Response:
+        """``run``, the answer streamed in the format the request asks for."""
+        kinds: list[str] = []
+        result, elapsed_ms, planned = self.run(
+            user, endpoint, statement, limit=limit, timeout=timeout, settings=settings, rdb_view=rdb_view,
+            check=lambda: kinds.append(output.media_type(request.headers.get("accept"), fmt)))
+        kind = kinds[0]
         extra: dict[str, Any] = {"elapsed_ms": round(elapsed_ms, 3)}
         notes = sorted({n for infos in result.touched.values() for info in infos for n in info.get("notes", ())})
         if notes:  # what the answer leaves out, said in it (gateway/serverless.py: the open day)
             extra["notes"] = notes
-        stages = {"parse": checked - started, **result.timing}  # parse: and plan, unless cached
+        stages = {"parse": planned, **result.timing}  # parse: and plan, unless cached
         headers = {"X-Rows": str(result.table.num_rows), "X-Elapsed-Ms": f"{elapsed_ms:.3f}",
                    "Server-Timing": ", ".join(f"{k};dur={v * 1e3:.2f}" for k, v in stages.items())}
         if notes:
@@ -305,8 +320,9 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
             gw.routing.close()
 
     app = FastAPI(title="tickplant gateway", version="1", lifespan=lifespan,
-                  description=__doc__.split("\n\n")[0])
+                  description=__doc__.split("\n\n")[0], docs_url=None, redoc_url=None)  # /docs: mount_console
     app.state.gateway = gw
+    mount_console(app)
 
     async def failed(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=_status(exc))
@@ -448,6 +464,22 @@ def _named_routes(app: FastAPI, gw: Gateway) -> None:
            limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
         return gw.run_named(user, "aj", request, lambda: named.aj_query(
             syms, start, end, columns("trade"), columns("quote"), columns_, quote_columns, today()),
+            limit=limit, timeout=timeout, fmt=format)
+
+    @app.get("/v1/wj", summary="kdb+'s window join: aggregates of each trade's sym's quotes in a window around it")
+    def wj(request: Request, user: UserDep, syms: str | None = syms_q, start: str | None = start_q,
+           end: str | None = end_q,
+           lo: str | None = Query(None, description="window start, from each trade's time: -2s, -500ms, 0, "
+                                                    "-0D00:00:02 (a bare number: ms)"),
+           hi: str | None = Query(None, description="window end, from each trade's time (included)"),
+           aggs: str | None = Query(None, description="[name:]function:quote column, comma-separated: "
+                                                      "count, first, last, min, max, avg, sum (e.g. max:ask,min:bid)"),
+           mode: str | None = Query(None, description="wj (default: the quote prevailing at the start counts) "
+                                                      "or wj1 (only quotes in the window)"),
+           columns_: str | None = Query(None, alias="columns", description="trade columns"),
+           limit: int | None = limit_q, timeout: float | None = timeout_q, format: str | None = fmt_q) -> Response:
+        return gw.run_named(user, "wj", request, lambda: windowjoin.wj_query(
+            gw.catalog["trade"], gw.catalog["quote"], syms, start, end, lo, hi, aggs, mode, columns_, today()),
             limit=limit, timeout=timeout, fmt=format)
 
     calendar = TradingCalendar.from_settings(gw.settings)

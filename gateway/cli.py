@@ -35,10 +35,17 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
     app = create_app(settings)
     announcer = Announcer(settings, node, url)
     announcer.start()
-    print(f"gateway {node}: {url} (docs at /docs); Ctrl-C stops it", flush=True)
+    ch_port = args.clickhouse_port if args.clickhouse_port is not None else settings.clickhouse_http_port
+    ch = f"; ClickHouse HTTP interface on http://{host}:{ch_port}" if ch_port else ""
+    print(f"gateway {node}: {url} (docs at /docs){ch}; Ctrl-C stops it", flush=True)
     try:
-        # log_config None: uvicorn's records go to our handler, in log_format, not its own
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, log_config=None)
+        if ch_port:
+            from gateway.chserve import serve_both
+
+            serve_both(app, host, port, ch_port)
+        else:
+            # log_config None: uvicorn's records go to our handler, in log_format, not its own
+            uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, log_config=None)
     finally:
         announcer.stop()
     return 0
@@ -107,6 +114,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     run.add_argument("--id", help="node id (default gateway-<announced address>:<port>)")
     run.add_argument("--host", help="listen address (default: setting gateway_host)")
     run.add_argument("--port", type=int, help="listen port (default: setting gateway_port)")
+    run.add_argument("--clickhouse-port", type=int, help="port of the ClickHouse HTTP interface, 0: none "
+                                                          "(default: setting clickhouse_http_port)")
     run.set_defaults(func=cmd_gateway_run)
 
     q = sub.add_parser("query", parents=[common], help="run a SQL SELECT through the gateway, print a table")

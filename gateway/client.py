@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pyarrow as pa
 
 from gateway.output import ARROW
+
+if TYPE_CHECKING:
+    from gateway.subscribe_client import LiveSubscription
 
 
 class GatewayError(RuntimeError):
@@ -56,6 +59,7 @@ class Client:
                  timeout: float = 120.0):
         self.urls = gateway_urls(url)
         self.url = self.urls[0]
+        self._api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(headers=headers, timeout=timeout)
 
@@ -154,6 +158,28 @@ class Client:
            limit: int | None = None, timeout: float | None = None) -> pa.Table:
         return self._named("/v1/aj", limit, timeout, syms=syms, start=start, end=end, columns=columns,
                            quote_columns=quote_columns)
+
+    def wj(self, syms: Sequence[str] | None = None, start: str | None = None, end: str | None = None, *,
+           lo: str | int, hi: str | int, aggs: Sequence[str] | str, mode: str = "wj",
+           columns: Sequence[str] | None = None, limit: int | None = None, timeout: float | None = None) -> pa.Table:
+        """kdb+'s window join: each trade with ``aggs`` (``"max:ask"``, ``"lo_bid:min:bid"``,
+        ``"count"``) over its sym's quotes in ``[time + lo, time + hi]`` (``"-2s"``, ``"500ms"``; a
+        number: ms); ``mode="wj1"``: only the quotes in the window, not the one prevailing at its start."""
+        return self._named("/v1/wj", limit, timeout, syms=syms, start=start, end=end, lo=str(lo), hi=str(hi),
+                           aggs=aggs, mode=mode, columns=columns)
+
+    def subscribe(self, source: str, syms: Sequence[str] | None = None, *, resume: dict[int, int] | None = None,
+                  reconnect_timeout: float = 60.0, open_timeout: float = 10.0) -> LiveSubscription:
+        """kdb+'s ``.u.sub[source; syms]``: an iterator of ``Batch`` (the snapshot, then each
+        update), resuming where it was after a dropped connection or gateway, with no row missed
+        or repeated; ``close()`` it, or use it in a ``with``. ``resume``: a ``position`` kept from
+        an earlier subscription of the same syms, to go on from there (no snapshot). See
+        ``gateway.subscribe_client``."""
+        from gateway.subscribe_client import LiveSubscription
+
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        return LiveSubscription(self.urls, headers, source, syms, resume=resume,
+                                reconnect_timeout=reconnect_timeout, open_timeout=open_timeout)
 
     def tables(self) -> list[dict[str, Any]]:
         return self._send("GET", "/v1/tables").json()["tables"]

@@ -5,16 +5,20 @@
 - ``WS /v1/ws``: the client sends ``{"op": "subscribe", "source": "trade",
   "syms": ["AAPL"]}`` or ``{"op": "unsubscribe", "source": ..., "syms": ...}``
   (``syms`` absent: every sym for subscribe; every subscription of that source
-  for unsubscribe), as many as it likes on one connection; the server sends
-  the hub's messages (snapshot, update, unsubscribed, error, warning; see
-  ``gateway.subscriptions``). A bad request gets an error message and the
+  for unsubscribe; ``"resume": {"0": 17}``, a position it was sent, for every row
+  after it instead of a snapshot), as many as it likes on one connection; the server sends
+  the hub's messages (snapshot, update, resumed, unsubscribed, error, warning;
+  see ``gateway.subscriptions``); a refused subscription's error carries the
+  HTTP status the SSE route would answer (``"status": 403``). A bad request gets an error message and the
   connection stays; a slow client gets its final error and the connection is
   closed (code 1013, "try again later").
-- ``GET /v1/subscribe/{source}?syms=A,B``: ``text/event-stream``, one event per
+- ``GET /v1/subscribe/{source}?syms=A,B[&resume=0:17,3:5]``: ``text/event-stream``, one event per
   message, the event name being the message's type; before the stream starts,
   an unknown source (or its missing topic) is a 404, bad syms a 400, a broker
   failure a 503 (``{"error": ...}``). A dropped slow client gets its error
-  event, then the stream ends.
+  event, then the stream ends. An event with a position has it as its ``id``
+  (``0:17,3:5``), so a browser's EventSource, reconnecting with
+  ``Last-Event-ID``, resumes where it was (``resume`` given wins).
 
 ``authorize(request_or_websocket, source)`` (optional, may be a coroutine) is
 called before every subscription; raising refuses it (the exception's text,
@@ -65,6 +69,23 @@ async def _authorized(authorize: Authorize | None, who: Any, source: str) -> Non
 
 def _error(reason: str, **extra: Any) -> str:
     return dumps({"type": "error", "reason": reason, **extra})
+
+
+def _refusal_status(exc: BaseException) -> int:
+    """The HTTP status of a refused subscription, the same on both routes."""
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    if isinstance(exc, Unauthorized):
+        return 401
+    if isinstance(exc, UpstreamError):
+        return 503
+    if isinstance(exc, SourceError):
+        text = str(exc)
+        return 404 if text.startswith("unknown source") or text.endswith("does not exist") else 400
+    return 403
+
+
+_POSITION = '"position":{'
 
 
 def _message_type(text: str) -> str:
@@ -147,20 +168,21 @@ class _Connection:
             except SourceError as exc:
                 self.outbox.put(_error(str(exc), source=source))
             return
-        task = asyncio.create_task(self._subscribe(source, request.get("syms")))
+        task = asyncio.create_task(self._subscribe(source, request.get("syms"), request.get("resume")))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _subscribe(self, source: str, syms: Any) -> None:
+    async def _subscribe(self, source: str, syms: Any, resume: Any) -> None:
         try:
             await _authorized(self.authorize, self.ws, source)
         except Exception as exc:
-            self.outbox.put(_error(f"not authorized for {source!r}: {_reason(exc)}", source=source))
+            self.outbox.put(_error(f"not authorized for {source!r}: {_reason(exc)}", source=source,
+                                   status=_refusal_status(exc)))
             return
         try:
-            await self.hub.subscribe(self.outbox, source, syms)
+            await self.hub.subscribe(self.outbox, source, syms, resume)
         except (SourceError, UpstreamError) as exc:
-            self.outbox.put(_error(str(exc), source=source))
+            self.outbox.put(_error(str(exc), source=source, status=_refusal_status(exc)))
         except Exception as exc:  # anything else: said, not swallowed
             log.exception("subscribe %s %s", source, syms)
             self.outbox.put(_error(f"subscribe failed: {type(exc).__name__}: {exc}", source=source))
@@ -175,7 +197,18 @@ async def _events(outbox: Outbox) -> AsyncIterator[str]:
             continue
         if text is None:
             return
-        yield f"event: {_message_type(text)}\ndata: {text}\n\n"
+        event_id = _event_id(text)
+        yield f"event: {_message_type(text)}\n{event_id}data: {text}\n\n"
+
+
+def _event_id(text: str) -> str:
+    """``id: 0:17,3:5\n`` from a message's position, found without a parse: it precedes the
+    rows, and the only text before it is the source's and syms' (quoted) names."""
+    at = text.find(_POSITION)
+    if at < 0:
+        return ""
+    end = text.find("}", at)
+    return "id: " + text[at + len(_POSITION):end].replace('"', "") + "\n"
 
 
 class _EventStream(StreamingResponse):
@@ -211,8 +244,9 @@ def make_router(hub: Hub, authorize: Authorize | None = None,
         response_class=StreamingResponse,
         responses={200: {"content": {"text/event-stream": {}}, "description": "a snapshot, then updates"}},
     )
-    async def subscribe_events(source: str, request: Request, syms: str = "") -> Any:
-        """Server-Sent Events: the snapshot of ``syms`` (comma-separated; none: all), then updates."""
+    async def subscribe_events(source: str, request: Request, syms: str = "", resume: str = "") -> Any:
+        """Server-Sent Events: the snapshot of ``syms`` (comma-separated; none: all), then updates;
+        ``resume`` (``partition:offset,...``, a position sent earlier): every row after it instead."""
         try:
             await _authorized(authorize, request, source)
         except HTTPException:
@@ -221,13 +255,10 @@ def make_router(hub: Hub, authorize: Authorize | None = None,
             return JSONResponse({"error": f"not authorized for {source!r}: {_reason(exc)}"}, status_code=403)
         outbox = hub.connect()
         try:
-            await hub.subscribe(outbox, source, syms)
+            await hub.subscribe(outbox, source, syms, resume or request.headers.get("last-event-id") or None)
         except (SourceError, UpstreamError) as exc:
             hub.disconnect(outbox)
-            text = str(exc)
-            status = 503 if isinstance(exc, UpstreamError) else (
-                404 if text.startswith("unknown source") or text.endswith("does not exist") else 400)
-            return JSONResponse({"error": text}, status_code=status)
+            return JSONResponse({"error": str(exc)}, status_code=_refusal_status(exc))
         except BaseException:
             hub.disconnect(outbox)
             raise

@@ -24,13 +24,22 @@ real-time engine's derived topic ``<prefix>rte.<name>``), for a set of syms.
   RDB had already taken when it answered but that the upstream delivered
   after the attach is both the snapshot's row for its sym and an update.
   Clients treat updates as "latest row per sym" upserts, so it is harmless.
+- **Resume, exactly once.** An upstream reading the log stamps each update
+  (and the snapshot) with its ``position``: partition -> next offset, where
+  its reading stands once that message's rows are out. A client that lost
+  its connection (or its gateway: every gateway reads the same log)
+  subscribes again with ``resume`` = the last position it received and gets
+  ``{"type": "resumed"}``, then every row after it, none twice, no snapshot.
+  A resumed subscription reads from its own upstream (it is behind the shared
+  one). The engine's live feeds (``bars``, ``analytics``) have no position:
+  their subscribers subscribe afresh (a snapshot, then updates).
 - **Slow clients are dropped, never waited for.** An outbox is bounded in
   rows queued (``max_queued``); a client whose queue would pass it is
   dropped: its queue is replaced by a final ``{"type": "error", "reason":
   "slow consumer: ..."}``, its subscriptions are released, and the others'
   delivery never waits on it (putting into an outbox never blocks).
 - **A client that falls behind gets bigger messages, not more.** Updates of
-  one source waiting in an outbox go out merged into one message (up to
+  one subscription waiting in an outbox go out merged into one message (up to
   ``MERGE_ROWS`` rows), so the per-message cost is paid once per send; a
   client that keeps up gets each batch alone, at once.
 - **Cancellation is immediate.** Unsubscribing or disconnecting detaches the
@@ -40,8 +49,9 @@ real-time engine's derived topic ``<prefix>rte.<name>``), for a set of syms.
 
 Messages (JSON text; ``time`` and every long as int ns)::
 
-    {"type": "snapshot", "source": "trade", "syms": ["AAPL"], "rows": [...]}
-    {"type": "update", "source": "trade", "rows": [...]}
+    {"type": "snapshot", "source": "trade", "syms": ["AAPL"], "position": {"0": 17}, "rows": [...]}
+    {"type": "update", "source": "trade", "syms": ["AAPL"], "position": {"0": 18}, "rows": [...]}
+    {"type": "resumed", "source": "trade", "syms": ["AAPL"], "position": {"0": 18}}
     {"type": "unsubscribed", "source": "trade", "syms": ["AAPL"]}
     {"type": "error", "reason": "...", ["source": ...]}   (slow consumer, unknown source...)
     {"type": "warning", "source": "trade", "reason": "..."}  (undecodable message skipped)
@@ -80,6 +90,7 @@ DEFAULT_MAX_QUEUED = 20_000  # rows waiting for one client before it is dropped
 POLL_TIMEOUT = 0.1  # an upstream's poll: also how long a stopped upstream takes to close
 MERGE_ROWS = 5_000  # at most this many rows in one update message made of several waiting ones
 _ROWS = '"rows":['  # update texts are {"type":"update","source":...,"rows":[...]}: rows last
+_POSITION = ',"position":'  # an update's position precedes its rows; a merged message keeps the last
 SOURCES_TTL = 2.0  # seconds a list of derived topics is trusted before an unknown name re-reads it
 
 
@@ -106,6 +117,26 @@ def _json_default(value: Any) -> Any:
 
 def dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), default=_json_default)
+
+
+def parse_position(position: Any) -> dict[int, int]:
+    """A resume position as sent back by a client: ``{"0": 17, "3": 5}`` (JSON's keys are
+    text) or ``"0:17,3:5"`` (a query string's)."""
+    if isinstance(position, str):
+        try:
+            position = dict(part.split(":", 1) for part in position.split(",") if part.strip())
+        except ValueError:
+            raise SourceError(f"resume must be partition:offset pairs like '0:17,3:5', not {position!r}") from None
+    if not isinstance(position, dict) or not position:
+        raise SourceError(f"resume must be a position ({{partition: offset}}) from an earlier message, "
+                          f"not {position!r}")
+    try:
+        offsets = {int(p): int(o) for p, o in position.items()}
+    except (TypeError, ValueError):
+        raise SourceError(f"resume must map partitions to offsets (integers), not {position!r}") from None
+    if any(p < 0 or o < 0 for p, o in offsets.items()):
+        raise SourceError(f"resume has a negative partition or offset: {position!r}")
+    return offsets
 
 
 def normalize_syms(syms: Any) -> tuple[str, ...]:
@@ -144,7 +175,7 @@ class Outbox:
     async def get(self) -> str | None:
         """The next message to send; None once the outbox is closed and drained.
 
-        Updates of one source waiting back to back go out as one message (up to
+        Updates of one subscription waiting back to back go out as one message (up to
         ``MERGE_ROWS`` rows): a client that falls behind gets fewer, larger
         messages instead of paying the per-message cost for each; one that keeps
         up gets each update alone, at once."""
@@ -157,12 +188,14 @@ class Outbox:
         self.queued_rows -= rows
         if rows and self.items and self.items[0][1]:
             head = text[:text.index(_ROWS) + len(_ROWS)]
+            stem = head.split(_POSITION, 1)[0]  # the subscription's: its position changes each time
             parts = [text[len(head):-2]]
             while self.items and self.items[0][1] and rows + self.items[0][1] <= MERGE_ROWS \
-                    and self.items[0][0].startswith(head):
+                    and self.items[0][0].startswith(stem):
                 more, n = self.items.popleft()
                 self.queued_rows -= n
                 rows += n
+                head = more[:more.index(_ROWS) + len(_ROWS)]
                 parts.append(more[len(head):-2])
             if len(parts) > 1:
                 text = head + ",".join(parts) + "]}"
@@ -185,18 +218,20 @@ class Outbox:
 class _Sub:
     """One subscription of one outbox; ``held`` collects updates until its snapshot is out."""
 
-    __slots__ = ("key", "outbox", "held")
+    __slots__ = ("key", "outbox", "held", "upstream")
 
-    def __init__(self, key: Key, outbox: Outbox):
+    def __init__(self, key: Key, outbox: Outbox, upstream: Upstream):
         self.key = key
         self.outbox = outbox
         self.held: list[tuple[str, int]] | None = []
+        self.upstream = upstream
 
 
 class Upstream:
     """One consumer for one (source, syms), shared by every subscriber of it."""
 
-    def __init__(self, hub: Hub, source: Source, syms: tuple[str, ...], loop: asyncio.AbstractEventLoop):
+    def __init__(self, hub: Hub, source: Source, syms: tuple[str, ...], loop: asyncio.AbstractEventLoop,
+                 resume: dict[int, int] | None = None):
         self.hub = hub
         self.source = source
         self.syms = syms
@@ -206,6 +241,8 @@ class Upstream:
         self.last: dict[str | None, dict[str, Any]] = {}  # the latest row per sym delivered so far
         self.ready: asyncio.Future[dict[int, int]] = loop.create_future()
         self.start_offsets: dict[int, int] = {}
+        self.resume = resume
+        self.position: dict[int, int] | None = None  # after the rows delivered so far; None: the live feed
         self.rows = 0
         self.batches = 0
         self.closed = threading.Event()  # set once the consumer is closed
@@ -228,13 +265,13 @@ class Upstream:
             output = output_of(self.hub.settings, self.source.topic) if self.source.derived else None
             if output is not None:  # a real-time engine's output: its workers' live feeds
                 EngineFeed(self.hub.settings, self.source.topic, output, self.syms,
-                           lambda rows: not self._stop.is_set() and self._call(self._deliver, rows),
+                           lambda rows: not self._stop.is_set() and self._call(self._deliver, rows, None),
                            lambda errors: self._call(self._warn, errors), self._stop,
                            ).run(lambda: self._call(self._started, {}))
                 return
             sub = Subscription(
                 self.hub.settings, self.source.name, list(self.syms) or None, "now", self.hub.catalog,
-                topic=self.source.topic if self.source.derived else None,
+                topic=self.source.topic if self.source.derived else None, offsets=self.resume,
             )
             self.start_offsets = dict(sub.start_offsets)
             if not self._call(self._started, dict(sub.start_offsets)):
@@ -244,7 +281,7 @@ class Upstream:
                 if sub.errors:
                     errors, sub.errors = sub.errors, []
                     self._call(self._warn, errors)
-                if rows and not self._stop.is_set() and not self._call(self._deliver, rows):
+                if rows and not self._stop.is_set() and not self._call(self._deliver, rows, dict(sub.positions)):
                     return
         except Exception as exc:  # a broken upstream tells its subscribers why, then goes
             log.exception("upstream %s failed", self.key)
@@ -263,6 +300,8 @@ class Upstream:
     # -- on the loop ----------------------------------------------------------
 
     def _started(self, offsets: dict[int, int]) -> None:
+        if self.source_reads_log:
+            self.position = dict(offsets)
         if not self.ready.done():
             self.ready.set_result(offsets)
 
@@ -281,9 +320,14 @@ class Upstream:
         for sub in list(self.subs):
             sub.outbox.put(text)
 
-    def _deliver(self, rows: list[dict[str, Any]]) -> None:
+    @property
+    def source_reads_log(self) -> bool:
+        return not self.source.derived or output_of(self.hub.settings, self.source.topic) is None
+
+    def _deliver(self, rows: list[dict[str, Any]], position: dict[int, int] | None) -> None:
         if self._stop.is_set():
             return
+        self.position = position
         last = self.last
         for row in rows:
             last[row.get("sym")] = row
@@ -291,7 +335,11 @@ class Upstream:
         self.batches += 1
         if not self.subs:
             return
-        text = dumps({"type": "update", "source": self.source.name, "rows": rows})
+        message: dict[str, Any] = {"type": "update", "source": self.source.name, "syms": list(self.syms)}
+        if position is not None:
+            message["position"] = position
+        message["rows"] = rows
+        text = dumps(message)
         n = len(rows)
         for sub in list(self.subs):
             outbox = sub.outbox
@@ -327,6 +375,7 @@ class Hub:
         self._sources_read = 0.0
         self._sources_lock = threading.Lock()
         self._stopped: list[Upstream] = []
+        self.resumed: set[Upstream] = set()  # each resumed subscription's own upstream
 
     # -- sources --------------------------------------------------------------
 
@@ -377,14 +426,16 @@ class Hub:
         self.outboxes.add(outbox)
         return outbox
 
-    async def subscribe(self, outbox: Outbox, source: str, syms: Any = None) -> Key | None:
-        """Attach ``outbox`` to (source, syms): its snapshot, then its updates, are put in it.
+    async def subscribe(self, outbox: Outbox, source: str, syms: Any = None, resume: Any = None) -> Key | None:
+        """Attach ``outbox`` to (source, syms): its snapshot, then its updates, are put in it;
+        with ``resume`` (a position it was sent), every row after that position instead.
 
-        Raises SourceError (unknown source, bad syms, topic missing) or UpstreamError
-        (the broker failed); returns the
+        Raises SourceError (unknown source, bad syms, topic missing, a position the log
+        does not hold) or UpstreamError (the broker failed); returns the
         subscription's key, or None if the client left while its snapshot was taken.
         """
         wanted = normalize_syms(syms)
+        offsets = parse_position(resume) if resume is not None else None
         src = self._sources.get(source) if isinstance(source, str) else None
         if src is None:
             src = await asyncio.to_thread(self.resolve, source)
@@ -393,20 +444,31 @@ class Hub:
             raise SourceError(f"already subscribed to {src.name} {list(wanted) or 'all syms'}")
         if outbox.closed:
             return None
-        upstream = self.upstreams.get(key)
-        if upstream is None:
-            upstream = self.upstreams[key] = Upstream(self, src, wanted, asyncio.get_running_loop())
-        sub = _Sub(key, outbox)
+        if offsets is not None:
+            if src.derived and output_of(self.settings, src.topic) is not None:
+                raise SourceError(f"{src.name!r} is the engine's live feed, which has no log position "
+                                  "to resume from: subscribe again for a fresh snapshot")
+            upstream = Upstream(self, src, wanted, asyncio.get_running_loop(), resume=offsets)
+            self.resumed.add(upstream)
+        else:
+            upstream = self.upstreams.get(key) or Upstream(self, src, wanted, asyncio.get_running_loop())
+            self.upstreams[key] = upstream
+        sub = _Sub(key, outbox, upstream)
         upstream.subs.add(sub)
         outbox.subs[key] = sub
         seen = {s: r for s, r in upstream.last.items() if not wanted or s in wanted}  # at the attach
+        position = dict(upstream.position) if upstream.ready.done() and upstream.position is not None else None
         try:
-            await upstream.ready  # reading from the log end before the snapshot is asked for
+            started = await upstream.ready  # reading from the log end before the snapshot is asked for
         except (SourceError, UpstreamError):
             self._detach(sub)
             if self.upstreams.get(key) is upstream:
                 del self.upstreams[key]
             raise
+        if position is None and upstream.source_reads_log:
+            position = dict(started)  # a new upstream: nothing delivered before the attach
+        if offsets is not None:
+            return self._resumed(sub, src, wanted, offsets)
         warning = None
         try:
             rows = await asyncio.to_thread(self.snapshot, src.name, list(wanted))
@@ -420,16 +482,27 @@ class Hub:
         latest.update(seen)
         message: dict[str, Any] = {
             "type": "snapshot", "source": src.name, "syms": list(wanted),
-            "rows": [latest[s] for s in sorted(latest, key=str)],
         }
+        if position is not None:
+            message["position"] = position
+        message["rows"] = [latest[s] for s in sorted(latest, key=str)]
         if warning:
             message["warning"] = warning
         outbox.put(dumps(message))
+        self._release_held(sub)
+        return key
+
+    def _resumed(self, sub: _Sub, src: Source, wanted: tuple[str, ...], offsets: dict[int, int]) -> Key:
+        sub.outbox.put(dumps({"type": "resumed", "source": src.name, "syms": list(wanted), "position": offsets}))
+        self._release_held(sub)
+        return sub.key
+
+    @staticmethod
+    def _release_held(sub: _Sub) -> None:
         held, sub.held = sub.held or [], None
         for text, n in held:
-            outbox.held_rows -= n
-            outbox.put(text, n)
-        return key
+            sub.outbox.held_rows -= n
+            sub.outbox.put(text, n)
 
     def unsubscribe(self, outbox: Outbox, source: str, syms: Any = None) -> list[Key]:
         """Detach at once; with ``syms`` None, every subscription of ``source`` on this outbox."""
@@ -470,12 +543,12 @@ class Hub:
         if sub.held:
             outbox.held_rows -= sum(n for _, n in sub.held)
         sub.held = None
-        upstream = self.upstreams.get(sub.key)
-        if upstream is None:
-            return
+        upstream = sub.upstream
         upstream.subs.discard(sub)
-        if not upstream.subs:
-            del self.upstreams[sub.key]
+        if not upstream.subs and not upstream._stop.is_set():
+            if self.upstreams.get(sub.key) is upstream:
+                del self.upstreams[sub.key]
+            self.resumed.discard(upstream)
             upstream.stop()
             self._stopped = [u for u in self._stopped if not u.closed.is_set()] + [upstream]
 
@@ -489,7 +562,7 @@ class Hub:
 
     @property
     def upstream_count(self) -> int:
-        return len(self.upstreams)
+        return len(self.upstreams) + len(self.resumed)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -498,15 +571,16 @@ class Hub:
             "upstreams": [
                 {"source": u.source.name, "syms": list(u.syms), "subscribers": len(u.subs),
                  "rows": u.rows, "start_offsets": u.start_offsets}
-                for u in self.upstreams.values()
+                for u in [*self.upstreams.values(), *self.resumed]
             ],
         }
 
     def _release_all(self) -> list[Upstream]:
         for outbox in list(self.outboxes):
             self.disconnect(outbox)
-        upstreams = list(self.upstreams.values()) + self._stopped
+        upstreams = list(self.upstreams.values()) + list(self.resumed) + self._stopped
         self.upstreams.clear()
+        self.resumed.clear()
         self._stopped = []
         for upstream in upstreams:
             upstream.stop()

@@ -7,6 +7,9 @@ for a table, from the start of the open day. Only the partitions that hold the
 requested syms are read, since key = sym. ``start_offsets`` records where each
 partition's reading began, so a caller can take a snapshot after it and know
 that no row published later is missed (the gateway's hub does).
+``positions`` is where each partition's reading stands after the last poll: a
+subscriber that kept it resumes there (``offsets=``) with no row missed or
+repeated, since a poll hands over every row of the messages it read.
 
     with Subscription(settings, "trade", ["AAPL", "MSFT"], since="sod") as sub:
         for row in sub:
@@ -40,10 +43,13 @@ class Subscription:
         since: str = "now",
         catalog: SchemaCatalog | None = None,
         topic: str | None = None,
+        offsets: dict[int, int] | None = None,
     ):
         """``topic`` reads that topic (a derived source) instead of ``table``'s log; ``table``
         is then only the source's name and need not be in the catalog: rows decode with
-        their writer's schema from the schemas topic."""
+        their writer's schema from the schemas topic. ``offsets`` (partition -> offset, a
+        ``positions`` kept from an earlier subscription of the same syms) resumes there
+        instead of ``since``; a position the log no longer (or not yet) holds is a ValueError."""
         if since not in ("now", "sod"):
             raise ValueError(f"since must be 'now' or 'sod' (start of day), not {since!r}")
         self.catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
@@ -67,13 +73,29 @@ class Subscription:
         self.settings = settings
         self.intake = Intake(settings, self.catalog, self.decoder, None) if topic is None else None
         self.days = read_day_state(settings) if topic is None else None
-        if since == "sod":
+        if offsets is not None:
+            starts = self._resume_at(offsets, parts)
+        elif since == "sod":
             state = self.days or read_day_state(settings)
             starts = {p: state.start_of_open_day(self.table, p) for p in parts}
         else:
             starts = {p: watermarks(self.consumer, self.topic, p)[1] for p in parts}
         self.start_offsets: dict[int, int] = starts
+        self.positions: dict[int, int] = dict(starts)
         self.consumer.assign([TopicPartition(self.topic, p, starts[p]) for p in parts])
+
+    def _resume_at(self, offsets: dict[int, int], parts: list[int]) -> dict[int, int]:
+        """The resume position checked against the partitions these syms need and the log's
+        bounds, so a resume never silently skips or repeats rows."""
+        if sorted(offsets) != parts:
+            raise ValueError(f"resume position of {self.table!r} names partitions {sorted(offsets)}; "
+                             f"these syms are read from partitions {parts}")
+        for part in parts:
+            low, high = watermarks(self.consumer, self.topic, part)
+            if not low <= offsets[part] <= high:
+                raise ValueError(f"resume position {self.topic}[{part}]@{offsets[part]} is outside the log, "
+                                 f"which holds offsets {low} to {high}")
+        return dict(offsets)
 
     def poll(self, timeout: float = 0.5, max_messages: int = 1000) -> list[dict[str, Any]]:
         """Rows that arrived since the last poll (waits up to ``timeout`` for the first).
@@ -95,12 +117,13 @@ class Subscription:
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.errors.append(f"{self.topic}: {err}")
                 continue
+            _, part, offset = position(msg)
+            self.positions[part] = offset + 1
             if control_of(msg.headers()):
                 if self.intake is not None:
                     self.days = read_day_state(self.settings)  # the day the rows after it belong to
                 continue
             if self.intake is not None and self.days is not None:
-                _, part, offset = position(msg)
                 rows = self.intake.rows(self.table, part, offset, msg.value(), self.days.date_of(self.table, part, offset))
                 if self.intake.pending:
                     self.errors.append(f"{self.topic}[{part}]@{offset}: {self.intake.pending.popitem()[1][0][2]}")
@@ -109,7 +132,7 @@ class Subscription:
                 try:
                     _, rows = self.decoder.decode(msg.value())
                 except ValueError as exc:
-                    self.errors.append(f"{self.topic}[{msg.partition()}]@{msg.offset()}: {exc}")
+                    self.errors.append(f"{self.topic}[{part}]@{offset}: {exc}")
                     continue
             if self.syms is None:
                 out.extend(rows)

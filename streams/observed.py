@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.web import View
 
 from tickplant import metrics
 from tickplant.metrics import PREFIX, Sample
+
+if TYPE_CHECKING:
+    from streams.cep.worker import CepWorker
+    from streams.rdb import RdbWorker
 
 
 def add_metrics_page(app: faust.App) -> None:
@@ -38,7 +42,7 @@ class Timed:
         self.histogram.observe(time.perf_counter() - self.started)
 
 
-def rdb_samples(worker: Any) -> Iterator[Sample]:
+def rdb_samples(worker: RdbWorker) -> Iterator[Sample]:
     """An RDB worker's state: per assigned shard its lag, caught-up and size on disk; per day
     the rows it holds; its resident rows, queries in flight and whether it serves."""
     role = "rdb"
@@ -74,7 +78,7 @@ def rdb_samples(worker: Any) -> Iterator[Sample]:
     yield f"{PREFIX}refused_messages", {"role": role}, worker.intake.refused_messages
 
 
-def cep_samples(worker: Any) -> Iterator[Sample]:
+def cep_samples(worker: CepWorker) -> Iterator[Sample]:
     """A CEP worker's state: lag per input partition, live listeners, whether it serves."""
     role = "cep"
     engines = dict(worker.engines)  # a copy, not the reader's lock (see rdb_samples)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streams.shard import Shard, _concat
+from streams.chunks import concat
+from streams.shard import Shard
 
 MIN_BATCH_ROWS = 16384  # an answer's chunks smaller than this on average are sent as one batch
 
@@ -61,7 +62,7 @@ def read_rows(shards: Iterable[Shard], query: RowsQuery, schema: pa.Schema) -> p
         chunks.extend(shard.read(query.date, query.syms))
     if not chunks:
         return empty(schema, query.columns)
-    table = _conform(_concat(chunks), schema)
+    table = _conform(concat(chunks), schema)
     return select(table, query, schema)
 
 
@@ -74,7 +75,7 @@ def read_last(shards: Iterable[Shard], query: RowsQuery, schema: pa.Schema) -> p
                 rows.append(last)
     if not rows:
         return empty(schema, query.columns)
-    table = _conform(_concat(rows), schema).combine_chunks()  # one batch, not one per sym
+    table = _conform(concat(rows), schema).combine_chunks()  # one batch, not one per sym
     return table.select(query.columns) if query.columns else table
 
 

@@ -1,34 +1,17 @@
 """One RDB shard: one table's rows from one log partition, in RocksDB, by day and sym.
 
-The layout gives what kdb+'s ``p#``/``g#`` give an RDB: one sym's rows for a
-day are contiguous on disk and in log order, read without touching other syms.
-
-Keys (bytes, RocksDB's sorted order)::
-
-  R <date:10> <sym> 00 <offset:8 BE>   -> chunk: fingerprint(8) + Arrow IPC record batch
-  S <date:10> <sym>                    -> that sym's day stats (JSON: rows, first, last)
-  M applied                            -> last applied log offset (8 BE)
-  M arrow <fingerprint:8>              -> the Arrow schema chunks with that fingerprint use
-  M day <date:10>                      -> "open" | "closed"
-
 Every message is applied in one WriteBatch together with its offset, so a
 shard on disk is always exactly "the log up to ``durable``": replaying a
 message at or below it is skipped, which makes at-least-once delivery
 exactly-once state. Small chunks are merged per sym once they pile up, so a
-sym's day stays a few large chunks.
-
-The tail: a small run (zero-latency mode sends a message per row) is not
-written at once but held in memory, already queryable, and written with the
-runs after it as one RocksDB batch once the tail is big or old enough
-(``flush``; the reader calls it). A row is visible as soon as it is in the
-tail; what a crash loses of it was never in ``durable``, so it is read again
-from the log. Writing a handful of rows over a dozen syms costs a chunk, a
-stats record and (every 32) a merge per sym: the tail makes that cost per
-flush, not per message, which is what publish -> visible latency needs.
+sym's day stays a few large chunks. The key layout is in streams/chunks.py;
+small runs wait in memory, already queryable, in the tail (streams/tail.py);
+rows once read stay decoded beside RocksDB (streams/resident.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import threading
 import time
@@ -36,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from rocksdict import (
     BlockBasedOptions,
     Cache,
@@ -49,13 +30,22 @@ from rocksdict import (
     WriteBufferManager,
 )
 
-from ingest.seq import INDEX_BITS, SEQ
+from streams.chunks import (
+    APPLIED,
+    ARROW,
+    DAY,
+    SymStats,
+    chunk_prefix,
+    concat,
+    next_prefix,
+    split_by_sym,
+    stats_key,
+    with_seq,
+)
 from streams.rawdb import scan, scan_keys
 from streams.resident import Budget, Resident
+from streams.tail import Tail
 
-APPLIED = b"Mapplied"
-ARROW = b"Marrow"
-DAY = b"Mday"
 MERGE_AFTER = 32          # small chunks of one sym before they are merged
 SMALL_CHUNK_ROWS = 512    # a chunk below this many rows counts as small
 TAIL_ROWS = 4096          # the tail is written once it holds this many rows...
@@ -64,30 +54,6 @@ TAIL_SECONDS = 0.2        # ...or its oldest run is this old
 
 class ShardError(RuntimeError):
     """A shard could not be opened or read; the message names it."""
-
-
-_STATS = struct.Struct(">qqqqq")
-
-
-@dataclass
-class SymStats:
-    rows: int = 0
-    first: int = 0
-    last: int = 0
-    small: int = 0  # chunks under SMALL_CHUNK_ROWS since the last merge
-    small_from: int = 0  # the offset of the first of them
-
-    def add(self, rows: int, first: int, last: int) -> None:
-        self.first = first if self.rows == 0 else min(self.first, first)
-        self.last = max(self.last, last)
-        self.rows += rows
-
-    def encode(self) -> bytes:
-        return _STATS.pack(self.rows, self.first, self.last, self.small, self.small_from)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> SymStats:
-        return cls(*_STATS.unpack(raw))
 
 
 @dataclass
@@ -124,18 +90,6 @@ class Resources:
         return opts
 
 
-def _chunk_prefix(date: str, sym: str) -> bytes:
-    return b"R" + date.encode() + sym.encode() + b"\x00"
-
-
-def _stats_key(date: str, sym: str) -> bytes:
-    return b"S" + date.encode() + sym.encode()
-
-
-def _next_prefix(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
-
-
 class Shard:
     """The rows of (table, partition) held by this worker."""
 
@@ -147,13 +101,8 @@ class Shard:
         # durable: the log up to here is on disk; applied: ... and in the tail too
         self.durable: int = struct.unpack(">q", raw)[0] if raw is not None else -1
         self.applied: int = self.durable
-        self._tail: list[tuple[str, pa.Table]] = []  # (date, rows) runs in log order, not on disk yet
-        self._tail_rows = 0
-        self._tail_since = 0.0  # monotonic time of the oldest run in the tail
-        self._tail_syms: dict[str, set[str]] = {}  # date -> syms with rows in the tail
+        self.tail = Tail()  # small runs applied, not on disk yet
         self._unsaved_days: set[str] = set()  # days first seen in the tail, not on disk yet
-        self._tail_version = 0  # changes with the tail: the key of the split kept for queries
-        self._tail_cache: tuple[Any, dict[str, pa.Table]] = (None, {})
         self.schemas: dict[bytes, pa.Schema] = {}
         self.fingerprints: dict[pa.Schema, bytes] = {}
         self.stats: dict[tuple[str, str], SymStats] = {}
@@ -193,8 +142,6 @@ class Shard:
     def _fingerprint(self, schema: pa.Schema, batch: WriteBatch) -> bytes:
         fp = self.fingerprints.get(schema)
         if fp is None:
-            import hashlib
-
             fp = hashlib.blake2b(schema.serialize().to_pybytes(), digest_size=8).digest()
             if fp not in self.schemas:
                 self.schemas[fp] = schema
@@ -206,7 +153,7 @@ class Shard:
         key = (date, sym)
         stats = self.stats.get(key)
         if stats is None:
-            raw = self.db.get(_stats_key(date, sym))
+            raw = self.db.get(stats_key(date, sym))
             stats = SymStats.decode(raw) if raw is not None else SymStats()
             self.stats[key] = stats
         return stats
@@ -228,11 +175,11 @@ class Shard:
                 self.resident.start_day(date)  # nothing on disk yet: resident as it is written
             if defer and rows < SMALL_CHUNK_ROWS:
                 if self.applied == self.durable:
-                    self._tail_since = time.monotonic()  # the oldest thing not on disk
+                    self.tail.since = time.monotonic()  # the oldest thing not on disk
                 if table is not None and rows:
                     self._to_tail(date, table)
                 self.applied = offset
-                if self._tail_rows >= TAIL_ROWS:
+                if self.tail.rows >= TAIL_ROWS:
                     self.flush()
                 return True
             self.flush()
@@ -241,29 +188,20 @@ class Shard:
 
     def _to_tail(self, date: str, table: pa.Table) -> None:
         """Hold a small run in memory, counted in the sym stats at once (queries see it)."""
-        self._tail.append((date, table))
-        self._tail_rows += table.num_rows
-        self._tail_version += 1
-        syms = table.column("sym").to_pylist()
-        times = table.column("time").cast(pa.int64()).to_pylist()
-        held = self._tail_syms.setdefault(date, set())
-        for sym, t in zip(syms, times, strict=True):
+        for sym, t in self.tail.add(date, table):
             self._sym_stats(date, sym).add(1, t, t)
-            held.add(sym)
 
     def tail_due(self, now: float | None = None) -> bool:
         """Whether the tail (or an offset not yet on disk) should be written now: big or old."""
         if self.applied == self.durable:
             return False
-        return self._tail_rows >= TAIL_ROWS or (now or time.monotonic()) - self._tail_since >= TAIL_SECONDS
+        return self.tail.rows >= TAIL_ROWS or (now or time.monotonic()) - self.tail.since >= TAIL_SECONDS
 
     def flush(self) -> None:
         """Write the tail: its runs as one chunk per sym and day, in one batch with the offset."""
         with self._lock:
             if self.applied > self.durable:
-                items, self._tail, self._tail_rows, self._tail_syms = self._tail, [], 0, {}
-                self._tail_version += 1
-                self._write(self.applied, items, counted=True)
+                self._write(self.applied, self.tail.take(), counted=True)
 
     def _write(self, offset: int, items: list[tuple[str, pa.Table]], counted: bool) -> None:
         """One RocksDB batch: the runs' rows (a day's runs as one chunk per sym) and ``offset``.
@@ -280,13 +218,13 @@ class Shard:
             by_date.setdefault(date, []).append(table)
         suffix = struct.pack(">q", offset)
         for date, tables in by_date.items():
-            record = (tables[0] if len(tables) == 1 else _concat(tables)).combine_chunks().to_batches()[0]
+            record = (tables[0] if len(tables) == 1 else concat(tables)).combine_chunks().to_batches()[0]
             fp = self._fingerprint(record.schema, batch)
-            for sym, chunk, first, last in _split_by_sym(record):
+            for sym, chunk, first, last in split_by_sym(record):
                 if "\x00" in sym:
                     raise ShardError(f"sym {sym!r} contains a NUL byte")
-                batch.put(_chunk_prefix(date, sym) + suffix, fp + chunk.serialize().to_pybytes())
-                self.resident.append(date, sym, _with_seq(pa.Table.from_batches([chunk]), offset))
+                batch.put(chunk_prefix(date, sym) + suffix, fp + chunk.serialize().to_pybytes())
+                self.resident.append(date, sym, with_seq(pa.Table.from_batches([chunk]), offset))
                 self._latest.pop((date, sym), None)
                 stats = self._sym_stats(date, sym)
                 if not counted:
@@ -297,7 +235,7 @@ class Shard:
                     stats.small += 1
                     if stats.small >= MERGE_AFTER:
                         to_merge.append((date, sym))
-                batch.put(_stats_key(date, sym), stats.encode())
+                batch.put(stats_key(date, sym), stats.encode())
         batch.put(APPLIED, suffix)
         self.db.write(batch)
         self._unsaved_days.clear()
@@ -313,7 +251,7 @@ class Shard:
         a merge does not grow with the day.
         """
         stats = self._sym_stats(date, sym)
-        prefix = _chunk_prefix(date, sym)
+        prefix = chunk_prefix(date, sym)
         keys, tables = [], []
         for key, value in scan(self.db, prefix, prefix + struct.pack(">q", stats.small_from)):
             keys.append(key)
@@ -321,13 +259,13 @@ class Shard:
         stats.small = 0
         if len(keys) < 2:
             return
-        merged = _concat(tables).combine_chunks()
+        merged = concat(tables).combine_chunks()
         batch = WriteBatch(raw_mode=True)
         fp = self._fingerprint(merged.schema, batch)
         for key in keys[1:]:
             batch.delete(key)
         batch.put(keys[0], fp + merged.to_batches()[0].serialize().to_pybytes())
-        batch.put(_stats_key(date, sym), stats.encode())
+        batch.put(stats_key(date, sym), stats.encode())
         self.db.write(batch)
 
     def mark_day(self, date: str, status: str) -> None:
@@ -341,8 +279,8 @@ class Shard:
         with self._lock:
             self.flush()
             day = date.encode()
-            self.db.delete_range(b"R" + day, b"R" + _next_prefix(day))
-            self.db.delete_range(b"S" + day, b"S" + _next_prefix(day))
+            self.db.delete_range(b"R" + day, b"R" + next_prefix(day))
+            self.db.delete_range(b"S" + day, b"S" + next_prefix(day))
             self.db.delete(DAY + day)
             self.days.pop(date, None)
             self.resident.drop_day(date)
@@ -360,27 +298,15 @@ class Shard:
         if schema is None:
             raise ShardError(f"{self.path}: chunk with unknown Arrow schema {value[:8].hex()}")
         table = pa.Table.from_batches([pa.ipc.read_record_batch(pa.py_buffer(value).slice(8), schema)])
-        return _with_seq(table, struct.unpack(">q", key[-8:])[0]) if key is not None else table
+        return with_seq(table, struct.unpack(">q", key[-8:])[0]) if key is not None else table
 
     def syms(self, date: str) -> list[str]:
         out = []
         prefix = b"S" + date.encode()
         for key in scan_keys(self.db, prefix):
             out.append(key[len(prefix):].decode())
-        fresh = self._tail_syms.get(date, set()).difference(out)
+        fresh = self.tail.syms.get(date, set()).difference(out)
         return sorted([*out, *fresh]) if fresh else out
-
-    def _tail_chunks(self, date: str) -> dict[str, pa.Table]:
-        """The tail's rows of ``date`` by sym (log order), split once per change of the tail."""
-        key = (date, self._tail_version)
-        if self._tail_cache[0] != key:
-            tables = [t for d, t in self._tail if d == date]
-            chunks: dict[str, pa.Table] = {}
-            if tables:
-                record = _concat(tables).combine_chunks().to_batches()[0]
-                chunks = {sym: pa.Table.from_batches([chunk]) for sym, chunk, _, _ in _split_by_sym(record)}
-            self._tail_cache = (key, chunks)
-        return self._tail_cache[1]
 
     def day_statuses(self) -> list[tuple[str, str]]:
         """(date, "open" | "closed") of every day held: a copy, since the reader thread
@@ -396,7 +322,7 @@ class Shard:
         """The day's chunks for ``syms`` (all syms if None), each sym in log order: what is
         resident (streams/resident.py), the rest from disk, then kept resident."""
         with self._lock:
-            tail = self._tail_chunks(date) if date in self._tail_syms else {}
+            tail = self.tail.chunks(date) if date in self.tail.syms else {}
             if syms is None:
                 by_sym = self.resident.day(date)
                 if by_sym is None:
@@ -429,12 +355,12 @@ class Shard:
     def _disk_chunks(self, date: str, syms: list[str] | None) -> dict[str, list[pa.Table]]:
         """The day's chunks on disk by sym. One RocksDB iterator for the whole read, moved
         from sym to sym (a day's syms are contiguous keys: all of them are one sweep): a
-        fresh iterator per sym cost ~15 us, as much as reading a sym's chunk."""
+        fresh iterator per sym costs as much as reading a sym's chunk."""
         by_sym: dict[str, list[pa.Table]] = {}
         it = self.db.iter()
         # all syms: one sweep of the day, each chunk's sym read off its key
         prefixes = [(b"R" + date.encode(), None)] if syms is None else \
-            [(_chunk_prefix(date, sym), sym) for sym in syms]
+            [(chunk_prefix(date, sym), sym) for sym in syms]
         for prefix, sym in prefixes:
             it.seek(prefix)
             while it.valid():
@@ -453,15 +379,15 @@ class Shard:
         chunk on disk, kept until the sym's next rows are written (a dashboard asking for
         every sym's last price many times a second costs no RocksDB read each time)."""
         with self._lock:
-            if sym in self._tail_syms.get(date, ()):
-                chunk = self._tail_chunks(date)[sym]
+            if self.tail.holds(date, sym):
+                chunk = self.tail.chunks(date)[sym]
                 return chunk.slice(chunk.num_rows - 1, 1)
             latest = self._latest.get((date, sym))
             if latest is not None:
                 return latest
-            prefix = _chunk_prefix(date, sym)
+            prefix = chunk_prefix(date, sym)
             it = self.db.iter()
-            it.seek_for_prev(_next_prefix(prefix))
+            it.seek_for_prev(next_prefix(prefix))
             while it.valid() and it.key().startswith(prefix):
                 value = it.value()
                 if value:
@@ -471,50 +397,3 @@ class Shard:
                     return latest
                 it.prev()
             return None
-
-
-def _with_seq(table: pa.Table, offset: int) -> pa.Table:
-    """A chunk as read: one stored before rows carried ``seq`` gets it from its key's offset
-    (see ``Shard._decode``)."""
-    if SEQ in table.schema.names:
-        return table
-    return table.append_column(pa.field(SEQ, pa.int64(), nullable=False),
-                               pa.array((offset << INDEX_BITS) + np.arange(table.num_rows), pa.int64()))
-
-
-def _split_by_sym(record: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch, int, int]]:
-    """(sym, its rows in log order, first time, last time) for each sym of a record batch.
-
-    One stable sort by sym and zero-copy slices: the cost per sym is a slice,
-    not a scan, whatever the number of syms in a message.
-    """
-    syms = record.column(record.schema.get_field_index("sym"))
-    times = record.column(record.schema.get_field_index("time")).cast(pa.int64()).to_numpy()
-    if syms.null_count == 0 and len(syms) and pc.all(pc.equal(syms, syms[0])).as_py():
-        return [(syms[0].as_py(), record, int(times.min()), int(times.max()))]
-    order = pc.sort_indices(syms)  # stable: each sym's rows keep their log order
-    record = record.take(order)
-    times = times[order.to_numpy()]
-    column = record.column(record.schema.get_field_index("sym"))
-    n = len(column)
-    # where the sorted syms change, over the whole column (nulls sort last, together)
-    changed = pc.not_equal(column.slice(1), column.slice(0, n - 1))
-    if column.null_count:
-        changed = pc.if_else(pc.is_null(changed), pc.xor(pc.is_null(column.slice(1)),
-                                                         pc.is_null(column.slice(0, n - 1))), changed)
-    starts = np.concatenate([[0], np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1])
-    names = column.take(pa.array(starts)).to_pylist()
-    lows = np.minimum.reduceat(times, starts)
-    highs = np.maximum.reduceat(times, starts)
-    ends = [*starts[1:].tolist(), n]
-    return [
-        (sym, record.slice(start, end - start), int(low), int(high))
-        for sym, start, end, low, high in zip(names, starts.tolist(), ends, lows, highs, strict=True)
-    ]
-
-
-def _concat(tables: list[pa.Table]) -> pa.Table:
-    """Concatenate chunks written under different schema versions (fields added since)."""
-    if not tables:
-        raise ValueError("nothing to concatenate")
-    return pa.concat_tables(tables, promote_options="default")

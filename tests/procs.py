@@ -38,6 +38,19 @@ def plant_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a child started with ``start_new_session=True`` and everything it started:
+    SIGTERM to its process group, SIGKILL if it outlives ``timeout``."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 class PlantChild:
     """One plant process (``python -m tickplant <argv>``) on a free port: kill -9 able.
     ``host``: a simulated host of its own, a loopback address its views listen on."""

@@ -1,6 +1,6 @@
 """The two small buffers every live path goes through, against plain-Python models.
 
-The subscription outbox merges waiting updates of one source into one message;
+The subscription outbox merges waiting updates of one subscription into one message (its last position);
 the RDB's latency sample is a ring buffer read as percentiles. Both are exercised
 end to end elsewhere, where a mistake (a row merged into another source's update,
 a percentile over stale slots) would show only as a rare wrong number.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import numpy as np
 from hypothesis import given
@@ -17,13 +18,16 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from gateway.subscriptions import MERGE_ROWS, Outbox, dumps
-from streams.rdb import LatencySample
+from streams.latency import LatencySample
 
-# a message: an update of a source with some rows, or a control message (no rows)
+# a message: an update of a subscription with some rows, or a control message (no rows);
+# a subscription is a source and its syms; one read from the log stamps its updates with
+# the position they bring the subscriber to (an engine's live feed, bars here, has none)
+SUBSCRIPTIONS = [("trade", ()), ("trade", ("AAPL",)), ("quote", ()), ("bars", ())]
 messages = st.lists(
     st.one_of(
-        st.tuples(st.sampled_from(["trade", "quote", "bars"]), st.integers(1, 2 * MERGE_ROWS // 3)),
-        st.tuples(st.just(""), st.just(0)),
+        st.tuples(st.sampled_from(SUBSCRIPTIONS), st.integers(1, 2 * MERGE_ROWS // 3)),
+        st.tuples(st.just(("", ())), st.just(0)),
     ),
     max_size=30,
 )
@@ -42,16 +46,19 @@ def drain(outbox: Outbox) -> list[str]:
 
 @hsettings(max_examples=60, deadline=None)
 @given(messages)
-def test_the_outbox_merges_only_adjacent_updates_of_one_source_and_keeps_every_row(sent):
+def test_the_outbox_merges_only_adjacent_updates_of_one_subscription_and_keeps_every_row(sent):
     outbox = Outbox(limit=10**9)
-    expected: list[tuple[str, list[int]]] = []  # what the client must see, message by message, unmerged
+    expected: list[tuple[Any, list[int]]] = []  # what the client must see, message by message, unmerged
     counter = 0
-    for source, n in sent:
+    for (source, syms), n in sent:
         if n:
             rows = list(range(counter, counter + n))
             counter += n
-            outbox.put(dumps({"type": "update", "source": source, "rows": rows}), n)
-            expected.append((source, rows))
+            message: dict[str, Any] = {"type": "update", "source": source, "syms": list(syms)}
+            if source != "bars":
+                message["position"] = {"0": counter, "3": 7}  # where its last row leaves the reader
+            outbox.put(dumps({**message, "rows": rows}), n)
+            expected.append(((source, syms), rows))
         else:
             outbox.put(dumps({"type": "heartbeat"}))
             expected.append(("", []))
@@ -59,7 +66,10 @@ def test_the_outbox_merges_only_adjacent_updates_of_one_source_and_keeps_every_r
 
     got = [json.loads(text) for text in drain(outbox)]
     assert outbox.queued_rows == 0
-    flat = [("", []) if m["type"] == "heartbeat" else (m["source"], m["rows"]) for m in got]
+    flat = [("", []) if m["type"] == "heartbeat" else ((m["source"], tuple(m["syms"])), m["rows"]) for m in got]
+    for m in got:  # a merged update's position is its last row's
+        if m["type"] == "update" and m["source"] != "bars":
+            assert m["position"] == {"0": m["rows"][-1] + 1, "3": 7}
     # the rule, as a model: an update takes in the updates of its source right behind it
     # while the rows stay within MERGE_ROWS; anything else goes alone, in order
     model: list[tuple[str, list[int]]] = []

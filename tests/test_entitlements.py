@@ -417,16 +417,19 @@ def test_denied_column_cannot_be_read_even_past_the_precheck(users, columns, dat
         chdb.query(render(ast), "ArrowTable")
 
 
+DENIED_TABLE = [  # bob has trade only
+    "SELECT * FROM quote",
+    "SELECT sym FROM trade UNION ALL SELECT sym FROM quote",
+    "SELECT * FROM trade WHERE sym IN (SELECT sym FROM quote)",
+    "WITH q AS (SELECT * FROM quote) SELECT * FROM trade",
+    "SELECT (SELECT count() FROM quote)",
+    "SELECT * FROM trade t JOIN quote q USING (sym)",
+]
+
+
 def test_denied_table(users, columns):
     bob = users.authenticate(BOB_KEY)
-    for sql in [
-        "SELECT * FROM quote",
-        "SELECT sym FROM trade UNION ALL SELECT sym FROM quote",
-        "SELECT * FROM trade WHERE sym IN (SELECT sym FROM quote)",
-        "WITH q AS (SELECT * FROM quote) SELECT * FROM trade",
-        "SELECT (SELECT count() FROM quote)",
-        "SELECT * FROM trade t JOIN quote q USING (sym)",
-    ]:
+    for sql in DENIED_TABLE:
         with pytest.raises(Forbidden, match="user 'bob' has no grant on table 'quote'"):
             authorize(parse_select(sql), bob, columns)
     alice = users.authenticate(ALICE_KEY)
@@ -437,12 +440,15 @@ def test_denied_table(users, columns):
     assert [t.name for t in table_refs(ast)] == ["query_log"]
 
 
-@pytest.mark.parametrize("sql, name", [
+UNKNOWN_TABLE = [
     ("SELECT * FROM trades", "trades"),
     ("SELECT * FROM TrAdE", "TrAdE"),
     ("SELECT * FROM TRADE", "TRADE"),
     ("SELECT * FROM (WITH x AS (SELECT 1) SELECT * FROM x) AS s, x", "x"),
-])
+]
+
+
+@pytest.mark.parametrize("sql, name", UNKNOWN_TABLE)
 def test_unknown_table_is_400_listing_tables(sql, name, users, columns):
     alice = users.authenticate(ALICE_KEY)
     with pytest.raises(SqlError, match=f"unknown table '{name}'; your tables: .*quote.*trade"):
@@ -584,25 +590,31 @@ def test_bypass_attempts_are_forbidden_with_the_reason(sql, reason, users, colum
         authorize(parse_select(sql), root, columns)
 
 
-@pytest.mark.parametrize("sql, reason", [
+CTE_SHADOWING = [
     ("WITH trade AS (SELECT * FROM quote) SELECT * FROM trade", "CTE name 'trade' is also a table name"),
-])
+]
+
+
+@pytest.mark.parametrize("sql, reason", CTE_SHADOWING)
 def test_cte_shadowing_a_table_is_forbidden(sql, reason, users, columns):
     with pytest.raises(Forbidden, match=reason):
         authorize(parse_select(sql), users.authenticate(ALICE_KEY), columns)
 
 
-@pytest.mark.parametrize("sql, reason", [
+UNKEPT_MODIFIERS = [
     ("SELECT * FROM trade FINAL", "FINAL is not supported"),
     ("SELECT * FROM trade SAMPLE 0.1", "SAMPLE is not supported"),
     ("SELECT * FROM (trade JOIN quote USING sym)", "parenthesised joins"),
-])
+]
+
+
+@pytest.mark.parametrize("sql, reason", UNKEPT_MODIFIERS)
 def test_table_modifiers_the_rewrite_cannot_keep_are_400(sql, reason, users, columns):
     with pytest.raises(SqlError, match=reason):
         authorize(parse_select(sql), users.authenticate(ALICE_KEY), columns)
 
 
-@pytest.mark.parametrize("sql, where", [
+INVALID_SQL = [
     ("SELEC * FROM trade", "line 1"),
     ("SELECT * FROM trade WHERE", "line 1"),
     ("SELECT (1 FROM trade", "line 1"),
@@ -612,7 +624,10 @@ def test_table_modifiers_the_rewrite_cannot_keep_are_400(sql, reason, users, col
     ("SELECT * FROM trade\nWHERE price >", "line 2"),
     ("SELECT " + "(" * 3000 + "1" + ")" * 3000, "nests too deeply"),
     ("SELECT * FROM " + "(SELECT * FROM " * 400 + "trade" + ") AS s" * 400, "nests too deeply"),
-])
+]
+
+
+@pytest.mark.parametrize("sql, where", INVALID_SQL)
 def test_invalid_sql_is_400_with_the_parsers_position(sql, where):
     with pytest.raises((SqlError, Forbidden), match=where):
         parse_select(sql)

@@ -19,16 +19,12 @@ import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 from procs import Worker, plant_env, wait_until
+from twodays import publish_two_days
 
 from gateway.app import create_app
 from gateway.auth import Users, hash_key
 from gateway.sql import parse_select
-from ingest.eod import open_first_day, roll_day
-from ingest.feeds.synthetic import SyntheticMarket
-from ingest.publisher import Tickerplant
-from sinks.backfill import backfill
 from sinks.hdb import HdbQueryError
-from tickplant.clock import ManualClock
 from tickplant.kafka.broker import free_port
 
 T0 = int(dt.datetime(2026, 11, 22, 9, 30, tzinfo=dt.UTC).timestamp() * 1e9)
@@ -52,22 +48,7 @@ def world(broker, catalog, tmp_path_factory):
     settings = broker.settings.replace(topic_prefix=f"g{uuid.uuid4().hex[:8]}.", data_dir=tmp / "plant",
                                        batch_interval_ms=20, gateway_user_queries=16,  # bob queries from threads
                                        gateway_pushdown_rows=100)  # a small day splits too
-    clock = ManualClock(T0)
-    open_first_day(settings, catalog, clock)
-    market = SyntheticMarket(syms=8, seed=5, clock=clock)
-    published: dict[dt.date, dict[str, list[dict]]] = {}
-    for day in (D1, D2):
-        if day == D2:
-            clock.advance(15 * 3600)
-            roll_day(settings, catalog, clock)
-            clock.advance(9 * 3600)
-        trades, quotes = market.events(3000)
-        with Tickerplant(settings, catalog, mode="batch") as tp:
-            tp.publish_rows("quote", quotes)
-            tp.publish_rows("trade", trades)
-        published[day] = {"trade": trades, "quote": quotes}
-    for table in ("trade", "quote"):
-        backfill(settings, table, D1, catalog=catalog)
+    published = publish_two_days(settings, catalog, T0, (D1, D2), syms=8, seed=5, events=3000)
     worker = Worker(settings, "rdb-g1", tmp).start()
     try:
         worker.wait_serving()

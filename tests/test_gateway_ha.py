@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 
-from procs import plant_env, wait_until
+from procs import plant_env, stop_group, wait_until
 
 from gateway.client import Client, GatewayError
 from ingest.eod import open_first_day
@@ -70,13 +70,7 @@ def test_a_gateway_killed_while_a_client_queries_through_two(broker, catalog, tm
         assert out.returncode == 0 and "8" in out.stdout, out.stderr
     finally:
         for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_group(proc)
 
 
 def _answers(url: str) -> bool:

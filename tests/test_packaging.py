@@ -18,6 +18,7 @@ import sys
 import venv
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # built from a copy: setuptools builds in the tree and would reuse a stale build/
     source = root / "source"
     shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(
-        ".*", "build", "*.egg-info", "__pycache__", "tests", "bench", "docker"))
+        ".*", "build", "*.egg-info", "__pycache__", "tests", "bench", "docker", "node_modules"))
     wheels = root / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
@@ -61,18 +62,32 @@ def run_installed(python: Path, *args: str, cwd: Path) -> subprocess.CompletedPr
     return subprocess.run([str(python), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+def probe(python: Path, code: str, cwd: Path) -> Any:
+    """What ``code`` prints as JSON, run by the installed wheel's python."""
+    answer = run_installed(python, "-c", code, cwd=cwd)
+    assert answer.returncode == 0, answer.stderr
+    return json.loads(answer.stdout)
+
+
 def test_the_wheel_carries_the_schemas_and_runs_from_elsewhere(installed: Path, tmp_path: Path) -> None:
-    probe = (
+    found = probe(installed, (
         "import tickplant, json; from pathlib import Path;"
         "from tickplant.config import Settings; from ingest.schemas import SchemaCatalog;"
         "s = Settings(); c = SchemaCatalog.load(s.schemas_dir);"
         "print(json.dumps({'module': tickplant.__file__, 'tables': sorted(c.tables)}))"
-    )
-    answer = run_installed(installed, "-c", probe, cwd=tmp_path)
-    assert answer.returncode == 0, answer.stderr
-    found = json.loads(answer.stdout)
+    ), tmp_path)
     assert not found["module"].startswith(str(REPO_ROOT)), f"imported from the checkout: {found['module']}"
     assert {"trade", "quote"} <= set(found["tables"])
+
+
+def test_the_wheel_carries_the_web_consoles_page_and_libraries(installed: Path, tmp_path: Path) -> None:
+    found = probe(installed, (
+        "import json; from gateway import console_assets as c;"
+        "want = [c.STATIC_DIR / 'console' / n for n in ('index.html', 'console.js', 'console.css')]"
+        " + [c.VENDOR_DIR / f.package / f.name for f in c.FILES];"
+        "print(json.dumps({'dir': str(c.STATIC_DIR), 'missing': [str(p) for p in want if not p.exists()]}))"
+    ), tmp_path)
+    assert not found["dir"].startswith(str(REPO_ROOT)) and found["missing"] == []
 
 
 def test_the_installed_cli_answers(installed: Path, tmp_path: Path) -> None:

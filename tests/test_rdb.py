@@ -312,7 +312,7 @@ def test_two_replicas_each_hold_everything_and_one_survives_the_other(settings, 
 
 
 def test_replica_names_are_checked(settings):
-    from streams.rdb import check_replica, group_id, shard_path
+    from streams.replicas import check_replica, group_id, shard_path
 
     assert group_id(settings) == f"{settings.topic_prefix}tickplant-rdb"
     assert group_id(settings, "b") == f"{settings.topic_prefix}tickplant-rdb-b"
@@ -360,7 +360,7 @@ def test_shard_tail_is_queryable_at_once_and_exactly_once_on_disk(catalog, tmp_p
 def test_latency_sample_keeps_the_latest_values_in_its_ring():
     import numpy as np
 
-    from streams.rdb import LatencySample
+    from streams.latency import LatencySample
 
     sample = LatencySample(size=8)
     assert sample.percentiles() is None

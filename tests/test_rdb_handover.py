@@ -14,7 +14,7 @@ from procs import BackgroundFeed, Worker, wait_until
 from ingest.eod import open_first_day
 from ingest.feeds.synthetic import SyntheticMarket
 from ingest.publisher import Tickerplant
-from streams.rdb import shard_path
+from streams.replicas import shard_path
 from streams.shard import Resources, Shard
 
 

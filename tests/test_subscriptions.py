@@ -267,6 +267,7 @@ def test_server_sent_events_and_errors(settings: Settings, catalog: SchemaCatalo
             assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
             lines = resp.iter_lines()
             assert next(lines) == "event: snapshot"
+            assert next(lines).startswith("id: ")  # its position: where Last-Event-ID resumes
             assert json.loads(next(lines).removeprefix("data: "))["rows"] == []
             quotes = [{"time": T0 + i, "sym": s, "bid": 1.0 + i, "ask": 1.1 + i, "bsize": 1, "asize": 2,
                        "exchange": "N"} for i, s in enumerate(["IBM", "ZZZ", "IBM"])]
@@ -289,7 +290,7 @@ def test_server_sent_events_and_errors(settings: Settings, catalog: SchemaCatalo
         assert json.loads(ws.recv(timeout=10))["reason"].startswith("bad JSON")
         ws.send(json.dumps({"op": "subscribe", "source": "nosuch", "syms": ["AAPL"]}))
         error = json.loads(ws.recv(timeout=10))
-        assert error == {"type": "error", "source": "nosuch",
+        assert error == {"type": "error", "source": "nosuch", "status": 404,
                          "reason": f"unknown source 'nosuch'; sources: {sources}"}
         ws.send(json.dumps({"op": "subscribe", "source": "trade", "syms": "AAPL"}))  # a string is a list
         assert subscribe_reply(ws)["type"] == "snapshot"
@@ -393,7 +394,7 @@ def test_authorize_refuses_a_source_over_websocket_and_sse(settings: Settings, c
         with connect(gateway.ws_url) as ws:
             ws.send(json.dumps({"op": "subscribe", "source": "quote", "syms": ["IBM"]}))
             assert json.loads(ws.recv(timeout=10)) == {
-                "type": "error", "source": "quote", "reason": "not authorized for 'quote': quotes are for alice only"}
+                "type": "error", "source": "quote", "status": 403, "reason": "not authorized for 'quote': quotes are for alice only"}
             assert subscribe(ws, "trade", ["IBM"])["rows"] == []
             assert gateway.hub.upstream_count == 1  # the refused one never got an upstream
         with connect(gateway.ws_url, additional_headers={"x-user": "alice"}) as ws:

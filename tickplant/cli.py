@@ -217,6 +217,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         from tickplant.peer.questdb import ensure_jar
 
         print(f"QuestDB jar ready: {ensure_jar(quiet=not args.verbose)}")
+    if args.console:
+        from gateway.console_cli import install_console
+
+        print(install_console())
     if args.schema_registry:
         from tickplant.kafka.registry_server import ensure_registry
 
@@ -486,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     install = sub.add_parser("install", parents=[common], help="fetch the Kafka broker jars (Maven)")
     install.add_argument("--questdb", action="store_true",
                          help="also QuestDB's server jar, for the side-by-side benchmark (python -m bench peer)")
+    install.add_argument("--console", action="store_true",
+                         help="also rebuild the web console's browser libraries (npm ci in console/)")
     install.add_argument("--schema-registry", action="store_true",
                          help="also build a Confluent-compatible schema registry (Apicurio; tickplant registry run)")
     install.set_defaults(func=cmd_install)
@@ -562,6 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.watch import add_commands as add_watch_commands
 
     add_watch_commands(sub, common)
+
+    from gateway.sqlconsole import add_commands as add_sql_commands
+
+    add_sql_commands(sub, common)
 
     from tickplant.aws.cli import add_commands as add_aws_commands
 

@@ -88,6 +88,9 @@ class Settings:
     gateway_users_file: str = ""
     gateway_row_limit: int = 1_000_000
     gateway_timeout_s: float = 30.0
+    # ClickHouse's HTTP interface of the gateway (gateway/chhttp.py), for ClickHouse drivers and
+    # Grafana: its port on gateway_host; 0: not served (ClickHouse itself uses 8123)
+    clickhouse_http_port: int = 0
     # per user and per query, so that one caller cannot take the gateway from the others:
     # queries one user runs at once (429 past it), a statement's size (413), one query's
     # memory in ClickHouse and its answer's size (413)
