@@ -39,6 +39,7 @@ fetched without a hop through the pool.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import logging
 import re
@@ -228,12 +229,13 @@ class Engine:
         for placeholder in [r.placeholder for r in keyed] + logs:
             if sql.count(placeholder) != 1:  # each source goes in exactly where its reference was
                 raise QueryFailed(400, "the statement could not be planned")
-        split, latest = None, False
+        split: Split | None = None
+        latest = False
         if keyed and not logs:
             latest = len(keyed) == 1 and latest_only(ast, keyed[0].placeholder)
-            columns = {"date"}.union(*(self.catalog[r.need.table].stored_columns for r in keyed))
+            known: set[str] = {"date"}.union(*(self.catalog[r.need.table].stored_columns for r in keyed))
             split = None if latest else pushdown.split(ast, [r.placeholder for r in keyed],
-                                                       f"__tickplant_partials_{_NONCE}__", columns)
+                                                       f"__tickplant_partials_{_NONCE}__", known)
         return Plan(sql, tuple(keyed), tuple(logs), split, latest)
 
     def run(self, ast: exp.Expression, limit: int | None = None, timeout: float | None = None,
@@ -361,7 +363,12 @@ class Engine:
         sources = tuple((r.placeholder, r.need.table, tuple(r.columns) if r.columns else None,
                          frozenset(r.need.syms) if r.need.syms is not None else None) for r in plan.refs)
         ask = PartialAsk(split, sources, count)
-        syms = None if any(r.need.syms is None for r in plan.refs) else set().union(*(r.need.syms for r in plan.refs))
+        syms: set[str] | None = set()
+        for ref in plan.refs:
+            if ref.need.syms is None or syms is None:
+                syms = None
+            else:
+                syms |= set(ref.need.syms)
         need = TableNeed(plan.refs[0].need.table, plan.refs[0].need.dates, syms)
         got = self._realtime(need, None, ask, deadline)
         return {r.key: got for r in plan.refs}
@@ -529,16 +536,17 @@ class Engine:
                 failed.clear()  # a benched node may be back, a group may have rebalanced
                 continue
             asked = time.monotonic()
-            calls = {url: (self._fetch_node, url, need.table, view, day, columns,
-                           [s for s in syms if partition_for(s, count) in parts] if syms else None,
-                           sorted(parts), deadline)
+            calls = {url: functools.partial(
+                         self._fetch_node, url, need.table, view, day, columns,
+                         [s for s in syms if partition_for(s, count) in parts] if syms else None,
+                         sorted(parts), deadline)
                      for url, parts in route.nodes.items()}
             # one node (a small plant, or syms all in one shard): no hop through the pool
-            futures = {url: self.pool.submit(*call) for url, call in list(calls.items())[1:]}
+            futures = {url: self.pool.submit(call) for url, call in list(calls.items())[1:]}
             tables, bad = [], None
             for url, call in calls.items():
                 try:
-                    tables.append(futures[url].result() if url in futures else call[0](*call[1:]))
+                    tables.append(futures[url].result() if url in futures else call())
                 except RdbClientError as exc:
                     if exc.status == MISDIRECTED:  # alive, but its partitions moved: route again
                         failed.append(url)

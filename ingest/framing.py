@@ -380,7 +380,7 @@ def encode_block(table: TableSchema, rows: list[dict[str, Any]]) -> bytes:
     return out.getvalue()
 
 
-def control_of(headers: HeadersType | None) -> str | None:
+def control_of(headers: HeadersType | Sequence[tuple[str, str | bytes | None]] | None) -> str | None:
     """The control word of a fence message, None for a data message."""
     if headers:
         for key, value in headers.items() if isinstance(headers, dict) else headers:

@@ -242,7 +242,7 @@ class Tickerplant:
                 self.producer.poll(0)
         return n if keep is None else int(keep.sum())
 
-    def _frame_partitions(self, table: str, syms: Any) -> tuple[Any, list[bytes]]:
+    def _frame_partitions(self, table: str, syms: Any) -> tuple[Any, tuple[Any, list[bytes]]]:
         """Each row's partition (an intp array) and the index of its sym in ``keys`` (UTF-8 syms)."""
         import pyarrow.compute as pc
 
@@ -250,13 +250,15 @@ class Tickerplant:
         names = encoded.dictionary.to_pylist()
         cache = self._sym_cache[table]
         zero = self.mode == "zero"
-        parts_of_sym = []
+        parts_of_sym: list[int] = []
         for sym in names:
-            got = cache.get(sym)
+            got = cache.get(sym)  # zero mode caches (partition, key), batch mode the partition
             if got is None:
                 part = partition_for(sym, self.partitions[table])
-                got = cache[sym] = (part, sym.encode()) if zero else part
-            parts_of_sym.append(got[0] if zero else got)
+                cache[sym] = (part, sym.encode()) if zero else part
+            else:
+                part = got[0] if zero else got
+            parts_of_sym.append(part)
         index = encoded.indices.to_numpy(zero_copy_only=False)
         parts = np.asarray(parts_of_sym, np.intp)[index]
         return parts, (index, [s.encode() for s in names])

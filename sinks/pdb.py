@@ -70,6 +70,7 @@ from sinks.store import HdbStore
 from sinks.writedown import DEFAULT_OPTIONS, WriteOptions, write_partition
 from tickplant import metrics
 from tickplant.config import Settings
+from tickplant.kafka.message import position
 
 log = logging.getLogger("tickplant.pdb")
 
@@ -271,12 +272,12 @@ class Pdb:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             table = self.topics[tp.topic]
-            position = self.cache.position(table, tp.partition)
-            if position is None:
-                position = self._initial_offset(table, tp.partition)
+            resume = self.cache.position(table, tp.partition)
+            if resume is None:
+                resume = self._initial_offset(table, tp.partition)
             low, _ = watermarks(consumer, tp.topic, tp.partition)
-            self.cache.start(table, tp.partition, max(position, low))
-            tp.offset = max(position, low)
+            self.cache.start(table, tp.partition, max(resume, low))
+            tp.offset = max(resume, low)
         self.cache.commit()
         consumer.assign(partitions)
         self.ready.set()
@@ -314,10 +315,12 @@ class Pdb:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consuming %s: %s", msg.topic(), err)
             return
-        table = self.topics.get(msg.topic())
-        part, offset = msg.partition(), msg.offset()
-        position = self.cache.position(table, part) if table else None
-        if position is None or offset < position:
+        topic, part, offset = position(msg)
+        table = self.topics.get(topic)
+        if table is None:
+            return
+        captured_to = self.cache.position(table, part)
+        if captured_to is None or offset < captured_to:
             return  # already captured (redelivered after a rebalance)
         self.messages += 1
         assert self.control is not None
