@@ -581,11 +581,11 @@ def default_snapshot(settings: Settings, catalog: SchemaCatalog, timeout: float 
     def snapshot(source: str, syms: list[str]) -> list[dict[str, Any]]:
         nodes = read_metadata(settings)
         if source in catalog.tables:
-            urls = [n["url"] for n in nodes.values() if n.get("kind") == "rdb" and n.get("url")]
+            urls = [n.url for n in nodes.values() if n.kind == "rdb" and n.url]
             if not urls:
                 return []
             return _arrow_rows(RdbClient(urls[0], timeout=timeout, settings=settings).last(source, syms or None))
-        urls = [n["url"] for n in nodes.values() if n.get("kind") == "cep" and n.get("url")]
+        urls = [n.url for n in nodes.values() if n.kind == "cep" and n.url]
         if source not in ("analytics", "bars") or not urls:
             return []
         query = f"?{urllib.parse.urlencode({'syms': ','.join(syms)})}" if syms else ""

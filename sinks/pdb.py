@@ -41,7 +41,6 @@ cache directory to write down days the first had begun).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import threading
@@ -59,6 +58,8 @@ from ingest.framing import control_of
 from ingest.intake import Intake
 from ingest.logread import make_consumer, watermarks
 from ingest.metadata import MetadataPublisher
+from ingest.node_record import PdbRecord
+from ingest.records import PublishedMarker
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, ensure_topics
@@ -111,8 +112,7 @@ class ControlFollower:
                     at_end = at_end or err.code() == KafkaError._PARTITION_EOF
                     continue
                 value = msg.value()
-                if msg.key() == CONTROL_KEY and value:
-                    self.state.apply(json.loads(value))
+                if msg.key() == CONTROL_KEY and value and self.state.apply_message(value, f"{self.topic}@{msg.offset()}"):
                     applied += 1
             if not until_end or at_end:
                 return applied
@@ -130,7 +130,7 @@ class _Job:
     ranges: dict[int, tuple[int, int]]
     thread: threading.Thread | None = None
     manifest: Manifest | None = None
-    marker: dict[str, Any] | None = None
+    marker: PublishedMarker | None = None
     error: BaseException | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -160,7 +160,7 @@ class Pdb:
         self.queue: list[tuple[str, dt.date]] = []
         self.job: _Job | None = None
         self.failed: dict[tuple[str, dt.date], tuple[float, str]] = {}
-        self.published: list[dict[str, Any]] = []
+        self.published: list[PublishedMarker] = []
         self.rows_captured = 0
         self.messages = 0
         self._warned: set[tuple[str, dt.date]] = set()
@@ -239,13 +239,14 @@ class Pdb:
     def _announce(self, announcer: MetadataPublisher) -> None:
         """Where this PDB runs and what it does, for ``tickplant status`` (never stops the PDB)."""
         try:
-            announcer.publish({"kind": "pdb", "host": self.settings.advertised_host, "pid": os.getpid(),
-                               "partitions": sorted(f"{t}[{p}]" for t, p in self.cache.parts),
-                               # the next offset it captures, per table partition: its lag in status
-                               "next": {f"{t}[{p}]": s.next for (t, p), s in list(self.cache.parts.items())},
-                               "rows_captured": self.rows_captured,
-                               "writing": f"{self.job.table} {self.job.date}" if self.job else None,
-                               "queued": len(self.queue)})
+            announcer.publish(PdbRecord(
+                node=self.node_id, host=self.settings.advertised_host, pid=os.getpid(),
+                partitions=tuple(sorted(f"{t}[{p}]" for t, p in self.cache.parts)),
+                # the next offset it captures, per table partition: its lag in status
+                next={f"{t}[{p}]": s.next or 0 for (t, p), s in list(self.cache.parts.items())},
+                rows_captured=self.rows_captured,
+                writing=f"{self.job.table} {self.job.date}" if self.job else None,
+                queued=len(self.queue)))
         except Exception as exc:  # noqa: BLE001 - the broker away: announce again next time
             log.warning("could not announce the PDB: %s", exc)
 
@@ -453,7 +454,7 @@ class Pdb:
             "writing": f"{self.job.table} {self.job.date}" if self.job else None,
             "queued": [f"{t} {d}" for t, d in self.queue],
             "failed": {f"{t} {d}": e for (t, d), (_, e) in self.failed.items()},
-            "published": [f"{m['table']} {m['date']}" for m in self.published],
+            "published": [f"{m.table} {m.date}" for m in self.published],
         }
 
 

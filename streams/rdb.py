@@ -78,6 +78,7 @@ from ingest.gather import Gathered
 from ingest.intake import Intake
 from ingest.logread import make_tail_consumer
 from ingest.metadata import MetadataPublisher, read_metadata
+from ingest.node_record import NODE_VERSION, NodeRecord, RdbRecord, TableHeld, node_from_fields
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
@@ -276,7 +277,7 @@ class RdbWorker:
         self.latency = self.stages.samples["visible"]
         self._decode_ns = self._arrow_ns = self._write_ns = 0
         self.metadata = MetadataPublisher(settings, node_id)
-        self.peers: dict[str, dict[str, Any]] = {}
+        self.peers: dict[str, RdbRecord] = {}
         # metrics (tickplant/metrics.py): rows counted per read, state read at scrape time
         self.log_ends = metrics.LogEnds()  # noted by the reader, read by a scrape
         self._rows_in = {t: metrics.ROWS_IN.labels("rdb", t) for t in self.catalog.names}
@@ -628,7 +629,7 @@ class RdbWorker:
             for date in [d for d, _ in shard.day_statuses() if d and dt.date.fromisoformat(d) in published]:
                 shard.drop_day(date)
         began = time.perf_counter_ns()
-        self.metadata.publish(self.holdings())
+        self.metadata.publish(node_from_fields(self.node_id, {"version": NODE_VERSION, **self.holdings()}, "this RDB's holdings"))
         self.stages.samples["stall"].add(time.perf_counter_ns() - began)
         try:
             nodes = await loop.run_in_executor(None, read_metadata, self.settings)
@@ -636,10 +637,10 @@ class RdbWorker:
         except Exception as exc:  # noqa: BLE001 - routing keeps the last view
             log.warning("could not read metadata: %s", exc)
 
-    def replica_peers(self, nodes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def replica_peers(self, nodes: dict[str, NodeRecord]) -> dict[str, RdbRecord]:
         """The RDB nodes of this worker's replica: the only ones it forwards to."""
         return {node: record for node, record in nodes.items()
-                if record.get("kind", "rdb") == "rdb" and record.get("replica", DEFAULT_REPLICA) == self.replica}
+                if isinstance(record, RdbRecord) and (record.replica or DEFAULT_REPLICA) == self.replica}
 
     def holdings(self, detail: bool = False) -> dict[str, Any]:
         """What this worker holds (the metadata record); ``detail`` adds the latency stages
@@ -693,8 +694,8 @@ class RdbWorker:
         for node, record in self.peers.items():
             if node == self.node_id:
                 continue
-            for p in record.get("tables", {}).get(table, {}).get("partitions", []):
-                by_partition_owner[p] = record["url"]
+            for p in (record.tables.get(table) or TableHeld()).partitions:
+                by_partition_owner[p] = record.url
         out: dict[str | None, list[str]] = {}
         for sym in syms:
             p = partition_for(sym, parts)
@@ -729,8 +730,8 @@ class RdbWorker:
             groups: dict[str | None, list[str] | None] = {None: None}
             if not local_only:
                 for record in self.peers.values():
-                    if record["node"] != self.node_id and table in record.get("tables", {}):
-                        groups[record["url"]] = None
+                    if record.node != self.node_id and table in record.tables:
+                        groups[record.url] = None
         else:
             groups = {None: query.syms} if local_only else dict(self._owners(table, query.syms))
         loop = asyncio.get_running_loop()
@@ -895,12 +896,12 @@ class RdbWorker:
                 local = counts(shards, query.date, query.syms)
                 if request.query.get("local") != "1":
                     for record in worker.peers.values():
-                        if record["node"] != worker.node_id and table in record.get("tables", {}):
+                        if record.node != worker.node_id and table in record.tables:
                             async with aiohttp.ClientSession(
                                     headers=internal.headers(worker.settings)) as session:
                                 params = {k: v for k, v in request.query.items()}
                                 params["local"] = "1"
-                                async with session.get(f"{record['url']}/rdb/v1/{table}/count",
+                                async with session.get(f"{record.url}/rdb/v1/{table}/count",
                                                        params=params) as resp:
                                     local.update((await resp.json())["counts"])
                 return self.json({"date": query.date, "counts": local})

@@ -406,7 +406,7 @@ def test_replay_is_deterministic_and_eod_resets_the_day(settings, catalog, day, 
         tp.publish_rows("trade", day1_trades)
         tp.publish_rows("quote", day1_quotes)
     day.advance(24 * 3600)
-    assert roll_day(settings, catalog, day)["date"] == DAY1
+    assert roll_day(settings, catalog, day).date.isoformat() == DAY1
     day2_trades, day2_quotes = market_minutes(day, seed=8, steps=10)
     with Tickerplant(settings, catalog, mode="zero") as tp:
         tp.publish_rows("trade", day2_trades)

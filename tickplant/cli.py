@@ -87,7 +87,7 @@ def _status_loop(plant: Any) -> None:
         last, last_t = delivered, now
         day = ""
         if plant.scheduler and plant.scheduler.rolled:
-            day = f" | last EOD {plant.scheduler.rolled[-1]['date']}"
+            day = f" | last EOD {plant.scheduler.rolled[-1].date}"
         if plant.scheduler and plant.scheduler.error:
             day += f" | EOD FAILED: {plant.scheduler.error}"
         line = " | ".join(parts) + day
@@ -282,11 +282,11 @@ def cmd_eod(args: argparse.Namespace) -> int:
         return _eod_schedule(settings, SchemaCatalog.load(settings.schemas_dir))
     marker = roll_day(settings, SchemaCatalog.load(settings.schemas_dir))
     assert marker is not None
-    print(f"closed {marker['date']}; open day is now {marker['next']}")
+    print(f"closed {marker.date}; open day is now {marker.next}")
     rows = [
         [table, part, start, end, max(0, end - start)]
-        for table, parts in sorted(marker["tables"].items())
-        for part, (start, end) in sorted(parts.items(), key=lambda kv: int(kv[0]))
+        for table, parts in sorted(marker.tables.items())
+        for part, (start, end) in sorted(parts.items())
     ]
     print(format_table(["table", "partition", "first offset", "fence offset", "offsets in day"], rows))
     return 0
@@ -303,8 +303,8 @@ def _eod_schedule(settings: Settings, catalog: Any) -> int:
     observe_role(settings, "eod", "eod", listen=True)
     install_signal_handlers()
     ensure_topics(settings, catalog)
-    scheduler = EodScheduler(settings, catalog, on_roll=lambda m: print(f"closed {m['date']}; open day is now "
-                                                                          f"{m['next']}", flush=True))
+    scheduler = EodScheduler(settings, catalog, on_roll=lambda m: print(f"closed {m.date}; open day is now "
+                                                                          f"{m.next}", flush=True))
     scheduler.start()
     print(f"end of day at {settings.eod_time} {settings.eod_timezone}; Ctrl-C stops the timer", flush=True)
     try:

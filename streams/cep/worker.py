@@ -76,6 +76,7 @@ from ingest.framing import control_of
 from ingest.intake import Intake
 from ingest.logread import make_tail_consumer
 from ingest.metadata import MetadataPublisher, read_metadata
+from ingest.node_record import CepRecord, NodeRecord, node_fields
 from ingest.schema_topic import SchemaTopic, make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_for
@@ -169,7 +170,7 @@ class CepWorker:
         self.metadata = MetadataPublisher(settings, node_id)
         self.live = LiveFeed()
         self._live_out: dict[str, list[dict[str, Any]]] = {"analytics": [], "bars": []}  # this read's, to push
-        self.peers: dict[str, dict[str, Any]] = {}
+        self.peers: dict[str, NodeRecord] = {}
         # metrics (tickplant/metrics.py): rows counted per read, state read at scrape time
         self.log_ends = metrics.LogEnds()  # noted by the reader, read by a scrape
         self._rows_in = {t: metrics.ROWS_IN.labels("cep", t) for t in self.tables}
@@ -489,25 +490,29 @@ class CepWorker:
     async def _refresh(self) -> None:
         loop = asyncio.get_running_loop()
         self.days = await loop.run_in_executor(None, read_day_state, self.settings)
-        self.metadata.publish(self.holdings())
+        self.metadata.publish(self.record())
         try:
             self.peers = await loop.run_in_executor(None, read_metadata, self.settings)
         except Exception as exc:  # noqa: BLE001 - routing keeps the last view
             log.warning("could not read metadata: %s", exc)
 
-    def holdings(self) -> dict[str, Any]:
+    def record(self) -> CepRecord:
         """The metadata record: where this worker answers and what it computes."""
-        return {
-            "kind": "cep", "url": self.url, "engine": self.engine_name, "pid": os.getpid(), "rss": rss_bytes(),
-            "partitions": sorted(self.assigned), "serving": bool(self.assigned) and set(self.engines) == self.assigned,
-            "outputs": self.topics.outputs, "inputs": [self.names.table(t) for t in self.tables],
-            "bar_seconds": self.width_ns / 1e9, "analytics": [a.name for a in self.analytics],
-            "open_date": self.days.open_date.isoformat() if self.days.open_date else None,
-            "live_listeners": self.live.listener_count(),
+        return CepRecord(
+            node=self.node_id, url=self.url, engine=self.engine_name, pid=os.getpid(), rss=rss_bytes(),
+            partitions=tuple(sorted(self.assigned)), serving=bool(self.assigned) and set(self.engines) == self.assigned,
+            outputs=dict(self.topics.outputs), inputs=tuple(self.names.table(t) for t in self.tables),
+            bar_seconds=self.width_ns / 1e9, analytics=tuple(a.name for a in self.analytics),
+            open_date=self.days.open_date.isoformat() if self.days.open_date else None,
+            live_listeners=self.live.listener_count(),
             # the last input offset in each partition's state, per table: its lag in tickplant status
-            "applied": {t: {str(p): engine.store.offset(t) for p, engine in list(self.engines.items())}
-                        for t in self.tables},
-        }
+            applied={t: {p: engine.store.offset(t) for p, engine in list(self.engines.items())}
+                     for t in self.tables},
+        )
+
+    def holdings(self) -> dict[str, Any]:
+        """The metadata record as its JSON object (the status page's first fields)."""
+        return node_fields(self.record())
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -560,9 +565,9 @@ class CepWorker:
             if p in self.engines:
                 local.setdefault(p, []).append(sym)
             else:
-                elsewhere[sym] = next((r["url"] for r in self.peers.values()
-                                       if r.get("kind") == "cep" and r.get("engine") == self.engine_name
-                                       and p in r.get("partitions", [])), None)
+                elsewhere[sym] = next((r.url for r in self.peers.values()
+                                       if isinstance(r, CepRecord) and r.engine == self.engine_name
+                                       and p in r.partitions), None)
         return local, elsewhere
 
     def analytics_view(self, request: Any) -> dict[str, Any]:
