@@ -55,8 +55,6 @@ import json
 import logging
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,7 +65,7 @@ from ingest.schemas import SchemaCatalog
 from ingest.subscribe import Subscription
 from ingest.topics import TopicNames
 from streams.cep.topics import output_of
-from tickplant import internal
+from tickplant import httpclient
 from tickplant.config import Settings
 from tickplant.kafka.admin import admin_client
 
@@ -588,13 +586,11 @@ def default_snapshot(settings: Settings, catalog: SchemaCatalog, timeout: float 
         urls = [n.url for n in nodes.values() if n.kind == "cep" and n.url]
         if source not in ("analytics", "bars") or not urls:
             return []
-        query = f"?{urllib.parse.urlencode({'syms': ','.join(syms)})}" if syms else ""
         rows: list[dict[str, Any]] = []
         for url in urls:
-            request = urllib.request.Request(f"{url.rstrip('/')}/cep/v1/{source}{query}",
-                                             headers=internal.headers(settings))
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                rows.extend(_cep_rows(json.loads(resp.read())))
+            rows.extend(_cep_rows(httpclient.get_json(f"{url.rstrip('/')}/cep/v1/{source}",
+                                                      params={"syms": ",".join(syms)}, settings=settings,
+                                                      timeout=timeout)))
         return rows
 
     return snapshot

@@ -16,7 +16,6 @@ import threading
 import time
 from typing import Any
 
-from tickplant import internal
 from tickplant.cliargs import add_host_flags, parse_date, settings_from_args
 from tickplant.config import ConfigError, Settings
 from tickplant.textable import format_ns, format_table
@@ -169,14 +168,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _gateway_line(settings: Settings) -> str:
-    import urllib.request
+    from tickplant import httpclient
 
     url = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    try:
-        request = urllib.request.Request(f"{url}/v1/health", headers=internal.headers(settings))
-        with urllib.request.urlopen(request, timeout=3) as resp:  # the plant's own tool: the details
-            health = json.loads(resp.read())
-    except OSError as exc:
+    try:  # the plant's own tool (its secret): the details
+        health = httpclient.get_json(f"{url}/v1/health", settings=settings, timeout=3)
+    except (httpclient.HttpError, ValueError) as exc:
         return f"gateway: not answering at {url} ({exc})"
     replicas = sorted({n["replica"] for n in health.get("rdb_nodes", [])})
     return (f"gateway: {url} ok, open day {health.get('open_date')}, {len(health.get('rdb_nodes', []))} RDB "
