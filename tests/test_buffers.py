@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from gateway.subscriptions import MERGE_ROWS, Outbox, dumps
+from gateway.outbox import MERGE_ROWS, Outbox, dumps
 from streams.rdb import LatencySample
 
 # a message: an update of a source with some rows, or a control message (no rows)
