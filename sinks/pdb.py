@@ -52,11 +52,12 @@ from typing import Any
 import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from ingest.control_follower import ControlFollower
 from ingest.deadletter import DeadLetters
-from ingest.eod import CONTROL_KEY, DayState, confirmed_fence_date
+from ingest.eod import confirmed_fence_date
 from ingest.framing import control_of
 from ingest.intake import Intake
-from ingest.logread import make_consumer, watermarks
+from ingest.logread import watermarks
 from ingest.metadata import MetadataPublisher
 from ingest.node_record import PdbRecord
 from ingest.records import PublishedMarker
@@ -89,38 +90,6 @@ def group_id(settings: Settings) -> str:
 
 def cache_dir(settings: Settings) -> Path:
     return Path(settings.data_dir).resolve() / "pdb"
-
-
-class ControlFollower:
-    """The control topic, read as it grows: the day state without re-reading it each time."""
-
-    def __init__(self, settings: Settings):
-        self.topic = TopicNames(settings.topic_prefix).control
-        self.state = DayState()
-        self.consumer = make_consumer(settings)
-        self.consumer.assign([TopicPartition(self.topic, 0, 0)])
-
-    def poll(self, until_end: bool = False, timeout: float = 30.0) -> int:
-        """Apply new markers; with ``until_end``, read to the end of the topic first."""
-        applied = 0
-        deadline = time.monotonic() + timeout
-        while True:
-            at_end = False
-            for msg in self.consumer.consume(1000, timeout=0.05 if until_end else 0):
-                err = msg.error()
-                if err is not None:
-                    at_end = at_end or err.code() == KafkaError._PARTITION_EOF
-                    continue
-                value = msg.value()
-                if msg.key() == CONTROL_KEY and value and self.state.apply_message(value, f"{self.topic}@{msg.offset()}"):
-                    applied += 1
-            if not until_end or at_end:
-                return applied
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {self.topic} to its end in {timeout:.0f}s")
-
-    def close(self) -> None:
-        self.consumer.close()
 
 
 @dataclass
