@@ -15,8 +15,9 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from ingest.deadletter import DeadLetters
+from ingest.decoder import Decoder
 from ingest.eod import DayState, read_day_state
-from ingest.framing import Decoder, control_of
+from ingest.framing import control_of
 from ingest.gather import Gathered
 from ingest.intake import Intake
 from ingest.logread import make_consumer, read_ranges, watermarks

@@ -247,8 +247,8 @@ def test_synthetic_feed_through_publish_frame_writes_the_same_records(settings, 
     same log as rows or as frames; and run_feed sends its big ticks as frames."""
     import threading
 
+    from ingest.decoder import Decoder
     from ingest.feeds import synthetic
-    from ingest.framing import Decoder
 
     ticks = [2500, 1200, 3000, 1000]
 
