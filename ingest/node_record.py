@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from ingest.records import RecordError
+from ingest.records import RecordError, check_version
 
 NODE_VERSION = 1
 
@@ -146,12 +146,7 @@ def decode_node(node: str, value: bytes, where: str) -> NodeRecord:
 def node_from_fields(node: str, raw: Mapping[str, Any], where: str) -> NodeRecord:
     """A record from its JSON object's fields (what ``decode_node`` parsed, or what a node
     assembled for its status page)."""
-    version = raw.get("version", 1)
-    if not isinstance(version, int) or version < 1:
-        raise RecordError(f"{where}: node {node!r}: version {version!r} (a positive integer expected)")
-    if version > NODE_VERSION:
-        raise RecordError(f"{where}: node {node!r}: a record of version {version}; this build reads versions "
-                          f"up to {NODE_VERSION} (upgrade it)")
+    version = check_version(raw, NODE_VERSION, f"{where}: node {node!r}")
     kind = raw.get("kind", "rdb")  # the first RDB records said no kind
     cls = KINDS.get(kind)
     if cls is None:

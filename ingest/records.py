@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,17 @@ class PublishedMarker:
 Marker = OpenMarker | EodMarker | PublishedMarker
 
 
+def check_version(raw: Mapping[str, Any], newest: int, what: str) -> int:
+    """A record's version (1 when it says none: written before versions); RecordError if it is
+    not one this build reads."""
+    version = raw.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RecordError(f"{what}: version {version!r} (a positive integer expected)")
+    if version > newest:
+        raise RecordError(f"{what}: version {version}; this build reads versions up to {newest} (upgrade it)")
+    return version
+
+
 def encode_marker(marker: Marker) -> bytes:
     base: dict[str, Any] = {"kind": marker.kind, "version": marker.version, "date": marker.date.isoformat(),
                             "at": marker.at}
@@ -89,13 +101,8 @@ def decode_marker(value: bytes, where: str) -> Marker:
         raise RecordError(f"{where}: a control marker that is not JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise RecordError(f"{where}: a control marker that is not a JSON object: {raw!r:.80}")
-    version = raw.get("version", 1)
-    if not isinstance(version, int) or version < 1:
-        raise RecordError(f"{where}: a control marker with version {version!r} (a positive integer expected)")
-    if version > MARKER_VERSION:
-        raise RecordError(f"{where}: a {raw.get('kind')!r} marker of version {version}; this build reads "
-                          f"versions up to {MARKER_VERSION} (upgrade it)")
     kind = raw.get("kind")
+    version = check_version(raw, MARKER_VERSION, f"{where}: a {kind!r} marker")
     try:
         date = dt.date.fromisoformat(raw["date"])
         if kind == "open":
