@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from ingest.records import RecordError, check_version
+from ingest.records import RecordError, check_version, json_object
 
 NODE_VERSION = 1
 
@@ -134,13 +134,7 @@ def node_fields(record: NodeRecord) -> dict[str, Any]:
 
 def decode_node(node: str, value: bytes, where: str) -> NodeRecord:
     """The record in ``value`` (keyed ``node`` on the topic); RecordError naming ``where``."""
-    try:
-        raw = json.loads(value)
-    except ValueError as exc:
-        raise RecordError(f"{where}: node {node!r}: a record that is not JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise RecordError(f"{where}: node {node!r}: a record that is not a JSON object: {raw!r:.80}")
-    return node_from_fields(node, raw, where)
+    return node_from_fields(node, json_object(value, f"{where}: node {node!r}: a record"), where)
 
 
 def node_from_fields(node: str, raw: Mapping[str, Any], where: str) -> NodeRecord:

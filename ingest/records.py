@@ -93,14 +93,20 @@ def encode_marker(marker: Marker) -> bytes:
     return json.dumps(base).encode()
 
 
-def decode_marker(value: bytes, where: str) -> Marker:
-    """The marker in ``value``; RecordError naming ``where`` (topic@offset) if it cannot be read."""
+def json_object(value: bytes, what: str) -> dict[str, Any]:
+    """A record's JSON object; RecordError saying ``what`` it is (and where) if it is none."""
     try:
         raw = json.loads(value)
     except ValueError as exc:
-        raise RecordError(f"{where}: a control marker that is not JSON ({exc})") from None
+        raise RecordError(f"{what} that is not JSON ({exc})") from None
     if not isinstance(raw, dict):
-        raise RecordError(f"{where}: a control marker that is not a JSON object: {raw!r:.80}")
+        raise RecordError(f"{what} that is not a JSON object: {raw!r:.80}")
+    return raw
+
+
+def decode_marker(value: bytes, where: str) -> Marker:
+    """The marker in ``value``; RecordError naming ``where`` (topic@offset) if it cannot be read."""
+    raw = json_object(value, f"{where}: a control marker")
     kind = raw.get("kind")
     version = check_version(raw, MARKER_VERSION, f"{where}: a {kind!r} marker")
     try:
