@@ -16,7 +16,6 @@ same run:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import tempfile
 import time
@@ -73,7 +72,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
         tp.publish_rows("trade", trades)
         tp.flush()
     clock.advance(86400)
-    date = dt.date.fromisoformat(roll_day(settings, catalog, clock)["date"])
+    date = roll_day(settings, catalog, clock).date
     print(f"  {len(quotes):,} quotes (blocks) and {len(trades):,} trades (a message each) closed on {date}",
           file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-archive-") as tmp:

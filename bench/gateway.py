@@ -85,8 +85,8 @@ def build_plant(settings: Settings, catalog: SchemaCatalog, events: int) -> tupl
             tp.publish_rows("quote", quotes)
             tp.publish_rows("trade", trades)
     for table in ("trade", "quote"):
-        backfill(settings, table, _date(marker["date"]), catalog=catalog)
-    return marker["date"], marker["next"]
+        backfill(settings, table, marker.date, catalog=catalog)
+    return marker.date.isoformat(), marker.next.isoformat()
 
 
 def _date(text: str):

@@ -12,6 +12,7 @@ import os
 import threading
 
 from ingest.metadata import MetadataPublisher
+from ingest.node_record import GatewayRecord
 from tickplant.config import Settings
 
 EVERY_SECONDS = 2.0
@@ -31,8 +32,8 @@ class Announcer(threading.Thread):
     def run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.publisher.publish({"kind": "gateway", "url": self.url, "pid": os.getpid(),
-                                        "load": dict(self.load)})
+                self.publisher.publish(GatewayRecord(node=self.publisher.node_id, url=self.url, pid=os.getpid(),
+                                                     load=dict(self.load)))
             except Exception:  # noqa: BLE001 - the broker away: announce again next time
                 pass
             self._stop.wait(EVERY_SECONDS)

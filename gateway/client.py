@@ -18,14 +18,13 @@ before the client gives up (every request is a read: asking again is safe).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import pyarrow as pa
 
 from gateway.output import ARROW
+from tickplant import httpclient
 
 if TYPE_CHECKING:
     from gateway.subscribe_client import LiveSubscription
@@ -60,11 +59,11 @@ class Client:
         self.urls = gateway_urls(url)
         self.url = self.urls[0]
         self._api_key = api_key
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(headers=headers, timeout=timeout)
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout = timeout
 
     def close(self) -> None:
-        self._http.close()
+        """Nothing to let go: connections are the process's (tickplant/httpclient.py)."""
 
     def __enter__(self) -> Client:
         return self
@@ -74,33 +73,31 @@ class Client:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _send(self, method: str, path: str, params: dict[str, Any] | None = None, json: Any = None,
+              headers: dict[str, str] | None = None) -> httpclient.Response:
         """The request to the last gateway that answered, then to each other in turn while
         one is unreachable or answers 502/503/504; the last failure if none answers."""
         start = self.urls.index(self.url)
-        failure: GatewayError | None = None
+        failure = GatewayError(503, "no gateway asked")
         for url in self.urls[start:] + self.urls[:start]:
             try:
-                resp = self._http.request(method, url + path, **kwargs)
-            except httpx.TransportError as exc:
+                resp = httpclient.request(method, url + path, params=params, json_body=json,
+                                          headers={**self.headers, **(headers or {})}, timeout=self.timeout,
+                                          check=False)
+            except httpclient.HttpError as exc:
                 failure = GatewayError(503, f"gateway at {url} unreachable: {exc}")
                 continue
-            if resp.status_code == 200:
+            if resp.status == 200:
                 self.url = url
                 return resp
-            try:
-                reason = resp.json().get("error", resp.text)
-            except (ValueError, json.JSONDecodeError):
-                reason = resp.text
-            failure = GatewayError(resp.status_code, reason)
-            if resp.status_code not in FAIL_OVER:
+            failure = GatewayError(resp.status, resp.reason())
+            if resp.status not in FAIL_OVER:
                 raise failure
-        assert failure is not None
         raise failure
 
     def _arrow(self, method: str, path: str, **kwargs: Any) -> pa.Table:
         resp = self._send(method, path, headers={"Accept": ARROW}, **kwargs)
-        return pa.ipc.open_stream(resp.content).read_all()
+        return pa.ipc.open_stream(resp.data).read_all()
 
     @staticmethod
     def _params(**params: Any) -> dict[str, Any]:

@@ -19,15 +19,11 @@ day only after the PDB published it, so a day missing from the RDB's answer
 for that reason is always in the listing.
 
 The RDB rows reach embedded chDB as the Arrow tables they arrived as, read in
-place by its ``Python(name)`` table function (``ClientPool.run(tables=...)``):
-no file to write and parse back, which cost ~10-30 ms for an aj over a day's
-200k quotes. Each real-time day is its own table, its ``date`` a constant of
-the SQL, its strings cast to low-cardinality as the HDB's files are read, so
-the answer's types do not depend on where a day lives. A ClickHouse server
-cannot see this process's memory (nor, on another host, its files): it gets
-the rows with the statement as external data (``ClientPool.run(external=...)``,
-an Arrow stream per table read, a temporary table on the server for that query).
-Either way they go in as few batches as possible (a block each for ClickHouse).
+place; a ClickHouse server gets them as external data (gateway/sources.py). Each
+real-time day is its own table, its ``date`` a constant of the SQL, its strings
+cast to low-cardinality as the HDB's files are read, so the answer's types do not
+depend on where a day lives. Fetching the rows: gateway/rdbfetch.py; what a
+failure tells the caller: gateway/failures.py.
 
 Fixed costs per query are kept off the path: a statement is planned once per
 user and open day (``plan``: parsed, authorised, its needs read, its SQL
@@ -39,14 +35,10 @@ fetched without a hop through the pool.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import logging
-import re
 import secrets
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -55,6 +47,7 @@ from sqlglot import exp
 
 from gateway import pushdown
 from gateway.endpoints import Endpoints, NoEndpoint
+from gateway.failures import EndpointDown, PartialRefused, QueryFailed, clickhouse_failure
 from gateway.latest import latest_only
 from gateway.plan import (
     TableNeed,
@@ -64,96 +57,24 @@ from gateway.plan import (
     plant_tables,
     replace_today,
 )
+from gateway.planned import Answer, Plan, PlannedRef
 from gateway.pushdown import Split
 from gateway.querylog import TABLE as QUERY_LOG_TABLE
 from gateway.querylog import QueryLog
-from gateway.routing import NoReplica, Routing
+from gateway.rdbfetch import PartialAsk, RdbFetch
+from gateway.routing import Routing
+from gateway.sources import merged_sources, table_source
 from gateway.sql import cte_names, render
 from ingest.schemas import SchemaCatalog
 from ingest.seq import SEQ
-from ingest.topics import partition_for
-from sinks.hdb import ClientPool, HdbQuery, PoolBusy, clickhouse_structure
-from streams.client import MISDIRECTED, RdbClient, RdbClientError
-from streams.partial import typed_select, typed_source
-from streams.query import batched, to_ipc
+from sinks.hdb import ClientPool, HdbQuery, PoolBusy
+from streams.partial import typed_source
 from tickplant.config import Settings
 
 log = logging.getLogger(__name__)
 
 HDB_LIST_SECONDS = 5.0
-PARTIAL_REFUSED = 422  # an RDB node's answer when its engine refuses a partial
-NO_REPLICA_WAIT_S = 3.0  # no node serves a partition (restarting, catching up): wait this long, then 503
-SLOW_NODE_S = 2.0  # a node that does not answer in this long is benched; a shorter wait is the query's
 _NONCE = secrets.token_hex(8)  # in the placeholder names of a plan's sources
-_ROW_TABLES = itertools.count()  # names of the RDB rows' in-memory tables (unique per process)
-
-
-class EndpointDown(RuntimeError):
-    """A ClickHouse endpoint of the pool did not answer (the query may run on another)."""
-
-
-@dataclass(frozen=True)
-class PartialAsk:
-    """What each node is asked for a split: its partial, over each reference's rows
-    (placeholder, table, columns or None for all, syms or None for all)."""
-
-    split: Split
-    sources: tuple[tuple[str, str, tuple[str, ...] | None, frozenset[str] | None], ...]
-    partitions: int  # the tables' partition count
-
-    def sources_for(self, partitions: list[int]) -> list[dict[str, Any]]:
-        """The sources as a node reads them: each one's syms of those partitions only."""
-        held = set(partitions)
-        return [{"source": placeholder, "table": table, "columns": list(columns) if columns else None,
-                 "syms": None if syms is None else sorted(s for s in syms if partition_for(s, self.partitions) in held)}
-                for placeholder, table, columns, syms in self.sources]
-
-
-class PartialRefused(RuntimeError):
-    """An RDB node's engine refused a split statement's partial: run it unsplit."""
-
-
-class QueryFailed(RuntimeError):
-    """A query that could not be answered: ``status`` is the HTTP status to give, the
-    message says why in one line (and whether retrying may help)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class Answer:
-    table: pa.Table
-    elapsed: float
-    touched: dict[str, Any] = field(default_factory=dict)  # table -> HDB days / RDB days and replica
-    sql: str = ""  # what ClickHouse ran
-    timing: dict[str, float] = field(default_factory=dict)  # seconds per stage (Server-Timing)
-    tables: dict[str, pa.Table] = field(default_factory=dict)  # the RDB rows ``sql`` reads as Python(name), when kept
-    external: dict[str, tuple[bytes, str, str]] = field(default_factory=dict)  # ... or as a server's external data
-    split: bool = False  # aggregated where the rows are, the gateway merging (gateway/pushdown.py)
-
-
-@dataclass(frozen=True)
-class PlannedRef:
-    """One reference to a plant table in a plan: its placeholder in ``Plan.sql``, what it
-    needs, and the key that shares one fetch between references needing the same."""
-
-    placeholder: str
-    need: TableNeed
-    columns: list[str] | None
-    key: tuple
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A statement ready to run: its ClickHouse SQL with a placeholder per source."""
-
-    sql: str
-    refs: tuple[PlannedRef, ...]
-    query_log: tuple[str, ...] = ()  # placeholders of the query log's references
-    split: Split | None = None  # the aggregate run where the rows are (gateway/pushdown.py)
-    latest: bool = False  # only each sym's latest real-time row is needed (gateway/latest.py)
 
 
 class Engine:
@@ -171,7 +92,7 @@ class Engine:
         self.pushdown = settings.gateway_pushdown
         # a split's final SQL, its merges typed, and its keys' types (probed once)
         self._merges: dict[Split, tuple[str, list[str]]] = {}
-        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gateway-rdb")
+        self.rdb = RdbFetch(settings, routing, self.catalog)
         # one task per extra table reference of a statement; separate from ``pool``, whose
         # node fetches those tasks wait on (one pool would deadlock when full of waiters)
         self.ref_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway-ref")
@@ -228,12 +149,13 @@ class Engine:
         for placeholder in [r.placeholder for r in keyed] + logs:
             if sql.count(placeholder) != 1:  # each source goes in exactly where its reference was
                 raise QueryFailed(400, "the statement could not be planned")
-        split, latest = None, False
+        split: Split | None = None
+        latest = False
         if keyed and not logs:
             latest = len(keyed) == 1 and latest_only(ast, keyed[0].placeholder)
-            columns = {"date"}.union(*(self.catalog[r.need.table].stored_columns for r in keyed))
+            known: set[str] = {"date"}.union(*(self.catalog[r.need.table].stored_columns for r in keyed))
             split = None if latest else pushdown.split(ast, [r.placeholder for r in keyed],
-                                                       f"__tickplant_partials_{_NONCE}__", columns)
+                                                       f"__tickplant_partials_{_NONCE}__", known)
         return Plan(sql, tuple(keyed), tuple(logs), split, latest)
 
     def run(self, ast: exp.Expression, limit: int | None = None, timeout: float | None = None,
@@ -301,7 +223,8 @@ class Engine:
                 t0 = time.monotonic()
                 in_memory = endpoint.in_process if self.in_memory is None else self.in_memory
                 if split is not None:
-                    sql, tables, external = self._merged_sources(plan, split, fetched, in_memory)
+                    sql, tables, external = merged_sources(plan.refs[0], split, fetched, in_memory, self._merges[split],
+                                                                    self.catalog, self.hdb)
                 else:
                     sql, tables, external = self._sources(plan, fetched, in_memory)
                 timing["sources"] += time.monotonic() - t0
@@ -361,7 +284,12 @@ class Engine:
         sources = tuple((r.placeholder, r.need.table, tuple(r.columns) if r.columns else None,
                          frozenset(r.need.syms) if r.need.syms is not None else None) for r in plan.refs)
         ask = PartialAsk(split, sources, count)
-        syms = None if any(r.need.syms is None for r in plan.refs) else set().union(*(r.need.syms for r in plan.refs))
+        syms: set[str] | None = set()
+        for ref in plan.refs:
+            if ref.need.syms is None or syms is None:
+                syms = None
+            else:
+                syms |= set(ref.need.syms)
         need = TableNeed(plan.refs[0].need.table, plan.refs[0].need.dates, syms)
         got = self._realtime(need, None, ask, deadline)
         return {r.key: got for r in plan.refs}
@@ -383,33 +311,6 @@ class Engine:
         final = pushdown.merge_sql(split.final, types[:split.aggregates], answers[1].schema.names, split.unnamed)
         return final, types[split.aggregates:]
 
-    def _merged_sources(self, plan: Plan, split: Split, fetched: dict[tuple, Any], in_memory: bool
-                        ) -> tuple[str, dict[str, pa.Table], dict[str, tuple[bytes, str, str]]]:
-        """The split's final SQL over the nodes' partials (read in place by embedded chDB,
-        else sent to the server as external data) and the HDB days' partial."""
-        ref = plan.refs[0]
-        parts, hdb_days, _ = fetched[ref.key]
-        final, key_types = self._merges[split]
-        name = f"__tickplant_rows_{next(_ROW_TABLES)}"
-        partials = pa.concat_tables([p for _, p in parts], promote_options="default")
-        tables: dict[str, pa.Table] = {}
-        external: dict[str, tuple[bytes, str, str]] = {}
-        if in_memory:
-            tables[name] = partials
-            sources = [f"Python({name})"]
-        else:
-            structure = ", ".join([f"`{pushdown.KEY.format(i)}` {t}" for i, t in enumerate(key_types)] +
-                                  [f"`{pushdown.STATE.format(j)}` String" for j in range(split.aggregates)])
-            external[name] = (bytes(to_ipc(partials)), "ArrowStream", structure)
-            sources = [name]
-        if hdb_days:
-            cols = list(ref.columns) if ref.columns else self.catalog[ref.need.table].columns
-            schema = self.catalog[ref.need.table].stored_schema
-            hdb = typed_select(schema, cols, self.hdb.source_days(ref.need.table, hdb_days, cols))
-            sources.insert(0, f"({split.partial.replace(ref.placeholder, f'({hdb})')})")
-        union = pushdown.union_sql(sources, key_types, split.aggregates)
-        return final.replace(split.partials, f"({union})"), tables, external
-
     def _sources(self, plan: Plan, fetched: dict[tuple, Any], in_memory: bool
                  ) -> tuple[str, dict[str, pa.Table], dict[str, tuple[bytes, str, str]]]:
         """The plan's SQL with each placeholder replaced by its source, for an endpoint that
@@ -419,8 +320,8 @@ class Engine:
         sources: dict[str, str] = {}
         for ref in plan.refs:
             rows, hdb_days, _ = fetched[ref.key]
-            sources[ref.placeholder] = self._source(ref.need.table, ref.columns, hdb_days, rows, tables,
-                                                    external, in_memory)
+            sources[ref.placeholder] = table_source(self.catalog, self.hdb, ref.need.table, ref.columns, hdb_days,
+                                                    rows, tables, external, in_memory)
         for placeholder in plan.query_log:
             if self.query_log is None:
                 raise QueryFailed(400, "this gateway keeps no query log")
@@ -491,7 +392,7 @@ class Engine:
         parts: list[tuple[dt.date, pa.Table]] = []
         replicas: set[str] = set()
         for day in days:
-            table, replica = self._fetch(need, columns, day, view, deadline)
+            table, replica = self.rdb.fetch(need, columns, day, view, deadline)
             replicas.add(replica)
             if table.num_rows:
                 parts.append((day, table))
@@ -505,160 +406,10 @@ class Engine:
                 "replicas": sorted(r for r in replicas if r)}
         return parts, hdb_days, info
 
-    def _fetch(self, need: TableNeed, columns: list[str] | None, day: dt.date, view: str | PartialAsk,
-               deadline: float) -> tuple[pa.Table, str]:
-        """One day's rows from one replica group, in parallel across its nodes; a node that
-        fails is benched and the day is fetched again from another replica (or the same
-        group once it has rebalanced) until the deadline."""
-        count = self.routing.partition_count(need.table)
-        syms = sorted(need.syms) if need.syms is not None else None
-        wanted = sorted({partition_for(s, count) for s in syms}) if syms is not None else list(range(count))
-        if not wanted:
-            return self.catalog[need.table].stored_schema.empty_table(), ""
-        failed: list[str] = []
-        unserved = 0.0  # when no node first served what is needed (a restart, a move): 503 soon after
-        while True:
-            try:
-                route = self.routing.route(need.table, wanted, exclude=failed)
-            except NoReplica as exc:
-                now = time.monotonic()
-                unserved = unserved or now
-                if now + 0.25 > min(deadline, unserved + NO_REPLICA_WAIT_S):
-                    raise QueryFailed(503, f"{exc}; retry shortly") from None
-                time.sleep(0.25)
-                failed.clear()  # a benched node may be back, a group may have rebalanced
-                continue
-            asked = time.monotonic()
-            calls = {url: (self._fetch_node, url, need.table, view, day, columns,
-                           [s for s in syms if partition_for(s, count) in parts] if syms else None,
-                           sorted(parts), deadline)
-                     for url, parts in route.nodes.items()}
-            # one node (a small plant, or syms all in one shard): no hop through the pool
-            futures = {url: self.pool.submit(*call) for url, call in list(calls.items())[1:]}
-            tables, bad = [], None
-            for url, call in calls.items():
-                try:
-                    tables.append(futures[url].result() if url in futures else call[0](*call[1:]))
-                except RdbClientError as exc:
-                    if exc.status == MISDIRECTED:  # alive, but its partitions moved: route again
-                        failed.append(url)
-                        bad = exc
-                        continue
-                    if exc.status == PARTIAL_REFUSED:
-                        raise PartialRefused(str(exc)) from None
-                    if exc.status is not None and exc.status < 500:
-                        raise QueryFailed(400, str(exc)) from None
-                    if exc.status is None and time.monotonic() >= deadline - 0.05 and deadline - asked < SLOW_NODE_S:
-                        # the query's own short time ran out: the node is slow for it, not dead
-                        # (a tiny timeout must not let any user bench every replica in turn)
-                        raise QueryFailed(408, "query exceeded its timeout fetching real-time rows") from None
-                    self.routing.bench(url)
-                    failed.append(url)
-                    bad = exc
-            if bad is None:
-                return pa.concat_tables(tables, promote_options="default"), route.replica
-            if time.monotonic() > deadline:
-                raise QueryFailed(503, f"real-time rows unavailable: {bad}; retry shortly")
-
-    def _fetch_node(self, url: str, table: str, view: str | PartialAsk, day: dt.date, columns: list[str] | None,
-                    syms: list[str] | None, partitions: list[int], deadline: float) -> pa.Table:
-        """The rows of exactly the partitions routed to ``url`` (it refuses if it no longer
-        holds one: its answer would otherwise miss or double rows during a rebalance)."""
-        self.routing.begin(url)
-        try:
-            client = RdbClient(url, timeout=max(0.5, deadline - time.monotonic()), settings=self.settings)
-            cols = list(columns) if columns else None
-            if isinstance(view, PartialAsk):
-                return client.partial(view.split.partial, view.sources_for(partitions), day.isoformat(), partitions)
-            reader = client.rows if view == "rows" else client.last
-            return reader(table, syms=syms, columns=cols, date=day.isoformat(), local=True, partitions=partitions)
-        finally:
-            self.routing.end(url)
-
-    def _source(self, table: str, columns: Sequence[str] | None, hdb_days: list[dt.date],
-                parts: list[tuple[dt.date, pa.Table]], tables: dict[str, pa.Table],
-                external: dict[str, tuple[bytes, str, str]], in_memory: bool) -> str:
-        """The FROM-able union of the HDB days and the RDB rows: read in place by embedded
-        chDB (added to ``tables``), else sent to the server as external data (``external``)."""
-        schema = self.catalog[table].stored_schema
-        cols = list(columns) if columns else self.catalog[table].columns  # seq only when named
-        hdb = self.hdb.source_days(table, hdb_days, cols)
-        if not parts:
-            return hdb
-        select = ", ".join(f"`{c}`" for c in cols)
-        if in_memory:
-            rdb = " UNION ALL ".join(typed_source(schema, cols, day, batched(rows.select(cols)), tables)
-                                     for day, rows in parts)
-        else:
-            rows = pa.concat_tables([r.select(cols).append_column("date", pa.repeat(pa.scalar(d, pa.date32()), r.num_rows))
-                                     for d, r in parts])
-            name = f"__tickplant_rows_{next(_ROW_TABLES)}"
-            structure = clickhouse_structure(pa.schema([schema.field(c) for c in cols])) + ", `date` Date"
-            external[name] = (bytes(to_ipc(rows)), "ArrowStream", structure)
-            rdb = f"SELECT {select}, date FROM {name}"
-        if not hdb_days:
-            return f"({rdb})"
-        return f"(SELECT {select}, date FROM {hdb} UNION ALL {rdb})"
-
     def close(self) -> None:
         """Stop the fetch pools."""
-        self.pool.shutdown(wait=False)
+        self.rdb.close()
         self.ref_pool.shutdown(wait=False)
-
-
-# ClickHouse errors about the plant, not the statement: the HDB's files or S3, the network,
-# memory. Retrying may help, and the caller is told no more than that (paths, keys).
-SERVER_SIDE_ERRORS = frozenset("""
-    CANNOT_STAT FILE_DOESNT_EXIST CANNOT_OPEN_FILE CANNOT_READ_FROM_FILE_DESCRIPTOR CANNOT_READ_ALL_DATA
-    S3_ERROR NETWORK_ERROR SOCKET_TIMEOUT ALL_CONNECTION_TRIES_FAILED RECEIVED_ERROR_FROM_REMOTE_IO_SERVER
-    MEMORY_LIMIT_EXCEEDED CANNOT_ALLOCATE_MEMORY TOO_MANY_SIMULTANEOUS_QUERIES INCORRECT_DATA
-    CANNOT_EXTRACT_TABLE_STRUCTURE CORRUPTED_DATA
-""".split())
-_ERROR_NAME = re.compile(r"\(([A-Z][A-Z0-9_]+)\)(?: \(version [^)]*\))?\s*$")
-# what follows these in a ClickHouse message is the engine's view of the statement: the SQL
-# the gateway generated (HDB locations, S3 settings, the caller's own row filter), the
-# operators it runs, the files it reads
-_INTERNAL_TAIL = re.compile(r"(?i)[.:]?\s*(?:In scope |while executing |: while executing|\(in file/uri |"
-                            r"\(in query:|Stack trace|read stage:|While executing |Maybe you meant:.*\bIn scope ).*$")
-_INTERNAL_PARTS = [
-    (re.compile(r"__tickplant_\w+"), "<source>"),
-    (re.compile(r"__table\d+\.?"), ""),
-    (re.compile(r"__set_\S+"), "<set>"),
-    (re.compile(r"(?i)\b(?:s3|https?|file)://\S+"), "<location>"),
-    (re.compile(r"(?<![\w'])/(?:[\w.@%+=:-]+/)+[\w.@%+=:{},*-]*"), "<path>"),
-]
-USER_ERROR_CHARS = 300
-
-
-def clickhouse_failure(message: str) -> QueryFailed:
-    """A ClickHouse error as the caller sees it: a fault in the statement is theirs (400),
-    said in one line without the engine's view of the statement (``user_message``); a
-    fault of the plant is 503, its details in the gateway's log only."""
-    name = _ERROR_NAME.search(message)
-    code = name.group(1) if name else None
-    if code in SERVER_SIDE_ERRORS:
-        log.warning("ClickHouse failed a query: %s", message)
-        return QueryFailed(503, f"the historical data could not be read ({code}); retry shortly, "
-                                "and if it persists tell the plant's operators")
-    log.info("ClickHouse refused a query: %s", message)
-    return QueryFailed(400, f"ClickHouse refused the query: {user_message(message, code)}")
-
-
-def user_message(message: str, code: str | None) -> str:
-    """ClickHouse's message cut to what the caller wrote: no generated SQL, no paths, no
-    internal names, one bounded line. A syntax error is in SQL the gateway wrote from the
-    checked tree, which the caller never saw: said as such."""
-    if code == "SYNTAX_ERROR":
-        return "the statement uses syntax the gateway cannot pass on to ClickHouse; simplify it (SYNTAX_ERROR)"
-    text = message.split("\n", 1)[0]
-    text = re.sub(r"^Code: \d+\. DB::\w*Exception: ", "", text)
-    text = _ERROR_NAME.sub("", text).strip()
-    text = _INTERNAL_TAIL.sub("", text).strip().rstrip(".:, ")
-    for pattern, replacement in _INTERNAL_PARTS:
-        text = pattern.sub(replacement, text)
-    if len(text) > USER_ERROR_CHARS:
-        text = text[: USER_ERROR_CHARS - 3] + "..."
-    return f"{text} ({code})" if code else text
 
 
 def _swap(ref: exp.Table, index: int) -> str:

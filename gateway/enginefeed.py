@@ -44,6 +44,7 @@ from typing import Any
 import orjson
 
 from ingest.metadata import read_metadata
+from ingest.node_record import CepRecord, NodeRecord
 from tickplant import internal
 from tickplant.config import Settings
 
@@ -55,10 +56,10 @@ READ_TIMEOUT_SECONDS = 20.0  # a worker sends a heartbeat every 5 s: silence thi
 
 
 _nodes_lock = threading.Lock()
-_nodes: dict[tuple[str, str], tuple[float, dict[str, dict[str, Any]]]] = {}  # (cluster, prefix) -> (read at, nodes)
+_nodes: dict[tuple[str, str], tuple[float, dict[str, NodeRecord]]] = {}  # (cluster, prefix) -> (read at, nodes)
 
 
-def _live_nodes(settings: Settings) -> dict[str, dict[str, Any]]:
+def _live_nodes(settings: Settings) -> dict[str, NodeRecord]:
     """The metadata topic's live nodes, read at most once every ``REFRESH_SECONDS`` for all the
     upstreams of a process (each read is a consumer of its own: ~10-30 ms of CPU)."""
     key = (settings.bootstrap, settings.topic_prefix)
@@ -73,8 +74,8 @@ def _live_nodes(settings: Settings) -> dict[str, dict[str, Any]]:
 
 def engine_workers(settings: Settings, topic: str) -> dict[str, str]:
     """node id -> URL of the live CEP workers writing ``topic``."""
-    return {node_id: node["url"] for node_id, node in _live_nodes(settings).items()
-            if node.get("kind") == "cep" and node.get("url") and topic in (node.get("outputs") or {}).values()}
+    return {node_id: node.url for node_id, node in _live_nodes(settings).items()
+            if isinstance(node, CepRecord) and node.url and topic in node.outputs.values()}
 
 
 class EngineFeed:

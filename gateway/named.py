@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.seq import SEQ
-from sinks.hdb import AJ_SETTINGS, aj_sql, bars_sql, quote, sym_filter, vwap_sql
+from sinks.analytics_sql import AJ_SETTINGS, aj_sql, bars_sql, quote, sym_filter, vwap_sql
 from sinks.options import option_chain_sql
 
 

@@ -18,21 +18,30 @@ rebalanced), so the client sees no error while any copy is alive.
 from __future__ import annotations
 
 import datetime as dt
-import json
+import logging
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ingest.eod import CONTROL_KEY, DayState
 from ingest.logread import make_consumer
 from ingest.metadata import STALE_SECONDS
+from ingest.node_record import (
+    CepRecord,
+    GatewayRecord,
+    NodeRecord,
+    RdbRecord,
+    TableHeld,
+    decode_node,
+)
+from ingest.records import RecordError
 from ingest.topics import TopicNames, partition_counts
 from tickplant.config import Settings
 
+log = logging.getLogger(__name__)
 BENCH_SECONDS = 5.0
 
 
@@ -45,24 +54,36 @@ class Node:
     node: str
     url: str
     replica: str
-    record: dict[str, Any]
+    record: NodeRecord
     seen: float
 
+    def held(self, table: str) -> TableHeld:
+        """What an RDB node holds of ``table`` (nothing, for a node of another kind)."""
+        tables = self.record.tables if isinstance(self.record, RdbRecord) else {}
+        return tables.get(table) or TableHeld()
+
     def partitions(self, table: str) -> set[int]:
-        return set(self.record.get("tables", {}).get(table, {}).get("partitions", []))
+        return set(self.held(table).partitions)
 
     def dates(self, table: str) -> set[str]:
-        return set(self.record.get("tables", {}).get(table, {}).get("dates", {}))
+        return set(self.held(table).dates)
+
+    @property
+    def catching_up(self) -> tuple[str, ...]:
+        return self.record.catching_up if isinstance(self.record, RdbRecord) else ()
 
     @property
     def serving(self) -> bool:
-        return bool(self.record.get("serving", True))
+        return not isinstance(self.record, RdbRecord | CepRecord) or self.record.serving
 
     @property
     def reported_load(self) -> float:
         """Queries the node said it had in flight at its last refresh."""
-        load = self.record.get("load") or {}
-        return float(load.get("inflight_queries", 0)) if isinstance(load, dict) else float(load)
+        if isinstance(self.record, RdbRecord):
+            return self.record.inflight_queries
+        if isinstance(self.record, GatewayRecord):
+            return float(self.record.load.get("inflight_queries", 0))
+        return 0.0
 
 
 @dataclass
@@ -83,7 +104,7 @@ class Routing:
         self.control_topic = names.control
         self.day = DayState()  # the control topic's story: open day, closed and published days
         self.stale_seconds = stale_seconds
-        self._records: dict[str, dict[str, Any]] = {}
+        self._records: dict[str, NodeRecord] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, int] = {}
         self._benched: dict[str, float] = {}
@@ -123,17 +144,24 @@ class Routing:
                     if msg.topic() == self.control_topic:
                         if raw_key == CONTROL_KEY and value:
                             with self._lock:
-                                self.day.apply(json.loads(value))
-                                self._control_messages += 1
+                                if self.day.apply_message(value, f"{self.control_topic}@{msg.offset()}"):
+                                    self._control_messages += 1
                         continue
                     if raw_key is None:
-                        raise ValueError(f"{self.topic}@{msg.offset()}: a node record without a key")
+                        log.warning("skipped: %s@%s: a node record without a key", self.topic, msg.offset())
+                        continue
                     key = raw_key.decode()
+                    record = None
+                    if value is not None:
+                        try:
+                            record = decode_node(key, value, f"{self.topic}@{msg.offset()}")
+                        except RecordError as exc:
+                            log.warning("skipped: %s", exc)
                     with self._lock:
-                        if value is None:
+                        if record is None:
                             self._records.pop(key, None)
                         else:
-                            self._records[key] = json.loads(value)
+                            self._records[key] = record
         finally:
             consumer.close()
 
@@ -147,19 +175,20 @@ class Routing:
             records = list(self._records.values())
             benched = {u for u, until in self._benched.items() if until > now}
         for r in records:
-            if r.get("kind") != kind or not r.get("url"):
+            if r.kind != kind or not r.url:
                 continue
-            if now - float(r.get("updated", 0)) > self.stale_seconds or r["url"] in benched:
+            if now - r.updated > self.stale_seconds or r.url in benched:
                 continue
-            out.append(Node(r["node"], r["url"], str(r.get("replica") or "a"), r, r.get("updated", 0)))
+            replica = r.replica if isinstance(r, RdbRecord) else "a"
+            out.append(Node(r.node, r.url, replica, r, r.updated))
         return sorted(out, key=lambda n: n.node)
 
-    def announced(self, kind: str) -> list[dict[str, Any]]:
+    def announced(self, kind: str) -> list[NodeRecord]:
         """Live records of ``kind``, with or without a URL (a PDB answers no queries)."""
         now = time.time()
         with self._lock:
             return [r for r in self._records.values()
-                    if r.get("kind") == kind and now - float(r.get("updated", 0)) <= self.stale_seconds]
+                    if r.kind == kind and now - r.updated <= self.stale_seconds]
 
     def realtime_dates(self, table: str) -> set[dt.date]:
         """Days whose rows are the RDB's to serve: the open day and the closed days the
@@ -177,8 +206,7 @@ class Routing:
         largest replica group's sum."""
         by_replica: dict[str, int] = {}
         for node in self.nodes():
-            days = node.record.get("tables", {}).get(table, {}).get("dates", {})
-            held = sum(int(d.get("rows", 0)) for d in days.values() if isinstance(d, dict))
+            held = sum(day.rows for day in node.held(table).dates.values())
             by_replica[node.replica] = by_replica.get(node.replica, 0) + held
         return max(by_replica.values(), default=0)
 
@@ -247,12 +275,12 @@ class Routing:
                 continue
             by_replica: dict[str, set[int]] = {}
             for node in rdb:
-                behind = set(node.record.get("catching_up", []))
+                behind = set(node.catching_up)
                 served = {p for p in node.partitions(table) if f"{table}[{p}]" not in behind}
                 by_replica.setdefault(node.replica, set()).update(served)
             missing = wanted - set().union(*by_replica.values()) if by_replica else wanted
             if missing:
-                catching = sorted({n.node for n in rdb if n.record.get("catching_up")})
+                catching = sorted({n.node for n in rdb if n.catching_up})
                 problems.append(f"{table} partitions {sorted(missing)}: no caught-up RDB node serves them"
                                 + (f" (catching up: {', '.join(catching)})" if catching else ""))
             for replica, held in sorted(by_replica.items()):

@@ -43,8 +43,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gateway.auth import Unauthorized
+from gateway.outbox import Outbox, dumps
 from gateway.sql import Forbidden
-from gateway.subscriptions import Hub, Outbox, SourceError, UpstreamError, dumps
+from gateway.subscriptions import Hub, SourceError, UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -60,37 +60,28 @@ Messages (JSON text; ``time`` and every long as int ns)::
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import threading
 import time
-import urllib.parse
-import urllib.request
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.enginefeed import EngineFeed
+from gateway.outbox import Key, Outbox, Subscriber, dumps
+from gateway.snapshot import SnapshotFn, default_snapshot
 from ingest.schemas import SchemaCatalog
 from ingest.subscribe import Subscription
 from ingest.topics import TopicNames
 from streams.cep.topics import output_of
-from tickplant import internal
 from tickplant.config import Settings
 from tickplant.kafka.admin import admin_client
 
 log = logging.getLogger(__name__)
 
-SnapshotFn = Callable[[str, list[str]], list[dict[str, Any]]]
-Key = tuple[str, tuple[str, ...]]  # (source, sorted syms; () = every sym)
 
 DEFAULT_MAX_QUEUED = 20_000  # rows waiting for one client before it is dropped
 POLL_TIMEOUT = 0.1  # an upstream's poll: also how long a stopped upstream takes to close
-MERGE_ROWS = 5_000  # at most this many rows in one update message made of several waiting ones
-_ROWS = '"rows":['  # update texts are {"type":"update","source":...,"rows":[...]}: rows last
-_POSITION = ',"position":'  # an update's position precedes its rows; a merged message keeps the last
 SOURCES_TTL = 2.0  # seconds a list of derived topics is trusted before an unknown name re-reads it
 
 
@@ -107,16 +98,6 @@ class Source:
     name: str
     topic: str
     derived: bool  # a real-time engine's output rather than a plant table
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), default=_json_default)
 
 
 def parse_position(position: Any) -> dict[int, int]:
@@ -150,82 +131,6 @@ def normalize_syms(syms: Any) -> tuple[str, ...]:
     return tuple(sorted({s.strip() for s in syms}))
 
 
-class Outbox:
-    """One client connection's outgoing messages: bounded in rows, never blocking the putter."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.items: deque[tuple[str, int]] = deque()  # (JSON text, rows it carries)
-        self.queued_rows = 0
-        self.held_rows = 0  # rows held for subscriptions still waiting for their snapshot
-        self.closed = False
-        self.reason: str | None = None
-        self.subs: dict[Key, _Sub] = {}
-        self.sent = 0
-        self._wake = asyncio.Event()
-
-    def put(self, text: str, rows: int = 0) -> None:
-        """Queue a message; ``rows`` > 0 marks an update (``{"type":"update","source":..,"rows":[..]}``)."""
-        if self.closed:
-            return
-        self.items.append((text, rows))
-        self.queued_rows += rows
-        self._wake.set()
-
-    async def get(self) -> str | None:
-        """The next message to send; None once the outbox is closed and drained.
-
-        Updates of one subscription waiting back to back go out as one message (up to
-        ``MERGE_ROWS`` rows): a client that falls behind gets fewer, larger
-        messages instead of paying the per-message cost for each; one that keeps
-        up gets each update alone, at once."""
-        while not self.items:
-            if self.closed:
-                return None
-            self._wake.clear()
-            await self._wake.wait()
-        text, rows = self.items.popleft()
-        self.queued_rows -= rows
-        if rows and self.items and self.items[0][1]:
-            head = text[:text.index(_ROWS) + len(_ROWS)]
-            stem = head.split(_POSITION, 1)[0]  # the subscription's: its position changes each time
-            parts = [text[len(head):-2]]
-            while self.items and self.items[0][1] and rows + self.items[0][1] <= MERGE_ROWS \
-                    and self.items[0][0].startswith(stem):
-                more, n = self.items.popleft()
-                self.queued_rows -= n
-                rows += n
-                head = more[:more.index(_ROWS) + len(_ROWS)]
-                parts.append(more[len(head):-2])
-            if len(parts) > 1:
-                text = head + ",".join(parts) + "]}"
-        self.sent += 1
-        return text
-
-    def close(self, final: str | None = None, reason: str | None = None) -> None:
-        """No more messages but ``final``; what was queued is discarded if ``final`` is given."""
-        if self.closed:
-            return
-        if final is not None:
-            self.items.clear()
-            self.queued_rows = 0
-            self.items.append((final, 0))
-        self.reason = reason
-        self.closed = True
-        self._wake.set()
-
-
-class _Sub:
-    """One subscription of one outbox; ``held`` collects updates until its snapshot is out."""
-
-    __slots__ = ("key", "outbox", "held", "upstream")
-
-    def __init__(self, key: Key, outbox: Outbox, upstream: Upstream):
-        self.key = key
-        self.outbox = outbox
-        self.held: list[tuple[str, int]] | None = []
-        self.upstream = upstream
-
 
 class Upstream:
     """One consumer for one (source, syms), shared by every subscriber of it."""
@@ -237,7 +142,7 @@ class Upstream:
         self.syms = syms
         self.key: Key = (source.name, syms)
         self.loop = loop
-        self.subs: set[_Sub] = set()
+        self.subs: set[Subscriber] = set()
         self.last: dict[str | None, dict[str, Any]] = {}  # the latest row per sym delivered so far
         self.ready: asyncio.Future[dict[int, int]] = loop.create_future()
         self.start_offsets: dict[int, int] = {}
@@ -453,7 +358,7 @@ class Hub:
         else:
             upstream = self.upstreams.get(key) or Upstream(self, src, wanted, asyncio.get_running_loop())
             self.upstreams[key] = upstream
-        sub = _Sub(key, outbox, upstream)
+        sub = Subscriber(key, outbox, upstream)
         upstream.subs.add(sub)
         outbox.subs[key] = sub
         seen = {s: r for s, r in upstream.last.items() if not wanted or s in wanted}  # at the attach
@@ -492,13 +397,13 @@ class Hub:
         self._release_held(sub)
         return key
 
-    def _resumed(self, sub: _Sub, src: Source, wanted: tuple[str, ...], offsets: dict[int, int]) -> Key:
+    def _resumed(self, sub: Subscriber, src: Source, wanted: tuple[str, ...], offsets: dict[int, int]) -> Key:
         sub.outbox.put(dumps({"type": "resumed", "source": src.name, "syms": list(wanted), "position": offsets}))
         self._release_held(sub)
         return sub.key
 
     @staticmethod
-    def _release_held(sub: _Sub) -> None:
+    def _release_held(sub: Subscriber) -> None:
         held, sub.held = sub.held or [], None
         for text, n in held:
             sub.outbox.held_rows -= n
@@ -536,7 +441,7 @@ class Hub:
         outbox.close(dumps({"type": "error", "reason": reason}), reason)
         self.outboxes.discard(outbox)
 
-    def _detach(self, sub: _Sub) -> None:
+    def _detach(self, sub: Subscriber) -> None:
         outbox = sub.outbox
         if outbox.subs.get(sub.key) is sub:
             del outbox.subs[sub.key]
@@ -612,63 +517,3 @@ def _join(upstreams: list[Upstream], timeout: float) -> None:
 
 # -- the default snapshot: the RDB's last row per sym, or a CEP node's analytics --------
 
-def _arrow_rows(table: Any) -> list[dict[str, Any]]:
-    """Arrow rows as the log's rows: timestamps as int ns."""
-    import pyarrow as pa
-
-    columns = {}
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        if pa.types.is_timestamp(column.type):
-            column = column.cast(pa.timestamp("ns", tz=column.type.tz)).cast(pa.int64())
-        columns[name] = column
-    return pa.table(columns).to_pylist() if columns else []
-
-
-def _cep_rows(payload: Any) -> list[dict[str, Any]]:
-    """Rows of a CEP view, tolerant of its shape: {"analytics": {sym: {...}}}, {"bars": [...]},
-    {sym: {...}} or [...]; of bars, the latest closed one per sym (the topic carries closed bars)."""
-    if isinstance(payload, dict):
-        for wrapper in ("analytics", "bars", "rows", "data"):
-            if isinstance(payload.get(wrapper), dict | list):
-                payload = payload[wrapper]
-                break
-    if isinstance(payload, list):
-        latest: dict[Any, dict[str, Any]] = {}
-        for row in payload:
-            if isinstance(row, dict) and not row.get("is_open"):
-                if row.get("sym") not in latest or row.get("time", 0) >= latest[row.get("sym")].get("time", 0):
-                    latest[row.get("sym")] = {k: v for k, v in row.items() if k != "is_open"}
-        return list(latest.values())
-    if isinstance(payload, dict):
-        return [{"sym": sym, **row} if "sym" not in row else row
-                for sym, row in payload.items() if isinstance(row, dict)]
-    return []
-
-
-def default_snapshot(settings: Settings, catalog: SchemaCatalog, timeout: float = 5.0) -> SnapshotFn:
-    """Latest row per sym: an RDB worker's ``last`` view for a table (forwarded to the syms'
-    owners by the worker); for the ``analytics`` and ``bars`` sources, every CEP node's view
-    (each answers for the syms it holds); for other derived sources none (updates only)."""
-    from ingest.metadata import read_metadata
-    from streams.client import RdbClient
-
-    def snapshot(source: str, syms: list[str]) -> list[dict[str, Any]]:
-        nodes = read_metadata(settings)
-        if source in catalog.tables:
-            urls = [n["url"] for n in nodes.values() if n.get("kind") == "rdb" and n.get("url")]
-            if not urls:
-                return []
-            return _arrow_rows(RdbClient(urls[0], timeout=timeout, settings=settings).last(source, syms or None))
-        urls = [n["url"] for n in nodes.values() if n.get("kind") == "cep" and n.get("url")]
-        if source not in ("analytics", "bars") or not urls:
-            return []
-        query = f"?{urllib.parse.urlencode({'syms': ','.join(syms)})}" if syms else ""
-        rows: list[dict[str, Any]] = []
-        for url in urls:
-            request = urllib.request.Request(f"{url.rstrip('/')}/cep/v1/{source}{query}",
-                                             headers=internal.headers(settings))
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                rows.extend(_cep_rows(json.loads(resp.read())))
-        return rows
-
-    return snapshot

@@ -46,7 +46,8 @@ import pyarrow as pa
 from gateway.named import BadParameter, NamedQuery, day_range, parse_syms
 from ingest.schemas import TableSchema
 from ingest.seq import SEQ
-from sinks.hdb import MAX_SEQ, quote, sym_filter
+from sinks.analytics_sql import MAX_SEQ
+from sinks.hdb import quote, sym_filter
 
 MODES = ("wj", "wj1")
 FUNCTIONS = ("count", "first", "last", "min", "max", "avg", "sum")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import logging
 import threading
 import time
@@ -37,6 +36,7 @@ from confluent_kafka import KafkaException, Producer
 
 from ingest.framing import CONTROL_HEADER
 from ingest.logread import LogReadError, make_consumer, read_ranges, watermarks
+from ingest.records import EodMarker, Marker, OpenMarker, encode_marker, read_marker
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, ensure_topics, partition_counts
 from tickplant import metrics
@@ -94,23 +94,27 @@ class DayState:
     open_starts: dict[str, dict[int, int]] = field(default_factory=dict)
     closed: dict[dt.date, dict[str, dict[int, tuple[int, int]]]] = field(default_factory=dict)
     published: dict[str, set[dt.date]] = field(default_factory=dict)  # table -> dates in the HDB
-    markers: list[dict[str, Any]] = field(default_factory=list)
+    markers: list[Marker] = field(default_factory=list)
 
-    def apply(self, marker: dict[str, Any]) -> None:
+    def apply(self, marker: Marker) -> None:
         self.markers.append(marker)
-        if marker["kind"] == "open" and self.open_date is None:
-            self.open_date = dt.date.fromisoformat(marker["date"])
-        elif marker["kind"] == "eod":
-            date = dt.date.fromisoformat(marker["date"])
-            ranges = {
-                t: {int(p): (int(se[0]), int(se[1])) for p, se in parts.items()}
-                for t, parts in marker["tables"].items()
-            }
-            self.closed[date] = ranges
-            self.open_date = dt.date.fromisoformat(marker["next"])
-            self.open_starts = {t: {p: end + 1 for p, (_, end) in parts.items()} for t, parts in ranges.items()}
-        elif marker["kind"] == "published":
-            self.published.setdefault(marker["table"], set()).add(dt.date.fromisoformat(marker["date"]))
+        if isinstance(marker, OpenMarker):
+            if self.open_date is None:
+                self.open_date = marker.date
+        elif isinstance(marker, EodMarker):
+            self.closed[marker.date] = marker.tables
+            self.open_date = marker.next
+            self.open_starts = {t: {p: end + 1 for p, (_, end) in parts.items()} for t, parts in marker.tables.items()}
+        else:
+            self.published.setdefault(marker.table, set()).add(marker.date)
+
+    def apply_message(self, value: bytes, where: str) -> bool:
+        """Apply the marker in a control message (a malformed or newer one is logged and
+        skipped); whether one was applied."""
+        marker = read_marker(value, where)
+        if marker is not None:
+            self.apply(marker)
+        return marker is not None
 
     def date_of(self, table: str, partition: int, offset: int) -> dt.date | None:
         """The trading date a log position belongs to (None: before every known day)."""
@@ -156,7 +160,7 @@ def read_day_state(settings: Settings) -> DayState:
         for msg in read_ranges(consumer, topic, {0: (0, high)}):
             value = msg.value()
             if msg.key() == CONTROL_KEY and value:
-                state.apply(json.loads(value))
+                state.apply_message(value, f"{topic}@{msg.offset()}")
     finally:
         consumer.close()
     return state
@@ -230,9 +234,9 @@ def open_first_day(settings: Settings, catalog: SchemaCatalog, clock: Clock | No
     state = read_day_state(settings)  # another process may have opened it meanwhile
     if state.open_date is None:
         date = TradingCalendar.from_settings(settings).trading_date(clock.now_ns())
-        marker = {"kind": "open", "date": date.isoformat(), "at": clock.now_ns()}
+        marker = OpenMarker(date, clock.now_ns())
         producer.begin_transaction()
-        producer.produce(TopicNames(settings.topic_prefix).control, key=CONTROL_KEY, value=json.dumps(marker).encode())
+        producer.produce(TopicNames(settings.topic_prefix).control, key=CONTROL_KEY, value=encode_marker(marker))
         producer.commit_transaction(30)
         state.apply(marker)
     return state
@@ -243,7 +247,7 @@ def roll_day(
     catalog: SchemaCatalog,
     clock: Clock | None = None,
     expected_open: dt.date | None = None,
-) -> dict[str, Any] | None:
+) -> EodMarker | None:
     """Close the open day now; return its marker, or None if it was already closed.
 
     ``expected_open``: roll only if that is still the open day (the scheduler's
@@ -282,11 +286,11 @@ def roll_day(
         if errors or any(len(fences[t]) != counts.get(topics[t], 0) for t in topics):
             raise EodError(f"fences not all written: {errors or 'missing delivery reports'}")
         ranges = {
-            table: {str(p): [state.start_of_open_day(table, p), fences[table][p]] for p in sorted(fences[table])}
+            table: {p: (state.start_of_open_day(table, p), fences[table][p]) for p in sorted(fences[table])}
             for table in topics
         }
-        marker = {"kind": "eod", "date": closing.isoformat(), "next": following.isoformat(), "at": now, "tables": ranges}
-        producer.produce(names.control, key=CONTROL_KEY, value=json.dumps(marker).encode())
+        marker = EodMarker(closing, following, now, ranges)
+        producer.produce(names.control, key=CONTROL_KEY, value=encode_marker(marker))
         producer.commit_transaction(30)
     except BaseException:
         producer.abort_transaction(30)
@@ -306,7 +310,7 @@ class EodScheduler(threading.Thread):
         self.calendar = TradingCalendar.from_settings(settings)
         self.poll_seconds = poll_seconds
         self.on_roll = on_roll
-        self.rolled: list[dict[str, Any]] = []
+        self.rolled: list[EodMarker] = []
         self.error: BaseException | None = None
         self._halt = threading.Event()
         self.next_roll = 0.0  # Unix seconds: when the open day is due to roll
@@ -334,7 +338,7 @@ class EodScheduler(threading.Thread):
             self.error = exc
             raise
 
-    def _roll(self, open_date: dt.date) -> dict[str, Any] | None:
+    def _roll(self, open_date: dt.date) -> EodMarker | None:
         """``roll_day``, timed and counted by outcome for the metrics (a failure ends the timer)."""
         started = time.perf_counter()
         try:

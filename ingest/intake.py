@@ -18,7 +18,8 @@ import pyarrow as pa
 
 from ingest.blocks import Block, BlockReader
 from ingest.deadletter import DeadLetters
-from ingest.framing import BLOCK_MAGIC, HEADER_LEN, DecodeError, Decoder
+from ingest.decoder import DecodeError, Decoder
+from ingest.framing import BLOCK_MAGIC, HEADER_LEN
 from ingest.schemas import SchemaCatalog
 from ingest.seq import MAX_MESSAGE_ROWS, SEQ, number, seq_array
 from ingest.topics import TopicNames

@@ -109,18 +109,21 @@ def read_ranges(
                 part = msg.partition()
                 if part not in todo:
                     continue
+                # an EOF event and a delivered message both carry an offset; -1 if one ever did not
+                offset = msg.offset()
+                at = -1 if offset is None else offset
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        if msg.offset() >= todo[part][1]:
+                        if at >= todo[part][1]:
                             del todo[part]
                         continue
                     raise LogReadError(f"reading {topic}[{part}]: {err}")
-                if msg.offset() >= todo[part][1]:
+                if at >= todo[part][1]:
                     del todo[part]
                     continue
                 yield msg
-                if msg.offset() >= todo[part][1] - 1:
+                if at >= todo[part][1] - 1:
                     del todo[part]
     finally:
         consumer.unassign()

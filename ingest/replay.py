@@ -15,8 +15,9 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from ingest.deadletter import DeadLetters
+from ingest.decoder import Decoder
 from ingest.eod import DayState, read_day_state
-from ingest.framing import Decoder, control_of
+from ingest.framing import control_of
 from ingest.gather import Gathered
 from ingest.intake import Intake
 from ingest.logread import make_consumer, read_ranges, watermarks
@@ -24,6 +25,7 @@ from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_counts
 from tickplant.config import Settings
+from tickplant.kafka.message import position
 
 
 class ReplayError(ValueError):
@@ -109,7 +111,10 @@ class LogSource:
                 end = min(end, watermarks(consumer, topic, part)[1])  # a range past the log's end stops at it
                 for msg in read_ranges(consumer, topic, {part: (start, end)}):
                     kind, ts = msg.timestamp()
-                    yield LogMessage(part, msg.offset(), msg.value(), msg.headers() or [], msg.key(), ts, kind)
+                    raw = msg.headers() or []
+                    pairs = raw.items() if isinstance(raw, dict) else raw
+                    headers = [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
+                    yield LogMessage(part, position(msg)[2], msg.value(), headers, msg.key(), ts, kind)
         finally:
             consumer.close()
 

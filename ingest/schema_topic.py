@@ -13,7 +13,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from ingest.framing import Decoder
+from ingest.decoder import Decoder
 from ingest.logread import make_consumer, read_ranges, watermarks
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames

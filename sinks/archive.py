@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ingest.control_follower import ControlFollower
 from ingest.framing import BLOCK_MAGIC, HEADER_LEN, ROW_MAGIC
 from ingest.logread import make_consumer, read_ranges
 from ingest.replay import unretained
@@ -261,8 +262,6 @@ class ArchiveThread(threading.Thread):
         return cls(settings, catalog, written_by) if archive_root(settings) is not None else None
 
     def run(self) -> None:
-        from sinks.pdb import ControlFollower  # the PDB's follower of the control topic
-
         control: ControlFollower | None = None
         while not self.stopping.is_set():
             try:

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import fastavro
 
-from ingest.framing import Decoder
+from ingest.decoder import Decoder
 from ingest.registry import RegistryError
 from ingest.replay import LogMessage
 from ingest.schemas import SchemaCatalog

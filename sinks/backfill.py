@@ -16,6 +16,7 @@ import datetime as dt
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -28,6 +29,9 @@ from sinks.markers import MarkerPublisher
 from sinks.store import HdbStore
 from sinks.writedown import DEFAULT_OPTIONS, WriteOptions, write_partition
 from tickplant.config import Settings
+
+if TYPE_CHECKING:
+    from sinks.archive_read import ArchiveSource
 
 BATCH_ROWS = 65_536
 
@@ -62,11 +66,12 @@ def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,
     catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
     schema = catalog[table]
     store = store or HdbStore.from_settings(settings)
-    origin: MessageSource | None = None
+    archive: ArchiveSource | None = None
     if from_archive:
         from sinks.archive_read import open_archive
 
-        origin = open_archive(settings, table, date)
+        archive = open_archive(settings, table, date)
+    origin: MessageSource | None = archive
     state = read_day_state(settings)
     if origin is None and date not in state.closed:
         if date == state.open_date:
@@ -78,8 +83,8 @@ def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,
     if existing is not None and not force:
         markers.publish(existing, store.display_root)
         return existing, False
-    if origin is not None:
-        ranges = origin.ranges
+    if archive is not None:
+        ranges = archive.ranges
     else:
         ranges = day_ranges(settings, table, date, state)
         gone = unretained(settings, table, ranges)

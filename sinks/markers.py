@@ -9,12 +9,12 @@ day state keeps a set), which is what makes a rerun after a crash safe.
 
 from __future__ import annotations
 
-import json
 import time
 
 from confluent_kafka import Producer
 
 from ingest.eod import CONTROL_KEY
+from ingest.records import PublishedMarker, encode_marker
 from ingest.topics import TopicNames
 from sinks.manifest import Manifest
 from tickplant.config import Settings
@@ -24,20 +24,9 @@ class MarkerError(RuntimeError):
     """The marker could not be written: the day stays unpublished, to be tried again."""
 
 
-def published_marker(manifest: Manifest, root: str) -> dict:
-    return {
-        "kind": "published",
-        "table": manifest.table,
-        "date": manifest.date.isoformat(),
-        "rows": manifest.rows,
-        "files": len(manifest.files),
-        "bytes": manifest.bytes,
-        "time_min": manifest.time_min,
-        "time_max": manifest.time_max,
-        "root": root,
-        "by": manifest.written_by,
-        "at": time.time_ns(),
-    }
+def published_marker(manifest: Manifest, root: str) -> PublishedMarker:
+    return PublishedMarker(manifest.table, manifest.date, manifest.rows, len(manifest.files), manifest.bytes,
+                           manifest.time_min, manifest.time_max, root, manifest.written_by, time.time_ns())
 
 
 class MarkerPublisher:
@@ -47,7 +36,7 @@ class MarkerPublisher:
         self.topic = TopicNames(settings.topic_prefix).control
         self.producer = Producer(settings.kafka_config(**{"enable.idempotence": True, "acks": "all"}))
 
-    def publish(self, manifest: Manifest, root: str, timeout: float = 30.0) -> dict:
+    def publish(self, manifest: Manifest, root: str, timeout: float = 30.0) -> PublishedMarker:
         marker = published_marker(manifest, root)
         errors: list[str] = []
 
@@ -55,7 +44,7 @@ class MarkerPublisher:
             if err is not None:
                 errors.append(str(err))
 
-        self.producer.produce(self.topic, key=CONTROL_KEY, value=json.dumps(marker).encode(), on_delivery=delivered)
+        self.producer.produce(self.topic, key=CONTROL_KEY, value=encode_marker(marker), on_delivery=delivered)
         if self.producer.flush(timeout) or errors:
             raise MarkerError(f"published marker for {manifest.table} {manifest.date} not written: "
                               f"{errors or 'timed out'}")

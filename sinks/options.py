@@ -26,7 +26,8 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from ingest.seq import SEQ
-from sinks.hdb import pool, quote, sym_filter
+from sinks.analytics_sql import quote, sym_filter
+from sinks.hdb import pool
 
 INPUTS = ("spot", "strike", "years", "rate", "div", "vol", "kind")
 GREEKS = ("price", "delta", "gamma", "vega", "theta", "rho")

@@ -41,7 +41,6 @@ cache directory to write down days the first had begun).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import threading
@@ -53,12 +52,15 @@ from typing import Any
 import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from ingest.control_follower import ControlFollower
 from ingest.deadletter import DeadLetters
-from ingest.eod import CONTROL_KEY, DayState, confirmed_fence_date
+from ingest.eod import confirmed_fence_date
 from ingest.framing import control_of
 from ingest.intake import Intake
-from ingest.logread import make_consumer, watermarks
+from ingest.logread import watermarks
 from ingest.metadata import MetadataPublisher
+from ingest.node_record import PdbRecord
+from ingest.records import PublishedMarker
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, ensure_topics
@@ -70,6 +72,7 @@ from sinks.store import HdbStore
 from sinks.writedown import DEFAULT_OPTIONS, WriteOptions, write_partition
 from tickplant import metrics
 from tickplant.config import Settings
+from tickplant.kafka.message import position
 
 log = logging.getLogger("tickplant.pdb")
 
@@ -89,39 +92,6 @@ def cache_dir(settings: Settings) -> Path:
     return Path(settings.data_dir).resolve() / "pdb"
 
 
-class ControlFollower:
-    """The control topic, read as it grows: the day state without re-reading it each time."""
-
-    def __init__(self, settings: Settings):
-        self.topic = TopicNames(settings.topic_prefix).control
-        self.state = DayState()
-        self.consumer = make_consumer(settings)
-        self.consumer.assign([TopicPartition(self.topic, 0, 0)])
-
-    def poll(self, until_end: bool = False, timeout: float = 30.0) -> int:
-        """Apply new markers; with ``until_end``, read to the end of the topic first."""
-        applied = 0
-        deadline = time.monotonic() + timeout
-        while True:
-            at_end = False
-            for msg in self.consumer.consume(1000, timeout=0.05 if until_end else 0):
-                err = msg.error()
-                if err is not None:
-                    at_end = at_end or err.code() == KafkaError._PARTITION_EOF
-                    continue
-                value = msg.value()
-                if msg.key() == CONTROL_KEY and value:
-                    self.state.apply(json.loads(value))
-                    applied += 1
-            if not until_end or at_end:
-                return applied
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {self.topic} to its end in {timeout:.0f}s")
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
 @dataclass
 class _Job:
     table: str
@@ -129,7 +99,7 @@ class _Job:
     ranges: dict[int, tuple[int, int]]
     thread: threading.Thread | None = None
     manifest: Manifest | None = None
-    marker: dict[str, Any] | None = None
+    marker: PublishedMarker | None = None
     error: BaseException | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -159,7 +129,7 @@ class Pdb:
         self.queue: list[tuple[str, dt.date]] = []
         self.job: _Job | None = None
         self.failed: dict[tuple[str, dt.date], tuple[float, str]] = {}
-        self.published: list[dict[str, Any]] = []
+        self.published: list[PublishedMarker] = []
         self.rows_captured = 0
         self.messages = 0
         self._warned: set[tuple[str, dt.date]] = set()
@@ -238,13 +208,14 @@ class Pdb:
     def _announce(self, announcer: MetadataPublisher) -> None:
         """Where this PDB runs and what it does, for ``tickplant status`` (never stops the PDB)."""
         try:
-            announcer.publish({"kind": "pdb", "host": self.settings.advertised_host, "pid": os.getpid(),
-                               "partitions": sorted(f"{t}[{p}]" for t, p in self.cache.parts),
-                               # the next offset it captures, per table partition: its lag in status
-                               "next": {f"{t}[{p}]": s.next for (t, p), s in list(self.cache.parts.items())},
-                               "rows_captured": self.rows_captured,
-                               "writing": f"{self.job.table} {self.job.date}" if self.job else None,
-                               "queued": len(self.queue)})
+            announcer.publish(PdbRecord(
+                node=self.node_id, host=self.settings.advertised_host, pid=os.getpid(),
+                partitions=tuple(sorted(f"{t}[{p}]" for t, p in self.cache.parts)),
+                # the next offset it captures, per table partition: its lag in status
+                next={f"{t}[{p}]": s.next or 0 for (t, p), s in list(self.cache.parts.items())},
+                rows_captured=self.rows_captured,
+                writing=f"{self.job.table} {self.job.date}" if self.job else None,
+                queued=len(self.queue)))
         except Exception as exc:  # noqa: BLE001 - the broker away: announce again next time
             log.warning("could not announce the PDB: %s", exc)
 
@@ -271,12 +242,12 @@ class Pdb:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             table = self.topics[tp.topic]
-            position = self.cache.position(table, tp.partition)
-            if position is None:
-                position = self._initial_offset(table, tp.partition)
+            resume = self.cache.position(table, tp.partition)
+            if resume is None:
+                resume = self._initial_offset(table, tp.partition)
             low, _ = watermarks(consumer, tp.topic, tp.partition)
-            self.cache.start(table, tp.partition, max(position, low))
-            tp.offset = max(position, low)
+            self.cache.start(table, tp.partition, max(resume, low))
+            tp.offset = max(resume, low)
         self.cache.commit()
         consumer.assign(partitions)
         self.ready.set()
@@ -314,10 +285,12 @@ class Pdb:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consuming %s: %s", msg.topic(), err)
             return
-        table = self.topics.get(msg.topic())
-        part, offset = msg.partition(), msg.offset()
-        position = self.cache.position(table, part) if table else None
-        if position is None or offset < position:
+        topic, part, offset = position(msg)
+        table = self.topics.get(topic)
+        if table is None:
+            return
+        captured_to = self.cache.position(table, part)
+        if captured_to is None or offset < captured_to:
             return  # already captured (redelivered after a rebalance)
         self.messages += 1
         assert self.control is not None
@@ -450,7 +423,7 @@ class Pdb:
             "writing": f"{self.job.table} {self.job.date}" if self.job else None,
             "queued": [f"{t} {d}" for t, d in self.queue],
             "failed": {f"{t} {d}": e for (t, d), (_, e) in self.failed.items()},
-            "published": [f"{m['table']} {m['date']}" for m in self.published],
+            "published": [f"{m.table} {m.date}" for m in self.published],
         }
 
 

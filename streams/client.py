@@ -1,23 +1,18 @@
-"""A small synchronous client for an RDB worker's HTTP views (the gateway, the CLI, tests).
-
-Connections are kept alive and shared by every client of the process (urllib3's
-pool is thread-safe): the gateway asks the same few workers many times a second.
-"""
+"""A small synchronous client for an RDB worker's HTTP views (the gateway, the CLI, tests),
+over the plant's one HTTP client (tickplant/httpclient.py: kept-alive connections shared
+by every client of the process)."""
 
 from __future__ import annotations
 
 import json
-import urllib.parse
 from typing import Any
 
 import pyarrow as pa
-import urllib3
 
-from tickplant import internal
+from tickplant import httpclient
 from tickplant.config import Settings
 
 MISDIRECTED = 421  # a worker's answer for partitions it does not hold (any more)
-_HTTP = urllib3.PoolManager(num_pools=64, maxsize=32, retries=False)
 
 
 class RdbClientError(RuntimeError):
@@ -38,27 +33,21 @@ class RdbClient:
     def __init__(self, url: str, timeout: float = 30.0, settings: Settings | None = None):
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self.headers = internal.headers(settings) if settings is not None else {}
+        self.settings = settings
 
     def _get(self, path: str, params: dict[str, Any], body: bytes | None = None) -> bytes:
         """GET ``path`` (POST when there is a ``body``)."""
-        query = urllib.parse.urlencode({k: v for k, v in params.items() if v not in (None, "", [])})
-        url = f"{self.url}{path}" + (f"?{query}" if query else "")
+        url = f"{self.url}{path}"
         try:
-            resp = _HTTP.request("GET" if body is None else "POST", url, body=body,
-                                 headers=self.headers if body is None else
-                                 {**self.headers, "Content-Type": "application/json"},
-                                 timeout=urllib3.Timeout(connect=min(5.0, self.timeout), read=self.timeout))
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            resp = httpclient.request("GET" if body is None else "POST", url, params=params, body=body,
+                                      headers=None if body is None else {"Content-Type": "application/json"},
+                                      settings=self.settings, timeout=self.timeout, check=False)
+        except httpclient.HttpError as exc:
             raise RdbClientError(f"RDB worker at {self.url} unreachable: {exc}") from None
-        body = resp.data
         if resp.status != 200:
-            try:
-                reason = json.loads(body).get("error", body.decode(errors="replace"))
-            except ValueError:
-                reason = body.decode(errors="replace")
-            raise RdbClientError(f"{url}: {resp.status} {reason}", resp.status) from None
-        return body
+            raise RdbClientError(f"{httpclient.with_query(url, params)}: {resp.status} {resp.reason()}",
+                                 resp.status) from None
+        return resp.data
 
     @staticmethod
     def _params(syms: list[str] | None, date: str | None, **extra: Any) -> dict[str, Any]:

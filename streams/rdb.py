@@ -37,6 +37,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from ingest.framing import control_of
 from ingest.gather import Gathered
+from ingest.node_record import NodeRecord, RdbRecord
 from ingest.schemas import SchemaCatalog
 from streams.latency import Stages
 from streams.observed import rdb_samples
@@ -400,7 +401,7 @@ class RdbWorker(GroupWorker):
         super()._announce()
         self.stages.samples["stall"].add(time.perf_counter_ns() - began)
 
-    def _peers_of(self, nodes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _peers_of(self, nodes: dict[str, NodeRecord]) -> dict[str, RdbRecord]:  # type: ignore[override]
         return replica_peers(nodes, self.replica)
 
     def holdings(self, detail: bool = False) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import faust
 import pyarrow as pa
 from faust.web import View
 
+from ingest.node_record import RdbRecord, TableHeld
 from ingest.topics import partition_for
 from streams.client import MISDIRECTED
 from streams.observed import Timed
@@ -72,8 +73,10 @@ class RdbViews:
         for node, record in w.peers.items():
             if node == w.node_id:
                 continue
-            for p in record.get("tables", {}).get(table, {}).get("partitions", []):
-                by_partition_owner[p] = record["url"]
+            if not isinstance(record, RdbRecord):
+                continue
+            for p in (record.tables.get(table) or TableHeld()).partitions:
+                by_partition_owner[p] = record.url
         out: dict[str | None, list[str]] = {}
         for sym in syms:
             p = partition_for(sym, w.settings.partitions)
@@ -86,7 +89,8 @@ class RdbViews:
     def peer_urls(self, table: str) -> list[str]:
         """The other workers of the replica holding some of ``table``."""
         w = self.worker
-        return [r["url"] for r in w.peers.values() if r["node"] != w.node_id and table in r.get("tables", {})]
+        return [r.url for r in w.peers.values()
+                if isinstance(r, RdbRecord) and r.node != w.node_id and table in r.tables]
 
     def parse(self, table: str, request: Any) -> RowsQuery:
         w = self.worker

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
+from ingest.node_record import NodeRecord, RdbRecord
 from tickplant.config import Settings
 
 DEFAULT_REPLICA = "a"
@@ -42,7 +42,7 @@ def shard_path(settings: Settings, table: str, partition: int, replica: str = DE
     return replica_dir(settings, replica) / table / f"p{partition:03d}"
 
 
-def replica_peers(nodes: dict[str, dict[str, Any]], replica: str) -> dict[str, dict[str, Any]]:
+def replica_peers(nodes: dict[str, NodeRecord], replica: str) -> dict[str, RdbRecord]:
     """The RDB nodes of ``replica``: the only ones its workers forward to."""
     return {node: record for node, record in nodes.items()
-            if record.get("kind", "rdb") == "rdb" and record.get("replica", DEFAULT_REPLICA) == replica}
+            if isinstance(record, RdbRecord) and (record.replica or DEFAULT_REPLICA) == replica}

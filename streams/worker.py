@@ -31,6 +31,7 @@ from ingest.eod import confirmed_fence_date, read_day_state
 from ingest.intake import Intake
 from ingest.logread import make_tail_consumer
 from ingest.metadata import MetadataPublisher, read_metadata
+from ingest.node_record import NODE_VERSION, NodeRecord, node_from_fields
 from ingest.schema_topic import make_decoder
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames
@@ -85,7 +86,7 @@ class GroupWorker:
         self._halt = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name=f"{self.ROLE}-reader", daemon=True)
         self.metadata = MetadataPublisher(settings, node_id)
-        self.peers: dict[str, dict[str, Any]] = {}  # the other nodes' metadata records
+        self.peers: dict[str, NodeRecord] = {}  # the other nodes' metadata records
         self.membership = ""  # the membership topic, set by ``_group_app``
         # metrics (tickplant/metrics.py): rows counted per read, state read at scrape time
         self.log_ends = metrics.LogEnds()  # noted by the reader, read by a scrape
@@ -204,7 +205,8 @@ class GroupWorker:
             self.log.warning("could not read metadata: %s", exc)
 
     def _announce(self) -> None:
-        self.metadata.publish(self.holdings())
+        self.metadata.publish(node_from_fields(self.node_id, {"version": NODE_VERSION, **self.holdings()},
+                                               "this node's holdings"))
 
     @property
     def reader_id(self) -> int | None:
@@ -248,7 +250,7 @@ class GroupWorker:
     def _on_day_state(self) -> None:
         """The day state was read again."""
 
-    def _peers_of(self, nodes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _peers_of(self, nodes: dict[str, NodeRecord]) -> dict[str, NodeRecord]:
         """The nodes this worker routes or forwards to."""
         return nodes
 

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pytest
 
 from ingest.blocks import BlockReader
-from ingest.framing import DecodeError, Decoder, encode_block, encode_row
+from ingest.decoder import DecodeError, Decoder
+from ingest.framing import encode_block, encode_row
 from ingest.gather import Gathered
 from ingest.intake import Intake
 from ingest.schemas import SchemaCatalog, TableSchema

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from gateway.subscriptions import MERGE_ROWS, Outbox, dumps
+from gateway.outbox import MERGE_ROWS, Outbox, dumps
 from streams.latency import LatencySample
 
 # a message: an update of a subscription with some rows, or a control message (no rows);

@@ -250,10 +250,11 @@ def test_output_encoder_writes_fastavros_bytes():
 
 
 def test_decode_many_gives_decodes_rows_and_errors(catalog):
-    """The reader's run decoder (ingest.framing.Decoder.decode_many) against decode() message by
+    """The reader's run decoder (ingest.decoder.Decoder.decode_many) against decode() message by
     message: rows of both tables, a block, an evolved writer schema, and each kind of bad message
     (corrupt body, trailing bytes, truncated, unknown fingerprint, unknown magic, empty)."""
-    from ingest.framing import DecodeError, Decoder, encode_block, encode_row
+    from ingest.decoder import DecodeError, Decoder
+    from ingest.framing import encode_block, encode_row
     from ingest.schemas import TableSchema
 
     trades, quotes = SyntheticMarket(syms=5, seed=4, clock=ManualClock(T0)).events(40)
@@ -418,7 +419,7 @@ def test_replay_is_deterministic_and_eod_resets_the_day(settings, catalog, day, 
         tp.publish_rows("trade", day1_trades)
         tp.publish_rows("quote", day1_quotes)
     day.advance(24 * 3600)
-    assert roll_day(settings, catalog, day)["date"] == DAY1
+    assert roll_day(settings, catalog, day).date.isoformat() == DAY1
     day2_trades, day2_quotes = market_minutes(day, seed=8, steps=10)
     with Tickerplant(settings, catalog, mode="zero") as tp:
         tp.publish_rows("trade", day2_trades)
@@ -612,7 +613,7 @@ def test_state_keeps_every_float_and_reads_a_store_written_as_json(tmp_path):
 
 def make_decoder_offline():
     """A decoder of the rte records that needs no broker (their schemas are local)."""
-    from ingest.framing import Decoder
+    from ingest.decoder import Decoder
 
     return Decoder(SchemaCatalog.load(REPO_ROOT / "schemas" / "rte"))
 

@@ -221,7 +221,7 @@ def test_refusals_quote_names_on_one_line():
 def test_clickhouse_errors_reach_users_without_internals(carol, columns, hdb):
     """Real ClickHouse errors of rewritten statements over the HDB: no generated SQL, no file
     path, no internal name, no hidden sym, one line."""
-    from gateway.engine import clickhouse_failure
+    from gateway.failures import clickhouse_failure
 
     query, _ = hdb
     for sql in ("SELECT toDate(sym) AS d FROM trade", "SELECT intDiv(size, 0) AS d FROM trade",

@@ -54,7 +54,7 @@ def test_rollover_with_rows_in_flight_puts_every_row_in_exactly_one_day(settings
         tp.flush()
     published = feed.published["trade"]
 
-    assert marker["date"] == "2026-11-22" and marker["next"] == "2026-11-23"
+    assert marker.date == dt.date(2026, 11, 22) and marker.next == dt.date(2026, 11, 23)
     state = read_day_state(settings)
     assert state.open_date == dt.date(2026, 11, 23)
 
@@ -66,14 +66,14 @@ def test_rollover_with_rows_in_flight_puts_every_row_in_exactly_one_day(settings
     assert not set(map(key, closed)) & set(map(key, opened))
 
     # the marker's ranges are exactly the day's: every closed-day message sits below its fence
-    for part, (start, end) in marker["tables"]["trade"].items():
+    for part, (start, end) in marker.tables["trade"].items():
         assert start == 0
-        ranges = {int(part): (start, end)}
+        ranges = {part: (start, end)}
         for position, _ in replay_messages(settings, "trade", ranges, catalog):
             assert start <= position.offset < end
     # the open day starts right after each fence
-    for part, (_, end) in marker["tables"]["trade"].items():
-        assert state.start_of_open_day("trade", int(part)) == end + 1
+    for part, (_, end) in marker.tables["trade"].items():
+        assert state.start_of_open_day("trade", part) == end + 1
 
 
 def test_two_days_in_a_row_and_a_second_roller_does_not_double_close(settings, catalog):
@@ -115,6 +115,6 @@ def test_scheduler_rolls_at_the_configured_time(settings, catalog):
         assert rolled.wait(20), f"no rollover; scheduler error: {scheduler.error!r}"
     finally:
         scheduler.stop()
-    assert [m["date"] for m in scheduler.rolled] == ["2026-11-22"]
+    assert [m.date.isoformat() for m in scheduler.rolled] == ["2026-11-22"]
     assert clock.now_ns() >= TradingCalendar().close_ns(dt.date(2026, 11, 22))
     assert read_day_state(settings).open_date == dt.date(2026, 11, 23)

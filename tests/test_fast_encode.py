@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from ingest.decoder import Decoder
 from ingest.feeds.synthetic import SyntheticMarket
 from ingest.framing import (
     BLOCK_MAGIC,
     FAST_MIN_ROWS,
     ROW_MAGIC,
-    Decoder,
     codec_for,
     encode_block,
     encode_row,

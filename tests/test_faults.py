@@ -176,10 +176,10 @@ def test_every_part_killed_in_turn_loses_and_duplicates_nothing(tmp_path, catalo
 
             lines = []
             for node, record in sorted(read_metadata(plant.settings, include_stale=True).items()):
-                for table, held in sorted(record.get("tables", {}).items()):
-                    days = {d: v.get("rows") for d, v in held.get("dates", {}).items()}
-                    lines.append(f"{node} stale={record['stale']} serving={record.get('serving')} {table} "
-                                 f"partitions={held.get('partitions')} applied={held.get('applied')} days={days}")
+                for table, held in sorted(getattr(record, "tables", {}).items()):
+                    days = {d: v.rows for d, v in held.dates.items()}
+                    lines.append(f"{node} stale={record.stale} serving={getattr(record, 'serving', None)} {table} "
+                                 f"partitions={held.partitions} applied={held.applied} days={days}")
             return "\n".join(lines)
 
         for table in ("trade", "quote"):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.framing import DecodeError, Decoder, encode_block, encode_row
+from ingest.decoder import DecodeError, Decoder
+from ingest.framing import encode_block, encode_row
 
 ROW = {"time": 1, "sym": "AAPL", "price": 10.5, "size": 100, "exchange": "N", "cond": ""}
 

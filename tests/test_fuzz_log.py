@@ -17,8 +17,9 @@ from procs import Cep, PlantChild, Worker, wait_until
 from test_poison import PdbChild
 
 from ingest.deadletter import read_deadletters
+from ingest.decoder import DecodeError, Decoder
 from ingest.eod import open_first_day, roll_day
-from ingest.framing import BLOCK_MAGIC, ROW_MAGIC, DecodeError, Decoder, encode_block, encode_row
+from ingest.framing import BLOCK_MAGIC, ROW_MAGIC, encode_block, encode_row
 from ingest.topics import TopicNames, partition_for
 from ingest.validate import RowRules
 from sinks.store import HdbStore

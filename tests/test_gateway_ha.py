@@ -39,7 +39,7 @@ def test_a_gateway_killed_while_a_client_queries_through_two(broker, catalog, tm
     try:
         for url in urls:
             wait_until(lambda u=url: _answers(u), 90, f"the gateway at {url}")
-        wait_until(lambda: sorted(r["url"] for r in read_metadata(settings).values() if r.get("kind") == "gateway")
+        wait_until(lambda: sorted(r.url for r in read_metadata(settings).values() if r.kind == "gateway")
                    == urls, 30, "both gateways announced on the metadata topic")
         status = subprocess.run([sys.executable, "-m", "tickplant", "status"], env=plant_env(settings),
                                 capture_output=True, text=True, timeout=60)

@@ -183,7 +183,7 @@ def test_grants_changed_in_the_users_file_take_effect_within_two_seconds(broker,
 
 
 def test_the_anonymous_user_of_a_local_plant_is_not_limited():
-    from gateway.app import RunningQueries
+    from gateway.admission import RunningQueries
 
     running = RunningQueries(1)
     with running.admit("anonymous", limited=False), running.admit("anonymous", limited=False):

@@ -52,7 +52,7 @@ def test_workers_on_their_own_addresses_are_reached_through_what_they_announce(s
         assert not _listening(f"http://127.0.0.1:{rdb.port}")  # only on its own address
         wait_until(lambda: {"rdb-h2", "cep-h3"} <= set(read_metadata(shared)), 30, "both nodes announced",
                    lambda: str(read_metadata(shared, include_stale=True)))
-        urls = {node: record["url"] for node, record in read_metadata(shared).items()}
+        urls = {node: record.url for node, record in read_metadata(shared).items()}
         assert urls["rdb-h2"] == rdb.url == f"http://127.0.0.2:{rdb.port}"
         assert urls["cep-h3"] == f"http://127.0.0.3:{cep.port}"
         wait_until(lambda: sum(rdb.client.count("trade").values()) == len(trades), 60, "today in the RDB")
@@ -77,7 +77,7 @@ def test_a_wildcard_listener_announces_its_advertised_address(settings, catalog,
     rdb.start()
     try:
         rdb.wait_serving()
-        wait_until(lambda: (read_metadata(settings).get("rdb-adv") or {}).get("url") == rdb.url, 30,
+        wait_until(lambda: getattr(read_metadata(settings).get("rdb-adv"), "url", None) == rdb.url, 30,
                    "the advertised address on the metadata topic", lambda: str(read_metadata(settings)))
     finally:
         rdb.stop()

@@ -8,8 +8,9 @@ from collections import defaultdict
 import pytest
 from confluent_kafka import Producer
 
+from ingest.decoder import Decoder
 from ingest.feeds.synthetic import SyntheticMarket
-from ingest.framing import BLOCK_MAGIC, ROW_MAGIC, Decoder
+from ingest.framing import BLOCK_MAGIC, ROW_MAGIC
 from ingest.logread import make_consumer, read_ranges, watermarks
 from ingest.publisher import Tickerplant
 from ingest.replay import day_ranges, replay_messages, replay_rows

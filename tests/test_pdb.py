@@ -25,6 +25,7 @@ from s3server import s3  # noqa: F401 - the SeaweedFS fixture
 from ingest.eod import open_first_day, read_day_state, roll_day
 from ingest.feeds.synthetic import SyntheticMarket
 from ingest.publisher import Tickerplant
+from ingest.records import PublishedMarker
 from ingest.replay import replay_arrow
 from sinks.backfill import backfill
 from sinks.hdb import HdbQuery
@@ -195,17 +196,17 @@ def test_two_days_in_a_row_written_while_the_next_day_flows(where, settings, cat
         wait_until(lambda: pdb.status()["rows_captured"] >= sum(tp.stats.delivered.values()), 60,
                    "the PDB to capture every published row", lambda: str(pdb.status()))
         status = pdb.status()
-    assert first["date"] == DAY1.isoformat() and second["date"] == DAY2.isoformat()
+    assert first.date == DAY1 and second.date == DAY2
     for table in ("trade", "quote"):
         for date in (DAY1, DAY2):
             check_partition(settings, catalog, store, table, date)
     assert store.dates("trade") == [DAY1, DAY2], "the open day is not written"
     # the markers say what was published, as the RDB and gateway read them
-    markers = [m for m in read_day_state(settings).markers if m["kind"] == "published"]
-    by_key = {(m["table"], m["date"]): m for m in markers}
+    markers = [m for m in read_day_state(settings).markers if isinstance(m, PublishedMarker)]
+    by_key = {(m.table, m.date): m for m in markers}
     for (table, date), marker in by_key.items():
-        assert marker["rows"] == store.manifest(table, dt.date.fromisoformat(date)).rows
-        assert marker["root"] == store.display_root
+        assert marker.rows == store.manifest(table, date).rows
+        assert marker.root == store.display_root
     assert len(by_key) == 2 * len(catalog.names)  # every table of schemas/, each day (empty ones too)
     # published days leave the cache; the open day's capture is still there
     assert status["published"] and not status["failed"]

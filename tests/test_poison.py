@@ -166,7 +166,7 @@ def test_poison_messages_are_dead_lettered_once_and_stop_nothing(settings, catal
         assert len(list(replay_rows(settings, "trade", catalog=catalog))) == n
 
         clock.advance(86400)
-        assert roll_day(settings, catalog, clock)["date"] == DAY.isoformat()
+        assert roll_day(settings, catalog, clock).date == DAY
         store = HdbStore.from_settings(settings)
         wait_until(lambda: store.manifest("trade", DAY) is not None, 90, "the HDB partition", pdb.log_tail)
         assert store.manifest("trade", DAY).rows == n

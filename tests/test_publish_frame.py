@@ -247,8 +247,8 @@ def test_synthetic_feed_through_publish_frame_writes_the_same_records(settings, 
     same log as rows or as frames; and run_feed sends its big ticks as frames."""
     import threading
 
+    from ingest.decoder import Decoder
     from ingest.feeds import synthetic
-    from ingest.framing import Decoder
 
     ticks = [2500, 1200, 3000, 1000]
 
@@ -287,7 +287,7 @@ def test_synthetic_feed_through_publish_frame_writes_the_same_records(settings, 
 
 @pytest.mark.parametrize("mode", ["batch", "zero"])
 def test_a_frame_is_encoded_in_slices_with_the_same_partition_logs(settings, catalog, monkeypatch, mode):
-    import ingest.publisher
+    import ingest.publish_frames
 
     rows = market_rows(2600)
     rows[1234]["size"] = None  # refused: the slices must keep the right rows
@@ -295,7 +295,7 @@ def test_a_frame_is_encoded_in_slices_with_the_same_partition_logs(settings, cat
         0, pa.field("time", pa.int64())))
     s = settings.replace(max_block_rows=300)
     ref = captured(s, catalog, mode, lambda tp: tp.publish_rows("trade", rows[:1234] + rows[1235:]))
-    monkeypatch.setattr(ingest.publisher, "FRAME_SLICE", 500)
+    monkeypatch.setattr(ingest.publish_frames, "FRAME_SLICE", 500)
     got = captured(s, catalog, mode, lambda tp: tp.publish_frame("trade", frame))
 
     def per_partition(sent):

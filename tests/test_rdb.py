@@ -188,7 +188,7 @@ def test_day_rollover_with_rows_in_flight(settings, catalog, day, workers):
     closed = list(replay_rows(settings, "trade", dt.date(2026, 11, 22), catalog=catalog))
     opened = list(replay_rows(settings, "trade", catalog=catalog))
     assert closed and opened and len(closed) + len(opened) == len(published)
-    assert marker["next"] == "2026-11-23"
+    assert marker.next.isoformat() == "2026-11-23"
     wait_until(lambda: total(worker, "trade", "2026-11-23") == len(opened), 60, "the new day", worker.log_tail)
     wait_until(lambda: total(worker, "trade", TODAY) == len(closed), 60, "the closed day", worker.log_tail)
     assert_exact(worker, "trade", closed, TODAY)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 
@@ -29,7 +28,7 @@ def test_replay_of_a_closed_day_is_exactly_what_was_published(settings, catalog)
     marker = roll_day(settings, catalog, clock)
     with Tickerplant(settings, catalog) as tp:  # the next day's rows must not leak in
         tp.publish_rows("trade", market.events(100)[0])
-    date = dt.date.fromisoformat(marker["date"])
+    date = marker.date
 
     first = list(replay_rows(settings, "trade", date, catalog=catalog))
     again = list(replay_rows(settings, "trade", date, catalog=catalog))

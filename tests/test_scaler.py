@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 from gateway.app import create_app
 from ingest.eod import open_first_day
 from ingest.feeds.synthetic import SyntheticMarket
+from ingest.node_record import RdbRecord, node_from_fields
 from ingest.publisher import Tickerplant
 from tickplant.aws.cloudwatch import CloudWatchPublisher
 from tickplant.aws.decide import Situation, Thresholds, decide
@@ -125,11 +126,16 @@ def test_a_node_record_gives_its_lag_rows_and_cpu():
               "tables": {"trade": {"partitions": [0, 2], "applied": {"0": 99, "2": 40},
                                    "dates": {"2026-11-24": {"rows": 700, "status": "open"}}}}}
     ends = {("trade", 0): 100, ("trade", 2): 51}  # partition 0 read to its end, 2 ten behind
-    first = node_figures(record, ends)
+    def rdb(fields: dict) -> RdbRecord:
+        decoded = node_from_fields("rdb-x", fields, "test")
+        assert isinstance(decoded, RdbRecord)
+        return decoded
+
+    first = node_figures(rdb(record), ends)
     assert (first.lag, first.rows, first.partitions, first.memory_pct, first.cpu_pct) == (10, 700, (0, 2), 25.0, None)
-    later = node_figures({**record, "cpu_s": 13.5, "updated": 103.0}, ends, previous=first)
+    later = node_figures(rdb({**record, "cpu_s": 13.5, "updated": 103.0}), ends, previous=first)
     assert later.cpu_pct == pytest.approx(50.0)  # 1.5 CPU seconds in 3 s: half a core
-    assert node_figures({**record, "cpu_s": 0.5, "updated": 103.0}, ends, first).cpu_pct is None  # restarted
+    assert node_figures(rdb({**record, "cpu_s": 0.5, "updated": 103.0}), ends, first).cpu_pct is None  # restarted
 
 
 def test_the_instance_id_is_configured_or_the_instance_says_it(tmp_path):

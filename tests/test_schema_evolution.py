@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
-from ingest.framing import DecodeError, Decoder, encode_row
+from ingest.decoder import DecodeError, Decoder
+from ingest.framing import encode_row
 from ingest.publisher import Tickerplant
 from ingest.replay import replay_rows
 from ingest.schemas import SchemaCatalog, SchemaError, TableSchema

@@ -433,7 +433,7 @@ def test_bars_and_analytics_of_a_real_cep_worker(settings: Settings, catalog: Sc
             env=plant_env(settings), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     names = TopicNames(settings.topic_prefix)
     try:
-        wait_until(lambda: any(n.get("kind") == "cep" for n in read_metadata(settings).values())
+        wait_until(lambda: any(n.kind == "cep" for n in read_metadata(settings).values())
                    and len(partition_counts(settings, [names.derived("bars"), names.derived("analytics")])) == 2,
                    60, "the CEP worker", lambda: (tmp_path / "cep.log").read_text()[-2000:])
         second = 1_000_000_000
@@ -504,7 +504,7 @@ def test_the_engine_live_feed_misses_no_bar_across_a_cep_kill9(
     sent = trades(0, 4)
     try:
         wait_until(lambda: cep.status() is not None and any(
-            n.get("kind") == "cep" for n in read_metadata(settings).values()), 60, "the CEP worker", cep.log_tail)
+            n.kind == "cep" for n in read_metadata(settings).values()), 60, "the CEP worker", cep.log_tail)
         with Server(Hub(settings, catalog=catalog)) as gw, connect(gw.ws_url) as ws:
             assert subscribe(ws, "bars", ["AAPL"])["rows"] == []
             subscribe(ws, "analytics", ["AAPL"])

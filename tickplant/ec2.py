@@ -11,8 +11,9 @@ of the network: the metadata service is only tried where the DMI vendor is Amazo
 from __future__ import annotations
 
 import re
-import urllib.request
 from pathlib import Path
+
+from tickplant.httpclient import HttpError, request
 
 DMI = Path("/sys/devices/virtual/dmi/id")
 IMDS = "http://169.254.169.254/latest"
@@ -27,14 +28,10 @@ def _read(path: Path) -> str:
 
 
 def _from_imds(timeout: float = 1.0) -> str:
-    token_request = urllib.request.Request(f"{IMDS}/api/token", method="PUT",
-                                           headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-    with urllib.request.urlopen(token_request, timeout=timeout) as resp:
-        token = resp.read().decode()
-    request = urllib.request.Request(f"{IMDS}/meta-data/instance-id",
-                                     headers={"X-aws-ec2-metadata-token": token})
-    with urllib.request.urlopen(request, timeout=timeout) as resp:
-        return resp.read().decode().strip()
+    token = request("PUT", f"{IMDS}/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
+                    timeout=timeout).text
+    return request("GET", f"{IMDS}/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token},
+                   timeout=timeout).text.strip()
 
 
 def instance_id(configured: str = "", dmi: Path = DMI) -> str:
@@ -48,6 +45,6 @@ def instance_id(configured: str = "", dmi: Path = DMI) -> str:
         return ""
     try:
         found = _from_imds()
-    except OSError:
+    except HttpError:
         return ""
     return found if _INSTANCE_ID.fullmatch(found) else ""

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from ingest.feeds.synthetic import SyntheticMarket, run_feed
 from ingest.publisher import Tickerplant
 from ingest.schemas import SchemaCatalog
 from ingest.topics import ensure_topics
-from tickplant import internal
+from tickplant import httpclient
 from tickplant.clock import Clock, SystemClock
 from tickplant.config import Settings
 from tickplant.kafka.broker import (
@@ -151,15 +150,13 @@ class Plant:
             try:
                 # the plant's own call: the gateway tells it the nodes it sees (an anonymous
                 # caller gets only up or down)
-                request = urllib.request.Request(url, headers=internal.headers(self.settings))
-                with urllib.request.urlopen(request, timeout=2) as resp:
-                    health = json.loads(resp.read())
+                health = httpclient.get_json(url, settings=self.settings, timeout=2)
                 serving = sum(1 for n in health.get("rdb_nodes", []) if n.get("serving"))
                 engines = len(health.get("cep_nodes", []))
                 seen = f"{serving}/{rdb_wanted} RDB workers serving, {engines}/{cep_wanted} CEP workers"
                 if serving >= rdb_wanted and engines >= cep_wanted:
                     return
-            except (OSError, ValueError):
+            except (httpclient.HttpError, ValueError):
                 pass
             for line in self.watch():
                 print(f"tickplant: {line}", file=sys.stderr)

@@ -9,11 +9,12 @@ messages in the log past what the node has applied.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 from ingest.eod import read_day_state
 from ingest.logread import make_consumer, watermarks
 from ingest.metadata import read_metadata
+from ingest.node_record import CepRecord, GatewayRecord, NodeRecord, PdbRecord, RdbRecord
 from ingest.schemas import SchemaCatalog
 from ingest.topics import TopicNames, partition_counts
 from tickplant.config import Settings
@@ -99,54 +100,55 @@ def table_logs(settings: Settings) -> tuple[list[TableLog], LogEnds]:
     return out, all_ends
 
 
-def _records(settings: Settings, kind: str) -> list[tuple[str, dict[str, Any]]]:
+R = TypeVar("R", bound=NodeRecord)
+
+
+def _records(settings: Settings, kind: type[R]) -> list[tuple[str, R]]:
     return [(node, r) for node, r in sorted(read_metadata(settings, include_stale=True).items())
-            if r.get("kind", "rdb") == kind]
+            if isinstance(r, kind)]
 
 
 def rdb_lines(settings: Settings, ends: LogEnds) -> list[RdbLine]:
     """A line per RDB worker and table: partitions, rows of the open day, lag in messages."""
     out = []
-    for node, record in _records(settings, "rdb"):
-        open_date = record.get("open_date")
-        for table, held in sorted(record.get("tables", {}).items()):
-            applied = held.get("applied", {})
-            lag = sum(max(0, ends.get((table, p), 0) - 1 - applied.get(str(p), -1)) for p in held["partitions"])
-            behind = sorted(int(c.split("[")[1].rstrip("]")) for c in record.get("catching_up", [])
+    for node, record in _records(settings, RdbRecord):
+        for table, held in sorted(record.tables.items()):
+            lag = sum(max(0, ends.get((table, p), 0) - 1 - held.applied.get(p, -1)) for p in held.partitions)
+            behind = sorted(int(c.split("[")[1].rstrip("]")) for c in record.catching_up
                             if c.startswith(f"{table}["))
-            out.append(RdbLine(node, not record["stale"], record.get("url"), table, list(held["partitions"]),
-                               held.get("dates", {}).get(open_date, {}).get("rows", 0), lag, behind,
-                               round(record.get("rss", 0) / 2**20)))
+            today = held.dates.get(record.open_date or "")
+            out.append(RdbLine(node, not record.stale, record.url or None, table, list(held.partitions),
+                               today.rows if today else 0, lag, behind, round(record.rss / 2**20)))
     return out
 
 
 def cep_lines(settings: Settings, ends: LogEnds) -> list[CepLine]:
     """A line per CEP worker: where, what it computes, its lag in messages over its inputs."""
     out = []
-    for node, r in _records(settings, "cep"):
-        lag = sum(max(0, ends.get((t, int(p)), 0) - 1 - offset)
-                  for t, parts in r.get("applied", {}).items() for p, offset in parts.items())
-        out.append(CepLine(node, not r["stale"], r.get("url"), r.get("engine"), list(r.get("partitions", [])), lag,
-                           bool(r.get("serving")), r.get("live_listeners", 0), round(r.get("rss", 0) / 2**20)))
+    for node, r in _records(settings, CepRecord):
+        lag = sum(max(0, ends.get((t, p), 0) - 1 - offset)
+                  for t, parts in r.applied.items() for p, offset in parts.items())
+        out.append(CepLine(node, not r.stale, r.url or None, r.engine or None, list(r.partitions), lag,
+                           r.serving, r.live_listeners, round(r.rss / 2**20)))
     return out
 
 
 def pdb_lines(settings: Settings, ends: LogEnds) -> list[PdbLine]:
     """A line per PDB: where it runs, what it captures, its lag in messages, what it writes."""
     out = []
-    for node, r in _records(settings, "pdb"):
+    for node, r in _records(settings, PdbRecord):
         lag = 0
-        for key, nxt in r.get("next", {}).items():
+        for key, nxt in r.next.items():
             table, _, part = key.rstrip("]").partition("[")
-            lag += max(0, ends.get((table, int(part)), 0) - (nxt or 0))
-        out.append(PdbLine(node, not r["stale"], r.get("host"), list(r.get("partitions", [])), lag,
-                           r.get("rows_captured", 0), r.get("writing"), r.get("queued", 0)))
+            lag += max(0, ends.get((table, int(part)), 0) - nxt)
+        out.append(PdbLine(node, not r.stale, r.host or None, list(r.partitions), lag,
+                           r.rows_captured, r.writing, r.queued))
     return out
 
 
 def gateway_lines(settings: Settings) -> list[GatewayLine]:
     """A line per gateway that announced itself (``tickplant gateway run``)."""
-    return [GatewayLine(node, not r["stale"], r.get("url"), r.get("pid")) for node, r in _records(settings, "gateway")]
+    return [GatewayLine(node, not r.stale, r.url or None, r.pid or None) for node, r in _records(settings, GatewayRecord)]
 
 
 def rdb_lag(settings: Settings) -> int:

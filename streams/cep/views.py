@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.web import View
 
+from ingest.node_record import CepRecord
 from ingest.topics import partition_for
 from streams.cep.live import LiveFeedError
 
@@ -86,9 +87,9 @@ class CepViews:
             if p in w.engines:
                 local.setdefault(p, []).append(sym)
             else:
-                elsewhere[sym] = next((r["url"] for r in w.peers.values()
-                                       if r.get("kind") == "cep" and r.get("engine") == w.engine_name
-                                       and p in r.get("partitions", [])), None)
+                elsewhere[sym] = next((r.url for r in w.peers.values()
+                                       if isinstance(r, CepRecord) and r.engine == w.engine_name
+                                       and p in r.partitions), None)
         return local, elsewhere
 
     def analytics(self, request: Any) -> dict[str, Any]:

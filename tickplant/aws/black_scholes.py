@@ -105,7 +105,8 @@ def price_object(source: str, output: str | None, settings: Settings) -> dict[st
 
 
 def _price_stream(fs: Any, path: str, source: str, out_fs: Any, out_path: str) -> tuple[int, int, list[str]]:
-    rows, unpriced, problems = 0, 0, []
+    rows, unpriced = 0, 0
+    problems: list[str] = []
     writer = None
     with _batches(fs, path, source) as batches, out_fs.open_output_stream(out_path) as sink:
         while True:

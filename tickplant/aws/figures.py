@@ -14,6 +14,7 @@ from typing import Any
 
 from ingest.logread import make_consumer, watermarks
 from ingest.metadata import read_metadata
+from ingest.node_record import RdbRecord
 from ingest.topics import TopicNames
 from tickplant.config import Settings
 
@@ -65,35 +66,33 @@ def log_ends(settings: Settings, tables: set[str]) -> dict[tuple[str, int], int]
         consumer.close()
 
 
-def node_figures(record: dict[str, Any], ends: dict[tuple[str, int], int],
+def node_figures(record: RdbRecord, ends: dict[tuple[str, int], int],
                  previous: NodeFigures | None = None) -> NodeFigures:
-    """One metadata record as figures; ``previous`` (the same node's last figures) gives CPU use."""
+    """One RDB node's record as figures; ``previous`` (the same node's last figures) gives CPU use."""
     rows, lag = 0, 0
     partitions: set[int] = set()
     days: list[Any] = []
-    for table, held in record.get("tables", {}).items():
-        applied = held.get("applied", {})
-        for p in held.get("partitions", []):
+    for table, held in record.tables.items():
+        for p in held.partitions:
             partitions.add(p)
-            lag += max(0, ends.get((table, p), 0) - 1 - applied.get(str(p), -1))
-        for date, day in held.get("dates", {}).items():
-            rows += day.get("rows", 0)
+            lag += max(0, ends.get((table, p), 0) - 1 - held.applied.get(p, -1))
+        for date, day in held.dates.items():
+            rows += day.rows
             # a record says rows per table and date, not per partition: every partition held
             # counts as holding the day (the safe side for protection)
-            days.extend((table, p, date, day.get("status", ""), day.get("rows", 0))
-                        for p in held.get("partitions", []))
-    cpu = record.get("cpu_s")
+            days.extend((table, p, date, day.status, day.rows) for p in held.partitions)
+    cpu = record.cpu_s
     cpu_pct = None
     if previous is not None and previous.cpu_s is not None and cpu is not None:
-        elapsed = record.get("updated", 0) - previous.updated
+        elapsed = record.updated - previous.updated
         if elapsed > 0 and cpu >= previous.cpu_s:  # not a restarted process
             cpu_pct = 100.0 * (cpu - previous.cpu_s) / elapsed
     return NodeFigures(
-        node=record["node"], replica=record.get("replica", "a"), instance_id=record.get("instance_id", ""),
-        url=record.get("url", ""), serving=bool(record.get("serving")), leaving=bool(record.get("leaving")),
-        rows=rows, partitions=tuple(sorted(partitions)), catching_up=tuple(record.get("catching_up", [])),
-        lag=lag, memory_used=record.get("rss", 0), memory_budget=record.get("memory_budget", 0), cpu_s=cpu,
-        updated=record.get("updated", 0.0), cpu_pct=cpu_pct, days=tuple(days),
+        node=record.node, replica=record.replica, instance_id=record.instance_id,
+        url=record.url, serving=record.serving, leaving=record.leaving,
+        rows=rows, partitions=tuple(sorted(partitions)), catching_up=record.catching_up,
+        lag=lag, memory_used=record.rss, memory_budget=record.memory_budget, cpu_s=cpu,
+        updated=record.updated, cpu_pct=cpu_pct, days=tuple(days),
     )
 
 
@@ -105,13 +104,13 @@ class FigureReader:
         self.last: dict[str, NodeFigures] = {}
 
     def read(self) -> list[NodeFigures]:
-        records = [r for r in read_metadata(self.settings).values() if r.get("kind", "rdb") == "rdb"]
-        tables = {t for r in records for t in r.get("tables", {})}
+        records = [r for r in read_metadata(self.settings).values() if isinstance(r, RdbRecord)]
+        tables = {t for r in records for t in r.tables}
         ends = log_ends(self.settings, tables) if tables else {}
         figures = []
         for record in records:
-            previous = self.last.get(record["node"])
-            if previous is not None and previous.updated == record.get("updated", 0.0):
+            previous = self.last.get(record.node)
+            if previous is not None and previous.updated == record.updated:
                 # the node has not written since: its CPU figure stands
                 figures.append(replace(node_figures(record, ends), cpu_pct=previous.cpu_pct))
             else:

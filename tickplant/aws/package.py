@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import zipfile
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def dependencies() -> list[Dependency]:
         wanted = md.requires(DIST) or []
     except md.PackageNotFoundError:
         raise PackageError(f"the {DIST!r} distribution is not installed here (pip install -e .)") from None
-    env = default_environment()
+    env: dict[str, str | AbstractSet[str]] = {k: str(v) for k, v in default_environment().items()}
     seen: dict[str, Dependency] = {}
     queue = [Requirement(r) for r in wanted]
     while queue:

@@ -13,19 +13,16 @@ always stops it.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tickplant import httpclient
 from tickplant.kafka.broker import _die_with_parent, free_port
 from tickplant.kafka.jars import KafkaSetupError, java_binary
 
@@ -130,12 +127,14 @@ class QuestDB:
 
     def exec(self, query: str, timeout: float = 120.0) -> dict[str, Any]:
         """``/exec`` of one statement: QuestDB's JSON answer (columns, dataset, count)."""
-        url = f"{self.url}/exec?" + urllib.parse.urlencode({"query": query})
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                answer = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            raise QuestDBError(f"{query[:200]}: {exc.code} {exc.read()[:500]!r}") from None
+            resp = httpclient.request("GET", f"{self.url}/exec", params={"query": query}, timeout=timeout,
+                                      check=False)
+        except httpclient.HttpError as exc:
+            raise QuestDBError(f"{query[:200]}: {exc}") from None
+        if resp.status != 200:
+            raise QuestDBError(f"{query[:200]}: {resp.status} {resp.reason()}")
+        answer = resp.json()
         if "error" in answer:
             raise QuestDBError(f"{query[:200]}: {answer['error']}")
         return answer
