@@ -12,7 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.subscriptions import Upstream
+    from gateway.upstream import Upstream
 
 MERGE_ROWS = 5_000  # at most this many rows in one update message made of several waiting ones
 _ROWS = '"rows":['  # update texts are {"type":"update","source":...,"rows":[...]}: rows last

@@ -45,7 +45,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from gateway.auth import Unauthorized
 from gateway.outbox import Outbox, dumps
 from gateway.sql import Forbidden
-from gateway.subscriptions import Hub, SourceError, UpstreamError
+from gateway.subscriptions import Hub
+from gateway.upstream import SourceError, UpstreamError
 
 log = logging.getLogger(__name__)
 
