@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from ingest.logread import make_consumer, read_ranges, watermarks
 from streams.cep.store import Output, PartitionStore
@@ -54,6 +54,9 @@ SEQ_HEADER = "cep-seq"
 TAIL_WINDOW = 64
 RETRY_FIRST_SECONDS = 0.5  # a transaction that failed while the broker was away: tried again after
 RETRY_MAX_SECONDS = 10.0   # ... doubling up to this
+RECOVER_PATIENCE_SECONDS = 120.0  # a takeover waits this long for a broker that is away
+# errors of a broker that is away (librdkafka does not mark a timed-out offsets request retriable)
+_AWAY = {KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
 
 
 class OutboxError(RuntimeError):
@@ -123,12 +126,30 @@ class PartitionPublisher:
 
     def recover(self, store: PartitionStore) -> int:
         """Publish the outbox entries Kafka has not committed; return how many were republished."""
-        done = last_committed_seq(self.settings, sorted(self.topics.values()), self.partition)
+        done = self._committed_seq()
         store.mark_published(done)
         todo = [o for o in store.pending() if o.seq > done]
         if todo:
             self.publish(todo, store)
         return len(todo)
+
+    def _committed_seq(self) -> int:
+        """``last_committed_seq``, asked again while the broker is away: a takeover often
+        follows a broker's death, and the partition's new owner must wait for the log, not
+        crash; after ``RECOVER_PATIENCE_SECONDS`` it gives up (and its supervisor restarts it)."""
+        delay, deadline = RETRY_FIRST_SECONDS, time.monotonic() + RECOVER_PATIENCE_SECONDS
+        while True:
+            try:
+                return last_committed_seq(self.settings, sorted(self.topics.values()), self.partition)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.fatal() or not error.retriable() and error.code() not in _AWAY \
+                        or time.monotonic() + delay > deadline or self._stop:
+                    raise OutboxError(f"partition {self.partition}: cannot read what was committed: {error}") from exc
+                log.warning("partition %d: the log is not answering (%s); asked again in %.1f s",
+                            self.partition, error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     def publish(self, outputs: list[Output], store: PartitionStore) -> None:
         """Commit the outputs in one transaction, then tell the store they are out.
