@@ -20,7 +20,8 @@ import chdb
 import pytest
 
 from ingest.deadletter import read_deadletters
-from ingest.framing import Decoder, encode_row
+from ingest.decoder import Decoder
+from ingest.framing import encode_row
 from ingest.logread import make_consumer, read_ranges, watermarks
 from ingest.publisher import Tickerplant
 from ingest.registry import Registry
