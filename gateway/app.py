@@ -48,6 +48,7 @@ from gateway.engine import Answer, Engine, Plan, QueryFailed
 from gateway.metered import add_metrics_route, gateway_samples, metered, note_user
 from gateway.policy import authorize, check_subscription
 from gateway.querylog import QueryLog
+from gateway.refusals import outcome, status_of
 from gateway.routing import Routing
 from gateway.sql import Forbidden, SqlError, parse_select
 from ingest.eod import TradingCalendar
@@ -148,9 +149,9 @@ class Gateway:
                 result: Answer = self.engine.execute(plan, limit=limit, timeout=timeout, settings=settings,
                                                      rdb_view=rdb_view, planned=checked - started)
         except Exception as exc:
-            status = _status(exc)
+            status = status_of(exc)
             self.query_log.record(user.name, endpoint, statement, (time.monotonic() - started) * 1e3, 0,
-                                  _outcome(status), status, str(exc))
+                                  outcome(status), status, str(exc))
             raise
         elapsed_ms = (time.monotonic() - started) * 1e3
         self.query_log.record(user.name, endpoint, statement, elapsed_ms, result.table.num_rows, "ok", 200)
@@ -191,7 +192,7 @@ class Gateway:
             q = build()
         except named.BadParameter as exc:
             self.query_log.record(user.name, endpoint, f"{request.url.path}?{request.url.query}", 0.0, 0,
-                                  _outcome(400), 400, str(exc))
+                                  outcome(400), 400, str(exc))
             raise
         return self.answer(user, endpoint, q.sql, request, limit=limit, timeout=timeout, settings=q.settings or None,
                            rdb_view=rdb_view or q.rdb_view, fmt=fmt)
@@ -211,7 +212,7 @@ async def current_user(request: Request) -> User:
     try:
         return user_of(request)
     except Unauthorized as exc:  # logged as every refusal is (who tried, what, why)
-        request.app.state.gateway.query_log.record("-", request.url.path, "", 0.0, 0, _outcome(401), 401, str(exc))
+        request.app.state.gateway.query_log.record("-", request.url.path, "", 0.0, 0, outcome(401), 401, str(exc))
         raise
 
 
@@ -225,23 +226,6 @@ def _without_password(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
-def _status(exc: BaseException) -> int:
-    if isinstance(exc, QueryFailed):
-        return exc.status
-    if isinstance(exc, Forbidden):
-        return 403
-    if isinstance(exc, Unauthorized):
-        return 401
-    if isinstance(exc, SqlError | named.BadParameter | HdbQueryError | ValueError):
-        return 400
-    return 500
-
-
-def _outcome(status: int) -> str:
-    return {400: "bad request", 401: "unauthorized", 403: "denied", 408: "timeout", 413: "too large",
-            429: "too many queries", 503: "unavailable"}.get(status, "error")
 
 
 def create_app(settings: Settings, routing: Routing | None = None, users: Users | None = None,
@@ -269,7 +253,7 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
     mount_console(app)
 
     async def failed(_request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=_status(exc))
+        return JSONResponse({"error": str(exc)}, status_code=status_of(exc))
 
     for known in (QueryFailed, Forbidden, Unauthorized, SqlError, named.BadParameter, HdbQueryError, ValueError):
         app.add_exception_handler(known, failed)

@@ -46,8 +46,9 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from gateway import chcompress, chformats, chsystem, querylog
-from gateway.app import Gateway, _outcome, _status, limit_body
+from gateway.app import Gateway, limit_body
 from gateway.auth import Unauthorized, User
+from gateway.refusals import outcome, status_of
 from gateway.sql import DIALECT, Forbidden, SqlError, render
 
 ENDPOINT = "clickhouse"
@@ -270,7 +271,7 @@ def to_clickhouse(exc: BaseException) -> ClickHouseError:
         if text.startswith("unknown function"):
             return ClickHouseError(46, "UNKNOWN_FUNCTION", 404, text)
         return ClickHouseError(62, "SYNTAX_ERROR", 400, text)
-    status = _status(exc)
+    status = status_of(exc)
     code, name = {408: (159, "TIMEOUT_EXCEEDED"), 413: (396, "TOO_MANY_ROWS_OR_BYTES"),
                   429: (202, "TOO_MANY_SIMULTANEOUS_QUERIES"), 503: (210, "NETWORK_ERROR"),
                   400: (36, "BAD_ARGUMENTS"), 403: (497, "ACCESS_DENIED")}.get(status, (1002, "UNKNOWN_EXCEPTION"))
@@ -312,7 +313,7 @@ class ClickHouseDoor:
             if not getattr(exc, "_tickplant_logged", False):
                 err = to_clickhouse(exc)
                 self.gw.query_log.record(user.name if user else (name or "-"), ENDPOINT, statement,
-                                         (time.monotonic() - started) * 1e3, 0, _outcome(err.status), err.status,
+                                         (time.monotonic() - started) * 1e3, 0, outcome(err.status), err.status,
                                          str(exc))
             return self.error(exc, query_id)
         if not logged:
