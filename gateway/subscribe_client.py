@@ -133,7 +133,9 @@ class LiveSubscription:
             if status in (401, 403):
                 raise GatewayError(status, f"gateway at {url} refused the connection") from None
             raise _Unavailable(f"gateway at {url} answered {status}") from None
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+            # ConnectionClosed: a dying gateway's listener can still take the TCP connection
+            # and then drop it while the handshake is being sent
             raise _Unavailable(f"gateway at {url} unreachable: {exc}") from None
         try:
             ws.send(self._request())

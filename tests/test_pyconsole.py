@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -166,6 +167,41 @@ def test_subscribe_resumes_across_a_killed_gateway_and_a_dropped_connection_each
     assert not [b for b in collector.batches if b.kind == "snapshot"]  # resumed: no second snapshot
     frame = collector.batches[-1].to_pandas()
     assert str(frame["time"].dtype) == "datetime64[ns, UTC]" and set(frame["sym"]) <= {"AAPL", "MSFT"}
+
+
+def test_a_gateway_dropping_the_handshake_is_passed_over(plant: Plant) -> None:
+    """A dying gateway's listener can still take the TCP connection and reset it while the
+    WebSocket handshake is sent; the subscription goes to the next gateway, not up to the user."""
+    dropper = socket.socket()
+    dropper.bind(("127.0.0.1", 0))
+    dropper.listen(16)
+    taken: list[int] = []
+
+    def reset_every_connection() -> None:
+        while True:
+            try:
+                conn, _ = dropper.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            taken.append(1)
+
+    threading.Thread(target=reset_every_connection, daemon=True).start()
+    dropping = f"http://127.0.0.1:{dropper.getsockname()[1]}"
+    live = [u for u in plant.urls if plant.procs[u].poll() is None]
+    try:
+        for _ in range(5):  # the reset lands before or during the handshake's send: both are met
+            with Client([dropping, *live], api_key=ALICE) as client, client.subscribe("trade", ["AAPL"]) as sub:
+                assert sub.url in live
+                first = sub.next(timeout=0)
+                assert first is not None and first.kind == "snapshot"
+        assert len(taken) >= 5
+        with Client([dropping], api_key=ALICE) as client, pytest.raises(GatewayError) as nowhere:
+            client.subscribe("trade", ["AAPL"], reconnect_timeout=1)
+        assert nowhere.value.status == 503 and dropping in nowhere.value.reason
+    finally:
+        dropper.close()
 
 
 def test_subscribe_refusals_raise_gateway_error(plant: Plant) -> None:
