@@ -36,7 +36,6 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from gateway.client import GatewayError
-from gateway.watch import ws_url
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,10 @@ class LiveSubscription:
 
     def __init__(self, urls: Sequence[str], headers: dict[str, str], source: str,
                  syms: Sequence[str] | None = None, resume: dict[int, int] | None = None,
-                 reconnect_timeout: float = 60.0, open_timeout: float = 10.0):
+                 reconnect_timeout: float = 60.0, open_timeout: float = 10.0,
+                 connect_timeout: float | None = None):
+        """``connect_timeout``: how long the first connection is tried (default
+        ``reconnect_timeout``, the patience of every later one)."""
         if isinstance(syms, str):
             syms = [syms]
         self.urls = list(urls)
@@ -89,7 +91,7 @@ class LiveSubscription:
         self._ws: ClientConnection | None = None
         self._ready: list[Batch] = []
         self._closed = False
-        self._connect(first=True)
+        self._connect(first=True, timeout=reconnect_timeout if connect_timeout is None else connect_timeout)
 
     # -- connecting ------------------------------------------------------------------------------
 
@@ -99,10 +101,11 @@ class LiveSubscription:
             request["resume"] = {str(p): o for p, o in self.position.items()}
         return json.dumps(request)
 
-    def _connect(self, first: bool = False) -> None:
+    def _connect(self, first: bool = False, timeout: float | None = None) -> None:
         """Subscribe (or resume) through the first gateway that takes it, in turn from the one
-        that served last, until ``reconnect_timeout`` passes."""
-        deadline = time.monotonic() + self.reconnect_timeout
+        that served last, until ``timeout`` (default ``reconnect_timeout``) passes."""
+        timeout = self.reconnect_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         failure = ""
         while not self._closed:
             start = self.urls.index(self.url)
@@ -119,7 +122,7 @@ class LiveSubscription:
                     return
             if time.monotonic() > deadline:
                 raise GatewayError(503, f"no gateway of {', '.join(self.urls)} took the subscription to "
-                                             f"{self.source!r} within {self.reconnect_timeout:g} s; last: {failure}")
+                                             f"{self.source!r} within {timeout:g} s; last: {failure}")
             time.sleep(RETRY_PAUSE)
 
     def _subscribe_at(self, url: str) -> None:
@@ -171,6 +174,8 @@ class LiveSubscription:
             elif kind == "resumed":
                 return None
             elif kind == "snapshot":
+                if message.get("warning"):
+                    self._warn({"reason": message["warning"]})
                 position = _position(message)
                 if position is not None:
                     self.position = position
@@ -246,6 +251,18 @@ class LiveSubscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def ws_url(url: str) -> str:
+    """The WebSocket address of a gateway's base URL (http -> ws, https -> wss)."""
+    base = url.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://"):] + "/v1/ws"
+    if base.startswith("http://"):
+        return "ws://" + base[len("http://"):] + "/v1/ws"
+    if base.startswith(("ws://", "wss://")):
+        return base if base.endswith("/v1/ws") else base + "/v1/ws"
+    return f"ws://{base}/v1/ws"
 
 
 class _Unavailable(Exception):

@@ -1,7 +1,7 @@
 """``tickplant watch SOURCE [SYM ...]``: live updates of a table or analytic in the terminal.
 
-A client of the gateway's WebSocket (``/v1/ws``, see ``gateway.streaming``):
-it subscribes, prints the snapshot as a table, then each updated row as one
+A client of the gateway's WebSocket (``/v1/ws``, see ``gateway.streaming``)
+through ``Client.subscribe``'s resuming subscription: it subscribes, prints the snapshot as a table, then each updated row as one
 aligned line under the same columns (a new header when a value needs wider
 columns). Ctrl-C ends it cleanly; a gateway that does not answer is one
 clear line and exit 2.
@@ -16,28 +16,18 @@ clear line and exit 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any, TextIO
 
 from tickplant.textable import format_cell, format_ns
 
+FIRST_CONNECT_TIMEOUT = 5.0  # a gateway that is not there is said at once
+RESUME_TIMEOUT = 120.0  # a gateway restarting mid-watch is waited for this long
+
 
 class WatchError(RuntimeError):
     """The gateway is unreachable or refused the subscription; the message says which."""
-
-
-def ws_url(url: str) -> str:
-    """The WebSocket address of a gateway's base URL (http -> ws, https -> wss)."""
-    base = url.rstrip("/")
-    if base.startswith("https://"):
-        return "wss://" + base[len("https://"):] + "/v1/ws"
-    if base.startswith("http://"):
-        return "ws://" + base[len("http://"):] + "/v1/ws"
-    if base.startswith(("ws://", "wss://")):
-        return base if base.endswith("/v1/ws") else base + "/v1/ws"
-    return f"ws://{base}/v1/ws"
 
 
 def _shown(column: str, value: Any) -> Any:
@@ -73,12 +63,9 @@ class Printer:
         print(self._line(self.columns), file=self.out)
         print(self._line(["-" * w for w in self.widths]), file=self.out)
 
-    def snapshot(self, message: dict[str, Any]) -> None:
-        rows = message.get("rows", [])
-        syms = " ".join(message.get("syms") or ["(all syms)"])
-        print(f"{message.get('source')} {syms}: snapshot, {len(rows)} rows", file=self.out)
-        if message.get("warning"):
-            print(f"  ({message['warning']})", file=self.out)
+    def snapshot(self, source: str, syms: list[str], rows: list[dict[str, Any]]) -> None:
+        named = " ".join(syms or ["(all syms)"])
+        print(f"{source} {named}: snapshot, {len(rows)} rows", file=self.out)
         if rows:
             self._set_columns(rows[0])
             cells = [[format_cell(_shown(c, r.get(c))) for c in self.columns] for r in rows]
@@ -110,57 +97,64 @@ class Printer:
         return printed
 
 
-def watch(url: str, source: str, syms: list[str], out: TextIO = sys.stdout, count: int = 0,
-          seconds: float = 0) -> int:
-    """Print the subscription until Ctrl-C, ``count`` rows, or ``seconds``; rows printed."""
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-    from websockets.sync.client import connect
+def watch(url: str | list[str], source: str, syms: list[str], out: TextIO = sys.stdout, count: int = 0,
+          seconds: float = 0, api_key: str | None = None) -> int:
+    """Print the subscription until Ctrl-C, ``count`` rows, or ``seconds``; rows printed.
 
-    address = ws_url(url)
+    The subscription is ``Client.subscribe``'s: a gateway that dies or restarts mid-watch is
+    resumed from (the same one, or the next of ``url``'s list) with no row missed or repeated."""
+    from gateway.client import GatewayError
+    from gateway.subscribe_client import LiveSubscription
+
+    urls = [u.strip() for u in url.split(",") if u.strip()] if isinstance(url, str) else list(url)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        ws = connect(address, open_timeout=5, max_size=None)
-    except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-        raise WatchError(f"no gateway at {url} ({address}: {exc}); is it running? "
-                         "'tickplant up' starts one, or give --url") from None
+        sub = LiveSubscription(urls, headers, source, syms or None, connect_timeout=FIRST_CONNECT_TIMEOUT,
+                               reconnect_timeout=RESUME_TIMEOUT, open_timeout=5)
+    except GatewayError as exc:
+        if exc.status in (502, 503, 504):
+            raise WatchError(f"no gateway at {', '.join(urls)} ({exc.reason}); is it running? "
+                             "'tickplant up' starts one, or give --url") from None
+        raise WatchError(exc.reason) from None
     printer = Printer(out)
+    warned = 0
     deadline = time.monotonic() + seconds if seconds else None
     try:
-        ws.send(json.dumps({"op": "subscribe", "source": source, "syms": syms}))
         while not count or printer.rows < count:
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
                 break
-            try:
-                message = json.loads(ws.recv(timeout=wait))
-            except TimeoutError:
+            batch = sub.next(timeout=wait)
+            for warning in sub.warnings[warned:]:
+                print(f"warning: {warning}", file=sys.stderr)
+            warned = len(sub.warnings)
+            if batch is None:
                 break
-            kind = message.get("type")
-            if kind == "snapshot":
-                printer.snapshot(message)
-            elif kind == "update":
-                printer.update(message.get("rows", []), count)
-            elif kind == "error":
-                raise WatchError(message.get("reason", "the gateway refused"))
-            elif kind == "warning":
-                print(f"warning: {message.get('reason')}", file=sys.stderr)
-    except ConnectionClosed as exc:
-        raise WatchError(f"the gateway closed the connection: {exc}") from None
-    except KeyboardInterrupt:
+            if batch.kind == "snapshot":
+                printer.snapshot(batch.source, sub.syms, batch.rows)
+            else:
+                printer.update(batch.rows, count)
+    except GatewayError as exc:
+        raise WatchError(exc.reason) from None
+    except (KeyboardInterrupt, StopIteration):
         pass
     finally:
-        ws.close()
+        sub.close()
     return printer.rows
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    import os
+
     from tickplant.config import load_settings
 
-    url = args.url
+    url = args.url or os.environ.get("TICKPLANT_GATEWAY_URL")
     if not url:
         settings = load_settings(getattr(args, "config", None))
         url = f"http://{settings.gateway_host}:{settings.gateway_port}"
     try:
-        rows = watch(url, args.source, args.syms, count=args.count, seconds=args.seconds)
+        rows = watch(url, args.source, args.syms, count=args.count, seconds=args.seconds,
+                     api_key=args.key or os.environ.get("TICKPLANT_API_KEY"))
     except WatchError as exc:
         print(f"tickplant watch: {exc}", file=sys.stderr)
         return 2
@@ -180,7 +174,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser | None = None) -> Non
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a table (trade, quote) or an analytic (bars, analytics)")
     parser.add_argument("syms", nargs="*", help="syms to watch (none: every sym)")
-    parser.add_argument("--url", help="the gateway (default http://gateway_host:gateway_port from the settings)")
+    parser.add_argument("--url", help="the gateway, or several comma-separated to resume through "
+                                      "(default: $TICKPLANT_GATEWAY_URL, else gateway_host:gateway_port)")
+    parser.add_argument("--key", help="API key or token (default: $TICKPLANT_API_KEY)")
     parser.add_argument("--count", type=int, default=0, help="stop after this many rows (0: until Ctrl-C)")
     parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: until Ctrl-C)")
     if not any(a.dest == "config" for a in parser._actions):

@@ -376,3 +376,27 @@ def _first_lines(resp: httpx.Response, events: int) -> list[str]:
         if sum(x.startswith("data: ") for x in lines) == events:
             break
     return lines
+
+
+def test_watch_takes_a_key_and_a_list_of_gateways(plant: Plant) -> None:
+    """``tickplant watch`` is a ``Client.subscribe`` in the terminal: the key from the
+    environment, the first gateway of the list that answers, a refusal in one line."""
+    live = [u for u in plant.urls if plant.procs[u].poll() is None]
+    dead = f"http://127.0.0.4:{free_port()}"
+    argv = [sys.executable, "-m", "tickplant", "watch", "trade", "AAPL", "--url", ",".join([dead, *live]),
+            "--count", "3"]
+    proc = subprocess.Popen(argv, env={**plant.env, "TICKPLANT_API_KEY": ALICE}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert first.startswith("trade AAPL: snapshot"), (first, proc.communicate())
+    with Tickerplant(plant.settings, plant.catalog, mode="zero") as tp:
+        tp.publish_rows("trade", [trade(7000 + i, s) for i, s in enumerate(["IBM", "AAPL", "AAPL", "MSFT", "AAPL"])])
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert [line.split()[3] for line in out.splitlines() if " AAPL " in line][-3:] == ["7,001", "7,002", "7,004"]
+    assert "3 updates" in err
+    refused = subprocess.run([*argv[:-2], "--key", BOB], env=plant.env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("tickplant watch: not authorized for 'trade'"), line
