@@ -112,7 +112,7 @@ class BenchWorker:
         first_seen, first_rows = None, 0
         while time.perf_counter() < deadline:
             try:
-                held = self.client.status()["rows_applied"]
+                held = self.client.status(detail=False)["rows_applied"]
             except RdbClientError:
                 held = 0
             now = time.perf_counter()

@@ -90,6 +90,15 @@ class Block:
         return self.columns.select(self.row_keys).take(pa.array(indices, pa.int64())).to_pylist()
 
 
+def preload() -> None:
+    """Import what decoding blocks imports on first use (polars; pandas, which pyarrow imports
+    at its first conversion of Python or NumPy values) now: a role that reads blocks calls this
+    as its reader starts, so a catch-up's first blocks do not wait for the imports, which hold
+    the GIL."""
+    import pandas  # noqa: F401
+    import polars  # noqa: F401
+
+
 class BlockReader:
     """Reads the blocks of one writer schema into one reader table's columns."""
 
@@ -146,7 +155,7 @@ class BlockReader:
             return None
         records = memoryview(value)[at:len(value) - 1]
         ocf = b"".join((self.header, long_bytes(count), long_bytes(len(records)), records, _SYNC))
-        import polars as pl  # on first use: a third of a second to import, for every CLI command else
+        import polars as pl  # on first use (a third of a second to import, for every CLI command else)
 
         try:
             frame = pl.read_avro(io.BytesIO(ocf))

@@ -80,8 +80,9 @@ class RdbClient:
     def count(self, table: str, syms: list[str] | None = None, date: str | None = None) -> dict[str, int]:
         return json.loads(self._get(f"/rdb/v1/{table}/count", self._params(syms, date)))["counts"]
 
-    def status(self) -> dict[str, Any]:
-        return json.loads(self._get("/rdb/v1/status", {}))
+    def status(self, detail: bool = True) -> dict[str, Any]:
+        """The worker's status; ``detail=False`` leaves out the latency stages (cheap to poll)."""
+        return json.loads(self._get("/rdb/v1/status", {} if detail else {"detail": "0"}))
 
     def leave(self) -> dict[str, Any]:
         """Ask the worker to leave its group for good and stop (the scaler's scale-in)."""

@@ -297,7 +297,10 @@ class RdbViews:
         @app.page("/rdb/v1/status")
         class Status(View):
             async def get(self, request: Any) -> Any:
-                return self.json({"node": worker.node_id, **worker.holdings(detail=True)})
+                # ?detail=0: without the latency stages, whose percentiles over every row are not
+                # free (a poller of the catch-up would take the reader's CPU)
+                detail = request.query.get("detail", "1") not in ("0", "false")
+                return self.json({"node": worker.node_id, **worker.holdings(detail=detail)})
 
         @app.page("/rdb/v1/leave")
         class Leave(View):

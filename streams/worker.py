@@ -26,6 +26,7 @@ import faust
 from confluent_kafka import Consumer, Message, TopicPartition
 from faust.types import TP
 
+from ingest.blocks import preload as preload_block_decoder
 from ingest.deadletter import DeadLetters
 from ingest.eod import confirmed_fence_date, read_day_state
 from ingest.intake import Intake
@@ -137,6 +138,7 @@ class GroupWorker:
         """The assigned partitions of the input topics, read in bulk from the role's positions:
         wait for the first message only, then take what is already fetched (no batching delay
         added to a quiet stream, whole batches from a busy one)."""
+        preload_block_decoder()
         consumer = make_tail_consumer(self.settings, **READER_CONSUMER)
         try:
             while not self._halt.is_set():
