@@ -74,25 +74,24 @@ def with_seq(table: pa.Table, offset: int) -> pa.Table:
 def split_by_sym(record: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch, int, int]]:
     """(sym, its rows in log order, first time, last time) for each sym of a record batch.
 
-    One stable sort by sym and zero-copy slices: the cost per sym is a slice,
-    not a scan, whatever the number of syms in a message.
+    One stable sort by sym (by its dictionary code: a numeric sort, not a string one) and
+    zero-copy slices: the cost per sym is a slice, not a scan, whatever the number of syms
+    in a message. The syms come in the order they first appear.
     """
     syms = record.column(record.schema.get_field_index("sym"))
     times = record.column(record.schema.get_field_index("time")).cast(pa.int64()).to_numpy()
     if syms.null_count == 0 and len(syms) and pc.all(pc.equal(syms, syms[0])).as_py():
         return [(syms[0].as_py(), record, int(times.min()), int(times.max()))]
-    order = pc.sort_indices(syms)  # stable: each sym's rows keep their log order
-    record = record.take(order)
-    times = times[order.to_numpy()]
-    column = record.column(record.schema.get_field_index("sym"))
-    n = len(column)
-    # where the sorted syms change, over the whole column (nulls sort last, together)
-    changed = pc.not_equal(column.slice(1), column.slice(0, n - 1))
-    if column.null_count:
-        changed = pc.if_else(pc.is_null(changed), pc.xor(pc.is_null(column.slice(1)),
-                                                         pc.is_null(column.slice(0, n - 1))), changed)
-    starts = np.concatenate([[0], np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1])
-    names = column.take(pa.array(starts)).to_pylist()
+    encoded = pc.dictionary_encode(syms)  # syms as small integers: sorting them is a numeric sort
+    codes = encoded.indices.fill_null(-1).to_numpy()  # (a null sym, if any, is a group of its own)
+    order = np.argsort(codes, kind="stable")  # stable: each sym's rows keep their log order
+    codes = codes[order]
+    record = record.take(pa.array(order))
+    times = times[order]
+    n = len(codes)
+    starts = np.concatenate([[0], np.flatnonzero(codes[1:] != codes[:-1]) + 1])
+    dictionary = encoded.dictionary.to_pylist()
+    names = [dictionary[c] if c >= 0 else None for c in codes[starts].tolist()]
     lows = np.minimum.reduceat(times, starts)
     highs = np.maximum.reduceat(times, starts)
     ends = [*starts[1:].tolist(), n]
