@@ -74,9 +74,10 @@ def with_seq(table: pa.Table, offset: int) -> pa.Table:
 def split_by_sym(record: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch, int, int]]:
     """(sym, its rows in log order, first time, last time) for each sym of a record batch.
 
-    One stable sort by sym (by its dictionary code: a numeric sort, not a string one) and
-    zero-copy slices: the cost per sym is a slice, not a scan, whatever the number of syms
-    in a message. The syms come in the order they first appear.
+    One stable sort by sym (by its dictionary code: a numeric sort, not a string one), then
+    each sym's rows taken by their positions: the cost per sym is a copy of its own rows, not
+    a scan, whatever the number of syms in a message. The syms come in the order they first
+    appear.
     """
     syms = record.column(record.schema.get_field_index("sym"))
     times = record.column(record.schema.get_field_index("time")).cast(pa.int64()).to_numpy()
@@ -86,17 +87,17 @@ def split_by_sym(record: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch, int,
     codes = encoded.indices.fill_null(-1).to_numpy()  # (a null sym, if any, is a group of its own)
     order = np.argsort(codes, kind="stable")  # stable: each sym's rows keep their log order
     codes = codes[order]
-    record = record.take(pa.array(order))
     times = times[order]
-    n = len(codes)
     starts = np.concatenate([[0], np.flatnonzero(codes[1:] != codes[:-1]) + 1])
     dictionary = encoded.dictionary.to_pylist()
     names = [dictionary[c] if c >= 0 else None for c in codes[starts].tolist()]
     lows = np.minimum.reduceat(times, starts)
     highs = np.maximum.reduceat(times, starts)
-    ends = [*starts[1:].tolist(), n]
+    ends = [*starts[1:].tolist(), len(codes)]
+    # each sym's rows taken on their own: buffers of its own (a resident chunk holds no other
+    # sym's rows in memory), for the price of one copy of the record in all
     return [
-        (sym, record.slice(start, end - start), int(low), int(high))
+        (sym, record.take(pa.array(order[start:end])), int(low), int(high))
         for sym, start, end, low, high in zip(names, starts.tolist(), ends, lows, highs, strict=True)
     ]
 
