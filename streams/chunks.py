@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -90,7 +91,7 @@ def split_by_sym(record: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch, int,
     times = times[order]
     starts = np.concatenate([[0], np.flatnonzero(codes[1:] != codes[:-1]) + 1])
     dictionary = encoded.dictionary.to_pylist()
-    names = [dictionary[c] if c >= 0 else None for c in codes[starts].tolist()]
+    names: list[Any] = [dictionary[c] if c >= 0 else None for c in codes[starts].tolist()]
     lows = np.minimum.reduceat(times, starts)
     highs = np.maximum.reduceat(times, starts)
     ends = [*starts[1:].tolist(), len(codes)]

@@ -41,6 +41,7 @@ from ingest.node_record import NodeRecord, RdbRecord
 from ingest.schemas import SchemaCatalog
 from streams.latency import Stages
 from streams.observed import rdb_samples
+from streams.partial import run_partial
 from streams.rdb_status import record
 from streams.rdb_views import RdbViews
 from streams.replicas import (
@@ -100,6 +101,7 @@ class RdbWorker(GroupWorker):
         self.caught_up: set[Key] = set()
         self._catch_targets: dict[Key, int] = {}  # the log end each is reading up to
         self._next_catch_check = 0.0
+        self._engine_warmed = False
         self._next_lock_try = 0.0
         self._topics = {self.names.table(t): t for t in self.tables}
         self.rows_applied = 0
@@ -191,6 +193,9 @@ class RdbWorker(GroupWorker):
             for key in [k for k in self._catch_targets if k not in behind]:
                 del self._catch_targets[key]
         if not behind:
+            if self.assigned and not self._engine_warmed:
+                self._engine_warmed = True
+                threading.Thread(target=self._warm_engine, name="rdb-engine-warm", daemon=True).start()
             return
         for key in [k for k in behind if k not in self._catch_targets]:
             # the end of the log when catching up began (asked of the broker once a shard, outside
@@ -209,6 +214,19 @@ class RdbWorker(GroupWorker):
                 if at >= self._catch_targets[key]:
                     self.caught_up.add(key)
                     del self._catch_targets[key]
+
+    def _warm_engine(self) -> None:
+        """Load the embedded engine that runs the gateway's split statements here (chDB: a
+        second or so to load and run its first statement) once this worker first serves, so
+        that the first query routed here does not pay for it. Not at start: a restarted
+        worker's catch-up would pay for it instead."""
+        table = sorted(self.catalog.tables)[0]
+        schema = self.catalog[table].stored_schema
+        try:
+            run_partial("SELECT count() FROM __warm__", [("__warm__", schema.empty_table(), schema)],
+                        dt.date.today(), None, self.settings.gateway_max_memory_mb)
+        except Exception:  # a query would say the same, to whoever asked
+            self.log.exception("%s: loading the embedded query engine failed", self.node_id)
 
     def _serve_from_disk(self) -> None:
         """At start, open the shards this node held last time: it serves them at once,
