@@ -417,16 +417,22 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
     tmp = Path(tempfile.mkdtemp(prefix="tpbench-rdb-"))
     catalog = SchemaCatalog.load(settings.schemas_dir)
     report = Report()
-    steps = [
-        lambda: [bench_ingest(settings, catalog, rows, "batch", tmp)],
-        lambda: [bench_ingest(settings, catalog, zero_rows, "zero", tmp)],
-        lambda: [bench_apply_cpu(catalog, tmp)],
-        lambda: bench_latency(settings, catalog, tmp),
-        lambda: bench_latency(settings, catalog, tmp, rate=2_000, probe=False),
-        *[lambda n=n: bench_queries_restart_memory(settings, catalog, n, tmp) for n in big],
-    ]
+    steps = {
+        "ingest-batch": lambda: [bench_ingest(settings, catalog, rows, "batch", tmp)],
+        "ingest-zero": lambda: [bench_ingest(settings, catalog, zero_rows, "zero", tmp)],
+        "apply-cpu": lambda: [bench_apply_cpu(catalog, tmp)],
+        "latency": lambda: bench_latency(settings, catalog, tmp),
+        "latency-2k": lambda: bench_latency(settings, catalog, tmp, rate=2_000, probe=False),
+        "queries": lambda: [r for n in big for r in bench_queries_restart_memory(settings, catalog, n, tmp)],
+    }
+    only = [s.strip() for s in (getattr(args, "only", None) or "").split(",") if s.strip()]
+    unknown = [s for s in only if s not in steps]
+    if unknown:
+        raise SystemExit(f"bench rdb: unknown step(s) {', '.join(unknown)}; steps: {', '.join(steps)}")
     try:
-        for step in steps:
+        for name, step in steps.items():
+            if only and name not in only:
+                continue
             try:
                 got = step()
             except Exception as exc:  # a failed figure is a row of the table, the others still count
