@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure; the best is kept (default 2)")
     parser.add_argument("--chunk", type=int, default=1000, help="rows per publish_rows call (default 1000)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a figure is short of its target")
-    parser.add_argument("--only", default=None,
+    parser.add_argument("--steps", default=None,
                         help="comma-separated steps of a benchmark that has several (rdb: ingest-batch, "
                              "ingest-zero, apply-cpu, latency, latency-2k, queries)")
 

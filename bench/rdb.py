@@ -425,7 +425,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> Report:
         "latency-2k": lambda: bench_latency(settings, catalog, tmp, rate=2_000, probe=False),
         "queries": lambda: [r for n in big for r in bench_queries_restart_memory(settings, catalog, n, tmp)],
     }
-    only = [s.strip() for s in (getattr(args, "only", None) or "").split(",") if s.strip()]
+    only = [s.strip() for s in (getattr(args, "steps", None) or "").split(",") if s.strip()]
     unknown = [s for s in only if s not in steps]
     if unknown:
         raise SystemExit(f"bench rdb: unknown step(s) {', '.join(unknown)}; steps: {', '.join(steps)}")
