@@ -406,6 +406,7 @@ class Engine:
         parts = [(day, rows) for day, rows in parts if day not in published]
         info = {"hdb_days": [d.isoformat() for d in hdb_days],
                 "rdb_days": [d.isoformat() for d in days if d not in published],
+                "hdb_latest_days": [],  # those read from their file of each sym's latest row (``_sources``)
                 "rdb_rows": sum(rows.num_rows for _, rows in parts),
                 "replicas": sorted(r for r in replicas if r)}
         return parts, hdb_days, info

@@ -96,7 +96,7 @@ def _latest_groups(select: exp.Select, group: exp.Group) -> bool:
     return True
 
 
-def _latest_key(by: exp.Expression | None) -> bool:
+def _latest_key(by: exp.Expr | None) -> bool:
     """``time``, or ``(time, seq)``: kdb+'s order, the last published of a time (ingest.seq)."""
     if isinstance(by, exp.Paren):
         by = by.this

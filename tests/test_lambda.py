@@ -423,7 +423,7 @@ def test_the_last_row_per_sym_of_history_days_is_the_whole_days_answer(world, hd
     visible = VISIBLE[key]
     want = latest_of(hdb, [D1, D2, D3])
     per_sym: dict[str, dict] = {}
-    for (day, sym), row in sorted(want.items()):
+    for (_day, sym), row in sorted(want.items()):
         if visible is None or sym in visible:
             per_sym[sym] = row  # the later day's
     got = ask(LATEST_SQL[0].format(w=""))

@@ -293,7 +293,7 @@ def test_pdb_killed_mid_write_down_then_rerun_gives_the_identical_partition(sett
     clean, _ = backfill(settings, "trade", DAY1, catalog=catalog, store=reference)
     assert store.manifest("trade", DAY1).identity() == clean.identity()
     assert clean.rows == rows
-    assert sorted(store.files("trade", DAY1)) == ["_manifest.json", "part-00000.parquet"]
+    assert sorted(store.files("trade", DAY1)) == ["_latest/latest.parquet", "_manifest.json", "part-00000.parquet"]
 
 
 def test_pdb_killed_while_capturing_loses_and_doubles_nothing(settings, catalog, pdb_procs):
