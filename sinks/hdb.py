@@ -11,7 +11,9 @@ manifest, ``<root>/<table>/date={d1,d2,...}/*.parquet``, with the column types
 given (no schema inference) and ``date`` from the path (hive partitioning).
 A half-written partition is never in the list, and a ``date`` predicate prunes
 whole directories before a file is opened; within a day, the row groups'
-sym statistics skip every sym not asked for.
+sym statistics skip every sym not asked for. A statement that needs only each
+sym's latest row reads, of the days whose manifest names one, the small file
+of those rows instead (``source_days(..., latest=)``, sinks/latest.py).
 
 In ``HdbQuery.sql`` a table is written ``{trade}``: it expands to all of the
 table's history, with its ``date`` column; ``source`` gives the same for a

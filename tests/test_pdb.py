@@ -416,6 +416,7 @@ def test_backfill_and_ls_commands(settings, catalog, capsys, monkeypatch):
     assert lines[1].split()[:3] == ["table", "date", "rows"]
     trade_line = next(line for line in lines if line.startswith("trade"))
     assert DAY1.isoformat() in trade_line and f"{first.rows:,}" in trade_line
+    assert trade_line.split()[-2:] == ["yes", "backfill"]  # each sym's latest row kept apart; who wrote it
     assert any(line.startswith("quote") for line in lines)
     from sinks.backfill import BackfillError
 
