@@ -226,7 +226,7 @@ class Engine:
                     sql, tables, external = merged_sources(plan.refs[0], split, fetched, in_memory, self._merges[split],
                                                                     self.catalog, self.hdb)
                 else:
-                    sql, tables, external = self._sources(plan, fetched, in_memory)
+                    sql, tables, external = self._sources(plan, fetched, in_memory, latest=rdb_view == "last")
                 timing["sources"] += time.monotonic() - t0
                 if deadline <= time.monotonic():
                     raise QueryFailed(408, f"query exceeded its timeout of {timeout:g} s fetching real-time rows")
@@ -311,17 +311,21 @@ class Engine:
         final = pushdown.merge_sql(split.final, types[:split.aggregates], answers[1].schema.names, split.unnamed)
         return final, types[split.aggregates:]
 
-    def _sources(self, plan: Plan, fetched: dict[tuple, Any], in_memory: bool
+    def _sources(self, plan: Plan, fetched: dict[tuple, Any], in_memory: bool, latest: bool = False
                  ) -> tuple[str, dict[str, pa.Table], dict[str, tuple[bytes, str, str]]]:
         """The plan's SQL with each placeholder replaced by its source, for an endpoint that
-        reads the RDB rows in place (``in_memory``) or gets them as external data."""
+        reads the RDB rows in place (``in_memory``) or gets them as external data. ``latest``:
+        the statement needs only each sym's latest row of a day (gateway/latest.py), so the
+        HDB days that keep theirs apart (sinks.latest) are read from that file alone."""
         tables: dict[str, pa.Table] = {}  # RDB rows read in place by embedded chDB
         external: dict[str, tuple[bytes, str, str]] = {}  # ... or sent to a server as external data
         sources: dict[str, str] = {}
         for ref in plan.refs:
-            rows, hdb_days, _ = fetched[ref.key]
+            rows, hdb_days, info = fetched[ref.key]
+            latest_days = self.hdb.latest_dates(ref.need.table, hdb_days) if latest and hdb_days else set()
+            info["hdb_latest_days"] = sorted(d.isoformat() for d in latest_days)
             sources[ref.placeholder] = table_source(self.catalog, self.hdb, ref.need.table, ref.columns, hdb_days,
-                                                    rows, tables, external, in_memory)
+                                                    rows, tables, external, in_memory, latest_days)
         for placeholder in plan.query_log:
             if self.query_log is None:
                 raise QueryFailed(400, "this gateway keeps no query log")
@@ -402,6 +406,7 @@ class Engine:
         parts = [(day, rows) for day, rows in parts if day not in published]
         info = {"hdb_days": [d.isoformat() for d in hdb_days],
                 "rdb_days": [d.isoformat() for d in days if d not in published],
+                "hdb_latest_days": [],  # those read from their file of each sym's latest row (``_sources``)
                 "rdb_rows": sum(rows.num_rows for _, rows in parts),
                 "replicas": sorted(r for r in replicas if r)}
         return parts, hdb_days, info

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -54,12 +54,14 @@ def merged_sources(ref: PlannedRef, split: Split, fetched: dict[tuple, Any], in_
 
 def table_source(catalog: SchemaCatalog, hdb_query: HdbQuery, table: str, columns: Sequence[str] | None,
                      hdb_days: list[dt.date], parts: list[tuple[dt.date, pa.Table]], tables: dict[str, pa.Table],
-                 external: dict[str, tuple[bytes, str, str]], in_memory: bool) -> str:
+                 external: dict[str, tuple[bytes, str, str]], in_memory: bool,
+                 latest_days: Collection[dt.date] = ()) -> str:
     """The FROM-able union of the HDB days and the RDB rows: read in place by embedded
-    chDB (added to ``tables``), else sent to the server as external data (``external``)."""
+    chDB (added to ``tables``), else sent to the server as external data (``external``).
+    Of the HDB days in ``latest_days``, only each sym's latest row is read (sinks.latest)."""
     schema = catalog[table].stored_schema
     cols = list(columns) if columns else catalog[table].columns  # seq only when named
-    hdb = hdb_query.source_days(table, hdb_days, cols)
+    hdb = hdb_query.source_days(table, hdb_days, cols, latest_days)
     if not parts:
         return hdb
     select = ", ".join(f"`{c}`" for c in cols)

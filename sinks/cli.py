@@ -29,13 +29,14 @@ def cmd_hdb_ls(args: argparse.Namespace) -> int:
     rows: list[list[Any]] = [[
         m.table, m.date.isoformat(), m.rows, len(m.files), _size(m.bytes), len(m.syms),
         format_ns(m.time_min)[:19] if m.time_min is not None else "", format_ns(m.time_max)[:19]
-        if m.time_max is not None else "", m.written_by,
+        if m.time_max is not None else "", "yes" if m.latest is not None else "no", m.written_by,
     ] for m in sorted(manifests, key=lambda m: (m.table, m.date))]
     print(f"HDB at {store.display_root}")
     if not rows:
         print(f"no partitions of {args.table}")
         return 0
-    print(format_table(["table", "date", "rows", "files", "size", "syms", "first", "last", "by"], rows))
+    # latest: the day keeps each sym's latest row apart (sinks.latest); "no": written before that existed
+    print(format_table(["table", "date", "rows", "files", "size", "syms", "first", "last", "latest", "by"], rows))
     total = sum(m.bytes for m in manifests)
     print(f"{len(manifests)} partition(s), {sum(m.rows for m in manifests):,} rows, {_size(total)}")
     return 0

@@ -11,7 +11,9 @@ manifest, ``<root>/<table>/date={d1,d2,...}/*.parquet``, with the column types
 given (no schema inference) and ``date`` from the path (hive partitioning).
 A half-written partition is never in the list, and a ``date`` predicate prunes
 whole directories before a file is opened; within a day, the row groups'
-sym statistics skip every sym not asked for.
+sym statistics skip every sym not asked for. A statement that needs only each
+sym's latest row reads, of the days whose manifest names one, the small file
+of those rows instead (``source_days(..., latest=)``, sinks/latest.py).
 
 In ``HdbQuery.sql`` a table is written ``{trade}``: it expands to all of the
 table's history, with its ``date`` column; ``source`` gives the same for a
@@ -31,7 +33,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -48,7 +50,8 @@ from sinks.analytics_sql import (
     sym_filter,
     vwap_sql,
 )
-from sinks.store import HdbStore
+from sinks.manifest import LATEST_FILE, ManifestError
+from sinks.store import HdbStore, StoreError
 from tickplant.config import Settings
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -266,6 +269,9 @@ class HdbQuery:
         self.store = store or HdbStore.from_settings(settings)
         self.catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
         self.pools = [pool(url) for url in settings.clickhouse_endpoints]  # the gateway's HDB query pool
+        self._latest_lock = threading.Lock()
+        self._stamps: dict[str, dict[dt.date, str]] = {}  # table -> day -> its manifest's stamp, as last listed
+        self._latest: dict[tuple[str, dt.date], tuple[str, bool]] = {}  # (table, day) -> (stamp, has a latest file)
         self.pool = self.pools[0]  # where queries of the plant's own tools run
 
     # -- sources ------------------------------------------------------------------
@@ -273,12 +279,40 @@ class HdbQuery:
     def dates(self, table: str, start: dt.date | str | None = None, end: dt.date | str | None = None) -> list[dt.date]:
         """Published days of ``table`` within [start, end] (inclusive; None: unbounded)."""
         lo, hi = _date(start), _date(end)
-        return [d for d in self.store.dates(table) if (lo is None or d >= lo) and (hi is None or d <= hi)]
+        published = self.store.published(table)
+        with self._latest_lock:
+            self._stamps[table] = published
+        return [d for d in sorted(published) if (lo is None or d >= lo) and (hi is None or d <= hi)]
 
-    def _location(self, table: str, dates: Sequence[dt.date]) -> str:
-        """The table function reading these days' files."""
+    def latest_dates(self, table: str, dates: Sequence[dt.date]) -> set[dt.date]:
+        """Those of ``dates`` whose manifest names a file of each sym's latest row
+        (``sinks.latest``). A day's manifest is read once per stamp ``dates`` last listed
+        (once a day was written again, its new manifest is read); a day that cannot be
+        read is left to be read whole."""
+        out = set()
+        for day in dates:
+            with self._latest_lock:
+                stamp = self._stamps.get(table, {}).get(day)
+                known = self._latest.get((table, day))
+            if known is not None and stamp is not None and known[0] == stamp:
+                has = known[1]
+            else:
+                try:
+                    manifest = self.store.manifest(table, day)
+                except (StoreError, ManifestError):
+                    manifest = None
+                has = manifest is not None and manifest.latest is not None
+                if stamp is not None:
+                    with self._latest_lock:
+                        self._latest[(table, day)] = (stamp, has)
+            if has:
+                out.add(day)
+        return out
+
+    def _location(self, table: str, dates: Sequence[dt.date], files: str = "*.parquet") -> str:
+        """The table function reading these days' ``files`` (the day's data: ``*.parquet``)."""
         days = ",".join(d.isoformat() for d in dates)
-        glob = f"{table}/date={{{days}}}/*.parquet"
+        glob = f"{table}/date={{{days}}}/{files}"
         structure = quote(clickhouse_structure(_readable(self.catalog[table].stored_schema)))
         if not self.store.is_s3:
             return f"file({quote(self.store.base + '/' + glob)}, 'Parquet', {structure})"
@@ -301,8 +335,10 @@ class HdbQuery:
         self._check(table, columns)
         return self.source_days(table, self.dates(table, start, end), columns)
 
-    def source_days(self, table: str, dates: Sequence[dt.date], columns: Sequence[str] | None = None) -> str:
-        """The same over exactly these published days (the gateway picks them)."""
+    def source_days(self, table: str, dates: Sequence[dt.date], columns: Sequence[str] | None = None,
+                    latest: Collection[dt.date] = ()) -> str:
+        """The same over exactly these published days (the gateway picks them); of the days
+        in ``latest`` (``latest_dates``), only each sym's latest row (``sinks.latest``)."""
         schema = self._check(table, columns)
         cols = list(columns) if columns else self.catalog[table].columns  # seq when named (ingest.seq)
         if not dates:
@@ -310,7 +346,12 @@ class HdbQuery:
             structure = quote(clickhouse_structure(schema))
             return f"(SELECT {select}, toDate(0) AS date FROM null({structure}))"
         select = ", ".join(SEQ_OF_FILE if c == SEQ else f"`{c}`" for c in cols if c != "date")
-        return f"(SELECT {select}, date FROM {self._location(table, dates)})"
+        whole = [d for d in dates if d not in latest]
+        last = [d for d in dates if d in latest]
+        parts = [f"SELECT {select}, date FROM {self._location(table, whole)}"] if whole else []
+        if last:
+            parts.append(f"SELECT {select}, date FROM {self._location(table, last, LATEST_FILE)}")
+        return f"({' UNION ALL '.join(parts)})"
 
     def _check(self, table: str, columns: Sequence[str] | None) -> pa.Schema:
         """The table's stored schema (its fields and ``seq``), once ``columns`` are checked."""

@@ -7,8 +7,9 @@ manifests, never data files: a partition without one does not exist, so a
 crash halfway through a write-down shows nothing, and a rerun replaces the
 half-written files before it writes the manifest. The manifest says what the
 partition holds (rows, time range, syms with their row counts), which files
-make it (sizes and SHA-256 checksums, so a copy can be verified), and where
-in the log it came from (the EOD marker's offset ranges).
+make it (sizes and SHA-256 checksums, so a copy can be verified), where
+in the log it came from (the EOD marker's offset ranges), and the small file of
+each sym's latest row (``latest``, sinks.latest) when the day has one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 FORMAT = "tickplant-hdb/1"
 MANIFEST_NAME = "_manifest.json"
+LATEST_FILE = "_latest/latest.parquet"  # each sym's latest row of the day (sinks.latest)
 
 
 class ManifestError(ValueError):
@@ -54,6 +56,7 @@ class Manifest:
     sort: list[str] = field(default_factory=lambda: ["sym", "time"])
     written_by: str = "pdb"
     written_at: int = 0  # ns; informational, not part of the partition's identity
+    latest: FileEntry | None = None  # each sym's latest row (sinks.latest); None: written before it existed
 
     @property
     def bytes(self) -> int:
@@ -81,6 +84,7 @@ class Manifest:
             "sort": self.sort,
             "written_by": self.written_by,
             "written_at": self.written_at,
+            "latest": asdict(self.latest) if self.latest is not None else None,
         }
 
     # ``builtins.bytes``: in the class body ``bytes`` is the property above
@@ -106,6 +110,7 @@ class Manifest:
                 sort=list(d.get("sort", ["sym", "time"])),
                 written_by=d.get("written_by", ""),
                 written_at=int(d.get("written_at", 0)),
+                latest=FileEntry(**d["latest"]) if d.get("latest") else None,
             )
         except ManifestError:
             raise

@@ -107,15 +107,20 @@ class HdbStore:
 
     def dates(self, table: str) -> list[dt.date]:
         """Published days of ``table``: those with a manifest, oldest first."""
-        out = []
+        return sorted(self.published(table))
+
+    def published(self, table: str) -> dict[dt.date, str]:
+        """Published days of ``table``, each with its manifest's stamp (size and modification
+        time, as listed): a stamp that changed means the day was written again."""
+        out = {}
         prefix = self.table_dir(table) + "/"
         for info in self._list(self.table_dir(table), recursive=True):
             rel = info.path[len(prefix):] if info.path.startswith(prefix) else ""
             head, _, name = rel.partition("/")
             m = _DATE_DIR.match(head)
             if m and name == MANIFEST_NAME:
-                out.append(dt.date.fromisoformat(m.group(1)))
-        return sorted(out)
+                out[dt.date.fromisoformat(m.group(1))] = f"{info.size}:{info.mtime_ns}"
+        return out
 
     def read_bytes(self, path: str) -> bytes:
         with self.fs.open_input_stream(path) as f:
@@ -158,7 +163,7 @@ class HdbStore:
         """Problems with a published partition's files (missing, wrong size): [] if none."""
         present = self.files(manifest.table, manifest.date)
         problems = []
-        for f in manifest.files:
+        for f in [*manifest.files, *([manifest.latest] if manifest.latest else [])]:
             if f.name not in present:
                 problems.append(f"{f.name} is missing")
             elif present[f.name] != f.bytes:
@@ -229,7 +234,9 @@ class HdbStore:
         target = self.partition_dir(table, date)
         if not self.is_s3:
             os.makedirs(target, exist_ok=True)
-        for f in manifest.files:
+        for f in [*manifest.files, *([manifest.latest] if manifest.latest else [])]:
+            if not self.is_s3:
+                os.makedirs(os.path.dirname(f"{target}/{f.name}"), exist_ok=True)
             self.fs.move(f"{staging}/{f.name}", f"{target}/{f.name}")
         self.put_atomic(self.manifest_path(table, date), manifest.to_json())
         self.remove_dir(staging)

@@ -13,7 +13,9 @@ Steps, each safe to repeat (``write_partition``):
    index per column, the sort order declared in the footer. Sorted by sym,
    a row group holds a few syms and its min/max statistics let a one-sym query
    skip all the others (what kdb+'s ``p#`` gives a splayed table);
-4. write ``_manifest.json`` last, atomically: only now does the day exist.
+4. write each sym's latest row, ``_latest/latest.parquet`` (``sinks.latest``):
+   what "the last quote per sym" of the day reads instead of the day;
+5. write ``_manifest.json`` last, atomically: only now does the day exist.
 
 The bytes depend only on the rows, their log order and the options, never
 on how the input was chunked, whether the sort ran in memory or through
@@ -40,6 +42,7 @@ import pyarrow.parquet as pq
 
 from ingest.schemas import TableSchema
 from ingest.seq import SEQ
+from sinks.latest import LatestRows, write_latest
 from sinks.manifest import FileEntry, Manifest
 from sinks.sort import DaySorter, output_schema, times_of
 from sinks.store import HdbStore
@@ -96,6 +99,7 @@ class PartitionWriter:
         self.sym_counts: np.ndarray | None = None
         self.sym_values: pa.Array | None = None
         self._carry: pa.Table | None = None
+        self.latest = LatestRows()  # each sym's last row in sort order: its latest (sinks.latest)
         self._writer: pq.ParquetWriter | None = None
         self._buffer: pa.BufferOutputStream | None = None
         self._file_rows = 0
@@ -142,6 +146,7 @@ class PartitionWriter:
     def write(self, table: pa.Table) -> None:
         """Rows in sort order, continuing the previous call's."""
         self._account(table)
+        self.latest.add(table)
         rg = self.options.row_group_rows
         if self._carry is not None:
             need = rg - self._carry.num_rows
@@ -199,6 +204,10 @@ class PartitionWriter:
                                     sha256=hashlib.sha256(data).hexdigest(), sym_min=sym_min,
                                     sym_max=sym_max, row_groups=self._file_groups))
         self._writer = self._buffer = None
+
+    def write_latest(self) -> FileEntry:
+        """The small file of each sym's latest row (``sinks.latest``), once every row went by."""
+        return write_latest(self.store, self.directory, self.schema, self.latest.table(), self._parquet_args)
 
     def close(self) -> list[FileEntry]:
         if self._carry is not None:
@@ -268,11 +277,12 @@ def write_partition(
         for part in sorter.sorted():
             writer.write(part)
         files = writer.close()
+        latest = writer.write_latest()
     manifest = Manifest(
         table=table, date=date, rows=writer.rows, time_min=writer.time_min, time_max=writer.time_max,
         syms=writer.syms, files=files, log_ranges=dict(log_ranges),
         columns=[[f.name, str(f.type)] for f in schema.stored_schema],
-        written_by=written_by, written_at=time.time_ns(),
+        written_by=written_by, written_at=time.time_ns(), latest=latest,
     )
     if staging is not None:
         return manifest

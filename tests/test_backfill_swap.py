@@ -17,6 +17,7 @@ from ingest.publisher import Tickerplant
 from ingest.topics import TopicNames
 from sinks import backfill as backfill_module
 from sinks.backfill import backfill
+from sinks.manifest import LATEST_FILE
 from sinks.store import HdbStore
 from tickplant.clock import ManualClock
 
@@ -59,13 +60,13 @@ def test_backfill_skips_poison_and_force_swaps_only_on_success(settings, catalog
         backfill(settings, "trade", DAY, force=True, catalog=catalog)
     assert store.manifest("trade", DAY).identity() == first.identity()
     assert store.verify(first) == []
-    assert sorted(store.files("trade", DAY)) == sorted([f.name for f in first.files] + ["_manifest.json"])
+    assert sorted(store.files("trade", DAY)) == sorted([f.name for f in first.files] + ["_manifest.json", LATEST_FILE])
     assert not any(".rewrite-" in name for name in _names(store, store.table_dir("trade")))  # staging removed
 
     monkeypatch.setattr(backfill_module, "_batches", real)
     again, written = backfill(settings, "trade", DAY, force=True, catalog=catalog)
     assert written and again.written_at != first.written_at and again.identity() == first.identity()
-    assert store.verify(again) == []
+    assert store.verify(again) == [] and again.latest is not None  # the latest rows' file swapped in too
     assert len(read_deadletters(settings)) == len(letters)  # read again, not dead-lettered again
 
 

@@ -626,6 +626,25 @@ def test_sql_asking_for_each_syms_latest_row_reads_only_the_rdbs_latest_rows(wor
         assert sum(info["rdb_rows"] for info in answer.touched["quote"]) == len(today) > 1
 
 
+def test_latest_rows_over_history_and_today_are_each_days_latest_rows(world):
+    """Over yesterday (HDB) and today (RDB): yesterday's file of each sym's latest row and the
+    RDB's latest rows, never either day whole; the answer that of every row."""
+    _, client, published, _ = world
+    engine = client.app.state.gateway.engine
+    want = {(day, row.sym): row.bid for day in (D1, D2)
+            for row in frame(published[day]["quote"]).sort_values("time", kind="stable").groupby("sym").tail(1).itertuples()}
+    statement = ("SELECT date, sym, argMax(bid, (time, seq)) AS bid FROM quote WHERE date >= yesterday(){w} "
+                 "GROUP BY date, sym ORDER BY date, sym")
+    answer = engine.run(parse_select(statement.format(w="")))
+    got = answer.table.to_pydict()
+    assert dict(zip(zip(got["date"], got["sym"], strict=True), got["bid"], strict=True)) == want
+    (info,) = answer.touched["quote"]
+    assert info["hdb_latest_days"] == info["hdb_days"] == [D1.isoformat()]
+    assert info["rdb_rows"] == len([k for k in want if k[0] == D2])
+    whole = engine.run(parse_select(statement.format(w=" AND time > '2000-01-01 00:00:00'")))
+    assert whole.table.to_pydict() == got and whole.touched["quote"][0]["hdb_latest_days"] == []
+
+
 def test_statements_that_do_not_split_run_as_written(world):
     """A join, DISTINCT inside an aggregate or a bare column that is no key: unsplit."""
     _, client, _, _ = world

@@ -16,7 +16,7 @@ from s3server import s3  # noqa: F401 - the SeaweedFS fixture
 
 from ingest.schemas import SchemaCatalog
 from sinks.hdb import HdbQuery, HdbQueryError
-from sinks.manifest import MANIFEST_NAME
+from sinks.manifest import LATEST_FILE, MANIFEST_NAME
 from sinks.sort import DaySorter
 from sinks.store import HdbStore
 from sinks.writedown import WriteOptions, write_partition
@@ -244,8 +244,22 @@ def test_write_down_is_repeatable_clears_leftovers_and_external_sort_is_identica
     external = write_partition(b, catalog["trade"], DATES[0], table.to_batches(1000), {}, options=options,
                                memory_bytes=3 * table.nbytes // 10, tmp_dir=tmp_path)
     assert in_memory.identity() == external.identity()
-    assert sorted(b.files("trade", DATES[0])) == sorted([f.name for f in in_memory.files] + [MANIFEST_NAME])
+    assert sorted(b.files("trade", DATES[0])) == sorted([f.name for f in in_memory.files] + [MANIFEST_NAME, LATEST_FILE])
     assert len(in_memory.files) == math.ceil(n / (2048 * 5))
+    # each sym's latest row, kept apart: of its rows at its latest time, the last in the log
+    latest = pq.read_table(Path(a.partition_dir("trade", DATES[0])) / LATEST_FILE).to_pandas()
+    want = table.to_pandas().sort_values(["sym", "time", "price"], kind="stable").groupby("sym").tail(1)
+    assert latest["sym"].astype(str).tolist() == want["sym"].tolist() == SYMS
+    assert latest["price"].tolist() == want["price"].tolist() and latest["time"].tolist() == want["time"].tolist()
+    assert (latest["time"].map(lambda t: int((times == t.value).sum())) > 1).sum() >= len(SYMS) // 2  # tied times
+    assert in_memory.latest is not None and in_memory.latest.rows == len(SYMS) and a.verify(in_memory) == []
+    # a day with no rows: its latest file has none either, and reads as such
+    empty = write_partition(a, catalog["trade"], DATES[1], [], {}, options=options)
+    assert empty.latest is not None and empty.latest.rows == 0
+    q = HdbQuery(Settings(data_dir=tmp_path, hdb_root=a.root), store=a, catalog=catalog)
+    read = q.pool.run(f"SELECT date, sym, price FROM {q.source_days('trade', DATES[:2], ['sym', 'price'], DATES[:2])} "
+                      "ORDER BY sym")
+    assert read.column("price").to_pylist() == want["price"].tolist()
     back = pq.read_table(a.partition_dir("trade", DATES[0]))
     keys = list(zip(back.column("sym").cast(pa.string()).to_pylist(), back.column("time").to_pylist(),
                     back.column("price").to_pylist(), strict=True))

@@ -46,8 +46,11 @@ from test_entitlements import (
 
 from gateway import serverless
 from gateway.app import create_app
-from gateway.auth import hash_key
+from gateway.auth import Users, hash_key
+from gateway.policy import authorize
+from gateway.sql import parse_select
 from ingest.feeds.synthetic import SyntheticMarket
+from sinks.manifest import LATEST_FILE
 from sinks.store import HdbStore
 from sinks.writedown import WriteOptions, write_partition
 from tickplant.aws import lambda_handlers
@@ -57,12 +60,20 @@ from tickplant.config import REPO_ROOT
 
 EVENTS = Path(__file__).parent / "data" / "lambda_events"
 D1, D2 = dt.date(2026, 11, 19), dt.date(2026, 11, 20)
+D3 = dt.date(2026, 11, 21)  # quotes only: many on one time stamp, none of MISSING
+MISSING = "MSFT"
 QUANT_KEY = "quant-key-0123456789abcdef"
+DORA_KEY = "dora-key-0123456789abcdef"  # some columns of quote
 USERS = USERS_TOML + CAROL_USERS + f"""
 [users.quant]
 keys = ["{hash_key(QUANT_KEY)}"]
 [users.quant.tables.option]
 [users.quant.tables.quote]
+
+[users.dora]
+keys = ["{hash_key(DORA_KEY)}"]
+[users.dora.tables.quote]
+columns = ["time", "sym", "bid"]
 """
 LIMITS = {"gateway_max_statement_bytes": 4096, "gateway_max_result_mb": 1, "gateway_row_limit": 5000}
 YEAR_NS = 365 * 86_400 * 10**9
@@ -112,6 +123,23 @@ def hdb(s3, catalog, tmp_path_factory):  # noqa: F811 - the fixture imported abo
             write_partition(store, catalog[name], day, table.to_batches(max_chunksize=700), {0: (0, 1)},
                             options=WriteOptions(row_group_rows=512))
             written[(name, day)] = table
+    # a third day of quotes: in runs of five on one time stamp, the last 40 all on one (each
+    # sym's latest time is shared), and none of MISSING
+    market.clock.t = day_ns(D3, 14)
+    quotes = [q for q in market.events(1500)[1] if q["sym"] != MISSING]
+    for i, q in enumerate(quotes):
+        q["time"] = quotes[0]["time"] + min(i, len(quotes) - 40) // 5 * 1000
+    schema = catalog["quote"].arrow_schema
+    table = pa.Table.from_pylist(quotes, schema=_int_time(schema)).cast(schema)
+    write_partition(store, catalog["quote"], D3, table.to_batches(max_chunksize=300), {0: (0, 1)},
+                    options=WriteOptions(row_group_rows=256))
+    written[("quote", D3)] = table
+    # the first day's quotes as written before the file of each sym's latest row existed
+    old = store.manifest("quote", D1)
+    assert old is not None and old.latest is not None
+    old.latest = None
+    store.put_atomic(store.manifest_path("quote", D1), old.to_json())
+    store.delete(f"{store.partition_dir('quote', D1)}/{LATEST_FILE}")
     users_key = root[len("s3://"):].split("/", 1)[1] + "/users.toml"
     s3.client().put_object(Bucket=s3.bucket, Key=users_key, Body=USERS.encode())
     local_users = tmp_path_factory.mktemp("users") / "users.toml"
@@ -349,6 +377,86 @@ def test_row_filters_answer_as_the_gateway_does(world, who, statement):
         return
     assert comparable(*mine, ordered=False) == comparable(*theirs, ordered=False), (mine[2][:300], theirs[2][:300])
     assert mine[0] in (200, 400)
+
+
+# -- the last row per sym: each history day's file of them, never the day ---------------------------
+
+LATEST_SQL = [  # {w}: nothing, or FULL, a WHERE on another column, which reads the days whole
+    "SELECT sym, argMax(bid, (time, seq)) AS bid, max(time) AS ts FROM quote "
+    "WHERE date BETWEEN '2026-11-19' AND '2026-11-21'{w} GROUP BY sym ORDER BY sym",
+    "SELECT date, sym, argMax(bid, (time, seq)) AS bid, max(time) AS ts FROM quote "
+    "WHERE date >= '2026-11-19'{w} GROUP BY date, sym ORDER BY date, sym",
+    "SELECT sym, time, bid, seq FROM quote WHERE date IN ('2026-11-20', '2026-11-21') "
+    "AND sym IN ('AAPL', 'MSFT', 'NVDA'){w} ORDER BY sym, time DESC, seq DESC LIMIT 1 BY sym",
+    "SELECT * FROM quote WHERE date = '2026-11-21'{w} ORDER BY sym, time DESC, seq DESC LIMIT 1 BY sym",
+]
+FULL = " AND time > '2000-01-01 00:00:00'"
+VISIBLE = {ROOT_KEY: None, ALICE_KEY: {"AAPL", "MSFT"}, DORA_KEY: None}  # alice: a row filter on sym
+
+
+def latest_of(hdb, days: list[dt.date]) -> dict[tuple[dt.date, str], dict]:
+    """Each (day, sym)'s latest quote as written: greatest time, of those the last published."""
+    out: dict[tuple[dt.date, str], dict] = {}
+    for day in days:
+        for seq, row in enumerate(hdb["written"][("quote", day)].to_pylist()):
+            key = (day, row["sym"])
+            if key not in out or (row["time"], seq) >= (out[key]["time"], out[key]["seq"]):
+                out[key] = {**row, "seq": seq}
+    return out
+
+
+@pytest.mark.parametrize("key", list(VISIBLE))
+@pytest.mark.parametrize("door", ["gateway", "lambda"])
+def test_the_last_row_per_sym_of_history_days_is_the_whole_days_answer(world, hdb, key, door):
+    """Read from each history day's latest rows (the first day has none: read whole) or from
+    the whole days, the same answer, for an admin, a row filter on sym and a column grant;
+    and kdb+'s: of each sym's rows at its latest time the last published (D3 ties them all)."""
+    def ask(statement: str) -> list:
+        answer = (via_gateway(world[0], "POST", "/v1/sql", key, sql(statement)) if door == "gateway"
+                  else via_handler("POST", "/v1/sql", key, sql(statement)))
+        assert answer[0] == 200, answer[2][:300]
+        return json.loads(answer[2])["rows"]
+
+    for statement in LATEST_SQL:
+        latest = ask(statement.format(w=""))
+        assert latest and latest == ask(statement.format(w=FULL)), statement
+    visible = VISIBLE[key]
+    want = latest_of(hdb, [D1, D2, D3])
+    per_sym: dict[str, dict] = {}
+    for (_day, sym), row in sorted(want.items()):
+        if visible is None or sym in visible:
+            per_sym[sym] = row  # the later day's
+    got = ask(LATEST_SQL[0].format(w=""))
+    assert [(r["sym"], r["bid"]) for r in got] == [(s, per_sym[s]["bid"]) for s in sorted(per_sym)]
+    by_day = ask(LATEST_SQL[1].format(w=""))
+    assert [(r["date"], r["sym"], r["bid"]) for r in by_day] == [
+        (d.isoformat(), s, row["bid"]) for (d, s), row in sorted(want.items()) if visible is None or s in visible]
+    assert MISSING not in {r["sym"] for r in by_day if r["date"] == D3.isoformat()}
+    # argMax(x, time) alone: of the rows sharing the latest time, the latest rows hold the last published
+    bare = ask(LATEST_SQL[0].replace("(time, seq)", "time").format(w=""))
+    assert bare == got
+
+
+@pytest.mark.parametrize("key", list(VISIBLE))
+def test_the_latest_files_are_read_where_they_exist(hdb, broker, key):
+    """Which files answered, through each user's grant: the latest rows of the days that keep
+    them, the whole of the first day (written before they existed), the whole of every day
+    when another column is filtered."""
+    settings = broker.settings.replace(hdb_root=hdb["root"], s3_endpoint=hdb["s3"].endpoint)
+    engine = serverless.HistoryEngine(settings, serverless.HistoryRouting(settings))  # type: ignore[arg-type]
+    user = Users.load(hdb["local_users"]).authenticate(key)
+    visible = VISIBLE[key]
+    try:
+        for where, latest in (("", [D2.isoformat(), D3.isoformat()]), (FULL, [])):
+            answer = engine.run(authorize(parse_select(LATEST_SQL[1].format(w=where)), user, engine.tables))
+            (info,) = answer.touched["quote"]
+            assert info["hdb_days"] == [d.isoformat() for d in (D1, D2, D3)]
+            assert info["hdb_latest_days"] == latest
+            assert (LATEST_FILE in answer.sql) == bool(latest)
+            assert answer.table.num_rows == len([k for k in latest_of(hdb, [D1, D2, D3])
+                                                 if visible is None or k[1] in visible])
+    finally:
+        engine.close()
 
 
 def test_a_changed_users_object_takes_effect_and_a_broken_one_leaves_the_last(world, hdb):

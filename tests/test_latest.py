@@ -17,6 +17,10 @@ LATEST = [
     "SELECT date, sym, argMax(bid, time), argMax(ask, time) FROM T GROUP BY date, sym ORDER BY sym",
     ("SELECT sym, argMax(price, time) FROM (SELECT time, sym, price, date FROM T WHERE sym != 'X' "
      "LIMIT 18446744073709551615) AS trade GROUP BY sym"),
+    "SELECT sym, argMax(bid, (time, seq)) AS bid, max(time) FROM T GROUP BY sym",  # kdb+'s order on ties
+    "SELECT * FROM T ORDER BY sym, time DESC, seq DESC LIMIT 1 BY sym",
+    ('SELECT sym, argMax(bid, time) FROM (SELECT "time", "sym", "bid", "date" FROM T) AS quote '
+     "WHERE date = today() GROUP BY sym"),  # a column grant's projection
 ]
 NOT_LATEST = [
     "SELECT * FROM T WHERE size > 100 ORDER BY sym, time DESC LIMIT 1 BY sym",  # may drop the latest row
@@ -30,6 +34,15 @@ NOT_LATEST = [
     ("SELECT sym, argMax(price, time) FROM (SELECT time, sym, price, date FROM T WHERE exchange = 'N' "
      "LIMIT 18446744073709551615) AS trade GROUP BY sym"),  # a row filter on another column
     "SELECT sym, max(time + 1) FROM T GROUP BY sym",
+    "SELECT sym, argMax(bid, (seq, time)) FROM T GROUP BY sym",  # the last published, not the latest
+    "SELECT sym, argMax(bid, (time, size)) FROM T GROUP BY sym",
+    "SELECT sym, max((time, seq)) FROM T GROUP BY sym",
+    "SELECT * FROM T ORDER BY sym, time DESC, seq LIMIT 1 BY sym",  # the first published of the latest time
+    "SELECT * FROM T ORDER BY sym, seq DESC, time DESC LIMIT 1 BY sym",
+    "SELECT sym, argMax(bid, time) FROM (SELECT time, sym, bid + 1 AS bid FROM T) AS q GROUP BY sym",
+    "SELECT sym, argMax(bid, time) FROM (SELECT time, sym, bid FROM T WHERE bid > 1) AS q GROUP BY sym",
+    "SELECT sym, argMax(bid, time) FROM (SELECT bid AS time, sym, bid FROM T) AS q GROUP BY sym",
+    "SELECT sym, argMax(bid, time) FROM (SELECT DISTINCT time, sym, bid FROM T) AS q GROUP BY sym",
 ]
 
 

@@ -293,7 +293,7 @@ def test_pdb_killed_mid_write_down_then_rerun_gives_the_identical_partition(sett
     clean, _ = backfill(settings, "trade", DAY1, catalog=catalog, store=reference)
     assert store.manifest("trade", DAY1).identity() == clean.identity()
     assert clean.rows == rows
-    assert sorted(store.files("trade", DAY1)) == ["_manifest.json", "part-00000.parquet"]
+    assert sorted(store.files("trade", DAY1)) == ["_latest/latest.parquet", "_manifest.json", "part-00000.parquet"]
 
 
 def test_pdb_killed_while_capturing_loses_and_doubles_nothing(settings, catalog, pdb_procs):
@@ -416,6 +416,7 @@ def test_backfill_and_ls_commands(settings, catalog, capsys, monkeypatch):
     assert lines[1].split()[:3] == ["table", "date", "rows"]
     trade_line = next(line for line in lines if line.startswith("trade"))
     assert DAY1.isoformat() in trade_line and f"{first.rows:,}" in trade_line
+    assert trade_line.split()[-2:] == ["yes", "backfill"]  # each sym's latest row kept apart; who wrote it
     assert any(line.startswith("quote") for line in lines)
     from sinks.backfill import BackfillError
 
