@@ -189,7 +189,7 @@ class RdbViews:
             reads.append((str(source.get("source")), self.held(table, asked), query, w.catalog[table].stored_schema))
 
         def run() -> bytearray:
-            inputs = [(placeholder, read_rows(shards, query, schema), schema)
+            inputs = [(placeholder, read_rows(shards, query, schema, sym_dictionary=True), schema)
                       for placeholder, shards, query, schema in reads]
             return to_ipc(run_partial(body["sql"], inputs, day, deadline, w.settings.gateway_max_memory_mb))
 
