@@ -34,6 +34,7 @@ fetched without a hop through the pool.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import secrets
@@ -61,7 +62,7 @@ from gateway.planned import Answer, Plan, PlannedRef
 from gateway.pushdown import Split
 from gateway.querylog import TABLE as QUERY_LOG_TABLE
 from gateway.querylog import QueryLog
-from gateway.rdbfetch import PartialAsk, RdbFetch
+from gateway.rdbfetch import FinalAsk, PartialAsk, RdbFetch
 from gateway.routing import Routing
 from gateway.sources import merged_sources, table_source
 from gateway.sql import cte_names, render
@@ -200,11 +201,24 @@ class Engine:
         split = self._usable_split(plan, rdb_view) if split_ok else None
         fetched = None
         if split is not None:
+            whole = None if keep_rows or settings else self._whole_ask(plan, limit)
             try:
-                fetched = self._partials(plan, split, deadline)
+                fetched = self._partials(plan, split, deadline, whole)
+                parts, hdb_days, info = fetched[plan.refs[0].key]
+                if info["final"] and not hdb_days and len(parts) == 1:  # one node answered it all
+                    timing["rdb"] = time.monotonic() - t0
+                    for ref in plan.refs:
+                        touched.setdefault(ref.need.table, []).append(info)
+                    table = self._within_limits(parts[0][1], limit)
+                    timing["plan"] = planned + time.monotonic() - started - sum(timing.values())
+                    return Answer(table, time.monotonic() - started + planned, touched, sql=plan.sql,
+                                  timing=timing, split=True)
+                if info["final"]:  # a day published meanwhile: partials, merged with the HDB's
+                    fetched = self._partials(plan, split, deadline, None)
             except PartialRefused as exc:  # the split did not run where the rows are: unsplit
                 log.info("a node refused a statement's partial, running it unsplit: %s", exc)
                 split = None
+                fetched = None
         if fetched is None:
             fetched = self._realtime_all({r.key: (r.need, r.columns) for r in plan.refs}, rdb_view, deadline)
         timing["rdb"] = time.monotonic() - t0
@@ -263,6 +277,19 @@ class Engine:
                 return None
         return split
 
+    def _whole_ask(self, plan: Plan, limit: int) -> FinalAsk | None:
+        """The statement itself, for a node to answer when it alone holds every row read (the
+        route says so, gateway/rdbfetch.py): every reference on the same one real-time day,
+        no HDB day in range (listed again after the answer, as for rows)."""
+        days = set()
+        for ref in plan.refs:
+            if any(ref.need.dates.accepts(d) for d in self.hdb_dates(ref.need.table)):
+                return None
+            days |= {d for d in self.routing.realtime_dates(ref.need.table) if ref.need.dates.accepts(d)}
+        if len(days) != 1:
+            return None
+        return FinalAsk(plan.sql, limit + 1, (self.settings.gateway_max_result_mb << 20) + 1)
+
     def _colocated(self, plan: Plan) -> bool:
         """Whether a join's tables can be joined node by node: partitioned alike, and each
         read on one real-time day alone (the same one), no HDB day in range (a join across
@@ -277,13 +304,14 @@ class Engine:
             days |= {d for d in self.routing.realtime_dates(ref.need.table) if ref.need.dates.accepts(d)}
         return len(days) == 1
 
-    def _partials(self, plan: Plan, split: Split, deadline: float) -> dict[tuple, Any]:
+    def _partials(self, plan: Plan, split: Split, deadline: float, whole: FinalAsk | None) -> dict[tuple, Any]:
         """Each node's partial of the split over its rows (every reference's, from the same
-        partitions), fetched as ``_realtime`` fetches rows; under every reference's key."""
+        partitions), fetched as ``_realtime`` fetches rows; under every reference's key.
+        ``whole``: one node holding all the partitions answers the statement instead."""
         count = self.routing.partition_count(plan.refs[0].need.table)
         sources = tuple((r.placeholder, r.need.table, tuple(r.columns) if r.columns else None,
                          frozenset(r.need.syms) if r.need.syms is not None else None) for r in plan.refs)
-        ask = PartialAsk(split, sources, count)
+        ask = PartialAsk(split, sources, count, whole)
         syms: set[str] | None = set()
         for ref in plan.refs:
             if ref.need.syms is None or syms is None:
@@ -364,7 +392,11 @@ class Engine:
                 raise QueryFailed(413, f"the query needs more than {self.settings.gateway_max_memory_mb} MiB "
                                        "of memory (gateway_max_memory_mb); narrow it") from None
             raise clickhouse_failure(message) from None
-        if table.nbytes > max_bytes:
+        return self._within_limits(table, limit)
+
+    def _within_limits(self, table: pa.Table, limit: int) -> pa.Table:
+        """``table``, unless it is bigger than an answer may be (413)."""
+        if table.nbytes > self.settings.gateway_max_result_mb << 20:
             raise QueryFailed(413, f"the result is larger than {self.settings.gateway_max_result_mb} MiB "
                                    "(gateway_max_result_mb); narrow the query or add a LIMIT")
         if table.num_rows > limit:
@@ -393,12 +425,15 @@ class Engine:
         """Rows of each real-time day in range (day, rows), and the HDB days in range,
         listed after the RDB answered (see the module docstring)."""
         days = sorted(d for d in self.routing.realtime_dates(need.table) if need.dates.accepts(d))
+        if isinstance(view, PartialAsk) and len(days) != 1:
+            view = dataclasses.replace(view, final=None)  # a statement's result is of every day
         parts: list[tuple[dt.date, pa.Table]] = []
         replicas: set[str] = set()
+        final = False
         for day in days:
-            table, replica = self.rdb.fetch(need, columns, day, view, deadline)
+            table, replica, final = self.rdb.fetch(need, columns, day, view, deadline)
             replicas.add(replica)
-            if table.num_rows:
+            if table.num_rows or final:  # a result of no rows is an answer too
                 parts.append((day, table))
         closed = [d for d in days if d != self.routing.open_date()]
         hdb_days = [d for d in self.hdb_dates(need.table, fresh=bool(closed)) if need.dates.accepts(d)]
@@ -408,7 +443,7 @@ class Engine:
                 "rdb_days": [d.isoformat() for d in days if d not in published],
                 "hdb_latest_days": [],  # those read from their file of each sym's latest row (``_sources``)
                 "rdb_rows": sum(rows.num_rows for _, rows in parts),
-                "replicas": sorted(r for r in replicas if r)}
+                "replicas": sorted(r for r in replicas if r), "final": final}
         return parts, hdb_days, info
 
     def close(self) -> None:

@@ -69,12 +69,16 @@ class RdbClient:
         return pa.ipc.open_stream(self._get(f"/rdb/v1/{table}/last", params)).read_all()
 
     def partial(self, sql: str, sources: list[dict[str, Any]], date: str,
-                partitions: list[int]) -> pa.Table:
+                partitions: list[int], final: dict[str, int] | None = None) -> pa.Table:
         """A split statement's partial (gateway/pushdown.py) over this worker's rows of
         exactly ``partitions`` of each source's table: ``sources`` are ``{"source": its
-        placeholder in sql, "table", "columns", "syms"}``. 422: the engine refused it."""
+        placeholder in sql, "table", "columns", "syms"}``. 422: the engine refused it.
+        ``final`` (``{"max_rows", "max_bytes"}``): ``sql`` is the whole statement, answered."""
         params = {"date": date, "timeout": f"{self.timeout:.3f}", **_local(True, partitions)}
-        body = json.dumps({"sql": sql, "sources": sources}).encode()
+        asked: dict[str, Any] = {"sql": sql, "sources": sources}
+        if final is not None:
+            asked["final"] = final
+        body = json.dumps(asked).encode()
         return pa.ipc.open_stream(self._get("/rdb/v1/partial", params, body)).read_all()
 
     def count(self, table: str, syms: list[str] | None = None, date: str | None = None) -> dict[str, int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -51,14 +52,31 @@ def typed_select(schema: pa.Schema, cols: list[str], source: str) -> str:
     return f"SELECT {', '.join(typed)}, date FROM {source}"
 
 
+@dataclass(frozen=True)
+class FinalLimits:
+    """The limits of a statement answered whole on the node (the gateway's for its own
+    engine): at most ``max_rows`` rows and ``max_bytes`` bytes are kept, the gateway
+    refuses an answer that reaches either."""
+
+    max_rows: int
+    max_bytes: int
+
+
 def run_partial(sql: str, inputs: list[tuple[str, pa.Table, pa.Schema]], day: dt.date,
-                deadline: float | None, max_memory_mb: int) -> pa.Table:
+                deadline: float | None, max_memory_mb: int, final: FinalLimits | None = None) -> pa.Table:
     """``sql`` (a partial, reading each input's placeholder once) over each input's rows
-    (placeholder, rows, the table's schema) of ``day``."""
+    (placeholder, rows, the table's schema) of ``day``. With ``final``, ``sql`` is the whole
+    statement, answered as the gateway's engine answers it (this node holds every row it
+    reads: the gateway has nothing to merge)."""
     tables: dict[str, pa.Table] = {}
     for placeholder, rows, schema in inputs:
         if sql.count(placeholder) != 1:
             raise ValueError("the partial statement must read each of its sources exactly once")
         sql = sql.replace(placeholder, f"({typed_source(schema, rows.schema.names, day, rows, tables)})")
-    settings = {**PARTIAL_SETTINGS, "max_memory_usage": max_memory_mb << 20}
+    settings: dict[str, int | str] = {"max_memory_usage": max_memory_mb << 20}
+    if final is None:
+        settings.update(PARTIAL_SETTINGS)
+    else:
+        settings.update(max_result_rows=final.max_rows, max_result_bytes=final.max_bytes,
+                        result_overflow_mode="break")
     return pool("chdb://").run(sql, settings, tables=tables, deadline=deadline)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -17,6 +18,9 @@ from streams.chunks import concat
 from streams.shard import Shard
 
 MIN_BATCH_ROWS = 16384  # an answer's chunks smaller than this on average are sent as one batch
+SYM = "sym"
+SYM_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+_ZEROS = pa.array(np.zeros(1 << 16, np.int32))  # the indices of one-value dictionaries, sliced
 
 
 class QueryError(ValueError):
@@ -56,14 +60,36 @@ def empty(schema: pa.Schema, columns: list[str] | None) -> pa.Table:
     return table.select(columns) if columns else table
 
 
-def read_rows(shards: Iterable[Shard], query: RowsQuery, schema: pa.Schema) -> pa.Table:
+def read_rows(shards: Iterable[Shard], query: RowsQuery, schema: pa.Schema, sym_dictionary: bool = False) -> pa.Table:
+    """The rows ``query`` asks for. ``sym_dictionary``: ``sym`` as a dictionary column, each
+    chunk's a dictionary of its one sym (``Shard.read_by_sym``), built without reading the
+    strings; an engine reads it as a low-cardinality column and groups or joins on it
+    without hashing every row's text (the embedded chDB of a partial, streams/partial.py)."""
+    keyed = sym_dictionary and SYM in schema.names
     chunks: list[pa.Table] = []
     for shard in shards:
-        chunks.extend(shard.read(query.date, query.syms))
+        if keyed:
+            chunks.extend(_sym_as_dictionary(chunk, sym) for sym, chunk in shard.read_by_sym(query.date, query.syms))
+        else:
+            chunks.extend(shard.read(query.date, query.syms))
+    if keyed:
+        i = schema.get_field_index(SYM)
+        schema = schema.set(i, schema.field(i).with_type(SYM_DICTIONARY))
     if not chunks:
         return empty(schema, query.columns)
     table = _conform(concat(chunks), schema)
     return select(table, query, schema)
+
+
+def _sym_as_dictionary(chunk: pa.Table, sym: str) -> pa.Table:
+    """``chunk`` (rows of ``sym`` only) with its ``sym`` column a dictionary of that one value."""
+    global _ZEROS
+    n = chunk.num_rows
+    if len(_ZEROS) < n:
+        _ZEROS = pa.array(np.zeros(max(n, 2 * len(_ZEROS)), np.int32))
+    column = pa.DictionaryArray.from_arrays(_ZEROS.slice(0, n), pa.array([sym], pa.string()))
+    i = chunk.schema.get_field_index(SYM)
+    return chunk.set_column(i, chunk.schema.field(i).with_type(SYM_DICTIONARY), column)
 
 
 def read_last(shards: Iterable[Shard], query: RowsQuery, schema: pa.Schema) -> pa.Table:

@@ -34,7 +34,7 @@ from ingest.node_record import RdbRecord, TableHeld
 from ingest.topics import partition_for
 from streams.client import MISDIRECTED
 from streams.observed import Timed
-from streams.partial import run_partial
+from streams.partial import FinalLimits, run_partial
 from streams.query import QueryError, RowsQuery, counts, read_last, read_rows, to_ipc
 from streams.shard import Shard
 from tickplant import internal, metrics
@@ -51,6 +51,17 @@ def _sent(body: bytearray) -> bytes:
     """An answer as Faust's view takes it: aiohttp sends any bytes-like body, so the buffer
     ``to_ipc`` wrote goes out as it is rather than copied into ``bytes``."""
     return cast(bytes, body)
+
+
+def _final_limits(asked: Any) -> FinalLimits | None:
+    """A partial request's ``final`` (``{"max_rows", "max_bytes"}``: answer the statement
+    whole, within those limits), or None for a partial."""
+    if asked is None:
+        return None
+    if not isinstance(asked, dict) or not all(isinstance(asked.get(k), int) and asked[k] > 0
+                                              for k in ("max_rows", "max_bytes")):
+        raise QueryError("'final' must be an object with positive integers 'max_rows' and 'max_bytes'")
+    return FinalLimits(asked["max_rows"], asked["max_bytes"])
 
 
 class NotHeld(RuntimeError):
@@ -166,7 +177,9 @@ class RdbViews:
     async def partial(self, request: Any, body: Any) -> bytearray:
         """A gateway's split statement (streams/partial.py): its partial over this worker's
         rows of exactly the routed partitions of each table it reads (one, or two joined on
-        sym: partition p of every table is this worker's together)."""
+        sym: partition p of every table is this worker's together). With ``final`` in the
+        body, ``sql`` is the whole statement and the answer is its result: the gateway asks
+        so when this worker alone holds every row the statement reads."""
         w = self.worker
         sources = body.get("sources") if isinstance(body, dict) else None
         if not isinstance(body.get("sql") if isinstance(body, dict) else None, str) or not isinstance(sources, list) \
@@ -178,6 +191,7 @@ class RdbViews:
         except ValueError as exc:
             raise QueryError(f"bad parameter: {exc}") from None
         deadline = time.monotonic() + timeout
+        final = _final_limits(body.get("final"))
         asked = request.query.get("partitions")
         reads = []
         for source in sources:
@@ -189,9 +203,9 @@ class RdbViews:
             reads.append((str(source.get("source")), self.held(table, asked), query, w.catalog[table].stored_schema))
 
         def run() -> bytearray:
-            inputs = [(placeholder, read_rows(shards, query, schema), schema)
+            inputs = [(placeholder, read_rows(shards, query, schema, sym_dictionary=True), schema)
                       for placeholder, shards, query, schema in reads]
-            return to_ipc(run_partial(body["sql"], inputs, day, deadline, w.settings.gateway_max_memory_mb))
+            return to_ipc(run_partial(body["sql"], inputs, day, deadline, w.settings.gateway_max_memory_mb, final))
 
         return await asyncio.get_running_loop().run_in_executor(None, run)
 

@@ -321,6 +321,11 @@ class Shard:
     def read(self, date: str, syms: list[str] | None) -> list[pa.Table]:
         """The day's chunks for ``syms`` (all syms if None), each sym in log order: what is
         resident (streams/resident.py), the rest from disk, then kept resident."""
+        return [chunk for _, chunk in self.read_by_sym(date, syms)]
+
+    def read_by_sym(self, date: str, syms: list[str] | None) -> list[tuple[str, pa.Table]]:
+        """``read``'s chunks, each with its sym: every chunk holds the rows of one sym (a
+        chunk is stored under its sym's key), which a reader may use without looking."""
         with self._lock:
             tail = self.tail.chunks(date) if date in self.tail.syms else {}
             if syms is None:
@@ -345,11 +350,11 @@ class Shard:
                 wanted = syms
             else:
                 wanted = sorted(by_sym.keys() | tail.keys())
-            out: list[pa.Table] = []
+            out: list[tuple[str, pa.Table]] = []
             for sym in wanted:
-                out.extend(by_sym.get(sym, ()))
+                out.extend((sym, chunk) for chunk in by_sym.get(sym, ()))
                 if sym in tail:
-                    out.append(tail[sym])
+                    out.append((sym, tail[sym]))
             return out
 
     def _disk_chunks(self, date: str, syms: list[str] | None) -> dict[str, list[pa.Table]]:

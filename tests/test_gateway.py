@@ -23,6 +23,7 @@ from twodays import publish_two_days
 
 from gateway.app import create_app
 from gateway.auth import Users, hash_key
+from gateway.failures import QueryFailed
 from gateway.sql import parse_select
 from sinks.hdb import HdbQueryError
 from tickplant.kafka.broker import free_port
@@ -581,6 +582,44 @@ def test_aggregates_run_on_the_rdb_node_and_answer_as_unsplit(world, statement, 
     table = "quote" if "quote" in statement else "trade"
     moved = sum(info["rdb_rows"] for info in split.touched[table])
     assert 0 < moved <= 300 < len(published[D2][table])  # partials, not rows
+
+
+ANSWERED_WHOLE = [s for s in PUSHED if "today()" in s] + [
+    "SELECT c FROM (SELECT count() AS c FROM trade WHERE date = today()) WHERE c = 0",  # no rows, though rows read
+]
+
+
+@pytest.mark.parametrize("statement", ANSWERED_WHOLE)
+def test_one_node_holding_every_row_of_the_day_answers_the_statement_itself(world, statement):
+    """Today only, and one RDB node holding every partition: the node answers the statement
+    (nothing to merge, no engine query in the gateway), the same answer as unsplit; with
+    a history day in range the node answers its partial, merged with the HDB's."""
+    engine = world[1].app.state.gateway.engine
+    answer = engine.run(parse_select(statement))
+    infos = [info for infos in answer.touched.values() for info in infos]
+    assert answer.split and infos and all(info["final"] for info in infos)
+    assert answer.timing["clickhouse"] == 0
+    engine.pushdown = False
+    try:
+        whole = engine.run(parse_select(statement))
+    finally:
+        engine.pushdown = True
+    assert not whole.split
+    if whole.table.num_rows:
+        _close(answer.table, whole.table)
+    else:
+        assert answer.table.num_rows == 0 and answer.table.column_names == whole.table.column_names
+    history = engine.run(parse_select("SELECT sym, count() AS n FROM trade GROUP BY sym"))
+    assert history.split and not any(info["final"] for info in history.touched["trade"])
+
+
+def test_a_result_answered_by_the_node_is_held_to_the_gateways_limit(world):
+    engine = world[1].app.state.gateway.engine
+    statement = "SELECT sym, count() AS n FROM trade WHERE date = today() GROUP BY sym"
+    assert engine.run(parse_select(statement)).table.num_rows > 2
+    with pytest.raises(QueryFailed, match="more than 2 rows") as err:
+        engine.run(parse_select(statement), limit=2)
+    assert err.value.status == 413
 
 
 def test_a_users_row_filter_runs_on_the_rdb_node_with_the_partial(world):

@@ -183,3 +183,56 @@ def test_a_join_on_sym_splits_node_by_node_as_the_statement_run_whole(engine, ro
 @pytest.mark.parametrize("statement", NOT_JOINED)
 def test_a_join_not_on_equal_syms_does_not_split(statement):
     assert split(_joined(statement), [SOURCE, QUOTE], PARTIALS, COLUMNS | {"bid", "ask"}) is None
+
+
+PARTIALS_OVER_SYMS = [
+    # states that do not depend on the order rows are added in (a float sum's last bits do,
+    # on any input: the engine's threads take blocks in any order)
+    ("SELECT sym AS k, CAST(countState() AS String) AS a, CAST(sumState(size) AS String) AS b "
+     "FROM {s} AS trade GROUP BY sym"),
+    ("SELECT sym AS k, toStartOfMinute(time) AS m, CAST(argMinState(price, time) AS String) AS a, "
+     "CAST(maxState(sym) AS String) AS b, CAST(argMaxState(exchange, time) AS String) AS c FROM {s} AS trade "
+     "WHERE sym IN ('AA', 'IBM') GROUP BY sym, m"),
+    ("SELECT CAST(uniqExactState(sym) AS String) AS a, CAST(minState(sym) AS String) AS b, "
+     "CAST(maxState(sym) AS String) AS c FROM {s} AS trade WHERE sym != 'Z'"),
+]
+
+
+@pytest.mark.parametrize("statement", PARTIALS_OVER_SYMS)
+def test_a_partial_over_dictionary_syms_makes_the_states_of_plain_ones(catalog, tmp_path, statement):
+    """An RDB node hands its engine ``sym`` as one-value dictionaries, a chunk's sym read off
+    its key (streams/query.py): the same rows, and aggregate states identical byte for byte
+    to those made over plain strings, which the HDB's are merged with."""
+    import datetime as dt
+
+    from streams.partial import run_partial
+    from streams.query import RowsQuery, read_rows
+    from streams.shard import Resources, Shard
+
+    schema = catalog["trade"]
+    rng = np.random.default_rng(11)
+    shard = Shard(tmp_path / "s", Resources(8 << 20, 8 << 20, resident_bytes=1 << 30))
+    day = "2026-12-07"
+    for offset in range(6):  # several chunks per sym, old and new
+        n = int(rng.integers(50, 400))
+        shard.apply(offset, day, schema.to_arrow([
+            {"time": 1_796_000_000_000_000_000 + offset * 10**9 + i, "sym": str(rng.choice(["A", "AA", "IBM", "Z"])),
+             "price": float(rng.random()), "size": int(rng.integers(1, 9)), "exchange": str(rng.choice(["N", "Q"])),
+             "cond": ""} for i in range(n)]))
+    stored = schema.stored_schema
+    query = RowsQuery("trade", day, None, None, None, ["time", "sym", "price", "size", "exchange"])
+    plain = read_rows([shard], query, stored)
+    keyed = read_rows([shard], query, stored, sym_dictionary=True)
+    assert pa.types.is_dictionary(keyed.schema.field("sym").type) and not pa.types.is_dictionary(plain.schema.field("sym").type)
+    assert keyed.column("sym").to_pylist() == plain.column("sym").to_pylist() and keyed.num_rows > 1000
+    assert keyed.column("sym").num_chunks > 4
+    sql = statement.format(s=SOURCE)
+    got = [run_partial(sql, [(SOURCE, rows, stored)], dt.date(2026, 12, 7), None, 1024) for rows in (keyed, plain)]
+
+    def rows_of(table: pa.Table) -> list:
+        return sorted(tuple(v.as_py() for v in row.values()) for row in
+                      (dict(zip(table.column_names, r, strict=True)) for r in zip(*table.columns, strict=True)))
+
+    assert got[0].schema == got[1].schema and got[0].num_rows > 0
+    assert rows_of(got[0]) == rows_of(got[1])
+    shard.close()

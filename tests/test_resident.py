@@ -61,6 +61,8 @@ def test_resident_reads_equal_disk_reads_through_writes_merges_evictions_and_dro
             assert got == _prices(disk.read(day, syms)), (offset, day, syms, model[day])
             want = {s: p for s, p in model[day].items() if syms is None or s in syms}
             assert got == want, (offset, day, syms)
+            # each chunk is one sym's, the one it is read with (a partial's dictionaries rely on it)
+            assert all(set(c.column("sym").to_pylist()) == {s} for s, c in held.read_by_sym(day, syms))
         elif action < 0.95:
             for shard in (held, disk):
                 shard.flush()
