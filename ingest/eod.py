@@ -148,6 +148,14 @@ class DayState:
         return self.start_of_open_day(table, partition)
 
 
+def newer_day_state(held: DayState, fresh: DayState) -> DayState:
+    """The later of two reads of the control topic, which only grows: the one that has
+    applied more markers. A read can start before a roll's marker is committed and end
+    after another thread has seen that roll confirmed; taking it then would date the new
+    day's first rows to the day just closed (and drop them with it once the HDB has it)."""
+    return fresh if len(fresh.markers) >= len(held.markers) else held
+
+
 def read_day_state(settings: Settings) -> DayState:
     """The control topic's story so far (empty if the plant was never started)."""
     topic = TopicNames(settings.topic_prefix).control
@@ -164,6 +172,19 @@ def read_day_state(settings: Settings) -> DayState:
     finally:
         consumer.close()
     return state
+
+
+def read_day_state_patiently(settings: Settings, where: str) -> DayState:
+    """``read_day_state``, waiting out a broker that is away (said in the log, with ``where``):
+    for a reader that cannot date its rows without it."""
+    delay = 0.5
+    while True:
+        try:
+            return read_day_state(settings)
+        except (KafkaException, LogReadError) as exc:
+            log.warning("%s: control topic unreadable (%s); again in %.1f s", where, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def control_in_flight(settings: Settings) -> bool:

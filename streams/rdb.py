@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from ingest.eod import read_day_state_patiently
 from ingest.framing import control_of
 from ingest.gather import Gathered
 from ingest.node_record import NodeRecord, RdbRecord
@@ -341,6 +342,7 @@ class RdbWorker(GroupWorker):
         runs: list[Run] = []
         for partition, items in by_partition.items():
             shard = self.shard(table, partition)
+            self._days_current_for(shard, table, partition)
             run_date: dt.date | None = None
             run_end = -1
             for offset, value, headers in items:
@@ -396,6 +398,16 @@ class RdbWorker(GroupWorker):
             samples["visible"].add(visible - times)
             samples["fetched"].add(self.stages.read_started - times)
             samples["applied"].add(np.full(len(times), visible - self.stages.read_started))
+
+    def _days_current_for(self, shard: Shard, table: str, partition: int) -> None:
+        """A shard taken over from another worker of this host (they share the shard
+        directory) may be past a fence this worker never read, while its day state, read
+        before that roll, still calls the closed day open: the next rows would be dated to
+        it, and dropped with it once the HDB has it. Read the control topic again first."""
+        open_date = self.days.open_date
+        if open_date is not None and shard.days.get(open_date.isoformat()) == "closed":
+            self.log.info("%s[%d]: its shard has closed %s; reading the day state again", table, partition, open_date)
+            self._adopt_days(read_day_state_patiently(self.settings, f"{self.node_id} {table}[{partition}]"))
 
     def _on_fence(self, shard: Shard, table: str, partition: int, offset: int, control: str) -> None:
         """A fence closes the partition's day once the committed marker confirms it."""

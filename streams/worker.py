@@ -28,7 +28,7 @@ from faust.types import TP
 
 from ingest.blocks import preload as preload_block_decoder
 from ingest.deadletter import DeadLetters
-from ingest.eod import confirmed_fence_date, read_day_state
+from ingest.eod import DayState, confirmed_fence_date, newer_day_state, read_day_state
 from ingest.intake import Intake
 from ingest.logread import make_tail_consumer
 from ingest.metadata import MetadataPublisher, read_metadata
@@ -81,6 +81,7 @@ class GroupWorker:
         self.decoder = make_decoder(settings, catalog)
         self.intake = Intake(settings, catalog, self.decoder, DeadLetters(settings, f"{self.ROLE}:{node_id}"), seq=seq)
         self.days = read_day_state(settings)
+        self._days_lock = threading.Lock()
         self.log = logging.getLogger(f"tickplant.{self.ROLE}")
         self.lock = threading.RLock()  # the reader applies, rebalances (re)assign, views read: one at a time
         self._reassign = False  # set when the reader must assign its consumer again
@@ -186,8 +187,9 @@ class GroupWorker:
     def _fence_date(self, table: str, partition: int, offset: int, control: str) -> dt.date | None:
         """The day a fence closes, once the committed marker confirms it; None (and said) for
         a fence with no committed marker, as an aborted roll leaves."""
-        date, self.days = confirmed_fence_date(self.settings, self.days, table, partition, offset,
-                                               FENCE_WAIT_SECONDS)
+        date, state = confirmed_fence_date(self.settings, self.days, table, partition, offset,
+                                           FENCE_WAIT_SECONDS)
+        self._adopt_days(state)
         if date is None:
             self.log.warning("fence %s at %s[%d]@%d has no committed marker (aborted roll?): ignored",
                              control, table, partition, offset)
@@ -195,9 +197,16 @@ class GroupWorker:
 
     # -- housekeeping: the day state, the metadata record, the peers ----------------------
 
+    def _adopt_days(self, state: DayState) -> None:
+        """Take a read of the control topic unless the one held is newer: the reader thread
+        (a fence confirmed) and the housekeeping (a periodic read, slow while the broker is
+        away) both read it, and the slower read must not undo the faster one."""
+        with self._days_lock:
+            self.days = newer_day_state(self.days, state)
+
     async def _refresh(self) -> None:
         loop = asyncio.get_running_loop()
-        self.days = await loop.run_in_executor(None, read_day_state, self.settings)
+        self._adopt_days(await loop.run_in_executor(None, read_day_state, self.settings))
         self._on_day_state()
         self._announce()
         try:

@@ -9,9 +9,18 @@ import time
 import pytest
 from procs import BackgroundFeed
 
-from ingest.eod import EodScheduler, TradingCalendar, open_first_day, read_day_state, roll_day
+from ingest.eod import (
+    DayState,
+    EodScheduler,
+    TradingCalendar,
+    newer_day_state,
+    open_first_day,
+    read_day_state,
+    roll_day,
+)
 from ingest.feeds.synthetic import SyntheticMarket
 from ingest.publisher import Tickerplant
+from ingest.records import EodMarker, OpenMarker, PublishedMarker
 from ingest.replay import ReplayError, day_ranges, replay_messages, replay_rows
 from tickplant.clock import ManualClock, ScaledClock
 
@@ -118,3 +127,24 @@ def test_scheduler_rolls_at_the_configured_time(settings, catalog):
     assert [m.date.isoformat() for m in scheduler.rolled] == ["2026-11-22"]
     assert clock.now_ns() >= TradingCalendar().close_ns(dt.date(2026, 11, 22))
     assert read_day_state(settings).open_date == dt.date(2026, 11, 23)
+
+
+def test_a_slower_read_of_the_control_topic_never_undoes_a_newer_one() -> None:
+    """A worker's housekeeping reads the day state while its reader confirms a fence; the read
+    that began before the roll's marker was committed must not replace the confirmed state, or
+    the new day's first rows are dated to the day just closed (and dropped with it). Seen in
+    test_faults: a run of offsets right after a fence missing from the RDB."""
+    d1, d2 = dt.date(2026, 12, 7), dt.date(2026, 12, 8)
+    opened = OpenMarker(d1, 1)
+    rolled = EodMarker(d1, d2, 2, {"trade": {0: (0, 96)}})
+    stale, confirmed = DayState(), DayState()
+    stale.apply(opened)
+    for marker in (opened, rolled):
+        confirmed.apply(marker)
+    assert stale.date_of("trade", 0, 100) == d1  # what the stale read would say of the new day's rows
+    held = newer_day_state(confirmed, stale)
+    assert held is confirmed and held.date_of("trade", 0, 100) == d2 and held.date_of("trade", 0, 95) == d1
+    later = DayState()
+    for marker in (opened, rolled, PublishedMarker("trade", d1, 10, 1, 100, 0, 1, "hdb", "pdb-1", 3)):
+        later.apply(marker)
+    assert newer_day_state(confirmed, later) is later  # a newer read is taken
