@@ -83,6 +83,7 @@ class CepRecord(NodeRecord):
     open_date: str | None = None
     live_listeners: int = 0
     applied: dict[str, dict[int, int]] = field(default_factory=dict)  # table -> partition -> offset
+    unopened: dict[str, str] = field(default_factory=dict)  # partition -> why its open failed (tried again)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,7 +160,8 @@ def node_from_fields(node: str, raw: Mapping[str, Any], where: str) -> NodeRecor
                 analytics=tuple(raw.get("analytics", [])), open_date=raw.get("open_date"),
                 live_listeners=int(raw.get("live_listeners") or 0),
                 applied={str(t): {int(p): int(o) for p, o in parts.items() if o is not None}
-                         for t, parts in (raw.get("applied") or {}).items()})
+                         for t, parts in (raw.get("applied") or {}).items()},
+                unopened={str(p): str(why) for p, why in (raw.get("unopened") or {}).items()})
         if cls is PdbRecord:
             return PdbRecord(
                 **common, host=str(raw.get("host") or ""), partitions=tuple(str(p) for p in raw.get("partitions", [])),

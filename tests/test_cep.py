@@ -26,7 +26,9 @@ from ingest.topics import partition_for
 from streams.cep.analytics import AnalyticError, analytics_schema, check_schema
 from streams.cep.bars import BarBook
 from streams.cep.outbox import SEQ_HEADER
+from streams.cep.store import PartitionStore
 from streams.cep.topics import CepTopics
+from streams.cep.worker import state_path
 from tickplant.clock import ManualClock
 from tickplant.config import REPO_ROOT
 
@@ -657,3 +659,35 @@ def test_two_workers_share_the_partitions_under_load(settings, catalog, day, cep
             seqs[record["_partition"]].append(record["_seq"])
     for p, values in seqs.items():
         assert sorted(values) == list(range(len(values))), f"partition {p}: outputs missing or doubled"
+
+
+def test_a_partition_that_cannot_be_opened_is_tried_again_not_a_crash(settings, catalog, day, ceps):
+    """A takeover whose open fails (here: partition 0's state still locked by another owner on
+    this host; a broker away does the same to its transactions) leaves the worker up and saying
+    why; once the state is free it opens it, reads it from its offsets and misses nothing."""
+    held = PartitionStore(state_path(settings, "main", 0))  # the previous owner, not yet let go
+    market = SyntheticMarket(syms=12, seed=5, clock=day)
+    trades, quotes = market.events(600)
+    with Tickerplant(settings, catalog, mode="batch") as tp:
+        tp.publish_rows("trade", trades)
+        tp.publish_rows("quote", quotes)
+    cep = ceps("cep-1")
+
+    def unopened() -> dict[str, str]:
+        try:
+            return cep.get("/cep/v1/status").get("unopened", {})
+        except OSError:  # not listening yet
+            return {}
+
+    try:
+        wait_until(lambda: "0" in unopened(), 60,
+                   "the worker to say partition 0 is not opened", cep.log_tail)
+        status = cep.get("/cep/v1/status")
+        assert status["serving"] is False and "lock" in status["unopened"]["0"].lower()
+        assert cep.proc.poll() is None  # still running
+    finally:
+        held.close()
+    wait_until(lambda: cep.status() is not None, 60, "the worker to open partition 0 and serve", cep.log_tail)
+    assert cep.get("/cep/v1/status")["unopened"] == {}
+    wait_caught_up(cep)
+    assert_analytics(cep.get("/cep/v1/analytics")["analytics"], expected_analytics(trades, quotes))

@@ -63,6 +63,11 @@ COMMITTER_WAIT_SECONDS = 0.005
 # transaction a second costs the broker ~1.2% of a core here: 4 partitions at 0.1 s took ~45%)
 LIVE_COMMIT_SECONDS = 0.5
 IDLE_CHECK_SECONDS = 0.1
+# a partition whose open failed (the broker away at a takeover) is tried again this often at
+# first, doubling up to the max: it is neither read nor served until then
+OPEN_RETRY_SECONDS = 1.0
+OPEN_RETRY_MAX_SECONDS = 15.0
+OPEN_LOCK_WAIT_SECONDS = 1.0  # a state still locked by its previous owner (a worker on this host) is waited for this long
 TABLES = ("trade", "quote")
 
 
@@ -102,6 +107,8 @@ class CepWorker(GroupWorker):
         self.engines: dict[int, PartitionEngine] = {}
         self.publishers: dict[int, PartitionPublisher] = {}
         self.assigned: set[int] = set()
+        self.unopened: dict[int, str] = {}  # assigned partitions whose open failed -> why
+        self._open_retry = {"next": 0.0, "wait": OPEN_RETRY_SECONDS}
         self._topics = {self.names.table(t): t for t in tables}
         self.last_seen: dict[int, float] = {}  # partition -> monotonic time of its last trade message
         self.unsent: dict[int, int] = {}  # partition -> newest tick time whose analytics wait (conflated)
@@ -137,6 +144,7 @@ class CepWorker(GroupWorker):
 
     def _drop(self, p: int) -> None:
         self.assigned.discard(p)
+        self.unopened.pop(p, None)
         self.unsent.pop(p, None)
         publisher = self.publishers.pop(p, None)
         engine = self.engines.get(p)
@@ -154,21 +162,61 @@ class CepWorker(GroupWorker):
             for p in [p for p in self.engines if p not in parts]:
                 self._drop(p)
             self.assigned = parts
+            self.unopened = {p: why for p, why in self.unopened.items() if p in parts}
         for p in sorted(parts):
-            await loop.run_in_executor(None, self._open, p)
+            await loop.run_in_executor(None, self._try_open, p)
+
+    def _try_open(self, p: int) -> bool:
+        """Open a partition, or leave it for the reader to try again (``_open_unopened``): an
+        error here would end the group's rebalance handler, and with it the worker, when the
+        broker is only away for a while (a takeover often follows a broker's death)."""
+        try:
+            self._open(p)
+        except Exception as exc:  # noqa: BLE001 - said, kept, and tried again; never a crash
+            with self.lock:
+                if p in self.assigned:
+                    self.unopened[p] = f"{type(exc).__name__}: {exc}"
+            self.log.warning("partition %d: not opened (%s: %s); tried again shortly", p, type(exc).__name__, exc)
+            return False
+        with self.lock:
+            self.unopened.pop(p, None)
+        return True
+
+    def _open_unopened(self) -> None:
+        """Try again the partitions whose open failed (the reader's thread, between reads)."""
+        now = time.monotonic()
+        if not self.unopened or now < self._open_retry["next"]:
+            return
+        opened = [p for p in sorted(self.unopened) if self._try_open(p)]
+        if opened:
+            self.log.info("partitions %s opened after an earlier failure", opened)
+            with self.lock:
+                self._reassign = True  # the reader reads them from their stored offsets
+        if self.unopened:
+            self._open_retry["wait"] = min(self._open_retry["wait"] * 2, OPEN_RETRY_MAX_SECONDS)
+        else:
+            self._open_retry["wait"] = OPEN_RETRY_SECONDS
+        self._open_retry["next"] = time.monotonic() + self._open_retry["wait"]
 
     def _open(self, p: int) -> None:
         """Open the partition's state, fence its previous owner, publish what it left unpublished."""
         with self.lock:
             if p in self.engines or p not in self.assigned:
                 return
-            store = PartitionStore(state_path(self.settings, self.engine_name, p))
-            engine = PartitionEngine(store, self.analytics, self.rte["bars"], self.rte["analytics"],
-                                     self.width_ns, self.grace_ns)
-            engine.on_change = self._push_live
-            publisher = PartitionPublisher(self.settings, self.topics.transactional_id(self.settings, p),
-                                           self.topics.outputs, p)
-            self.republished += publisher.recover(store)
+            store = PartitionStore(state_path(self.settings, self.engine_name, p), open_timeout=OPEN_LOCK_WAIT_SECONDS)
+            publisher = None
+            try:
+                engine = PartitionEngine(store, self.analytics, self.rte["bars"], self.rte["analytics"],
+                                         self.width_ns, self.grace_ns)
+                engine.on_change = self._push_live
+                publisher = PartitionPublisher(self.settings, self.topics.transactional_id(self.settings, p),
+                                               self.topics.outputs, p)
+                self.republished += publisher.recover(store)
+            except BaseException:
+                if publisher is not None:
+                    publisher.close()
+                store.close()  # releases the RocksDB lock for the next try
+                raise
             publisher.pace = lambda: LIVE_COMMIT_SECONDS if self.live.listening() else 0.0
             publisher.start(store, self._committed, self._commit_failed, self._free)
             self.engines[p], self.publishers[p] = engine, publisher
@@ -190,6 +238,7 @@ class CepWorker(GroupWorker):
                 for p in sorted(self.engines) for t in self.tables]
 
     def _between_reads(self, consumer: Consumer) -> float | None:
+        self._open_unopened()
         if not self.engines:
             self._idle_wait()
             return None
@@ -389,6 +438,7 @@ class CepWorker(GroupWorker):
         return {
             **self.identity(), "engine": self.engine_name,
             "partitions": sorted(self.assigned), "serving": bool(self.assigned) and set(self.engines) == self.assigned,
+            "unopened": {str(p): why for p, why in sorted(self.unopened.items())},
             "outputs": self.topics.outputs, "inputs": [self.names.table(t) for t in self.tables],
             "bar_seconds": self.width_ns / 1e9, "analytics": [a.name for a in self.analytics],
             "live_listeners": self.live.listener_count(),
