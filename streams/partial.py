@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from sinks.hdb import clickhouse_structure, pool, quote
+from streams.query import batched
 
 _ROW_TABLES = itertools.count()  # names of in-memory row tables (unique per process)
 # states are bytes: as Arrow binary, never read as (maybe invalid) UTF-8 text
@@ -72,7 +73,8 @@ def run_partial(sql: str, inputs: list[tuple[str, pa.Table, pa.Schema]], day: dt
     for placeholder, rows, schema in inputs:
         if sql.count(placeholder) != 1:
             raise ValueError("the partial statement must read each of its sources exactly once")
-        sql = sql.replace(placeholder, f"({typed_source(schema, rows.schema.names, day, rows, tables)})")
+        # one batch, not one per stored chunk: chDB's Python() pays per batch it reads
+        sql = sql.replace(placeholder, f"({typed_source(schema, rows.schema.names, day, batched(rows), tables)})")
     settings: dict[str, int | str] = {"max_memory_usage": max_memory_mb << 20}
     if final is None:
         settings.update(PARTIAL_SETTINGS)
