@@ -27,7 +27,7 @@ from ingest.schemas import SchemaCatalog, TableSchema
 from sinks.manifest import Manifest
 from sinks.markers import MarkerPublisher
 from sinks.store import HdbStore
-from sinks.writedown import DEFAULT_OPTIONS, WriteOptions, write_partition
+from sinks.writedown import WriteOptions, write_partition
 from tickplant.config import Settings
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def _batches(settings: Settings, schema: TableSchema, ranges: dict[int, tuple[in
 
 
 def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,
-             catalog: SchemaCatalog | None = None, options: WriteOptions = DEFAULT_OPTIONS,
+             catalog: SchemaCatalog | None = None, options: WriteOptions | None = None,
              store: HdbStore | None = None, from_archive: bool = False) -> tuple[Manifest, bool]:
     """Write ``table``'s partition for ``date`` from the log and publish it.
 
@@ -104,7 +104,7 @@ def backfill(settings: Settings, table: str, date: dt.date, force: bool = False,
             manifest = write_partition(
                 store, schema, date, _batches(settings, schema, ranges, catalog, origin), ranges,
                 memory_bytes=settings.pdb_memory_mb << 20, tmp_dir=Path(tmp), written_by="backfill",
-                options=options, staging=staging,
+                options=options or WriteOptions.of(settings), staging=staging,
             )
         if staging is not None:
             store.swap_in(manifest, staging)

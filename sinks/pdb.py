@@ -69,7 +69,7 @@ from sinks.manifest import Manifest
 from sinks.markers import MarkerPublisher
 from sinks.spill import SpillCache, read_day
 from sinks.store import HdbStore
-from sinks.writedown import DEFAULT_OPTIONS, WriteOptions, write_partition
+from sinks.writedown import WriteOptions, write_partition
 from tickplant import metrics
 from tickplant.config import Settings
 from tickplant.kafka.message import position
@@ -108,13 +108,13 @@ class Pdb:
     """One PDB process: capture loop in the caller's thread, write-downs in a background one."""
 
     def __init__(self, settings: Settings, node_id: str = "pdb-1", catalog: SchemaCatalog | None = None,
-                 options: WriteOptions = DEFAULT_OPTIONS):
+                 options: WriteOptions | None = None):
         self.settings = settings
         self.node_id = node_id
         self.catalog = catalog or SchemaCatalog.load(settings.schemas_dir)
         self.names = TopicNames(settings.topic_prefix)
         self.topics = {self.names.table(t.name): t.name for t in self.catalog}
-        self.options = options
+        self.options = options or WriteOptions.of(settings)
         self.dir = cache_dir(settings)
         self.cache = SpillCache(self.dir / "cache", self.catalog)
         self.store = HdbStore.from_settings(settings)

@@ -8,7 +8,8 @@ Steps, each safe to repeat (``write_partition``):
    (``sinks.sort``); the log position is written too, as ``seq``
    (``ingest.seq``), so queries break ties of time as kdb+ does;
 3. write ``part-00000.parquet``, ``part-00001.parquet``... each a run of whole
-   row groups of ``row_group_rows`` rows (the last may be short): zstd, sym
+   row groups of ``row_group_rows`` rows (the last may be short): lz4 (the
+   ``hdb_compression`` setting), sym
    dictionary-encoded (so are the other string columns), statistics and a page
    index per column, the sort order declared in the footer. Sorted by sym,
    a row group holds a few syms and its min/max statistics let a one-sym query
@@ -46,6 +47,7 @@ from sinks.latest import LatestRows, write_latest
 from sinks.manifest import FileEntry, Manifest
 from sinks.sort import DaySorter, output_schema, times_of
 from sinks.store import HdbStore
+from tickplant.config import Settings
 
 log = logging.getLogger("tickplant.pdb")
 
@@ -58,8 +60,13 @@ FAILPOINT_ENV = "TICKPLANT_FAILPOINT"
 class WriteOptions:
     row_group_rows: int = ROW_GROUP_ROWS
     file_row_groups: int = FILE_ROW_GROUPS
-    compression: str = "zstd"
-    compression_level: int = 1
+    compression: str = "lz4"  # the hdb_compression setting (tickplant/config.py)
+    compression_level: int = 1  # zstd's; the other codecs take none
+
+    @classmethod
+    def of(cls, settings: Settings) -> WriteOptions:
+        """The write-down's options as the plant's settings give them."""
+        return cls(compression=settings.hdb_compression)
 
     @property
     def file_rows(self) -> int:
@@ -108,7 +115,7 @@ class PartitionWriter:
         strings = [f.name for f in schema if pa.types.is_string(f.type) or isinstance(f.type, pa.DictionaryType)]
         self._parquet_args: dict[str, Any] = {
             "compression": options.compression,
-            "compression_level": options.compression_level,
+            "compression_level": options.compression_level if options.compression == "zstd" else None,
             "use_dictionary": strings,
             "write_statistics": True,
             "write_page_index": True,

@@ -49,3 +49,14 @@ def test_a_child_process_gets_the_same_client_config(monkeypatch: pytest.MonkeyP
         monkeypatch.setenv(name, value)
     child = load_settings()
     assert child.kafka_client_config == parent.kafka_client_config and child.zero_linger_ms == 0.5
+
+
+def test_the_hdb_codec_is_checked_and_reaches_the_write_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sinks.writedown import WriteOptions
+
+    assert WriteOptions.of(load_settings()).compression == "lz4"
+    monkeypatch.setenv("TICKPLANT_HDB_COMPRESSION", "zstd")
+    assert WriteOptions.of(load_settings()).compression == "zstd"
+    monkeypatch.setenv("TICKPLANT_HDB_COMPRESSION", "gzip")
+    with pytest.raises(ConfigError, match="hdb_compression must be one of lz4, zstd, snappy, none, not 'gzip'"):
+        load_settings()

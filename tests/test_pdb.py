@@ -224,7 +224,8 @@ def test_two_days_in_a_row_written_while_the_next_day_flows(where, settings, cat
 
 
 def test_sort_order_row_groups_and_dictionary(settings, catalog):
-    """Sorted by sym then time; sym dictionary-encoded; zstd; each row group a narrow sym range."""
+    """Sorted by sym then time; sym dictionary-encoded; lz4 unless hdb_compression says
+    otherwise; each row group a narrow sym range."""
     store = HdbStore.from_settings(settings)
     clock = ManualClock(T0)
     open_first_day(settings, catalog, clock)
@@ -253,11 +254,18 @@ def test_sort_order_row_groups_and_dictionary(settings, catalog):
         for i in range(meta.num_row_groups):
             rg = meta.row_group(i)
             sym_col = rg.column(meta.schema.names.index("sym"))
-            assert sym_col.compression == "ZSTD"
+            assert sym_col.compression == "LZ4"
             assert "RLE_DICTIONARY" in sym_col.encodings or "PLAIN_DICTIONARY" in sym_col.encodings
             stats = sym_col.statistics
             assert stats.has_min_max and stats.min <= stats.max
             assert rg.num_rows == 1000 or (entry is manifest.files[-1] and i == meta.num_row_groups - 1)
+    # the setting picks the codec of a rewrite (the options left to the settings)
+    manifest, written = backfill(settings.replace(hdb_compression="zstd"), "quote", DAY1, force=True, catalog=catalog)
+    assert written and manifest.rows == 8000
+    assert partition(store, "quote", DAY1).to_pylist() == rows.to_pylist()
+    for entry in manifest.files:
+        meta = pq.ParquetFile(store.fs.open_input_file(f"{store.partition_dir('quote', DAY1)}/{entry.name}")).metadata
+        assert {meta.row_group(0).column(j).compression for j in range(meta.num_columns)} == {"ZSTD"}
 
 
 def test_pdb_killed_mid_write_down_then_rerun_gives_the_identical_partition(settings, catalog, pdb_procs, tmp_path):
