@@ -20,7 +20,6 @@ from streams.shard import Shard
 MIN_BATCH_ROWS = 16384  # an answer's chunks smaller than this on average are sent as one batch
 SYM = "sym"
 SYM_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
-_ZEROS = pa.array(np.zeros(1 << 16, np.int32))  # the indices of one-value dictionaries, sliced
 
 
 class QueryError(ValueError):
@@ -61,35 +60,41 @@ def empty(schema: pa.Schema, columns: list[str] | None) -> pa.Table:
 
 
 def read_rows(shards: Iterable[Shard], query: RowsQuery, schema: pa.Schema, sym_dictionary: bool = False) -> pa.Table:
-    """The rows ``query`` asks for. ``sym_dictionary``: ``sym`` as a dictionary column, each
-    chunk's a dictionary of its one sym (``Shard.read_by_sym``), built without reading the
-    strings; an engine reads it as a low-cardinality column and groups or joins on it
-    without hashing every row's text (the embedded chDB of a partial, streams/partial.py)."""
+    """The rows ``query`` asks for. ``sym_dictionary``: ``sym`` as one dictionary column of
+    the syms read, its codes built from each chunk's sym (``Shard.read_by_sym``: a chunk
+    holds one sym) without reading the strings; an engine reads it as a low-cardinality
+    column and groups or joins on it without hashing every row's text (the embedded chDB
+    of a partial, streams/partial.py)."""
     keyed = sym_dictionary and SYM in schema.names
     chunks: list[pa.Table] = []
+    syms: list[str] = []  # keyed: each chunk's sym
     for shard in shards:
         if keyed:
-            chunks.extend(_sym_as_dictionary(chunk, sym) for sym, chunk in shard.read_by_sym(query.date, query.syms))
+            for sym, chunk in shard.read_by_sym(query.date, query.syms):
+                syms.append(sym)
+                chunks.append(chunk)
         else:
             chunks.extend(shard.read(query.date, query.syms))
-    if keyed:
-        i = schema.get_field_index(SYM)
-        schema = schema.set(i, schema.field(i).with_type(SYM_DICTIONARY))
     if not chunks:
+        if keyed:
+            i = schema.get_field_index(SYM)
+            schema = schema.set(i, schema.field(i).with_type(SYM_DICTIONARY))
         return empty(schema, query.columns)
     table = _conform(concat(chunks), schema)
-    return select(table, query, schema)
+    if keyed:
+        table = _sym_as_dictionary(table, syms, [c.num_rows for c in chunks])
+    return select(table, query, table.schema)
 
 
-def _sym_as_dictionary(chunk: pa.Table, sym: str) -> pa.Table:
-    """``chunk`` (rows of ``sym`` only) with its ``sym`` column a dictionary of that one value."""
-    global _ZEROS
-    n = chunk.num_rows
-    if len(_ZEROS) < n:
-        _ZEROS = pa.array(np.zeros(max(n, 2 * len(_ZEROS)), np.int32))
-    column = pa.DictionaryArray.from_arrays(_ZEROS.slice(0, n), pa.array([sym], pa.string()))
-    i = chunk.schema.get_field_index(SYM)
-    return chunk.set_column(i, chunk.schema.field(i).with_type(SYM_DICTIONARY), column)
+def _sym_as_dictionary(table: pa.Table, syms: list[str], lengths: list[int]) -> pa.Table:
+    """``table`` (its chunks' rows, ``lengths[i]`` of ``syms[i]`` each) with ``sym`` one
+    dictionary column: one dictionary for all, so a reader unifies none."""
+    names = sorted(set(syms))
+    code = {sym: i for i, sym in enumerate(names)}
+    codes = np.repeat(np.fromiter((code[s] for s in syms), np.int32, len(syms)), lengths)
+    column = pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
+    i = table.schema.get_field_index(SYM)
+    return table.set_column(i, table.schema.field(i).with_type(SYM_DICTIONARY), column)
 
 
 def read_last(shards: Iterable[Shard], query: RowsQuery, schema: pa.Schema) -> pa.Table:
@@ -143,9 +148,10 @@ def to_ipc(table: pa.Table) -> bytearray:
 
 def batched(table: pa.Table) -> pa.Table:
     """Chunks smaller than ``MIN_BATCH_ROWS`` on average combined into one: whoever reads
-    them pays per batch (ClickHouse a block each: ~10 ms for 100 small batches, against
-    ~1 ms combined). Big chunks are kept as they are (no copy)."""
-    chunks = table.column(0).num_chunks if table.num_columns else 0
+    them pays per batch (ClickHouse a block each, far more than the copy costs). Big chunks
+    are kept as they are (no copy). The columns may be chunked apart (``sym`` made whole by
+    ``read_rows``): the most chunked one decides."""
+    chunks = max((c.num_chunks for c in table.columns), default=0)
     if chunks > 1 and table.num_rows < chunks * MIN_BATCH_ROWS:
         return table.combine_chunks()
     return table
