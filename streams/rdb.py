@@ -45,6 +45,7 @@ from streams.observed import rdb_samples
 from streams.partial import run_partial
 from streams.rdb_status import record
 from streams.rdb_views import RdbViews
+from streams.reopen import Reopen
 from streams.replicas import (
     DEFAULT_REPLICA,
     check_replica,
@@ -97,13 +98,12 @@ class RdbWorker(GroupWorker):
         self.shards: dict[Key, Shard] = {}
         self.assigned: set[Key] = set()
         self._opening = threading.Lock()
-        self._locked: dict[Key, float] = {}  # assigned, but another process held the shard
+        self._locked: Reopen[Key] = Reopen(LOCK_RETRY_SECONDS, LOCK_RETRY_SECONDS)  # another process held the shard
         # shards read up to the log's end since they were assigned here: routed to only then
         self.caught_up: set[Key] = set()
         self._catch_targets: dict[Key, int] = {}  # the log end each is reading up to
         self._next_catch_check = 0.0
         self._engine_warmed = False
-        self._next_lock_try = 0.0
         self._topics = {self.names.table(t): t for t in self.tables}
         self.rows_applied = 0
         self.messages = 0
@@ -144,7 +144,7 @@ class RdbWorker(GroupWorker):
             self.assigned = self._keys(parts)
             for key in [k for k in self.shards if k not in self.assigned]:
                 self.shards.pop(key).close()  # held from disk at start, but now another worker's
-            self._locked.clear()
+            self._locked.keep(())
             for table, partition in sorted(self.assigned):
                 await loop.run_in_executor(None, self._try_open, table, partition)
         self._last_assignment.write_text(json.dumps(sorted(self.assigned)))
@@ -159,25 +159,24 @@ class RdbWorker(GroupWorker):
         except ShardError as exc:
             if "lock" not in str(exc).lower():
                 raise
-            self._locked[(table, partition)] = time.monotonic()
+            self._locked.failed((table, partition), str(exc))
             self.log.warning("%s[%d]: its shard is still held by another process; opened when released",
                              table, partition)
             return False
-        self._locked.pop((table, partition), None)
+        self._locked.opened((table, partition))
         return True
 
     def _open_locked(self) -> None:
         """Try again the assigned shards another process held (the reader's thread, between reads)."""
-        now = time.monotonic()
-        if not self._locked or now < self._next_lock_try:
+        due = self._locked.due()
+        if not due:
             return
         with self.lock:
-            opened = [key for key in sorted(self._locked) if key in self.assigned and self._try_open(*key)]
-            for key in [k for k in self._locked if k not in self.assigned]:
-                del self._locked[key]
+            self._locked.keep(self.assigned)
+            opened = [key for key in due if key in self.assigned and self._try_open(*key)]
         if opened:
             self._reassign = True
-        self._next_lock_try = now + LOCK_RETRY_SECONDS
+        self._locked.tried()
 
     def _check_caught_up(self, consumer: Consumer) -> None:
         """Note the assigned shards whose reader has reached the end the log had when they were

@@ -49,6 +49,7 @@ from streams.cep.topics import DEFAULT_ENGINE, CepTopics
 from streams.cep.views import CepError, CepViews
 from streams.latency import LatencySample
 from streams.observed import cep_samples
+from streams.reopen import Reopen
 from streams.worker import GroupWorker, serve
 from tickplant import metrics
 from tickplant.config import Settings
@@ -107,8 +108,7 @@ class CepWorker(GroupWorker):
         self.engines: dict[int, PartitionEngine] = {}
         self.publishers: dict[int, PartitionPublisher] = {}
         self.assigned: set[int] = set()
-        self.unopened: dict[int, str] = {}  # assigned partitions whose open failed -> why
-        self._open_retry = {"next": 0.0, "wait": OPEN_RETRY_SECONDS}
+        self.unopened: Reopen[int] = Reopen(OPEN_RETRY_SECONDS, OPEN_RETRY_MAX_SECONDS)
         self._topics = {self.names.table(t): t for t in tables}
         self.last_seen: dict[int, float] = {}  # partition -> monotonic time of its last trade message
         self.unsent: dict[int, int] = {}  # partition -> newest tick time whose analytics wait (conflated)
@@ -144,7 +144,7 @@ class CepWorker(GroupWorker):
 
     def _drop(self, p: int) -> None:
         self.assigned.discard(p)
-        self.unopened.pop(p, None)
+        self.unopened.opened(p)
         self.unsent.pop(p, None)
         publisher = self.publishers.pop(p, None)
         engine = self.engines.get(p)
@@ -162,41 +162,36 @@ class CepWorker(GroupWorker):
             for p in [p for p in self.engines if p not in parts]:
                 self._drop(p)
             self.assigned = parts
-            self.unopened = {p: why for p, why in self.unopened.items() if p in parts}
+            self.unopened.keep(parts)
         for p in sorted(parts):
             await loop.run_in_executor(None, self._try_open, p)
 
     def _try_open(self, p: int) -> bool:
-        """Open a partition, or leave it for the reader to try again (``_open_unopened``): an
-        error here would end the group's rebalance handler, and with it the worker, when the
-        broker is only away for a while (a takeover often follows a broker's death)."""
+        """Open a partition, or leave it to the reader to try again (streams/reopen.py; a
+        takeover often follows a broker's death, and the broker is only away for a while)."""
         try:
             self._open(p)
         except Exception as exc:  # noqa: BLE001 - said, kept, and tried again; never a crash
             with self.lock:
                 if p in self.assigned:
-                    self.unopened[p] = f"{type(exc).__name__}: {exc}"
+                    self.unopened.failed(p, f"{type(exc).__name__}: {exc}")
             self.log.warning("partition %d: not opened (%s: %s); tried again shortly", p, type(exc).__name__, exc)
             return False
         with self.lock:
-            self.unopened.pop(p, None)
+            self.unopened.opened(p)
         return True
 
     def _open_unopened(self) -> None:
         """Try again the partitions whose open failed (the reader's thread, between reads)."""
-        now = time.monotonic()
-        if not self.unopened or now < self._open_retry["next"]:
+        due = self.unopened.due()
+        if not due:
             return
-        opened = [p for p in sorted(self.unopened) if self._try_open(p)]
+        opened = [p for p in due if self._try_open(p)]
         if opened:
             self.log.info("partitions %s opened after an earlier failure", opened)
             with self.lock:
                 self._reassign = True  # the reader reads them from their stored offsets
-        if self.unopened:
-            self._open_retry["wait"] = min(self._open_retry["wait"] * 2, OPEN_RETRY_MAX_SECONDS)
-        else:
-            self._open_retry["wait"] = OPEN_RETRY_SECONDS
-        self._open_retry["next"] = time.monotonic() + self._open_retry["wait"]
+        self.unopened.tried()
 
     def _open(self, p: int) -> None:
         """Open the partition's state, fence its previous owner, publish what it left unpublished."""
@@ -438,7 +433,7 @@ class CepWorker(GroupWorker):
         return {
             **self.identity(), "engine": self.engine_name,
             "partitions": sorted(self.assigned), "serving": bool(self.assigned) and set(self.engines) == self.assigned,
-            "unopened": {str(p): why for p, why in sorted(self.unopened.items())},
+            "unopened": {str(p): why for p, why in sorted(self.unopened.why.items())},
             "outputs": self.topics.outputs, "inputs": [self.names.table(t) for t in self.tables],
             "bar_seconds": self.width_ns / 1e9, "analytics": [a.name for a in self.analytics],
             "live_listeners": self.live.listener_count(),
