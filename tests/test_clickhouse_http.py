@@ -49,12 +49,14 @@ from test_entitlements import (
 from twodays import publish_two_days
 
 from tickplant.kafka.broker import free_port
+from tickplant.kafka.jars import cache_root
 
 T0 = int(dt.datetime(2026, 11, 22, 9, 30, tzinfo=dt.UTC).timestamp() * 1e9)
 D1, D2 = dt.date(2026, 11, 22), dt.date(2026, 11, 23)
 REPO = Path(__file__).resolve().parent.parent
-# where the Go build and the JDBC jars are kept between runs (CI may cache it)
-CLIENTS = Path(os.environ.get("TICKPLANT_CLIENTS_CACHE", REPO / ".tickplant" / "clients"))
+# where the Go module downloads and build cache and the JDBC jars are kept between runs and
+# checkouts, beside the broker's jars; the probes themselves are rebuilt from this checkout's source
+CLIENTS = Path(os.environ.get("TICKPLANT_CLIENTS_CACHE") or cache_root() / "clients")
 
 
 class Plant:

@@ -28,9 +28,14 @@ def kafka_version() -> str:
     return match.group(1)
 
 
+def cache_root() -> Path:
+    """Where what the plant fetches or builds once is kept between checkouts: the broker's,
+    QuestDB's and the schema registry's jars, and the tests' client drivers."""
+    return Path(os.environ.get("TICKPLANT_JAR_CACHE", "~/.cache/tickplant")).expanduser()
+
+
 def jar_dir() -> Path:
-    root = Path(os.environ.get("TICKPLANT_JAR_CACHE", "~/.cache/tickplant")).expanduser()
-    return root / f"kafka-{kafka_version()}" / "libs"
+    return cache_root() / f"kafka-{kafka_version()}" / "libs"
 
 
 def java_binary() -> str:

@@ -13,7 +13,6 @@ under ``/apis/ccompat/v7`` (``RegistryServer.url``).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tickplant.kafka.jars import KafkaSetupError, java_binary
+from tickplant.kafka.jars import KafkaSetupError, cache_root, java_binary
 
 SOURCE = Path(__file__).with_name("apicurio")
 CCOMPAT = "/apis/ccompat/v7"
@@ -40,8 +39,7 @@ def apicurio_version() -> str:
 
 
 def app_dir() -> Path:
-    root = Path(os.environ.get("TICKPLANT_JAR_CACHE", "~/.cache/tickplant")).expanduser()
-    return root / f"apicurio-{apicurio_version()}"
+    return cache_root() / f"apicurio-{apicurio_version()}"
 
 
 def ensure_registry(quiet: bool = True) -> Path:

@@ -24,7 +24,7 @@ from typing import Any
 
 from tickplant import httpclient
 from tickplant.kafka.broker import _die_with_parent, free_port
-from tickplant.kafka.jars import KafkaSetupError, java_binary
+from tickplant.kafka.jars import KafkaSetupError, cache_root, java_binary
 
 POM = Path(__file__).with_name("questdb-pom.xml")
 
@@ -37,9 +37,8 @@ def questdb_version() -> str:
 
 
 def jar_path() -> Path:
-    root = Path(os.environ.get("TICKPLANT_JAR_CACHE", "~/.cache/tickplant")).expanduser()
     version = questdb_version()
-    return root / f"questdb-{version}" / f"questdb-{version}.jar"
+    return cache_root() / f"questdb-{version}" / f"questdb-{version}.jar"
 
 
 def ensure_jar(quiet: bool = True) -> Path:
