@@ -244,6 +244,23 @@ def test_a_plan_is_reused_per_statement_user_and_open_day_and_never_across_users
     assert gw.engine.plan(parse_select("SELECT count() FROM trade WHERE date = today()"), D1).sql.count("2026-11-22")
 
 
+def test_a_count_reads_one_narrow_column_and_a_row_filter_its_own(world):
+    """``count()`` names no column: the RDB nodes and the HDB read ``sym`` alone (every
+    column was read before), and the count is every row's; a row filter's column is read
+    for it (alice sees exchange N only)."""
+    _, client, published, _ = world
+    gw = client.app.state.gateway
+    bob, alice = gw.users.authenticate("bob-key"), gw.users.authenticate("alice-key")
+    statement = "SELECT count() AS n FROM trade"
+    assert [r.columns for r in gw.plan(statement, bob).refs] == [["sym"]]
+    assert "exchange" in gw.plan(statement, alice).refs[0].columns
+    every = sum(len(frame(published[day]["trade"])) for day in published)
+    assert arrow(sql(client, statement)).to_pylist() == [{"n": every}]
+    today = frame(published[D2]["trade"])
+    assert arrow(sql(client, statement + " WHERE date = today()", key="alice-key")).to_pylist() == \
+        [{"n": int((today.exchange == "N").sum())}]
+
+
 def test_entitlements_end_to_end(world):
     _, client, published, _ = world
     # alice: trade's time, sym, price, size; only exchange N rows
@@ -432,8 +449,11 @@ def test_a_replica_killed_during_queries_every_query_is_answered(world, tmp_path
         assert {n["replica"] for n in client.get("/v1/health", headers=OPS).json()["rdb_nodes"]} == {"b"}
     finally:
         second.stop()
-        first.start()  # back for any later test
-        first.wait_serving()
+        first.start()  # back for any later test, once the gateway routes to it again (until its
+        first.wait_serving()  # restarted worker's record arrives, the killed one's is stale: no node)
+        routing = client.app.state.gateway.routing
+        wait_until(lambda: any(n.record.pid == first.proc.pid for n in routing.nodes()), 30,
+                   "the gateway to route to the restarted worker")
 
 
 def test_health_shows_a_clickhouse_servers_url_without_its_password():
