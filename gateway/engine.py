@@ -136,11 +136,7 @@ class Engine:
         for i, ref in enumerate(refs):
             need = need_of(ref)
             stored = self.catalog[ref.name].stored_columns
-            columns = columns_needed(ast, stored, named)
-            if columns == []:  # ``count()``: rows are counted, no value read; one narrow column carries them
-                columns = ["sym" if "sym" in stored else stored[0]]
-            elif columns is None and star_seq:
-                columns = stored
+            columns = columns_needed(ast, stored, named) or (stored if star_seq else None)
             key = (ref.name, frozenset(need.syms) if need.syms is not None else None,
                    tuple(columns or ()), need.dates.lo, need.dates.hi,
                    frozenset(need.dates.days) if need.dates.days is not None else None)

@@ -108,14 +108,16 @@ def columns_needed(ast: exp.Expression, table_columns: list[str],
     """The table's columns the statement names (in table order); None = all of them.
 
     Conservative: a column name appearing anywhere counts, whatever it qualifies;
-    a ``*`` anywhere outside ``count(*)`` means all. ``names`` is ``column_names(ast)``
-    when the caller has it already (several references, one walk).
+    a ``*`` anywhere outside ``count(*)`` means all. A statement naming none
+    (``count()``) still needs its rows: one narrow column, ``sym`` (a dictionary),
+    carries them. ``names`` is ``column_names(ast)`` when the caller has it already
+    (several references, one walk).
     """
     if names is False:
         names = column_names(ast)
     if names is None:
         return None
-    return [c for c in table_columns if c in names]
+    return [c for c in table_columns if c in names] or ["sym" if "sym" in table_columns else table_columns[0]]
 
 
 def need_of(ref: exp.Table) -> TableNeed:

@@ -449,8 +449,10 @@ def test_a_replica_killed_during_queries_every_query_is_answered(world, tmp_path
         assert {n["replica"] for n in client.get("/v1/health", headers=OPS).json()["rdb_nodes"]} == {"b"}
     finally:
         second.stop()
-        first.start()  # back for any later test, once the gateway routes to it again (until its
-        first.wait_serving()  # restarted worker's record arrives, the killed one's is stale: no node)
+        # back for any later test, once the gateway routes to it again: until the restarted
+        # worker's record arrives, the killed one's is stale and the gateway sees no RDB node
+        first.start()
+        first.wait_serving()
         routing = client.app.state.gateway.routing
         wait_until(lambda: any(n.record.pid == first.proc.pid for n in routing.nodes()), 30,
                    "the gateway to route to the restarted worker")

@@ -59,6 +59,8 @@ def test_columns_needed():
     ast = sqlglot.parse_one("SELECT sym, count(*), max(price) FROM trade GROUP BY sym", read="clickhouse")
     assert columns_needed(ast, cols) == ["sym", "price"]
     assert columns_needed(sqlglot.parse_one("SELECT * FROM trade", read="clickhouse"), cols) is None
+    assert columns_needed(sqlglot.parse_one("SELECT count() FROM trade WHERE date = today()", read="clickhouse"),
+                          cols) == ["sym"]  # no column named: the narrowest still counts the rows
 
 
 def test_column_names_once_for_every_reference():
