@@ -74,14 +74,22 @@ def _date(value: dt.date | str | None) -> dt.date | None:
         raise HdbQueryError(f"date {value!r} is not YYYY-MM-DD") from None
 
 
-def clickhouse_structure(schema: pa.Schema) -> str:
-    """The ClickHouse column list for a table's Arrow schema (strings as LowCardinality)."""
+# How a day's files declare their string columns when read. The files hold them
+# dictionary-encoded, but ClickHouse's Parquet reader turns those pages into plain strings
+# faster than into LowCardinality: declared LowCardinality, an aggregate or join over the
+# day pays the conversion on every row read (bench/peer.py, the history lines).
+FILE_STRINGS = "String"
+
+
+def clickhouse_structure(schema: pa.Schema, strings: str = "LowCardinality(String)") -> str:
+    """The ClickHouse column list for a table's Arrow schema (strings as ``strings``:
+    LowCardinality for Arrow rows, whose dictionaries chDB reads as they are)."""
     cols = []
     for f in schema:
         if pa.types.is_timestamp(f.type):
             t = "DateTime64(9, 'UTC')"
         elif pa.types.is_string(f.type):
-            t = "LowCardinality(String)"  # sym, exchange, conditions: few distinct values, dictionary-encoded
+            t = strings  # sym, exchange, conditions: few distinct values
         else:
             try:
                 t = _CH_TYPES[f.type]
@@ -313,7 +321,7 @@ class HdbQuery:
         """The table function reading these days' ``files`` (the day's data: ``*.parquet``)."""
         days = ",".join(d.isoformat() for d in dates)
         glob = f"{table}/date={{{days}}}/{files}"
-        structure = quote(clickhouse_structure(_readable(self.catalog[table].stored_schema)))
+        structure = quote(clickhouse_structure(_readable(self.catalog[table].stored_schema), FILE_STRINGS))
         if not self.store.is_s3:
             return f"file({quote(self.store.base + '/' + glob)}, 'Parquet', {structure})"
         key = f"{self.store.prefix}/{glob}" if self.store.prefix else glob
@@ -343,7 +351,7 @@ class HdbQuery:
         cols = list(columns) if columns else self.catalog[table].columns  # seq when named (ingest.seq)
         if not dates:
             select = ", ".join(f"`{c}`" for c in cols if c != "date")
-            structure = quote(clickhouse_structure(schema))
+            structure = quote(clickhouse_structure(schema, FILE_STRINGS))  # typed as files are read
             return f"(SELECT {select}, toDate(0) AS date FROM null({structure}))"
         select = ", ".join(SEQ_OF_FILE if c == SEQ else f"`{c}`" for c in cols if c != "date")
         whole = [d for d in dates if d not in latest]

@@ -187,6 +187,12 @@ def test_table_rows_for_syms_and_dates(hdb, days):
     assert both.num_rows == expected
     total = hdb.sql("SELECT count() AS n, uniqExact(date) AS days FROM {trade}").to_pylist()[0]
     assert total == {"n": sum(t.num_rows for t, _ in days.values()), "days": 3}
+    # the files' strings are read as plain String (sinks.hdb.FILE_STRINGS), the cheaper read,
+    # and so is the empty source of a table with no day in range
+    types = hdb.sql("SELECT toTypeName(sym) AS t, toTypeName(exchange) AS e FROM {trade} LIMIT 1").to_pylist()
+    assert types == [{"t": "String", "e": "String"}]
+    empty = hdb.sql(f"SELECT toTypeName(any(sym)) AS t, count() AS n FROM {hdb.source_days('trade', [])}")
+    assert empty.to_pylist() == [{"t": "String", "n": 0}]
 
 
 def test_only_manifested_days_are_seen_and_date_predicates_prune(tmp_path, catalog, days):
