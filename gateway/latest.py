@@ -24,14 +24,30 @@ existed is read whole).
 With ``argMax(x, time)`` and rows sharing a sym's latest time, a whole read
 takes any one of them; the latest rows give the last published, the answer
 ``argMax(x, (time, seq))`` gives either way.
+
+The commonest of them, the named ``last`` (``SELECT * ... ORDER BY sym, time DESC
+LIMIT 1 BY sym``, kdb+'s ``select by sym``), asks for those rows as they are:
+when nothing in it but the day and the syms picks rows, and one real-time day
+alone is read, the latest rows are the answer (``latest_answer``), in the types
+the engine gives, and the statement does not go through ClickHouse, whose
+fixed cost per statement is most of such a small answer's time.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
+from gateway.plan import exact_keys
 from gateway.sql import function_name, is_fence
 from ingest.seq import SEQ
+
+# ClickHouse answers a low-cardinality string column as this (sinks.hdb.CLIENT_SETTINGS)
+_ANSWERED_STRINGS = pa.dictionary(pa.int32(), pa.string())
+_PLAIN_SELECT = {"expressions", "from_", "where", "order", "limit"}
 
 _KEYS = {"sym", "date"}
 _LATEST_AGGREGATES = {"argMax", "max"}
@@ -122,3 +138,48 @@ def _limit_one_by_sym(select: exp.Select) -> bool:
     # by time descending, then (if at all) by seq descending: the last published of the latest time
     ranks = [o for o in ordered if o.this.name in {"time", SEQ}]
     return ([o.this.name for o in ranks] in (["time"], ["time", SEQ]) and all(o.args.get("desc") for o in ranks))
+
+
+def as_fetched(ast: exp.Expression, source: str) -> bool:
+    """Whether a statement ``latest_only`` accepts answers with the latest rows as they are:
+    ``SELECT * [EXCEPT (seq)]`` straight from the table (not through an entitlement's
+    fence: the user may read it whole), ordered by ``sym`` first, with a WHERE that
+    ``exact_keys`` accepts."""
+    if not isinstance(ast, exp.Select) or {k for k, v in ast.args.items() if v} - _PLAIN_SELECT:
+        return False
+    refs = [t for t in ast.find_all(exp.Table) if t.name == source]
+    if len(refs) != 1 or refs[0].parent_select is not ast or len(ast.expressions) != 1:
+        return False
+    star = ast.expressions[0]
+    if not isinstance(star, exp.Star) or {k for k, v in star.args.items() if v} - {"except_"}:
+        return False
+    if any(not isinstance(c, exp.Column) or c.table or c.name != SEQ for c in star.args.get("except_") or []):
+        return False
+    order = ast.args.get("order")
+    first = order.expressions[0] if order is not None and order.expressions else None
+    if first is None or not isinstance(first.this, exp.Column) or first.this.name != "sym" or first.args.get("desc"):
+        return False
+    return _limit_one_by_sym(ast) and exact_keys(ast.args.get("where"))
+
+
+def latest_answer(rows: pa.Table, day: dt.date, schema: pa.Schema, columns: list[str]) -> pa.Table | None:
+    """An ``as_fetched`` statement's answer from one day's latest rows: ``columns`` typed as
+    ClickHouse answers them (strings as dictionaries, as the engine's low-cardinality
+    strings come back), then ``date``, ordered by sym. None when a sym comes twice (two
+    copies of a partition read across a handover): the engine's LIMIT BY decides then."""
+    syms = rows.column("sym").cast(pa.string())
+    if pc.count_distinct(syms).as_py() != rows.num_rows:
+        return None
+    order = pc.sort_indices(syms)
+    arrays, fields = [], []
+    for name in columns:
+        want = schema.field(name)
+        column = rows.column(name).take(order)
+        if pa.types.is_string(want.type) or pa.types.is_dictionary(column.type):
+            column = column.cast(pa.string()).combine_chunks().dictionary_encode()
+            want = want.with_type(_ANSWERED_STRINGS)
+        arrays.append(column.cast(want.type))
+        fields.append(want)
+    arrays.append(pa.array([day] * rows.num_rows, pa.date32()))
+    fields.append(pa.field("date", pa.date32(), nullable=False))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))

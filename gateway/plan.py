@@ -143,6 +143,30 @@ def need_of(ref: exp.Table) -> TableNeed:
     return need
 
 
+def exact_keys(where: exp.Where | None) -> bool:
+    """Whether ``where`` says nothing but what ``need_of`` takes from it, and takes exactly:
+    unqualified ``date`` and ``sym`` equal to, or in, literals, and TRUE. The rows fetched
+    for the need are then the rows it selects, with nothing left to filter."""
+    for conjunct in _conjuncts(where):
+        if isinstance(conjunct, exp.Boolean) and conjunct.this is True or \
+                isinstance(conjunct, exp.Literal) and not conjunct.is_string and conjunct.this == "1":
+            continue
+        if isinstance(conjunct, exp.In) and not conjunct.args.get("query"):
+            column, values = conjunct.this, conjunct.expressions
+        elif isinstance(conjunct, exp.EQ):
+            column, values = conjunct.this, [conjunct.expression]
+            if not isinstance(column, exp.Column):
+                column, values = conjunct.expression, [conjunct.this]
+        else:
+            return False
+        if not isinstance(column, exp.Column) or column.table or not values:
+            return False
+        literal = {"date": _date_value, "sym": _string_value}.get(column.name)
+        if literal is None or any(literal(v) is None for v in values):
+            return False
+    return True
+
+
 # -- internals -------------------------------------------------------------------------------
 
 def _function_name(node: exp.Expression) -> str | None:

@@ -44,3 +44,4 @@ class Plan:
     query_log: tuple[str, ...] = ()  # placeholders of the query log's references
     split: Split | None = None  # the aggregate run where the rows are (gateway/pushdown.py)
     latest: bool = False  # only each sym's latest real-time row is needed (gateway/latest.py)
+    as_fetched: bool = False  # ... and those rows, as they are, are the answer (latest.as_fetched)

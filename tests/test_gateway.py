@@ -687,6 +687,37 @@ def test_sql_asking_for_each_syms_latest_row_reads_only_the_rdbs_latest_rows(wor
         assert sum(info["rdb_rows"] for info in answer.touched["quote"]) == len(today) > 1
 
 
+def test_the_latest_rows_as_they_are_are_the_answer_with_no_statement_run(world):
+    """kdb+'s ``select by sym``: ``/v1/last`` and the same SQL are answered by the RDB's latest
+    rows themselves, no ClickHouse statement run, in the rows, types and order the engine
+    gives when it must run the statement (a filter the fetch does not apply itself)."""
+    _, client, published, _ = world
+    engine = client.app.state.gateway.engine
+    direct = ("SELECT * EXCEPT (seq) FROM quote WHERE date = today() AND sym IN ('AAPL', 'IBM', 'MSFT') "
+              "ORDER BY sym, time DESC, seq DESC LIMIT 1 BY sym")
+    ran = direct.replace("AND sym IN", "AND sym != '' AND sym IN")
+    assert engine.plan(parse_select(direct)).as_fetched and not engine.plan(parse_select(ran)).as_fetched
+    today = frame(published[D2]["quote"]).sort_values("time", kind="stable").groupby("sym").tail(1)
+    today = today[today.sym.isin(["AAPL", "IBM", "MSFT"])].sort_values("sym")
+    for key in ("bob-key", "ops-key"):  # granted the table whole, and an admin
+        fast, slow = sql(client, direct, key), sql(client, ran, key)
+        assert "clickhouse;dur=0.00" in fast.headers["server-timing"]
+        assert "clickhouse;dur=0.00" not in slow.headers["server-timing"]
+        fast_rows, slow_rows = arrow(fast), arrow(slow)
+        assert fast_rows.schema.equals(slow_rows.schema) and fast_rows.to_pylist() == slow_rows.to_pylist()
+        assert fast_rows.column("sym").to_pylist() == today.sym.tolist() and len(today) > 1
+        assert fast_rows.column("bid").to_pylist() == today.bid.tolist()
+    bob = {"X-API-Key": "bob-key"}
+    named = client.get("/v1/last", params={"table": "quote", "syms": "AAPL,IBM,MSFT"}, headers=bob)
+    assert "clickhouse;dur=0.00" in named.headers["server-timing"]
+    whole = client.post("/v1/sql", json={"query": ran}, headers=bob)
+    assert named.json()["rows"] == whole.json()["rows"] and named.json()["columns"] == whole.json()["columns"]
+    # through an entitlement's fence (alice: some columns, some rows) the statement runs
+    fenced = client.get("/v1/last", params={"table": "trade"}, headers={"X-API-Key": "alice-key"})
+    assert fenced.status_code == 200 and "clickhouse;dur=0.00" not in fenced.headers["server-timing"]
+    assert {c["name"] for c in fenced.json()["columns"]} == {"time", "sym", "price", "size", "date"}
+
+
 def test_latest_rows_over_history_and_today_are_each_days_latest_rows(world):
     """Over yesterday (HDB) and today (RDB): yesterday's file of each sym's latest row and the
     RDB's latest rows, never either day whole; the answer that of every row."""

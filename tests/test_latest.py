@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlglot
 
-from gateway.latest import latest_only
+from gateway.latest import as_fetched, latest_only
 from gateway.sql import DIALECT
 
 SOURCE = "__tickplant_source_test_0__"
@@ -58,3 +58,41 @@ def test_latest_rows_answer(statement):
 @pytest.mark.parametrize("statement", NOT_LATEST)
 def test_every_row_is_needed(statement):
     assert not latest_only(_ast(statement), SOURCE)
+
+
+AS_FETCHED = [  # the latest rows as they are are the answer (kdb+'s ``select by sym``); the
+    # engine plans ``today()`` as the open day's literal (gateway.plan.replace_today)
+    "SELECT * FROM T WHERE date = '2026-11-23' ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT * EXCEPT (seq) FROM T WHERE date = toDate('2026-11-23') AND sym IN ('A', 'B') AND 1 "
+    "ORDER BY sym, time DESC, seq DESC LIMIT 1 BY sym",  # the named ``last``
+    "SELECT * FROM T WHERE sym = 'A' AND date IN ('2026-11-23') AND TRUE ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT * FROM T ORDER BY sym, time DESC LIMIT 1 BY sym",
+]
+NOT_AS_FETCHED = [  # the latest rows are enough, but the statement must run over them
+    "SELECT sym, argMax(bid, time) AS bid FROM T GROUP BY sym ORDER BY sym",  # a projection
+    "SELECT sym, bid FROM T ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT * EXCEPT (bid) FROM T ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT * REPLACE (bid + 1 AS bid) FROM T ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT * FROM T ORDER BY sym DESC, time DESC LIMIT 1 BY sym",  # another order
+    "SELECT * FROM T ORDER BY time DESC LIMIT 1 BY sym",
+    "SELECT * FROM T WHERE sym != 'A' ORDER BY sym, time DESC LIMIT 1 BY sym",  # a filter left to run
+    "SELECT * FROM T WHERE sym = 'A' OR sym = 'B' ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT * FROM T WHERE date >= today() ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT * FROM T WHERE sym IN ('A', 1) ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT * FROM T WHERE 0 ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT * FROM T WHERE trade.sym = 'A' ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT * FROM T ORDER BY sym, time DESC LIMIT 1 BY sym SETTINGS max_threads = 1",
+    "WITH 1 AS one SELECT * FROM T ORDER BY sym, time DESC LIMIT 1 BY sym",
+    ("SELECT * FROM (SELECT time, sym, bid, date FROM T LIMIT 18446744073709551615) AS quote "
+     "ORDER BY sym, time DESC LIMIT 1 BY sym"),  # through a grant's fence
+]
+
+
+@pytest.mark.parametrize("statement", AS_FETCHED)
+def test_the_latest_rows_are_the_answer(statement):
+    assert latest_only(_ast(statement), SOURCE) and as_fetched(_ast(statement), SOURCE)
+
+
+@pytest.mark.parametrize("statement", NOT_AS_FETCHED)
+def test_the_statement_runs_over_the_latest_rows(statement):
+    assert not as_fetched(_ast(statement), SOURCE)
