@@ -151,10 +151,12 @@ class Engine:
             if sql.count(placeholder) != 1:  # each source goes in exactly where its reference was
                 raise QueryFailed(400, "the statement could not be planned")
         split: Split | None = None
-        latest = fetched_only = False
+        latest = False
+        fetched_only = None
         if keyed and not logs:
             latest = len(keyed) == 1 and latest_only(ast, keyed[0].placeholder)
-            fetched_only = latest and as_fetched(ast, keyed[0].placeholder)
+            if latest:
+                fetched_only = as_fetched(ast, keyed[0].placeholder, self.catalog[keyed[0].need.table].columns)
             known: set[str] = {"date"}.union(*(self.catalog[r.need.table].stored_columns for r in keyed))
             split = None if latest else pushdown.split(ast, [r.placeholder for r in keyed],
                                                        f"__tickplant_partials_{_NONCE}__", known)
@@ -227,7 +229,8 @@ class Engine:
             split = None  # no rows today: the statement as written, over the HDB alone
         for ref in plan.refs:
             touched.setdefault(ref.need.table, []).append(fetched[ref.key][2])
-        answered = self._as_fetched(plan, fetched) if plan.as_fetched and rdb_view == "last" and not keep_rows else None
+        answered = self._as_fetched(plan, fetched) if plan.as_fetched is not None and rdb_view == "last" \
+            and not keep_rows else None
         if answered is not None:  # the latest rows are the answer: no statement to run
             timing["plan"] = planned + time.monotonic() - started - sum(timing.values())
             return Answer(self._within_limits(answered, limit), time.monotonic() - started + planned, touched,
@@ -408,8 +411,7 @@ class Engine:
         if hdb_days or len(parts) != 1:
             return None
         day, rows = parts[0]
-        table = self.catalog[ref.need.table]
-        return latest_answer(rows, day, table.stored_schema, table.columns)
+        return latest_answer(rows, day, self.catalog[ref.need.table].stored_schema, plan.as_fetched or ())
 
     def _within_limits(self, table: pa.Table, limit: int) -> pa.Table:
         """``table``, unless it is bigger than an answer may be (413)."""

@@ -25,17 +25,21 @@ With ``argMax(x, time)`` and rows sharing a sym's latest time, a whole read
 takes any one of them; the latest rows give the last published, the answer
 ``argMax(x, (time, seq))`` gives either way.
 
-The commonest of them, the named ``last`` (``SELECT * ... ORDER BY sym, time DESC
-LIMIT 1 BY sym``, kdb+'s ``select by sym``), asks for those rows as they are:
-when nothing in it but the day and the syms picks rows, and one real-time day
-alone is read, the latest rows are the answer (``latest_answer``), in the types
-the engine gives, and the statement does not go through ClickHouse, whose
-fixed cost per statement is most of such a small answer's time.
+Most of them, the named ``last`` first (``SELECT * ... ORDER BY sym, time DESC
+LIMIT 1 BY sym``, kdb+'s ``select by sym``), ask for those rows as they are:
+some of their columns, each ``argMax`` a column's value by another name. When
+nothing in the statement but the day and the syms picks rows and one real-time
+day alone is read, the latest rows are the answer (``as_fetched``,
+``latest_answer``), in the names, types and order the engine gives, and no
+statement goes through ClickHouse, whose fixed cost per statement is most of
+such a small answer's time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,9 +49,7 @@ from gateway.plan import exact_keys
 from gateway.sql import function_name, is_fence
 from ingest.seq import SEQ
 
-# ClickHouse answers a low-cardinality string column as this (sinks.hdb.CLIENT_SETTINGS)
-_ANSWERED_STRINGS = pa.dictionary(pa.int32(), pa.string())
-_PLAIN_SELECT = {"expressions", "from_", "where", "order", "limit"}
+_PLAIN_SELECT = {"expressions", "from_", "where", "group", "order", "limit"}
 
 _KEYS = {"sym", "date"}
 _LATEST_AGGREGATES = {"argMax", "max"}
@@ -140,46 +142,102 @@ def _limit_one_by_sym(select: exp.Select) -> bool:
     return ([o.this.name for o in ranks] in (["time"], ["time", SEQ]) and all(o.args.get("desc") for o in ranks))
 
 
-def as_fetched(ast: exp.Expression, source: str) -> bool:
-    """Whether a statement ``latest_only`` accepts answers with the latest rows as they are:
-    ``SELECT * [EXCEPT (seq)]`` straight from the table (not through an entitlement's
-    fence: the user may read it whole), ordered by ``sym`` first, with a WHERE that
-    ``exact_keys`` accepts."""
+@dataclass(frozen=True)
+class Fetched:
+    """One column of an ``as_fetched`` answer: its name, the latest rows' column it is (or
+    ``date``), and whether a string comes back as ClickHouse answers a low-cardinality
+    column read as it is (a dictionary), or plain, as an aggregate's value is."""
+
+    name: str
+    column: str
+    dictionary: bool = True
+
+
+def as_fetched(ast: exp.Expression, source: str, columns: Sequence[str]) -> tuple[Fetched, ...] | None:
+    """The answer's columns if a statement ``latest_only`` accepts answers with the latest
+    rows as they are, else None: read straight from the table (not through an entitlement's
+    fence: the user may read it whole), with a WHERE that ``exact_keys`` accepts, each output
+    a column (``*`` is ``columns`` and ``date``; ``EXCEPT (seq)`` is allowed) or, grouped by
+    sym, an aliased ``argMax`` or ``max(time)``, and ordered by sym (or in no order)."""
     if not isinstance(ast, exp.Select) or {k for k, v in ast.args.items() if v} - _PLAIN_SELECT:
-        return False
+        return None
     refs = [t for t in ast.find_all(exp.Table) if t.name == source]
-    if len(refs) != 1 or refs[0].parent_select is not ast or len(ast.expressions) != 1:
-        return False
-    star = ast.expressions[0]
-    if not isinstance(star, exp.Star) or {k for k, v in star.args.items() if v} - {"except_"}:
-        return False
-    if any(not isinstance(c, exp.Column) or c.table or c.name != SEQ for c in star.args.get("except_") or []):
-        return False
+    if len(refs) != 1 or refs[0].parent_select is not ast or not exact_keys(ast.args.get("where")):
+        return None
+    known = {*columns, SEQ, "date"}
+    grouped = ast.args.get("group") is not None
+    if grouped and ast.args.get("limit"):  # some of the syms
+        return None
+    out = _grouped_outputs(ast, known) if grouped else _row_outputs(ast, columns, known)
+    if out is None or len({o.name for o in out}) != len(out):
+        return None
+    if any(o.name in known and o.name != o.column for o in out):  # an alias naming another column
+        return None
     order = ast.args.get("order")
-    first = order.expressions[0] if order is not None and order.expressions else None
-    if first is None or not isinstance(first.this, exp.Column) or first.this.name != "sym" or first.args.get("desc"):
-        return False
-    return _limit_one_by_sym(ast) and exact_keys(ast.args.get("where"))
+    ordered = [(o.this.name if isinstance(o.this, exp.Column) and not o.this.table else None, bool(o.args.get("desc")))
+               for o in (order.expressions if order is not None else [])]
+    if grouped:  # one day: by sym, or by date and sym
+        by_sym = not ordered or ("sym", False) in ordered and {n for n, _ in ordered} <= {"sym", "date"}
+    else:  # LIMIT 1 BY sym's own order (``_limit_one_by_sym``), sym first
+        by_sym = bool(ordered) and ordered[0] == ("sym", False)
+    return tuple(out) if by_sym else None
 
 
-def latest_answer(rows: pa.Table, day: dt.date, schema: pa.Schema, columns: list[str]) -> pa.Table | None:
-    """An ``as_fetched`` statement's answer from one day's latest rows: ``columns`` typed as
-    ClickHouse answers them (strings as dictionaries, as the engine's low-cardinality
-    strings come back), then ``date``, ordered by sym. None when a sym comes twice (two
-    copies of a partition read across a handover): the engine's LIMIT BY decides then."""
+def _row_outputs(ast: exp.Select, columns: Sequence[str], known: set[str]) -> list[Fetched] | None:
+    if not _limit_one_by_sym(ast):
+        return None
+    if len(ast.expressions) == 1 and isinstance(ast.expressions[0], exp.Star):
+        star = ast.expressions[0]
+        if {k for k, v in star.args.items() if v} - {"except_"} or \
+                any(not isinstance(c, exp.Column) or c.table or c.name != SEQ for c in star.args.get("except_") or []):
+            return None
+        return [*(Fetched(c, c) for c in columns), Fetched("date", "date")]
+    out = []
+    for item in ast.expressions:
+        node = item.unalias()
+        if not isinstance(node, exp.Column) or node.table or node.name not in known:
+            return None
+        out.append(Fetched(item.alias_or_name, node.name))
+    return out
+
+
+def _grouped_outputs(ast: exp.Select, known: set[str]) -> list[Fetched] | None:
+    out = []
+    for item in ast.expressions:
+        node = item.unalias()
+        if isinstance(node, exp.Column) and not node.table and node.name in _KEYS:
+            out.append(Fetched(item.alias_or_name, node.name))
+            continue
+        if not isinstance(item, exp.Alias) or not isinstance(node, exp.Func):  # a value needs its name
+            return None
+        value = next(iter(node.iter_expressions()), None)
+        if not isinstance(value, exp.Column) or value.table or value.name not in known:
+            return None
+        out.append(Fetched(item.alias, value.name, dictionary=False))
+    return out
+
+
+def latest_answer(rows: pa.Table, day: dt.date, schema: pa.Schema, outputs: Sequence[Fetched]) -> pa.Table | None:
+    """An ``as_fetched`` statement's answer from one day's latest rows: each output typed as
+    ClickHouse answers it, ordered by sym. None when a sym comes twice (two copies of a
+    partition read across a handover): the statement decides then."""
     syms = rows.column("sym").cast(pa.string())
     if pc.count_distinct(syms).as_py() != rows.num_rows:
         return None
     order = pc.sort_indices(syms)
     arrays, fields = [], []
-    for name in columns:
-        want = schema.field(name)
-        column = rows.column(name).take(order)
+    for out in outputs:
+        if out.column == "date":
+            arrays.append(pa.array([day] * rows.num_rows, pa.date32()))
+            fields.append(pa.field(out.name, pa.date32(), nullable=False))
+            continue
+        want = schema.field(out.column).with_name(out.name)
+        column = rows.column(out.column).take(order)
         if pa.types.is_string(want.type) or pa.types.is_dictionary(column.type):
-            column = column.cast(pa.string()).combine_chunks().dictionary_encode()
-            want = want.with_type(_ANSWERED_STRINGS)
+            column = column.cast(pa.string()).combine_chunks()
+            if out.dictionary:
+                column = column.dictionary_encode()
+            want = want.with_type(column.type)
         arrays.append(column.cast(want.type))
         fields.append(want)
-    arrays.append(pa.array([day] * rows.num_rows, pa.date32()))
-    fields.append(pa.field("date", pa.date32(), nullable=False))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))

@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from gateway.latest import Fetched
 from gateway.plan import TableNeed
 from gateway.pushdown import Split
 
@@ -44,4 +45,4 @@ class Plan:
     query_log: tuple[str, ...] = ()  # placeholders of the query log's references
     split: Split | None = None  # the aggregate run where the rows are (gateway/pushdown.py)
     latest: bool = False  # only each sym's latest real-time row is needed (gateway/latest.py)
-    as_fetched: bool = False  # ... and those rows, as they are, are the answer (latest.as_fetched)
+    as_fetched: tuple[Fetched, ...] | None = None  # ... and those rows, as they are, the answer's columns
