@@ -404,14 +404,24 @@ class Engine:
         return self._within_limits(table, limit)
 
     def _as_fetched(self, plan: Plan, fetched: dict[tuple, Any]) -> pa.Table | None:
-        """An ``as_fetched`` plan's answer from the one real-time day's latest rows it read, or
-        None (no such day, or the HDB's days too): the statement runs then."""
+        """An ``as_fetched`` plan's answer from the latest rows of the one day it reads: the
+        RDB's, as fetched, or an HDB day's file of them. None otherwise (several days, or a
+        day with no such file): the statement runs then."""
         ref = plan.refs[0]
-        parts, hdb_days, _ = fetched[ref.key]
-        if hdb_days or len(parts) != 1:
+        parts, hdb_days, info = fetched[ref.key]
+        schema = self.catalog[ref.need.table].stored_schema
+        if len(parts) == 1 and not hdb_days:
+            day, rows = parts[0]
+            return latest_answer(rows, day, schema, plan.as_fetched or ())
+        if len(hdb_days) != 1 or parts:
             return None
-        day, rows = parts[0]
-        return latest_answer(rows, day, self.catalog[ref.need.table].stored_schema, plan.as_fetched or ())
+        rows = self.hdb.latest_rows(ref.need.table, hdb_days[0])
+        if rows is None:
+            return None
+        answer = latest_answer(rows, hdb_days[0], schema, plan.as_fetched or (), ref.need.syms, dictionaries=False)
+        if answer is not None:
+            info["hdb_latest_days"] = [hdb_days[0].isoformat()]
+        return answer
 
     def _within_limits(self, table: pa.Table, limit: int) -> pa.Table:
         """``table``, unless it is bigger than an answer may be (413)."""

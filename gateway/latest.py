@@ -28,17 +28,17 @@ takes any one of them; the latest rows give the last published, the answer
 Most of them, the named ``last`` first (``SELECT * ... ORDER BY sym, time DESC
 LIMIT 1 BY sym``, kdb+'s ``select by sym``), ask for those rows as they are:
 some of their columns, each ``argMax`` a column's value by another name. When
-nothing in the statement but the day and the syms picks rows and one real-time
-day alone is read, the latest rows are the answer (``as_fetched``,
-``latest_answer``), in the names, types and order the engine gives, and no
-statement goes through ClickHouse, whose fixed cost per statement is most of
-such a small answer's time.
+nothing in the statement but the day and the syms picks rows and one day alone
+is read, that day's latest rows (the RDB's, or a history day's file of them)
+are the answer (``as_fetched``, ``latest_answer``), in the names, types and
+order the engine gives, and no statement goes through ClickHouse, whose fixed
+cost per statement is most of such a small answer's time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -217,14 +217,23 @@ def _grouped_outputs(ast: exp.Select, known: set[str]) -> list[Fetched] | None:
     return out
 
 
-def latest_answer(rows: pa.Table, day: dt.date, schema: pa.Schema, outputs: Sequence[Fetched]) -> pa.Table | None:
-    """An ``as_fetched`` statement's answer from one day's latest rows: each output typed as
-    ClickHouse answers it, ordered by sym. None when a sym comes twice (two copies of a
-    partition read across a handover): the statement decides then."""
-    syms = rows.column("sym").cast(pa.string())
-    if pc.count_distinct(syms).as_py() != rows.num_rows:
+def latest_answer(rows: pa.Table, day: dt.date, schema: pa.Schema, outputs: Sequence[Fetched],
+                  syms: Collection[str] | None = None, dictionaries: bool = True) -> pa.Table | None:
+    """An ``as_fetched`` statement's answer from one day's latest rows (of ``syms`` only, when
+    given): each output typed as ClickHouse answers it, ordered by sym. ``dictionaries``:
+    a low-cardinality string comes back as a dictionary (today's rows; the HDB's files are
+    read as plain strings, sinks.hdb.FILE_STRINGS). None when an output's column is not
+    among the rows (a day written before it existed), or when a sym comes twice (two copies
+    of a partition read across a handover): the statement decides then."""
+    if any(o.column != "date" and o.column not in rows.column_names for o in outputs):
         return None
-    order = pc.sort_indices(syms)
+    names = rows.column("sym").cast(pa.string())
+    if syms is not None:
+        keep = pc.is_in(names, pa.array(sorted(syms), pa.string()))
+        rows, names = rows.filter(keep), names.filter(keep)
+    if pc.count_distinct(names).as_py() != rows.num_rows:
+        return None
+    order = pc.sort_indices(names)
     arrays, fields = [], []
     for out in outputs:
         if out.column == "date":
@@ -235,7 +244,7 @@ def latest_answer(rows: pa.Table, day: dt.date, schema: pa.Schema, outputs: Sequ
         column = rows.column(out.column).take(order)
         if pa.types.is_string(want.type) or pa.types.is_dictionary(column.type):
             column = column.cast(pa.string()).combine_chunks()
-            if out.dictionary:
+            if out.dictionary and dictionaries:
                 column = column.dictionary_encode()
             want = want.with_type(column.type)
         arrays.append(column.cast(want.type))

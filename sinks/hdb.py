@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ingest.schemas import SchemaCatalog
 from ingest.seq import SEQ
@@ -336,6 +337,18 @@ class HdbQuery:
         if creds and token:
             creds += f"{quote(token)}, "
         return f"s3({quote(url)}, {creds}'Parquet', {structure})"
+
+    def latest_rows(self, table: str, day: dt.date) -> pa.Table | None:
+        """The day's file of each sym's latest row (``sinks.latest``), or None when the day
+        keeps none (``latest_dates``) or it cannot be read here: a statement reads the day
+        then, and says what is wrong with it."""
+        if day not in self.latest_dates(table, [day]):
+            return None
+        try:
+            data = self.store.read_bytes(f"{self.store.partition_dir(table, day)}/{LATEST_FILE}")
+            return pq.read_table(pa.BufferReader(data))
+        except (OSError, pa.ArrowException, StoreError):
+            return None
 
     def source(self, table: str, start: dt.date | str | None = None, end: dt.date | str | None = None,
                columns: Sequence[str] | None = None) -> str:

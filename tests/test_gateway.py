@@ -688,23 +688,26 @@ def test_sql_asking_for_each_syms_latest_row_reads_only_the_rdbs_latest_rows(wor
 
 
 @pytest.mark.parametrize("statement", [
-    "SELECT * EXCEPT (seq) FROM quote WHERE date = today() AND sym IN ('AAPL', 'IBM', 'MSFT') "
+    "SELECT * EXCEPT (seq) FROM quote WHERE date = {day} AND sym IN ('AAPL', 'IBM', 'MSFT') "
     "ORDER BY sym, time DESC, seq DESC LIMIT 1 BY sym",  # the named last
-    "SELECT sym, bid, exchange AS ex, date FROM quote WHERE date = today() ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT sym, bid, exchange AS ex, date FROM quote WHERE date = {day} ORDER BY sym, time DESC LIMIT 1 BY sym",
     "SELECT sym, argMax(bid, time) AS bid, argMax(exchange, (time, seq)) AS exchange, max(time) AS ts "
-    "FROM quote WHERE date = today() GROUP BY sym ORDER BY sym",
-    "SELECT date, sym, argMax(ask, time) AS ask FROM quote WHERE date = today() AND sym = 'AAPL' "
+    "FROM quote WHERE date = {day} GROUP BY sym ORDER BY sym",
+    "SELECT date, sym, argMax(ask, time) AS ask FROM quote WHERE date = {day} AND sym = 'AAPL' "
     "GROUP BY date, sym ORDER BY date, sym",
 ])
-def test_the_latest_rows_as_they_are_are_the_answer_with_no_statement_run(world, statement):
-    """kdb+'s ``select by sym``: the RDB's latest rows themselves are the answer, no ClickHouse
-    statement run, in the rows, types, names and order the engine gives when it must run the
-    statement (with a filter the fetch does not apply itself)."""
+@pytest.mark.parametrize("day", [D2, D1], ids=["today", "history"])
+def test_the_latest_rows_as_they_are_are_the_answer_with_no_statement_run(world, statement, day):
+    """kdb+'s ``select by sym``: the day's latest rows themselves are the answer (today the
+    RDB's, a history day its file of them), no ClickHouse statement run, in the rows, types,
+    names and order the engine gives when it must run the statement (with a filter the
+    fetch does not apply itself)."""
     _, client, published, _ = world
     engine = client.app.state.gateway.engine
+    statement = statement.format(day=f"'{day.isoformat()}'")
     ran = statement.replace("WHERE ", "WHERE sym != '' AND ")
     assert engine.plan(parse_select(statement)).as_fetched and engine.plan(parse_select(ran)).as_fetched is None
-    today = frame(published[D2]["quote"]).sort_values("time", kind="stable").groupby("sym").tail(1).sort_values("sym")
+    latest = frame(published[day]["quote"]).sort_values("time", kind="stable").groupby("sym").tail(1).sort_values("sym")
     for key in ("bob-key", "ops-key"):  # granted the table whole, and an admin
         fast, slow = sql(client, statement, key), sql(client, ran, key)
         assert "clickhouse;dur=0.00" in fast.headers["server-timing"]
@@ -713,10 +716,9 @@ def test_the_latest_rows_as_they_are_are_the_answer_with_no_statement_run(world,
         assert fast_rows.schema.equals(slow_rows.schema), (fast_rows.schema, slow_rows.schema)
         assert fast_rows.to_pylist() == slow_rows.to_pylist()
         syms = fast_rows.column("sym").to_pylist()
-        assert syms == [s for s in today.sym if s in syms] and len(syms) >= 1
-        latest = dict(zip(today.sym, today.ask if "ask" in fast_rows.column_names else today.bid, strict=True))
-        value = fast_rows.column("ask" if "ask" in fast_rows.column_names else "bid").to_pylist()
-        assert value == [latest[s] for s in syms]
+        assert syms == [s for s in latest.sym if s in syms] and len(syms) >= 1
+        value = "ask" if "ask" in fast_rows.column_names else "bid"
+        assert fast_rows.column(value).to_pylist() == [dict(zip(latest.sym, latest[value], strict=True))[s] for s in syms]
         json_fast = client.post("/v1/sql", json={"query": statement}, headers={"X-API-Key": key}).json()
         json_slow = client.post("/v1/sql", json={"query": ran}, headers={"X-API-Key": key}).json()
         assert (json_fast["columns"], json_fast["rows"]) == (json_slow["columns"], json_slow["rows"])

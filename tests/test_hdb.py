@@ -195,6 +195,17 @@ def test_table_rows_for_syms_and_dates(hdb, days):
     assert empty.to_pylist() == [{"t": "String", "n": 0}]
 
 
+def test_a_days_latest_rows_are_read_from_its_own_file(hdb, days):
+    """What the gateway answers ``select by sym`` of a history day with (gateway/latest.py):
+    the day's file of each sym's latest row, from a directory or from S3."""
+    trade = frame(days[DATES[1]][0]).sort_values("time", kind="stable").groupby("sym").tail(1).sort_values("sym")
+    rows = hdb.latest_rows("trade", DATES[1])
+    assert rows is not None
+    got = frame(rows).sort_values("sym")
+    assert got.sym.tolist() == trade.sym.tolist() and got.price.tolist() == trade.price.tolist()
+    assert hdb.latest_rows("trade", dt.date(2026, 1, 2)) is None  # no such day: the statement reads it
+
+
 def test_only_manifested_days_are_seen_and_date_predicates_prune(tmp_path, catalog, days):
     settings = Settings(data_dir=tmp_path, hdb_root=str(tmp_path / "hdb"))
     store = HdbStore.from_settings(settings)
