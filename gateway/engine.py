@@ -21,9 +21,11 @@ for that reason is always in the listing.
 The RDB rows reach embedded chDB as the Arrow tables they arrived as, read in
 place; a ClickHouse server gets them as external data (gateway/sources.py). Each
 real-time day is its own table, its ``date`` a constant of the SQL, its strings
-cast to low-cardinality as the HDB's files are read, so the answer's types do not
-depend on where a day lives. Fetching the rows: gateway/rdbfetch.py; what a
-failure tells the caller: gateway/failures.py.
+low-cardinality (the dictionaries they arrive as). The HDB's files are read with
+plain strings, the cheaper read (sinks.hdb.FILE_STRINGS), so an Arrow answer's
+strings are dictionaries from today alone and plain otherwise; the values are the
+same. Fetching the rows: gateway/rdbfetch.py; what a failure tells the caller:
+gateway/failures.py.
 
 Fixed costs per query are kept off the path: a statement is planned once per
 user and open day (``plan``: parsed, authorised, its needs read, its SQL

@@ -158,29 +158,39 @@ def as_fetched(ast: exp.Expression, source: str, columns: Sequence[str]) -> tupl
     rows as they are, else None: read straight from the table (not through an entitlement's
     fence: the user may read it whole), with a WHERE that ``exact_keys`` accepts, each output
     a column (``*`` is ``columns`` and ``date``; ``EXCEPT (seq)`` is allowed) or, grouped by
-    sym, an aliased ``argMax`` or ``max(time)``, and ordered by sym (or in no order)."""
-    if not isinstance(ast, exp.Select) or {k for k, v in ast.args.items() if v} - _PLAIN_SELECT:
+    sym, an aliased ``argMax`` or ``max(time)``, and ordered by sym (or in no order). Any
+    clause or modifier past those (a qualified name, WITH ROLLUP, WITH FILL, WITH TIES, a
+    LIMIT on groups) leaves the statement to run."""
+    if not isinstance(ast, exp.Select) or _extra(ast, _PLAIN_SELECT):
         return None
     refs = [t for t in ast.find_all(exp.Table) if t.name == source]
     if len(refs) != 1 or refs[0].parent_select is not ast or not exact_keys(ast.args.get("where")):
         return None
-    known = {*columns, SEQ, "date"}
-    grouped = ast.args.get("group") is not None
-    if grouped and ast.args.get("limit"):  # some of the syms
+    group, order, limit = ast.args.get("group"), ast.args.get("order"), ast.args.get("limit")
+    if any(c.table for c in ast.find_all(exp.Column)) or (group is not None and _extra(group, {"expressions"})) \
+            or (limit is not None and _extra(limit, {"expression", "expressions"})) \
+            or any(_extra(o, {"this", "desc", "nulls_first"}) for o in (order.expressions if order else [])):
         return None
-    out = _grouped_outputs(ast, known) if grouped else _row_outputs(ast, columns, known)
+    known = {*columns, SEQ, "date"}
+    if group is not None and limit is not None:  # some of the syms
+        return None
+    out = _grouped_outputs(ast, known) if group is not None else _row_outputs(ast, columns, known)
     if out is None or len({o.name for o in out}) != len(out):
         return None
     if any(o.name in known and o.name != o.column for o in out):  # an alias naming another column
         return None
-    order = ast.args.get("order")
-    ordered = [(o.this.name if isinstance(o.this, exp.Column) and not o.this.table else None, bool(o.args.get("desc")))
+    ordered = [(o.this.name if isinstance(o.this, exp.Column) else None, bool(o.args.get("desc")))
                for o in (order.expressions if order is not None else [])]
-    if grouped:  # one day: by sym, or by date and sym
-        by_sym = not ordered or ("sym", False) in ordered and {n for n, _ in ordered} <= {"sym", "date"}
+    if group is not None:  # one day: by sym, or by date and sym, each a key
+        keys = {k.name for k in group.expressions if isinstance(k, exp.Column)}
+        by_sym = not ordered or ("sym", False) in ordered and {n for n, _ in ordered} <= keys
     else:  # LIMIT 1 BY sym's own order (``_limit_one_by_sym``), sym first
         by_sym = bool(ordered) and ordered[0] == ("sym", False)
     return tuple(out) if by_sym else None
+
+
+def _extra(node: exp.Expression, allowed: set[str]) -> bool:
+    return bool({k for k, v in node.args.items() if v} - allowed)
 
 
 def _row_outputs(ast: exp.Select, columns: Sequence[str], known: set[str]) -> list[Fetched] | None:
@@ -188,14 +198,16 @@ def _row_outputs(ast: exp.Select, columns: Sequence[str], known: set[str]) -> li
         return None
     if len(ast.expressions) == 1 and isinstance(ast.expressions[0], exp.Star):
         star = ast.expressions[0]
-        if {k for k, v in star.args.items() if v} - {"except_"} or \
-                any(not isinstance(c, exp.Column) or c.table or c.name != SEQ for c in star.args.get("except_") or []):
+        excluded = star.args.get("except_") or []
+        if _extra(star, {"except_"}) or any(not isinstance(c, exp.Column) or c.name != SEQ for c in excluded):
             return None
+        if not excluded and any(c.name == SEQ for c in ast.find_all(exp.Column)):
+            return None  # ``*`` has ``seq`` then (gateway.engine.Engine.plan)
         return [*(Fetched(c, c) for c in columns), Fetched("date", "date")]
     out = []
     for item in ast.expressions:
         node = item.unalias()
-        if not isinstance(node, exp.Column) or node.table or node.name not in known:
+        if not isinstance(node, exp.Column) or node.name not in known:
             return None
         out.append(Fetched(item.alias_or_name, node.name))
     return out
@@ -205,13 +217,18 @@ def _grouped_outputs(ast: exp.Select, known: set[str]) -> list[Fetched] | None:
     out = []
     for item in ast.expressions:
         node = item.unalias()
-        if isinstance(node, exp.Column) and not node.table and node.name in _KEYS:
+        if isinstance(node, exp.Column) and node.name in _KEYS:
             out.append(Fetched(item.alias_or_name, node.name))
             continue
         if not isinstance(item, exp.Alias) or not isinstance(node, exp.Func):  # a value needs its name
             return None
-        value = next(iter(node.iter_expressions()), None)
-        if not isinstance(value, exp.Column) or value.table or value.name not in known:
+        args = list(node.iter_expressions())
+        value = args[0] if args else None
+        if len(args) != (1 if function_name(node) == "max" else 2) or not isinstance(value, exp.Column) \
+                or value.name not in known:
+            return None
+        # a name that is a column's is read as this value wherever else the column is named
+        if item.alias in known and sum(c.name == item.alias for c in ast.find_all(exp.Column)) > 1:
             return None
         out.append(Fetched(item.alias, value.name, dictionary=False))
     return out

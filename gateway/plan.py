@@ -25,6 +25,7 @@ runs, so the answer and the pruning agree.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -146,7 +147,9 @@ def need_of(ref: exp.Table) -> TableNeed:
 def exact_keys(where: exp.Where | None) -> bool:
     """Whether ``where`` says nothing but what ``need_of`` takes from it, and takes exactly:
     unqualified ``date`` and ``sym`` equal to, or in, literals, and TRUE. The rows fetched
-    for the need are then the rows it selects, with nothing left to filter."""
+    for the need are then the rows it selects, with nothing left to filter. A day must be
+    spelled as ClickHouse reads it the same way (``'YYYY-MM-DD'`` or ``toDate`` of it, as
+    ``today()`` is planned): ``_date_value`` also takes forms that only prune."""
     for conjunct in _conjuncts(where):
         if isinstance(conjunct, exp.Boolean) and conjunct.this is True or \
                 isinstance(conjunct, exp.Literal) and not conjunct.is_string and conjunct.this == "1":
@@ -161,7 +164,7 @@ def exact_keys(where: exp.Where | None) -> bool:
             return False
         if not isinstance(column, exp.Column) or column.table or not values:
             return False
-        literal = {"date": _date_value, "sym": _string_value}.get(column.name)
+        literal = {"date": _plain_date, "sym": _string_value}.get(column.name)
         if literal is None or any(literal(v) is None for v in values):
             return False
     return True
@@ -272,6 +275,19 @@ def _date_value(node: exp.Expression) -> dt.date | None:
         inner = node.expressions[0] if isinstance(node, exp.Anonymous) and node.expressions else node.this
         return _date_value(inner) if isinstance(inner, exp.Expression) else None
     return None
+
+
+def _plain_date(node: exp.Expression) -> dt.date | None:
+    """``'YYYY-MM-DD'``, or ``toDate``/``toDate32`` of it, alone."""
+    if isinstance(node, exp.Anonymous) and str(node.this).lower() in ("todate", "todate32") \
+            and len(node.expressions) == 1:
+        node = node.expressions[0]
+    if not (isinstance(node, exp.Literal) and node.is_string and _ISO_DAY.fullmatch(node.this)):
+        return None
+    return _date_value(node)
+
+
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _string_value(node: exp.Expression) -> str | None:

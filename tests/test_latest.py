@@ -99,6 +99,22 @@ NOT_AS_FETCHED = [  # the latest rows are enough, but the statement must run ove
     "WITH 1 AS one SELECT * FROM T ORDER BY sym, time DESC LIMIT 1 BY sym",
     ("SELECT * FROM (SELECT time, sym, bid, date FROM T LIMIT 18446744073709551615) AS quote "
      "ORDER BY sym, time DESC LIMIT 1 BY sym"),  # through a grant's fence
+    # what ClickHouse answers otherwise than the rows, or refuses (found in review)
+    "SELECT * FROM T ORDER BY sym, time DESC, seq DESC LIMIT 1 BY sym",  # ``*`` has seq then
+    "SELECT sym, argMax(bid, time) AS bid FROM T GROUP BY sym WITH ROLLUP ORDER BY sym",
+    "SELECT sym, argMax(bid, time) AS bid FROM T GROUP BY sym WITH CUBE",
+    "SELECT sym, argMax(bid, time) AS bid FROM T GROUP BY sym WITH TOTALS",
+    ("SELECT date, sym, argMax(bid, time) AS bid FROM T WHERE date = '2026-11-23' GROUP BY date, sym "
+     "ORDER BY date WITH FILL FROM toDate('2026-11-20') TO toDate('2026-11-24'), sym"),
+    "SELECT * FROM T WHERE date = CAST('2026-11-22' AS DateTime) + 1 ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT * FROM T WHERE date = '2026-11-22' + 1 ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT * FROM T WHERE date = '2026-W48-1' ORDER BY sym, time DESC LIMIT 1 BY sym",
+    "SELECT sym, argMax(bid, time) AS bid, max(time) AS time FROM T GROUP BY sym",  # time is the max then
+    "SELECT sym, argMax(bid, time) AS bid, argMax(bid, (time, seq)) AS b2 FROM T GROUP BY sym",
+    "SELECT argMax(sym, time) AS sym FROM T GROUP BY sym",
+    "SELECT sym, argMax(time) AS t FROM T GROUP BY sym",
+    "SELECT sym, argMax(bid, time) AS b FROM T GROUP BY sym ORDER BY date, sym",  # date is no key
+    "SELECT * FROM T ORDER BY sym, trade.time DESC LIMIT 1 BY sym",
 ]
 
 
