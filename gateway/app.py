@@ -54,6 +54,7 @@ from gateway.sql import Forbidden, SqlError, parse_select
 from ingest.eod import TradingCalendar
 from ingest.schemas import SchemaCatalog
 from sinks.hdb import HdbQuery, HdbQueryError
+from sinks.store import StoreError
 from tickplant import internal, metrics
 from tickplant.config import Settings
 
@@ -255,7 +256,8 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
     async def failed(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=status_of(exc))
 
-    for known in (QueryFailed, Forbidden, Unauthorized, SqlError, named.BadParameter, HdbQueryError, ValueError):
+    for known in (QueryFailed, Forbidden, Unauthorized, SqlError, named.BadParameter, HdbQueryError, StoreError,
+                  ValueError):
         app.add_exception_handler(known, failed)
     app.add_middleware(limit_body, max_bytes=settings.gateway_max_statement_bytes + 4096)
     app.add_middleware(metered)  # outermost: a refused body (413) is counted too

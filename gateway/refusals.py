@@ -8,6 +8,7 @@ from gateway.auth import Unauthorized
 from gateway.engine import QueryFailed
 from gateway.sql import Forbidden, SqlError
 from sinks.hdb import HdbQueryError
+from sinks.store import StoreError
 
 
 def status_of(exc: BaseException) -> int:
@@ -19,6 +20,8 @@ def status_of(exc: BaseException) -> int:
         return 401
     if isinstance(exc, SqlError | named.BadParameter | HdbQueryError | ValueError):
         return 400
+    if isinstance(exc, StoreError):  # the HDB's directory or bucket cannot be read (S3 refusing the keys)
+        return 503
     return 500
 
 
