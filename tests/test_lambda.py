@@ -278,19 +278,23 @@ def test_named_queries_answer_as_the_gateway_does(world, path):
 
 def test_the_open_day_is_left_out_saying_so_or_refused_when_it_is_all_that_is_asked(world):
     client, _ = world
-    today = dt.datetime.now(dt.UTC).date().isoformat()
+    now = dt.datetime.now(dt.UTC)
+    midnight = dt.datetime.combine(now.date(), dt.time(), dt.UTC)  # the roll (eod_time 00:00 UTC)
+    # within the write-down grace after the roll, yesterday is still only the plant's too
+    rolled_recently = (now - midnight).total_seconds() < serverless.WRITE_DOWN_GRACE_S
+    left_out = ", ".join(d.isoformat() for d in [now.date() - dt.timedelta(days=1)] * rolled_recently + [now.date()])
     for method, path, body in [("POST", "/v1/sql", sql("SELECT count() FROM trade WHERE date = today()")),
                                ("GET", "/v1/last?syms=AAPL", None), ("GET", "/v1/trades?syms=AAPL", None)]:
         status, headers, data = via_handler(method, path, ROOT_KEY, body)
         error = json.loads(data)["error"]
         assert status == 400 and "history (the HDB) only" in error and "plant's gateway" in error, error
-        assert f"trade on {today}" in error and "\n" not in error
+        assert f"trade on {now.date()} is" in error and "\n" not in error
     # history and the open day: history's rows, and the answer says what it leaves out
     status, headers, data = same_answer(client, "POST", "/v1/sql", ROOT_KEY,
                                         sql("SELECT count() AS n FROM trade WHERE date >= '2026-11-20'"))
     doc = json.loads(data)
     assert status == 200 and doc["rows"][0]["n"] > 0
-    assert doc["notes"] == [f"history only: trade on {today} (in the plant's real-time database) is not included"]
+    assert doc["notes"] == [f"history only: trade on {left_out} (in the plant's real-time database) is not included"]
     assert headers["x-tickplant-notes"] == doc["notes"][0]
     status, headers, data = via_handler("POST", "/v1/sql", ROOT_KEY, sql("SELECT count() AS n FROM trade "
                                         "WHERE date < '2026-11-21'"), accept="text/csv")
@@ -316,6 +320,21 @@ def test_a_roles_session_token_goes_with_the_hdbs_reads(world, monkeypatch):
     status, _, data = via_handler("POST", "/v1/sql", ROOT_KEY, statement)
     assert status in (400, 503) and json.loads(data)["error"], data
     monkeypatch.delenv("AWS_SESSION_TOKEN")
+    assert via_handler("POST", "/v1/sql", ROOT_KEY, statement)[0] == 200
+
+
+def test_a_bucket_refusing_the_keys_is_a_503_naming_it(world, monkeypatch):
+    """S3 refusing the function's keys is the HDB unavailable (503, one line saying which store
+    and why), not a failure of the gateway (500, no reason)."""
+    root = world[1]["TICKPLANT_HDB_ROOT"]
+    statement = sql("SELECT count() AS n FROM trade WHERE date = '2026-11-19'")
+    assert via_handler("POST", "/v1/sql", ROOT_KEY, statement)[0] == 200  # the function started
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    status, _, data = via_handler("POST", "/v1/sql", ROOT_KEY, statement)
+    error = json.loads(data)["error"]
+    assert status == 503 and "\n" not in error, (status, data)
+    assert error.startswith("cannot list s3://") and root[len("s3://"):].split("/")[0] in error, error
+    monkeypatch.undo()
     assert via_handler("POST", "/v1/sql", ROOT_KEY, statement)[0] == 200
 
 
