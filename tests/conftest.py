@@ -6,6 +6,7 @@ topic, a day, or an EOD transactional id.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,3 +41,13 @@ def settings(broker: EmbeddedKafka, tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def catalog() -> SchemaCatalog:
     return SchemaCatalog.load(REPO_ROOT / "schemas")
+
+
+@pytest.fixture(autouse=True)
+def fresh_aws_default_session() -> None:
+    """boto3's default session keeps the first credentials it resolved for the whole process:
+    a test that set other keys (moto's, a made-up session token) would sign every later test's
+    ``boto3.client`` with them, so each test starts with none resolved."""
+    boto3 = sys.modules.get("boto3")
+    if boto3 is not None:
+        boto3.DEFAULT_SESSION = None
