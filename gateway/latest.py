@@ -167,9 +167,10 @@ def as_fetched(ast: exp.Expression, source: str, columns: Sequence[str]) -> tupl
     if len(refs) != 1 or refs[0].parent_select is not ast or not exact_keys(ast.args.get("where")):
         return None
     group, order, limit = ast.args.get("group"), ast.args.get("order"), ast.args.get("limit")
+    order_items = order.expressions if order is not None else []
     if any(c.table for c in ast.find_all(exp.Column)) or (group is not None and _extra(group, {"expressions"})) \
             or (limit is not None and _extra(limit, {"expression", "expressions"})) \
-            or any(_extra(o, {"this", "desc", "nulls_first"}) for o in (order.expressions if order else [])):
+            or any(_extra(o, {"this", "desc", "nulls_first"}) for o in order_items):
         return None
     known = {*columns, SEQ, "date"}
     if group is not None and limit is not None:  # some of the syms
@@ -180,7 +181,7 @@ def as_fetched(ast: exp.Expression, source: str, columns: Sequence[str]) -> tupl
     if any(o.name in known and o.name != o.column for o in out):  # an alias naming another column
         return None
     ordered = [(o.this.name if isinstance(o.this, exp.Column) else None, bool(o.args.get("desc")))
-               for o in (order.expressions if order is not None else [])]
+               for o in order_items]
     if group is not None:  # one day: by sym, or by date and sym, each a key
         keys = {k.name for k in group.expressions if isinstance(k, exp.Column)}
         by_sym = not ordered or ("sym", False) in ordered and {n for n, _ in ordered} <= keys
@@ -254,7 +255,7 @@ def latest_answer(rows: pa.Table, day: dt.date, schema: pa.Schema, outputs: Sequ
     arrays, fields = [], []
     for out in outputs:
         if out.column == "date":
-            arrays.append(pa.array([day] * rows.num_rows, pa.date32()))
+            arrays.append(pa.repeat(pa.scalar(day, pa.date32()), rows.num_rows))
             fields.append(pa.field(out.name, pa.date32(), nullable=False))
             continue
         want = schema.field(out.column).with_name(out.name)
