@@ -48,13 +48,12 @@ from gateway.engine import Answer, Engine, Plan, QueryFailed
 from gateway.metered import add_metrics_route, gateway_samples, metered, note_user
 from gateway.policy import authorize, check_subscription
 from gateway.querylog import QueryLog
-from gateway.refusals import outcome, status_of
+from gateway.refusals import REFUSALS, outcome, status_of
 from gateway.routing import Routing
-from gateway.sql import Forbidden, SqlError, parse_select
+from gateway.sql import Forbidden, parse_select
 from ingest.eod import TradingCalendar
 from ingest.schemas import SchemaCatalog
-from sinks.hdb import HdbQuery, HdbQueryError
-from sinks.store import StoreError
+from sinks.hdb import HdbQuery
 from tickplant import internal, metrics
 from tickplant.config import Settings
 
@@ -256,8 +255,7 @@ def create_app(settings: Settings, routing: Routing | None = None, users: Users 
     async def failed(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=status_of(exc))
 
-    for known in (QueryFailed, Forbidden, Unauthorized, SqlError, named.BadParameter, HdbQueryError, StoreError,
-                  ValueError):
+    for known in REFUSALS:
         app.add_exception_handler(known, failed)
     app.add_middleware(limit_body, max_bytes=settings.gateway_max_statement_bytes + 4096)
     app.add_middleware(metered)  # outermost: a refused body (413) is counted too

@@ -10,6 +10,10 @@ from gateway.sql import Forbidden, SqlError
 from sinks.hdb import HdbQueryError
 from sinks.store import StoreError
 
+# every exception a door answers with its own status and message (``status_of``); any other is a 500
+REFUSALS: tuple[type[Exception], ...] = (QueryFailed, Forbidden, Unauthorized, SqlError, named.BadParameter,
+                                         HdbQueryError, StoreError, ValueError)
+
 
 def status_of(exc: BaseException) -> int:
     if isinstance(exc, QueryFailed):
